@@ -1,0 +1,83 @@
+"""Circuit breaker: a pure state machine, the time passed in by the caller.
+
+closed --(failure_threshold consecutive failures)--> open
+open --(recovery_timeout elapsed)--> half_open (at most half_open_max_calls probes in flight)
+half_open --(a probe succeeds)--> closed;  half_open --(a probe fails)--> open (timer restarts)
+
+There is no other way to be skipped: every open circuit becomes half-open by itself, so a
+provider can never stay excluded until a manual reset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .types import CircuitState
+
+
+@dataclass
+class CircuitBreaker:
+    failure_threshold: int = 3
+    recovery_timeout: float = 30.0
+    half_open_max_calls: int = 1
+
+    consecutive_failures: int = 0
+    opened_at: float | None = None
+    half_open_in_flight: int = 0
+    times_opened: int = 0
+
+    def state(self, now: float) -> CircuitState:
+        if self.opened_at is None:
+            return "closed"
+        if now - self.opened_at >= self.recovery_timeout:
+            return "half_open"
+        return "open"
+
+    def retry_in(self, now: float) -> float:
+        """Seconds until an open circuit turns half-open (0 when not open)."""
+        if self.opened_at is None:
+            return 0.0
+        return max(0.0, self.opened_at + self.recovery_timeout - now)
+
+    def available(self, now: float) -> bool:
+        """Would ``acquire`` succeed now? (No side effect: for planning.)"""
+        st = self.state(now)
+        return st == "closed" or (st == "half_open"
+                                  and self.half_open_in_flight < self.half_open_max_calls)
+
+    def acquire(self, now: float) -> bool:
+        """Take permission for one call; in half-open this takes one of the probe slots."""
+        if not self.available(now):
+            return False
+        if self.state(now) == "half_open":
+            self.half_open_in_flight += 1
+        return True
+
+    def release(self, now: float) -> None:
+        """Give back a slot taken by ``acquire`` for a call that was neither a success nor
+        a failure of the server (cancelled by the user, or a 4xx about the request)."""
+        if self.opened_at is not None and self.half_open_in_flight:
+            self.half_open_in_flight -= 1
+
+    def record_success(self, now: float) -> None:
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.half_open_in_flight = 0
+
+    def record_failure(self, now: float) -> None:
+        self.consecutive_failures += 1
+        if self.opened_at is not None:
+            if self.half_open_in_flight:  # a half-open probe failed: open again, timer restarts
+                self.half_open_in_flight -= 1
+                self.opened_at = now
+                self.times_opened += 1
+            return
+        if self.consecutive_failures >= self.failure_threshold:
+            self.opened_at = now
+            self.half_open_in_flight = 0
+            self.times_opened += 1
+
+    def reset(self) -> None:
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.half_open_in_flight = 0

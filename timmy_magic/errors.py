@@ -1,0 +1,94 @@
+"""The one error tree of timmy_magic. Nothing derives from BaseException directly.
+
+    TimmyError
+    ├── ConfigError ............ providers.yaml is unreadable or invalid (file, provider, field)
+    ├── RoutingError ........... no answer could be had; carries the RouteTrace
+    │   ├── NoProviderAvailable  every candidate was skipped or failed before its first token
+    │   ├── PinnedProviderFailed the pinned provider failed (never a silent fallback)
+    │   └── UnknownProvider .... a pin or a command names a provider that is not configured
+    └── ProviderError .......... one backend failed one attempt (mapped once, at the boundary)
+        ├── ProviderConnectError  could not connect (retryable)
+        ├── ProviderTimeout ..... connect / first token / idle / whole request deadline (retryable)
+        ├── ProviderHTTPError ... the server answered with an error status
+        │   └── ProviderAuthError 401 / 403: the provider is misconfigured
+        └── ProviderProtocolError the answer could not be understood (bad JSON, bad SSE, HTML)
+
+Messages are one line, and never hold an API key (see ``secrets.redact``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .types import RouteTrace
+
+
+class TimmyError(Exception):
+    """Base of every error timmy_magic raises on purpose."""
+
+
+class ConfigError(TimmyError):
+    def __init__(self, message: str, *, file: str | None = None, provider: str | None = None,
+                 field: str | None = None) -> None:
+        self.file, self.provider, self.field = file, provider, field
+        where = [file or "providers.yaml"]
+        if provider:
+            where.append(f"provider '{provider}'")
+        if field:
+            where.append(f"field '{field}'")
+        super().__init__(f"{': '.join(where)}: {message}")
+
+
+class RoutingError(TimmyError):
+    def __init__(self, message: str, trace: RouteTrace) -> None:
+        self.trace = trace
+        super().__init__(message)
+
+
+class NoProviderAvailable(RoutingError):
+    pass
+
+
+class PinnedProviderFailed(RoutingError):
+    pass
+
+
+class UnknownProvider(TimmyError):
+    pass
+
+
+class ProviderError(TimmyError):
+    retryable: bool = False
+    counts_against_breaker: bool = True
+
+    def __init__(self, message: str, *, provider: str = "", status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        self.provider, self.status, self.retry_after = provider, status, retry_after
+        super().__init__(message)
+
+
+class ProviderConnectError(ProviderError):
+    retryable = True
+
+
+class ProviderTimeout(ProviderError):
+    retryable = True
+
+
+class ProviderHTTPError(ProviderError):
+    def __init__(self, message: str, *, provider: str = "", status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message, provider=provider, status=status, retry_after=retry_after)
+        code = status or 0
+        self.retryable = code in (408, 429) or code >= 500
+        # A 400/404/422 is about the request or the model name, not the server's health.
+        self.counts_against_breaker = code in (408, 429) or code >= 500
+
+
+class ProviderAuthError(ProviderHTTPError):
+    pass
+
+
+class ProviderProtocolError(ProviderError):
+    pass

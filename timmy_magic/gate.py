@@ -1,0 +1,121 @@
+"""The cloud gate ("metabolic protocol"): when cloud providers may be used.
+
+Pure decision (`decide`) plus two small stateful helpers: the daily spend ledger and the
+quota signal (a callable or a command whose answer names a tier). Local providers are never
+gated: the router only asks about cloud ones.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from .secrets import get_logger
+
+Tier = Literal["burst", "active", "resting"]
+TIERS: tuple[Tier, ...] = ("burst", "active", "resting")
+log = get_logger("timmy_magic.gate")
+
+
+@dataclass(frozen=True, slots=True)
+class GateDecision:
+    open: bool
+    reason: str = ""
+
+
+def decide(*, local_only: bool, spent_usd: float, budget_usd: float | None,
+           tier: Tier | None, closed_tiers: tuple[str, ...] = ("resting",)) -> GateDecision:
+    """May a cloud provider be used now?"""
+    if local_only:
+        return GateDecision(False, "local-only mode")
+    if budget_usd is not None and spent_usd >= budget_usd:
+        return GateDecision(False, f"daily budget spent (${spent_usd:.4f} of ${budget_usd:.2f})")
+    if tier is not None and tier in closed_tiers:
+        return GateDecision(False, f"quota tier '{tier}'")
+    return GateDecision(True)
+
+
+class SpendLedger:
+    """USD spent per local calendar day, from the usage the servers actually returned."""
+
+    def __init__(self, today: Callable[[], _dt.date] = _dt.date.today) -> None:
+        self._today = today
+        self._day = today()
+        self._spent = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, usd: float) -> None:
+        with self._lock:
+            self._roll()
+            self._spent += usd
+
+    @property
+    def spent_today(self) -> float:
+        with self._lock:
+            self._roll()
+            return self._spent
+
+    def _roll(self) -> None:
+        day = self._today()
+        if day != self._day:
+            self._day, self._spent = day, 0.0
+
+
+def cost_usd(input_tokens: int | None, output_tokens: int | None,
+             price_in_per_1k: float, price_out_per_1k: float) -> float:
+    return ((input_tokens or 0) * price_in_per_1k + (output_tokens or 0) * price_out_per_1k) / 1000
+
+
+class QuotaSignal:
+    """Reads the current tier from a callable (``"pkg.mod:func"``) or a command, cached for
+    ``ttl`` seconds. A signal that fails or answers nonsense gives None (no opinion) and logs
+    why: a broken quota script must not take the cloud away silently, nor crash routing."""
+
+    def __init__(self, *, command: list[str] | None = None, callable_path: str | None = None,
+                 func: Callable[[], str] | None = None, ttl: float = 60.0,
+                 timeout: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._command, self._callable_path, self._func = command, callable_path, func
+        self._ttl, self._timeout, self._clock = ttl, timeout, clock
+        self._cached: tuple[float, Tier | None] | None = None
+        self.last_error: str | None = None
+
+    def tier(self) -> Tier | None:
+        now = self._clock()
+        if self._cached and now - self._cached[0] < self._ttl:
+            return self._cached[1]
+        value = self._read()
+        self._cached = (now, value)
+        return value
+
+    def _read(self) -> Tier | None:
+        try:
+            raw = self._raw()
+        except Exception as exc:  # any failure of user code means "no opinion"
+            self.last_error = f"quota signal failed: {type(exc).__name__}: {exc}"
+            log.warning(self.last_error)
+            return None
+        word = (raw or "").strip().lower()
+        if word not in TIERS:
+            self.last_error = f"quota signal answered {word!r}, expected one of {TIERS}"
+            log.warning(self.last_error)
+            return None
+        self.last_error = None
+        return word  # type: ignore[return-value]
+
+    def _raw(self) -> str:
+        if self._func is not None:
+            return str(self._func())
+        if self._callable_path:
+            mod, _, attr = self._callable_path.partition(":")
+            return str(getattr(importlib.import_module(mod), attr)())
+        if self._command:
+            done = subprocess.run(self._command, capture_output=True, text=True,
+                                  timeout=self._timeout, check=True)
+            return done.stdout
+        return ""

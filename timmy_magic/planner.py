@@ -1,0 +1,100 @@
+"""Route planning: which providers to try, in what order, and why the others are skipped.
+
+Pure: it takes a snapshot of every provider (``View``) and returns a ``Plan``. No I/O, no
+clock; the router builds the views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .types import HealthState, Skip, SkipReason
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    name: str
+    priority: int
+    enabled: bool
+    is_cloud: bool
+    state: HealthState
+    """Last known health: healthy / degraded / down / unknown, or a configuration state."""
+    circuit_available: bool
+    circuit_retry_in: float = 0.0
+    models: frozenset[str] = frozenset()
+    """Models this provider declares or serves (empty: unknown, accept any)."""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    order: tuple[str, ...]
+    skipped: tuple[Skip, ...]
+    considered: tuple[str, ...]
+
+    def skipped_for(self, reason: SkipReason) -> list[str]:
+        return [s.provider for s in self.skipped if s.reason == reason]
+
+
+_CONFIG_STATES: dict[HealthState, SkipReason] = {
+    "not_configured": "not_configured",
+    "not_installed": "not_installed",
+    "misconfigured": "misconfigured",
+}
+
+
+def plan_route(views: Sequence[View], *, pin: str | None = None, model: str | None = None,
+               cloud_open: bool = True, cloud_reason: str = "") -> Plan:
+    """Order candidates by (priority, file order); skip with a reason each one that cannot
+    be used now. A pinned provider is the only candidate: it is tried even when disabled or
+    last seen down (the user asked for it), but never past an open circuit or a closed gate.
+    """
+    ordered = sorted(enumerate(views), key=lambda iv: (iv[1].priority, iv[0]))
+    order: list[str] = []
+    skipped: list[Skip] = []
+    for _, v in ordered:
+        pinned = pin is not None and v.name == pin
+        reason, detail = _skip_reason(v, pin=pin, pinned=pinned, model=model,
+                                      cloud_open=cloud_open, cloud_reason=cloud_reason)
+        if reason is None:
+            order.append(v.name)
+        else:
+            skipped.append(Skip(v.name, reason, detail))
+    considered = tuple(v.name for _, v in ordered)
+    return Plan(tuple(order), tuple(skipped), considered)
+
+
+def _skip_reason(v: View, *, pin: str | None, pinned: bool, model: str | None,
+                 cloud_open: bool, cloud_reason: str) -> tuple[SkipReason | None, str]:
+    if pin is not None and not pinned:
+        return "pinned_elsewhere", f"pinned to {pin}"
+    if not v.enabled and not pinned:
+        return "disabled", ""
+    if v.state in _CONFIG_STATES:
+        return _CONFIG_STATES[v.state], v.detail
+    if v.is_cloud and not cloud_open:
+        return "cloud_gate", cloud_reason
+    if not v.circuit_available:
+        return "circuit_open", f"retry in {v.circuit_retry_in:.0f}s"
+    if v.state == "down" and not pinned:
+        return "unhealthy", v.detail
+    if model and v.models and model not in v.models and not pinned:
+        return "no_model", f"does not serve {model}"
+    return None, ""
+
+
+def pick_endpoint(outstanding: Sequence[int], available: Sequence[bool],
+                  healthy: Sequence[bool], start: int = 0) -> int | None:
+    """Least outstanding requests among available endpoints, healthy ones first; ties go
+    round-robin from ``start`` so equal replicas share the load."""
+    n = len(outstanding)
+    best: tuple[int, int, int] | None = None
+    for k in range(n):
+        i = (start + k) % n
+        if not available[i]:
+            continue
+        key = (0 if healthy[i] else 1, outstanding[i], k)
+        if best is None or key < best:
+            best = key
+    return None if best is None else (start + best[2]) % n

@@ -1,0 +1,568 @@
+"""The cascade router: plan a route, try providers in order, stream events.
+
+Failover happens only before the first token. After it, a broken stream ends with a
+``Done`` whose result keeps the partial text and names the error, and the failure counts
+against that provider. Everything runs on one loop (the ``Runner``'s); the sync methods and
+``astream`` from a foreign loop hop onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from . import gate as gate_mod
+from .breaker import CircuitBreaker
+from .config import Config, ProviderConfig, load_config
+from .errors import (NoProviderAvailable, PinnedProviderFailed, ProviderAuthError,
+                     ProviderError, ProviderTimeout, UnknownProvider)
+from .metrics import MetricsSnapshot, ProviderMetrics
+from .planner import Plan, View, pick_endpoint, plan_route
+from .providers.base import Backend, Probe, Timeouts, map_error
+from .retry import RetryPolicy
+from .runner import Runner
+from .secrets import REDACT, get_logger
+from .types import (Attempt, ChatRequest, Delta, Done, EndpointHealth, Event, HealthReport,
+                    HealthState, Result, RouteTrace, Timings, Trying, Usage)
+
+log = get_logger("timmy_magic.router")
+ChangeKind = Literal["health", "metrics", "pin", "gate", "config"]
+
+
+@dataclass
+class Endpoint:
+    url: str
+    breaker: CircuitBreaker
+    backend: Backend | None = None
+    probe: Probe | None = None
+    checked_at: float | None = None
+    outstanding: int = 0
+
+
+@dataclass
+class ProviderState:
+    cfg: ProviderConfig
+    endpoints: list[Endpoint]
+    metrics: ProviderMetrics = field(default_factory=ProviderMetrics)
+    misconfigured: str | None = None
+    checking: bool = False
+    rr: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+
+class Router:
+    def __init__(self, config: Config, *, runner: Runner | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random,
+                 quota: gate_mod.QuotaSignal | None = None) -> None:
+        self._clock, self._rand = clock, rand
+        self._runner = runner
+        self._own_runner = runner is None
+        self._listeners: list[Callable[[ChangeKind], None]] = []
+        self._health_task: asyncio.Future[Any] | None = None
+        self.ledger = gate_mod.SpendLedger()
+        self._pinned: str | None = None
+        self._quota_override = quota
+        self._providers: dict[str, ProviderState] = {}
+        self._apply(config)
+
+    # ------------------------------------------------------------ configuration
+
+    @classmethod
+    def from_config(cls, path: str | None = None, **kw: Any) -> Router:
+        return cls(load_config(path), **kw)
+
+    def _apply(self, config: Config) -> None:
+        c = config.cascade
+        self.config = config
+        self.policy = RetryPolicy(c.max_retries_per_provider, c.retry_delay_seconds,
+                                  c.max_retry_delay_seconds, c.retry_after_cap_seconds)
+        self.timeouts = Timeouts(c.connect_timeout_seconds, c.idle_timeout_seconds,
+                                 c.health_timeout_seconds)
+        self.local_only = config.cloud_gate.local_only
+        q = config.cloud_gate.quota
+        self.quota = self._quota_override or (gate_mod.QuotaSignal(
+            command=q.command, callable_path=q.callable, ttl=q.ttl_seconds,
+            timeout=q.timeout_seconds) if q else None)
+        old = self._providers
+        self._providers = {}
+        for p in config.providers:
+            prev = old.get(p.name)
+            if prev is not None and prev.cfg == p:
+                self._providers[p.name] = prev  # unchanged: keep health, breaker, metrics
+                continue
+            b = c.circuit_breaker
+            eps = [Endpoint(u, CircuitBreaker(b.failure_threshold, b.recovery_timeout,
+                                              b.half_open_max_calls)) for u in p.urls]
+            self._providers[p.name] = ProviderState(p, eps)
+        stale = [ep.backend for name, st in old.items() if self._providers.get(name) is not st
+                 for ep in st.endpoints if ep.backend is not None]
+        if stale and self._runner is not None and self._runner.alive:
+            for b in stale:
+                self._runner.submit(b.aclose())
+        if self._pinned and self._pinned not in self._providers:
+            self._pinned = None
+
+    def reload(self, path: str | None = None) -> Config:
+        """Re-read providers.yaml. On a bad file, raise ConfigError and keep everything."""
+        cfg = load_config(path or (self.config.source if self.config.source.endswith(
+            (".yaml", ".yml")) else None))
+        self._apply(cfg)
+        self._notify("config")
+        return cfg
+
+    @property
+    def runner(self) -> Runner:
+        if self._runner is None or not self._runner.alive:
+            self._runner = Runner()
+            self._own_runner = True
+        return self._runner
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._providers)
+
+    def provider(self, name: str) -> ProviderState:
+        try:
+            return self._providers[name]
+        except KeyError:
+            raise UnknownProvider(f"no provider named '{name}'; configured: "
+                                  f"{', '.join(self._providers) or '(none)'}") from None
+
+    # ------------------------------------------------------------ pin & gate
+
+    @property
+    def pinned(self) -> str | None:
+        return self._pinned
+
+    def pin(self, name: str | None) -> None:
+        if name is not None:
+            self.provider(name)
+        self._pinned = name
+        self._notify("pin")
+
+    def set_local_only(self, on: bool) -> None:
+        self.local_only = on
+        self._notify("gate")
+
+    def gate(self) -> gate_mod.GateDecision:
+        g = self.config.cloud_gate
+        closed = tuple(g.quota.closed_tiers) if g.quota else ("resting",)
+        return gate_mod.decide(local_only=self.local_only, spent_usd=self.ledger.spent_today,
+                               budget_usd=g.daily_budget_usd,
+                               tier=self.quota.tier() if self.quota else None,
+                               closed_tiers=closed)
+
+    # ------------------------------------------------------------ listeners
+
+    def subscribe(self, fn: Callable[[ChangeKind], None]) -> Callable[[], None]:
+        """Call ``fn(kind)`` after every change (from the router's loop thread)."""
+        self._listeners.append(fn)
+        return lambda: self._listeners.remove(fn) if fn in self._listeners else None
+
+    def _notify(self, kind: ChangeKind) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn(kind)
+            except Exception:
+                log.exception("listener failed")
+
+    # ------------------------------------------------------------ planning
+
+    def _view(self, st: ProviderState, now: float) -> View:
+        report = self._report(st, now)
+        available = [ep.breaker.available(now) for ep in st.endpoints]
+        models = frozenset(m.name for m in st.cfg.models) | frozenset(report.models)
+        return View(st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud,
+                    report.state if report.state != "circuit_open" else "unknown",
+                    any(available), min(ep.breaker.retry_in(now) for ep in st.endpoints),
+                    models, report.last_error or report.hint or "")
+
+    def plan(self, pin: str | None = None, model: str | None = None) -> Plan:
+        now = self._clock()
+        decision = self.gate()
+        return plan_route([self._view(st, now) for st in self._providers.values()],
+                          pin=pin, model=model, cloud_open=decision.open,
+                          cloud_reason=decision.reason)
+
+    # ------------------------------------------------------------ streaming
+
+    async def astream(self, request: ChatRequest | str, **kw: Any) -> AsyncIterator[Event]:
+        """Stream events for one request: Trying..., Delta..., then exactly one Done.
+        Raises RoutingError when no provider produced a first token."""
+        req = ChatRequest.of(request, **kw)
+        async for ev in self.runner.aiterate(lambda: self._stream(req)):
+            yield ev
+
+    def stream(self, request: ChatRequest | str, **kw: Any) -> Iterator[Event]:
+        req = ChatRequest.of(request, **kw)
+        return self.runner.iterate(lambda: self._stream(req))
+
+    async def acomplete(self, request: ChatRequest | str, **kw: Any) -> Result:
+        async for ev in self.astream(request, **kw):
+            if isinstance(ev, Done):
+                return ev.result
+        raise AssertionError("stream ended without Done")  # pragma: no cover
+
+    def complete(self, request: ChatRequest | str, **kw: Any) -> Result:
+        for ev in self.stream(request, **kw):
+            if isinstance(ev, Done):
+                return ev.result
+        raise AssertionError("stream ended without Done")  # pragma: no cover
+
+    async def _stream(self, req: ChatRequest) -> AsyncIterator[Event]:
+        t0 = self._clock()
+        deadline = t0 + self.config.cascade.timeout_seconds
+        pin = req.provider or self._pinned
+        if pin is not None:
+            self.provider(pin)
+        plan = self.plan(pin, req.model)
+        if not plan.order and plan.skipped_for("unhealthy"):
+            # last known health says down: look again now (one health timeout) before failing
+            await self.acheck_health(plan.skipped_for("unhealthy"))
+            plan = self.plan(pin, req.model)
+        attempts: list[Attempt] = []
+        for name in plan.order:
+            st = self._providers[name]
+            async for ev in self._try_provider(st, req, t0, deadline, attempts, plan, pin):
+                yield ev
+                if isinstance(ev, Done):
+                    return
+            if self._clock() >= deadline:
+                break
+        trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
+        if pin is not None:
+            why = attempts[-1].error if attempts else next(
+                (str(s) for s in plan.skipped if s.provider == pin), "not tried")
+            raise PinnedProviderFailed(f"pinned provider '{pin}' failed: {why}", trace)
+        raise NoProviderAvailable(_no_provider_message(plan, attempts), trace)
+
+    async def _try_provider(self, st: ProviderState, req: ChatRequest, t0: float,
+                            deadline: float, attempts: list[Attempt], plan: Plan,
+                            pin: str | None) -> AsyncIterator[Event]:
+        retry_no = 0
+        while self._clock() < deadline:
+            now = self._clock()
+            ep = self._pick(st, now)
+            if ep is None or not ep.breaker.acquire(now):
+                return
+            number = len(attempts) + 1
+            yield Trying(st.name, ep.url, number)
+            started = self._clock()
+            first = False
+            try:
+                async for ev in self._attempt(st, ep, req, t0, deadline, started):
+                    if isinstance(ev, Delta):
+                        first = True
+                    elif isinstance(ev, Done):
+                        outcome: Literal["answered", "broken"] = \
+                            "broken" if ev.result.error else "answered"
+                        attempts.append(Attempt(st.name, ep.url, number, outcome,
+                                                ev.result.error, self._clock() - started))
+                        trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
+                        ev = Done(_with_trace(ev.result, trace))
+                    yield ev
+                return
+            except ProviderError as err:
+                assert not first
+                attempts.append(Attempt(st.name, ep.url, number, "failed", str(err),
+                                        self._clock() - started))
+                if isinstance(err, ProviderAuthError):
+                    st.misconfigured = str(err)
+                    self._notify("health")
+                    return
+                retry_no += 1
+                delay = self.policy.delay_for(err, retry_no, self._rand)
+                if delay is None or self._clock() + delay >= deadline:
+                    return
+                await asyncio.sleep(delay)
+
+    def _pick(self, st: ProviderState, now: float) -> Endpoint | None:
+        eps = st.endpoints
+        i = pick_endpoint([e.outstanding for e in eps],
+                          [e.breaker.available(now) for e in eps],
+                          [e.probe is None or e.probe.state != "down" for e in eps], st.rr)
+        if i is None:
+            return None
+        st.rr = (i + 1) % len(eps)
+        return eps[i]
+
+    def _backend(self, st: ProviderState, ep: Endpoint) -> Backend:
+        if ep.backend is None:
+            ep.backend = st.cfg.kind.load_factory()(st.cfg, ep.url, self.timeouts)
+        return ep.backend
+
+    async def _attempt(self, st: ProviderState, ep: Endpoint, req: ChatRequest, t0: float,
+                       deadline: float, started: float) -> AsyncIterator[Event]:
+        """One attempt on one endpoint. Raises ProviderError before the first token; after
+        it, ends with a Done carrying the partial text and the error."""
+        cas = self.config.cascade
+        model = req.model or st.cfg.default_model
+        parts: list[str] = []
+        usage: Usage | None = None
+        served_model: str | None = None
+        chunks = 0
+        ttft: float | None = None
+        ep.outstanding += 1
+        st.metrics.started()
+        error: ProviderError | None = None
+        try:
+            backend = self._backend(st, ep)
+            first_deadline = min(deadline, started + cas.first_token_timeout_seconds)
+            gen = backend.stream(req, model)
+            loop = asyncio.get_running_loop()
+            # The deadline guards only the wait for the next chunk (never the consumer's
+            # code between two yields): first token, then idle gaps, capped by the request.
+            when = loop.time() + max(0.0, first_deadline - self._clock())
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout_at(when):
+                            chunk = await anext(gen)
+                    except StopAsyncIteration:
+                        break
+                    if chunk.model and served_model is None:
+                        served_model = chunk.model
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    if chunk.text:
+                        now = self._clock()
+                        if ttft is None:
+                            ttft = now - t0
+                        chunks += 1
+                        parts.append(chunk.text)
+                        when = loop.time() + min(cas.idle_timeout_seconds, deadline - now)
+                        yield Delta(chunk.text)
+            finally:
+                await gen.aclose()
+        except TimeoutError as exc:
+            error = ProviderTimeout(self._timeout_message(ttft, deadline), provider=st.name)
+            error.__cause__ = exc
+        except ProviderError as exc:
+            error = exc
+        except (asyncio.CancelledError, GeneratorExit):
+            ep.breaker.release(self._clock())
+            st.metrics.was_cancelled()
+            raise
+        except Exception as exc:  # an adapter bug must not kill the route: count it
+            error = map_error(exc, st.name)
+        finally:
+            ep.outstanding -= 1
+        now = self._clock()
+        if error is not None:
+            self._record_failure(st, ep, error, now)
+            if ttft is None:
+                raise error
+        else:
+            ep.breaker.record_success(now)
+            self._mark_up(ep, now)
+        text = "".join(parts)
+        if usage is None or usage.output_tokens is None:
+            usage = Usage(usage.input_tokens if usage else None, chunks, estimated=True)
+        total = now - t0
+        gen_time = now - t0 - (ttft or 0.0)
+        tok_s = usage.output_tokens / gen_time if usage.output_tokens and gen_time > 0 else None
+        mc = st.cfg.model(served_model or model) or st.cfg.model(model)
+        cost = gate_mod.cost_usd(usage.input_tokens, usage.output_tokens,
+                                 mc.price_per_1k_input if mc else 0.0,
+                                 mc.price_per_1k_output if mc else 0.0)
+        if cost:
+            self.ledger.add(cost)
+        if error is None:
+            own_ttft = None if ttft is None else ttft - (started - t0)
+            st.metrics.succeeded(now - started, own_ttft, tok_s, cost)
+        elif cost:
+            st.metrics.add_cost(cost)
+        self._notify("metrics")
+        yield Done(Result(text, st.name, served_model or model, usage,
+                          Timings(ttft, total, tok_s), RouteTrace(),
+                          error=str(error) if error else None, cost_usd=cost, endpoint=ep.url))
+
+    def _timeout_message(self, ttft: float | None, deadline: float) -> str:
+        cas = self.config.cascade
+        if self._clock() >= deadline - 1e-3:
+            return f"whole request exceeded timeout_seconds={cas.timeout_seconds:g}"
+        if ttft is None:
+            return f"no first token within first_token_timeout_seconds=" \
+                   f"{cas.first_token_timeout_seconds:g}"
+        return f"stream stalled: no data for idle_timeout_seconds={cas.idle_timeout_seconds:g}"
+
+    def _record_failure(self, st: ProviderState, ep: Endpoint, err: ProviderError,
+                        now: float) -> None:
+        st.metrics.failed()
+        if err.counts_against_breaker:
+            ep.breaker.record_failure(now)
+        else:
+            ep.breaker.release(now)
+        if err.retryable and err.status is None:  # cannot reach it: the badge should say so
+            ep.probe = Probe("down", error=str(err))
+            ep.checked_at = now
+        self._notify("metrics")
+
+    def _mark_up(self, ep: Endpoint, now: float) -> None:
+        if ep.probe is None or ep.probe.state == "down":
+            ep.probe = Probe("healthy", models=ep.probe.models if ep.probe else ())
+            ep.checked_at = now
+
+    # ------------------------------------------------------------ health
+
+    async def acheck_health(self, names: list[str] | None = None) -> dict[str, HealthReport]:
+        """Probe the given providers (default: every enabled or pinned one) concurrently,
+        all under one deadline of ``health_timeout_seconds``."""
+        if not self.runner.on_loop():
+            fut = self.runner.submit(self.acheck_health(names))
+            return await asyncio.wrap_future(fut)
+        timeout = self.config.cascade.health_timeout_seconds
+        targets = [self._providers[n] for n in (names or self._providers) if n in
+                   self._providers]
+        targets = [st for st in targets if names or st.cfg.enabled or st.name == self._pinned]
+        targets = [st for st in targets if not (st.cfg.kind.needs_key and not st.cfg.key())]
+        jobs = [(st, ep) for st in targets for ep in st.endpoints]
+        for st in targets:
+            st.checking = True
+        self._notify("health")
+
+        async def one(st: ProviderState, ep: Endpoint) -> None:
+            try:
+                probe = await asyncio.wait_for(self._backend(st, ep).probe(timeout),
+                                               timeout + 0.25)
+            except (TimeoutError, asyncio.TimeoutError):
+                probe = Probe("down", error=f"health check timed out after {timeout:g}s")
+            except Exception as exc:
+                probe = Probe("down", error=str(map_error(exc, st.name)))
+            ep.probe, ep.checked_at = probe, self._clock()
+
+        await asyncio.gather(*(one(st, ep) for st, ep in jobs))
+        for st in targets:
+            st.checking = False
+            if st.misconfigured and all(ep.probe and ep.probe.state == "healthy"
+                                        for ep in st.endpoints):
+                st.misconfigured = None
+        self._notify("health")
+        return {st.name: self._report(st, self._clock()) for st in targets}
+
+    def check_health(self, names: list[str] | None = None,
+                     timeout: float | None = None) -> dict[str, HealthReport]:
+        limit = timeout or self.config.cascade.health_timeout_seconds + 5
+        return self.runner.run(self.acheck_health(names), timeout=limit)
+
+    def start_health_loop(self, interval: float | None = None) -> None:
+        """Probe everything now and then every ``health_interval_seconds``, in the
+        background. A provider that is down is never dropped: it is probed again."""
+        if self._health_task is not None and not self._health_task.done():
+            return
+        every = interval or self.config.cascade.health_interval_seconds
+
+        async def loop() -> None:
+            while True:
+                try:
+                    await self.acheck_health()
+                except Exception:
+                    log.exception("health pass failed")
+                await asyncio.sleep(every)
+
+        self._health_task = self.runner.submit(loop())
+
+    def health(self) -> dict[str, HealthReport]:
+        """The last known health of every provider (no I/O)."""
+        now = self._clock()
+        return {name: self._report(st, now) for name, st in self._providers.items()}
+
+    def _report(self, st: ProviderState, now: float) -> HealthReport:
+        cfg = st.cfg
+        eps = tuple(EndpointHealth(
+            ep.url, ep.probe.state if ep.probe else "unknown",
+            ep.probe.latency_s if ep.probe else None, ep.probe.error if ep.probe else None,
+            ep.breaker.state(now), ep.outstanding) for ep in st.endpoints)
+        probes = [ep.probe for ep in st.endpoints if ep.probe is not None]
+        models = tuple(dict.fromkeys(m for p in probes for m in p.models))
+        detail: dict[str, Any] = {}
+        for p in probes:
+            detail.update(p.detail)
+        latencies = [p.latency_s for p in probes if p.latency_s is not None]
+        errors = [p.error for p in probes if p.error]
+        circuits = [e.circuit for e in eps]
+        circuit: Any = ("open" if all(c == "open" for c in circuits) else
+                        "half_open" if "half_open" in circuits else "closed")
+        state: HealthState
+        hint = None
+        if not cfg.enabled:
+            state = "disabled"
+        elif cfg.kind.needs_key and not cfg.key():
+            state = "not_configured"
+            var = ", ".join(cfg.missing_env) or cfg.kind.key_env or "an API key"
+            hint = f"set {var} (api_key)"
+        elif st.misconfigured:
+            state = "misconfigured"
+            errors = [st.misconfigured]
+        elif circuit == "open":
+            state = "circuit_open"
+        elif not probes:
+            state = "unknown"
+        else:
+            states = {p.state for p in probes}
+            state = ("healthy" if states == {"healthy"} and len(probes) == len(eps) else
+                     "down" if states == {"down"} and len(probes) == len(eps) else "degraded")
+        checked = [ep.checked_at for ep in st.endpoints if ep.checked_at is not None]
+        return HealthReport(cfg.name, cfg.type, state, cfg.is_cloud,
+                            min(latencies) if latencies else None, models, detail,
+                            REDACT(errors[-1]) if errors else None,
+                            max(checked) if checked else None, circuit, eps, hint)
+
+    def metrics(self) -> dict[str, MetricsSnapshot]:
+        return {name: st.metrics.snapshot() for name, st in self._providers.items()}
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def aclose(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+        for st in self._providers.values():
+            for ep in st.endpoints:
+                if ep.backend is not None:
+                    await ep.backend.aclose()
+                    ep.backend = None
+
+    def close(self) -> None:
+        """Stop background work, close connections, and stop the loop thread if ours."""
+        if self._runner is None or not self._runner.alive:
+            return
+        try:
+            self._runner.run(self.aclose(), timeout=5)
+        except Exception:
+            log.debug("close: connections did not close cleanly", exc_info=True)
+        if self._own_runner:
+            self._runner.stop()
+
+    def __enter__(self) -> Router:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"<Router {len(self._providers)} providers from {self.config.source}"
+                f"{', pinned ' + self._pinned if self._pinned else ''}>")
+
+
+def _with_trace(result: Result, trace: RouteTrace) -> Result:
+    from dataclasses import replace
+
+    return replace(result, trace=trace)
+
+
+def _no_provider_message(plan: Plan, attempts: list[Attempt]) -> str:
+    if not plan.considered:
+        return "no providers are configured"
+    if not attempts:
+        reasons = "; ".join(str(s) for s in plan.skipped)
+        return f"no provider could be tried: {reasons}"
+    failed = "; ".join(f"{a.provider}: {a.error}" for a in attempts)
+    return f"every provider failed before answering: {failed}"

@@ -1,0 +1,149 @@
+"""One background asyncio loop thread that owns the router's I/O.
+
+ipykernel already runs a loop of its own, so the magics stay synchronous and hand coroutines
+to this one. ``iterate`` bridges an async iterator to a plain generator; when the consumer
+stops early (KeyboardInterrupt from a kernel interrupt, ``break``, an exception), the
+producing task is cancelled, which closes the HTTP stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_END = object()
+
+
+class Runner:
+    def __init__(self, name: str = "timmy-magic-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    def on_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait; on KeyboardInterrupt or timeout, cancel it."""
+        if self.on_loop():
+            raise RuntimeError("Runner.run called from the runner's own loop (would deadlock)")
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout)
+        except BaseException:
+            fut.cancel()
+            raise
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    def iterate(self, make: Callable[[], AsyncIterator[T]],
+                poll: float = 0.05) -> Iterator[T]:
+        """Consume ``make()`` on the loop from this (other) thread, item by item."""
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+        async def pump() -> None:
+            try:
+                async for item in make():
+                    q.put(item)
+            except BaseException as exc:  # forwarded to the consumer, re-raised there
+                q.put(_Raised(exc))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                q.put(_END)
+
+        fut = self.submit(pump())
+        try:
+            while True:
+                try:
+                    item = q.get(timeout=poll)
+                except queue.Empty:
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield item
+        finally:
+            if not fut.done():
+                fut.cancel()
+                try:
+                    fut.result(timeout=5)
+                except BaseException:
+                    pass
+
+    async def aiterate(self, make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
+        """Consume ``make()`` on this loop from a coroutine running on another loop."""
+        if asyncio.get_running_loop() is self.loop:
+            async for item in make():
+                yield item
+            return
+        here = asyncio.get_running_loop()
+        q: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for item in make():
+                    here.call_soon_threadsafe(q.put_nowait, item)
+            except BaseException as exc:
+                here.call_soon_threadsafe(q.put_nowait, _Raised(exc))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                here.call_soon_threadsafe(q.put_nowait, _END)
+
+        fut = self.submit(pump())
+        try:
+            while True:
+                item = await q.get()
+                if item is _END:
+                    return
+                if isinstance(item, _Raised):
+                    raise item.exc
+                yield item
+        finally:
+            fut.cancel()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.loop.is_closed():
+            return
+
+        async def _cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            try:
+                self.submit(_cancel_all()).result(timeout)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

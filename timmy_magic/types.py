@@ -1,0 +1,221 @@
+"""Values that flow through the router: requests, stream events, traces, results.
+
+All are frozen dataclasses (or plain enums of strings) so they can be shared between the
+router's loop thread and the kernel thread without locks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+Role = Literal["system", "user", "assistant"]
+HealthState = Literal[
+    "healthy", "degraded", "down", "circuit_open", "misconfigured",
+    "disabled", "not_configured", "not_installed", "unknown",
+]
+CircuitState = Literal["closed", "open", "half_open"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat request. ``provider`` pins it: only that provider is tried."""
+
+    messages: tuple[Message, ...]
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    provider: str | None = None
+
+    @classmethod
+    def of(cls, prompt: str | ChatRequest, *, system: str | None = None,
+           **kw: Any) -> ChatRequest:
+        if isinstance(prompt, ChatRequest):
+            return prompt
+        msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+        return cls(messages=tuple(msgs), **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    estimated: bool = False
+    """True when the server sent no usage and the counts were estimated on the client."""
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    ttft_s: float | None
+    total_s: float
+    output_tokens_per_s: float | None
+
+
+# ---------------------------------------------------------------- route trace
+
+SkipReason = Literal[
+    "pinned_elsewhere", "disabled", "not_configured", "not_installed", "circuit_open",
+    "cloud_gate", "unhealthy", "misconfigured", "no_model",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    provider: str
+    reason: SkipReason
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.provider} skipped ({self.reason.replace('_', ' ')}"\
+            f"{': ' + self.detail if self.detail else ''})"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    provider: str
+    endpoint: str
+    number: int
+    outcome: Literal["answered", "failed", "broken"]
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    def __str__(self) -> str:
+        tag = f"{self.provider}#{self.number}"
+        if self.outcome == "answered":
+            return f"{tag} answered ({self.elapsed_s:.2f}s)"
+        return f"{tag} {self.outcome}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTrace:
+    """Providers considered, skipped (and why), tried, failed (and why), and who answered."""
+
+    considered: tuple[str, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
+    pinned: str | None = None
+
+    @property
+    def answered_by(self) -> str | None:
+        for a in self.attempts:
+            if a.outcome != "failed":
+                return a.provider
+        return None
+
+    def lines(self) -> list[str]:
+        out = [f"considered: {', '.join(self.considered) or '(none)'}"
+               + (f"  [pinned: {self.pinned}]" if self.pinned else "")]
+        out += [str(s) for s in self.skipped]
+        out += [str(a) for a in self.attempts]
+        return out
+
+    def __str__(self) -> str:
+        return " | ".join(self.lines())
+
+
+# ---------------------------------------------------------------- results & events
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A finished (or partially finished) answer. ``error`` is set when it is partial."""
+
+    text: str
+    provider: str | None
+    model: str | None
+    usage: Usage
+    timings: Timings
+    trace: RouteTrace
+    error: str | None = None
+    cost_usd: float = 0.0
+    endpoint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def footer(self) -> str:
+        t = self.timings
+        parts = [f"{self.provider} · {self.model}"]
+        if t.ttft_s is not None:
+            parts.append(f"TTFT {t.ttft_s:.2f}s")
+        if self.usage.output_tokens is not None:
+            est = "~" if self.usage.estimated else ""
+            parts.append(f"{est}{self.usage.output_tokens} tok")
+        if t.output_tokens_per_s is not None:
+            parts.append(f"{t.output_tokens_per_s:.1f} tok/s")
+        parts.append(f"{t.total_s:.2f}s")
+        if self.cost_usd:
+            parts.append(f"${self.cost_usd:.4f}")
+        return " · ".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        tail = f"\n\n---\n*{self.footer()}*"
+        if self.error:
+            tail += f"\n\n**Stream interrupted:** {self.error}"
+        return self.text + tail
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of answer text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Trying:
+    """The router is about to send the request to ``provider`` (attempt ``number``)."""
+
+    provider: str
+    endpoint: str
+    number: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    """The last event of every stream. ``result.error`` is set if the stream broke after
+    its first token: the partial text is kept in ``result.text``."""
+
+    result: Result
+
+
+Event = Union[Delta, Trying, Done]
+
+
+# ---------------------------------------------------------------- health
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointHealth:
+    url: str
+    state: HealthState
+    latency_s: float | None = None
+    error: str | None = None
+    circuit: CircuitState = "closed"
+    outstanding: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    provider: str
+    type: str
+    state: HealthState
+    is_cloud: bool
+    latency_s: float | None = None
+    models: tuple[str, ...] = ()
+    detail: dict[str, Any] = field(default_factory=dict)
+    last_error: str | None = None
+    checked_at: float | None = None
+    circuit: CircuitState = "closed"
+    endpoints: tuple[EndpointHealth, ...] = ()
+    hint: str | None = None
