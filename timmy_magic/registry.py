@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import ProviderConfig
     from .providers.base import Backend
 
 ENTRY_POINT_GROUP = "timmy_magic.providers"

@@ -85,7 +85,7 @@ class Router:
         self.policy = RetryPolicy(c.max_retries_per_provider, c.retry_delay_seconds,
                                   c.max_retry_delay_seconds, c.retry_after_cap_seconds)
         self.timeouts = Timeouts(c.connect_timeout_seconds, c.idle_timeout_seconds,
-                                 c.health_timeout_seconds)
+                                 c.health_timeout_seconds, c.first_token_timeout_seconds)
         self.local_only = config.cloud_gate.local_only
         q = config.cloud_gate.quota
         self.quota = self._quota_override or (gate_mod.QuotaSignal(
@@ -255,6 +255,7 @@ class Router:
                 return
             number = len(attempts) + 1
             yield Trying(st.name, ep.url, number)
+            self._backend(st, ep)  # first use imports the SDK: not part of the deadlines
             started = self._clock()
             first = False
             try:

@@ -10,11 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import httpx
 
 from ..errors import ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import Chunk, Probe, Timeouts, get_json, http_timeout, map_error, probe_error
+from .base import Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:
@@ -26,19 +25,25 @@ API_VERSION = "2023-06-01"
 
 class AnthropicBackend:
     def __init__(self, cfg: ProviderConfig, url: str, timeouts: Timeouts) -> None:
-        import anthropic  # deferred
-
         self.provider, self.url = cfg.name, url
         self._root = strip_v1(url)
         key = cfg.key() or "not-needed"
         self._headers = {"x-api-key": key, "anthropic-version": API_VERSION, **cfg.headers}
-        self._http = httpx.AsyncClient(timeout=http_timeout(timeouts),
-                                       limits=httpx.Limits(max_connections=1024,
-                                                           max_keepalive_connections=64))
-        self._client = anthropic.AsyncAnthropic(base_url=self._root, api_key=key, max_retries=0,
-                                                http_client=self._http,
-                                                default_headers=cfg.headers or None)
+        self._http = make_http_client(timeouts)
+        self._key, self._extra = key, dict(cfg.headers)
+        self._client_: Any = None
         self.served_models: tuple[str, ...] = ()
+
+    @property
+    def _client(self) -> Any:
+        """The anthropic SDK client, made on first use: health checks never import it."""
+        if self._client_ is None:
+            import anthropic
+
+            self._client_ = anthropic.AsyncAnthropic(base_url=self._root, api_key=self._key,
+                                                     max_retries=0, http_client=self._http,
+                                                     default_headers=self._extra or None)
+        return self._client_
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")

@@ -46,6 +46,7 @@ class Timeouts:
     connect: float
     idle: float
     health: float
+    first_token: float
 
 
 class Backend(Protocol):
@@ -59,9 +60,31 @@ class Backend(Protocol):
 
 
 def http_timeout(t: Timeouts) -> httpx.Timeout:
-    # read = the idle gap allowed between two chunks; the router enforces first-token and
-    # whole-request deadlines itself.
-    return httpx.Timeout(connect=t.connect, read=t.idle, write=t.idle, pool=t.connect)
+    # The router enforces the first-token, idle and whole-request deadlines itself (they
+    # name the phase that stalled); httpx's read timeout is only a backstop behind them.
+    backstop = max(t.idle, t.first_token) + 1.0
+    return httpx.Timeout(connect=t.connect, read=backstop, write=backstop, pool=t.connect)
+
+
+_SSL: Any = None
+
+
+def make_http_client(t: Timeouts, **kw: Any) -> httpx.AsyncClient:
+    """One client per endpoint; all share one SSL context (building one costs ~10 ms)."""
+    global _SSL
+    if _SSL is None:
+        import ssl
+
+        _SSL = ssl.create_default_context()
+        try:
+            import certifi
+
+            _SSL.load_verify_locations(certifi.where())
+        except ImportError:
+            pass
+    return httpx.AsyncClient(timeout=http_timeout(t), verify=_SSL, follow_redirects=True,
+                             limits=httpx.Limits(max_connections=1024,
+                                                 max_keepalive_connections=64), **kw)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

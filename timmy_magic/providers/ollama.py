@@ -13,7 +13,7 @@ import httpx
 
 from ..errors import ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, http_timeout, map_error, probe_error,
+from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
                    status_error)
 from .openai_compat import strip_v1
 
@@ -36,7 +36,7 @@ class OllamaBackend:
     def __init__(self, cfg: ProviderConfig, url: str, timeouts: Timeouts) -> None:
         self.provider, self.url = cfg.name, url
         self._root = strip_v1(url)
-        self._http = httpx.AsyncClient(timeout=http_timeout(timeouts), headers=cfg.headers)
+        self._http = make_http_client(timeouts, headers=cfg.headers)
         self.served_models: tuple[str, ...] = ()
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:

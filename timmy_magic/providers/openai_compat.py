@@ -16,11 +16,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import httpx
 
-from ..errors import ProviderProtocolError
+from ..errors import ProviderProtocolError, ProviderTimeout
 from ..types import ChatRequest, Usage
-from .base import Chunk, Probe, Timeouts, get_json, http_timeout, map_error, probe_error
+from .base import Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -69,36 +68,55 @@ def _parse_health(type_name: str, status: int, body: Any) -> tuple[str, dict[str
 
 class OpenAICompatBackend:
     def __init__(self, cfg: ProviderConfig, url: str, timeouts: Timeouts) -> None:
-        import openai  # deferred: keeps `import timmy_magic` light
-
         self.provider, self.type, self.url = cfg.name, cfg.type, url
         self._base = client_base(cfg.type, url)
+        self._timeouts = timeouts
         self._health_url = health_url(cfg.type, url)
         key = cfg.key()
+        self._extra = dict(cfg.headers)
         self._headers = dict(cfg.headers)
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
-        self._http = httpx.AsyncClient(timeout=http_timeout(timeouts),
-                                       limits=httpx.Limits(max_connections=1024,
-                                                           max_keepalive_connections=64),
-                                       follow_redirects=True)
-        self._client = openai.AsyncOpenAI(base_url=self._base, api_key=key or "not-needed",
-                                          max_retries=0, http_client=self._http,
-                                          default_headers=cfg.headers or None)
+        self._key = key
+        self._http = make_http_client(timeouts)
+        self._client_: Any = None
         self.served_models: tuple[str, ...] = ()
 
-    def _model(self, model: str | None) -> str:
+    @property
+    def _client(self) -> Any:
+        """The openai SDK client, made on first use: health checks never import the SDK."""
+        if self._client_ is None:
+            import openai
+
+            self._client_ = openai.AsyncOpenAI(base_url=self._base,
+                                               api_key=self._key or "not-needed",
+                                               max_retries=0, http_client=self._http,
+                                               default_headers=self._extra or None)
+        return self._client_
+
+    async def _model(self, model: str | None) -> str:
+        """The model to ask for: the requested one, else what the server says it serves
+        (learned from health, or asked now), else the type's fallback name."""
         if model:
             return model
         if self.type == "mlx_lm":  # any name but its loaded one makes it try the hub
             return _FALLBACK_MODEL["mlx_lm"]
+        if not self.served_models:  # ask once; errors propagate (mapped by the caller)
+            try:
+                _, body, _ = await get_json(self._http, self._health_url,
+                                            self._timeouts.health, self._headers)
+            except TimeoutError:
+                raise ProviderTimeout(f"no answer to the model lookup ({self._health_url}) "
+                                      f"within {self._timeouts.health:g}s",
+                                      provider=self.provider) from None
+            self.served_models = await self._models(body, self._timeouts.health)
         if self.served_models:
             return self.served_models[0]
         fallback = _FALLBACK_MODEL.get(self.type)
         if fallback:
             return fallback
         raise ProviderProtocolError(
-            "no model configured and none known from the server yet: set `models:` "
+            "no model configured and the server lists none: set `models:` "
             "in providers.yaml or pass -m", provider=self.provider)
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
@@ -109,7 +127,7 @@ class OpenAICompatBackend:
             kwargs["max_tokens"] = request.max_tokens
         try:
             stream = await self._client.chat.completions.create(
-                model=self._model(model), stream=True, stream_options={"include_usage": True},
+                model=await self._model(model), stream=True, stream_options={"include_usage": True},
                 messages=[{"role": m.role, "content": m.content} for m in request.messages],
                 **kwargs)
         except Exception as exc:

@@ -1,0 +1,94 @@
+"""Escape-safe ``{name}`` interpolation of kernel variables into a prompt (issue 3).
+
+jupyter-ai formats prompts with ``str.format_map``, so any ``{`` in pasted code or JSON
+crashes the cell (its issues #27, #967). Here a brace is only special when it is part of a
+*reference*; everything else is left exactly as written:
+
+- ``{{`` and ``}}`` are literal ``{`` and ``}``;
+- ``{ref}`` is replaced by ``str(value)`` when ``ref`` is a name followed by any number of
+  ``.attribute`` and ``[index]`` parts, an index being an integer or a quoted string:
+  ``{topic}``, ``{df.shape[0]}``, ``{cfg["model"]}``, ``{rows[-1].name}``;
+- any other brace (``{"a": 1}``, ``{ x }``, ``{x:.2f}``, ``{}``, a lone ``}``) stays as is;
+- a reference whose name is undefined, or whose lookup fails, raises ``InterpolationError``
+  naming it. Nothing is ever evaluated beyond attribute and item lookups.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import TimmyError
+
+_NAME = r"[^\W\d]\w*"
+_INDEX = r"\[(?:-?\d+|'[^'\\\]]*'|\"[^\"\\\]]*\")\]"
+_REF = re.compile(rf"\{{({_NAME}(?:\.{_NAME}|{_INDEX})*)\}}")
+_PART = re.compile(rf"\.({_NAME})|\[(-?\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
+_HINT = "write {{ and }} for literal braces, or use %%llm --no-interpolate"
+
+
+class InterpolationError(TimmyError):
+    """A ``{reference}`` could not be resolved; the message names it."""
+
+
+def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
+    """``template`` with every ``{reference}`` replaced and ``{{``/``}}`` unescaped."""
+    out: list[str] = []
+    i, n = 0, len(template)
+    while i < n:
+        ch = template[i]
+        if ch in "{}" and template.startswith(ch * 2, i):
+            out.append(ch)
+            i += 2
+            continue
+        match = _REF.match(template, i) if ch == "{" else None
+        if match is None:
+            out.append(ch)
+            i += 1
+            continue
+        out.append(str(resolve(match.group(1), namespace)))
+        i = match.end()
+    return "".join(out)
+
+
+def references(template: str) -> list[str]:
+    """The references ``interpolate`` would look up, in order (escapes skipped)."""
+    found: list[str] = []
+    i = 0
+    while i < len(template):
+        if template[i] in "{}" and template.startswith(template[i] * 2, i):
+            i += 2
+        elif (m := _REF.match(template, i)) is not None:
+            found.append(m.group(1))
+            i = m.end()
+        else:
+            i += 1
+    return found
+
+
+def resolve(ref: str, namespace: Mapping[str, Any]) -> Any:
+    """Look up ``name.attr[0]['key']`` in ``namespace``; InterpolationError if it fails."""
+    name = re.match(_NAME, ref)
+    assert name is not None  # guaranteed by _REF
+    if name.group() not in namespace:
+        raise InterpolationError(f"{{{ref}}}: name '{name.group()}' is not defined "
+                                 f"({_HINT})")
+    value = namespace[name.group()]
+    for part in _PART.finditer(ref, name.end()):
+        value = _step(value, part, ref)
+    return value
+
+
+def _step(value: Any, part: re.Match[str], ref: str) -> Any:
+    attr, number, single, double = part.groups()
+    try:
+        if attr is not None:
+            return getattr(value, attr)
+        return value[int(number) if number is not None else
+                     (single if single is not None else double)]
+    except Exception as exc:  # user objects may raise anything from a lookup
+        what = f"no attribute '{attr}'" if isinstance(exc, AttributeError) and attr else \
+            f"{type(exc).__name__}: {exc}"
+        raise InterpolationError(f"{{{ref}}}: {type(value).__name__} lookup "
+                                 f"'{part.group()}' failed ({what})") from exc
