@@ -1,19 +1,26 @@
-"""Anthropic Messages API (streaming), through the anthropic SDK.
+"""Anthropic Messages API (streaming) over httpx.
 
-Tested against vllm-mlx's ``/v1/messages``, which speaks the same event stream:
-message_start (input usage), content_block_delta/text_delta..., message_delta (output
-usage, stop_reason), message_stop.
+Wire format: https://docs.anthropic.com/en/api/messages-streaming — an SSE stream of
+message_start (input usage), content_block_delta/text_delta..., message_delta (output usage,
+stop_reason), message_stop; ``event: error`` carries an in-stream error. Tested against
+vllm-mlx's ``/v1/messages``, which speaks the same stream.
+
+Why not the anthropic SDK: its 2.x releases ship their own HTTP stack (httpx2), so it could
+share neither our connection pool nor our timeout and error mapping; the protocol is small.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+import httpx
 
 from ..errors import ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error
+from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
+                   sse_events, status_error)
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:
@@ -27,70 +34,70 @@ class AnthropicBackend:
     def __init__(self, cfg: ProviderConfig, url: str, timeouts: Timeouts) -> None:
         self.provider, self.url = cfg.name, url
         self._root = strip_v1(url)
-        key = cfg.key() or "not-needed"
-        self._headers = {"x-api-key": key, "anthropic-version": API_VERSION, **cfg.headers}
+        self._headers = {"x-api-key": cfg.key() or "not-needed",
+                         "anthropic-version": API_VERSION, **cfg.headers}
         self._http = make_http_client(timeouts)
-        self._key, self._extra = key, dict(cfg.headers)
-        self._client_: Any = None
         self.served_models: tuple[str, ...] = ()
 
-    @property
-    def _client(self) -> Any:
-        """The anthropic SDK client, made on first use: health checks never import it."""
-        if self._client_ is None:
-            import anthropic
-
-            self._client_ = anthropic.AsyncAnthropic(base_url=self._root, api_key=self._key,
-                                                     max_retries=0, http_client=self._http,
-                                                     default_headers=self._extra or None)
-        return self._client_
+    def _payload(self, request: ChatRequest, model: str) -> dict[str, Any]:
+        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        payload: dict[str, Any] = {
+            "model": model, "stream": True,
+            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
+            "messages": [{"role": m.role, "content": m.content}
+                         for m in request.messages if m.role != "system"]}
+        if system:
+            payload["system"] = system
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        return payload
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
-        kwargs: dict[str, Any] = {}
-        if system:
-            kwargs["system"] = system
-        if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
         name = model or (self.served_models[0] if self.served_models else None)
         if not name:
             raise ProviderProtocolError("no model configured: set `models:` in providers.yaml "
                                         "or pass -m", provider=self.provider)
         try:
-            stream = await self._client.messages.create(
-                model=name, stream=True, max_tokens=request.max_tokens or DEFAULT_MAX_TOKENS,
-                messages=[{"role": m.role, "content": m.content}
-                          for m in request.messages if m.role != "system"], **kwargs)
-        except Exception as exc:
-            raise map_error(exc, self.provider) from exc
-        try:
-            async for chunk in self._chunks(stream):
-                yield chunk
+            async with self._http.stream("POST", self._root + "/v1/messages",
+                                         json=self._payload(request, name),
+                                         headers=self._headers) as r:
+                if r.status_code != 200:
+                    raise status_error(self.provider, r.status_code, r.headers,
+                                       _json_or_text(await r.aread()))
+                ctype = r.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    raise ProviderProtocolError(f"expected an event stream, got content-type "
+                                                f"{ctype or '(none)'}", provider=self.provider)
+                async for chunk in self._chunks(r):
+                    yield chunk
         except ProviderProtocolError:
             raise
         except Exception as exc:
             raise map_error(exc, self.provider) from exc
-        finally:
-            await stream.close()
 
-    async def _chunks(self, stream: Any) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         input_tokens: int | None = None
-        stopped = False
-        async for ev in stream:
-            kind = ev.type
+        async for event, data in sse_events(r):
+            obj = json.loads(data)
+            kind = obj.get("type", event)
             if kind == "message_start":
-                input_tokens = ev.message.usage.input_tokens
-                yield Chunk(model=ev.message.model)
-            elif kind == "content_block_delta" and getattr(ev.delta, "type", "") == "text_delta":
-                if ev.delta.text:
-                    yield Chunk(text=ev.delta.text)
+                msg = obj["message"]
+                input_tokens = (msg.get("usage") or {}).get("input_tokens")
+                yield Chunk(model=msg.get("model"))
+            elif kind == "content_block_delta":
+                delta = obj.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    yield Chunk(text=delta["text"])
             elif kind == "message_delta":
-                yield Chunk(usage=Usage(input_tokens, ev.usage.output_tokens))
+                out = (obj.get("usage") or {}).get("output_tokens")
+                yield Chunk(usage=Usage(input_tokens, out))
             elif kind == "message_stop":
-                stopped = True
-        if not stopped:
-            raise ProviderProtocolError("stream ended before message_stop",
-                                        provider=self.provider)
+                return
+            elif kind == "error":
+                err = obj.get("error") or {}
+                raise ProviderProtocolError(f"server error mid-stream: "
+                                            f"{err.get('message', err)}", provider=self.provider)
+        raise ProviderProtocolError("stream ended before message_stop", provider=self.provider)
 
     async def probe(self, timeout: float) -> Probe:
         try:
@@ -108,6 +115,13 @@ class AnthropicBackend:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")[:200]
 
 
 def make_backend(cfg: ProviderConfig, url: str, timeouts: Timeouts) -> AnthropicBackend:

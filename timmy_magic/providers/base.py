@@ -154,6 +154,23 @@ def map_error(exc: BaseException, provider: str) -> ProviderError:
     return ProviderProtocolError(_one_line(f"{name}: {exc}"), provider=provider)
 
 
+async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs of a Server-Sent Events stream (WHATWG HTML 9.2.6): fields
+    accumulate until a blank line; comments and unknown fields are ignored."""
+    event, data = "", []
+    async for line in response.aiter_lines():
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+    if data:
+        yield event or "message", "\n".join(data)
+
+
 async def get_json(client: httpx.AsyncClient, url: str, timeout: float,
                    headers: dict[str, str] | None = None) -> tuple[int, Any, float]:
     """GET ``url`` with one deadline; returns (status, parsed JSON or text, latency)."""

@@ -37,13 +37,11 @@ class OllamaBackend:
         self.provider, self.url = cfg.name, url
         self._root = strip_v1(url)
         self._http = make_http_client(timeouts, headers=cfg.headers)
+        self._timeout = timeouts.health
         self.served_models: tuple[str, ...] = ()
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
-        name = model or (self.served_models[0] if self.served_models else None)
-        if not name:
-            raise ProviderProtocolError("no model configured and the server lists none",
-                                        provider=self.provider)
+        name = model or await self._first_model()
         options: dict[str, Any] = {}
         if request.temperature is not None:
             options["temperature"] = request.temperature
@@ -67,6 +65,18 @@ class OllamaBackend:
             raise
         except Exception as exc:
             raise map_error(exc, self.provider) from exc
+
+    async def _first_model(self) -> str:
+        if not self.served_models:
+            probe = await self.probe(self._timeout)
+            if probe.state == "down":
+                raise ProviderProtocolError(f"cannot list models: {probe.error}",
+                                            provider=self.provider)
+        if not self.served_models:
+            raise ProviderProtocolError("no model configured and the server lists none "
+                                        "(ollama pull one, or set `models:`)",
+                                        provider=self.provider)
+        return self.served_models[0]
 
     async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         first = True

@@ -1,0 +1,50 @@
+"""Inline serving benchmarks: ``%llm bench`` and ``timmy_magic.bench.run``.
+
+    from timmy_magic import Router
+    from timmy_magic import bench
+
+    with Router.from_config() as router:
+        result = bench.run(router, providers=["llama-server", "vllm-mlx"],
+                           concurrency=(1, 4, 16), n=32, max_tokens=64)
+    result.records        # one dict per provider x concurrency
+    result.to_csv("bench.csv")
+
+Metric definitions: see ``timmy_magic.bench.metrics`` (vLLM's benchmark_serving).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .metrics import Dist, Summary, Timeline, summarize
+from .report import BenchResult, ProgressMode, make_progress
+from .runner import DEFAULT_PROMPT, BenchSettings, NothingToBench, choose_providers, execute
+
+if TYPE_CHECKING:
+    from ..router import Router
+    from .runner import Progress
+
+__all__ = ["BenchResult", "BenchSettings", "DEFAULT_PROMPT", "Dist", "NothingToBench",
+           "Summary", "Timeline", "run", "summarize"]
+
+
+def run(router: Router, providers: Sequence[str] | str | None = None,
+        concurrency: Sequence[int] | int = (1,), n: int = 8, max_tokens: int = 64,
+        prompts: Sequence[str] | str | None = None, warmup: int = 1,
+        model: str | None = None, temperature: float | None = None,
+        progress: ProgressMode | bool | Progress = "auto") -> BenchResult:
+    """Benchmark ``providers`` (default: every healthy one) at each concurrency level.
+
+    Each level sends ``max(n, concurrency)`` requests, closed-loop; ``warmup`` requests per
+    provider run first and are reported apart (``result.warmup``). Ctrl-C / a kernel
+    interrupt stops the run and returns what finished (``result.interrupted``).
+    """
+    names = [providers] if isinstance(providers, str) else providers
+    chosen, notes = choose_providers(router, names)
+    levels = (concurrency,) if isinstance(concurrency, int) else tuple(concurrency)
+    texts = (prompts,) if isinstance(prompts, str) else tuple(prompts or (DEFAULT_PROMPT,))
+    settings = BenchSettings(tuple(chosen), levels, n, max_tokens, texts, warmup, model,
+                             temperature)
+    bar = make_progress(progress) if isinstance(progress, (str, bool)) else progress
+    return execute(router, settings, bar, notes)
