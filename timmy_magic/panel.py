@@ -243,7 +243,7 @@ class Panel(w.VBox):
         self._closed = False
         self.flushes = 0
         self._build_widgets(auto_refresh_choices)
-        super().__init__(children=[self.header, self.pin_control, self.table, self.details,
+        super().__init__(children=[self.header, self.pin_row, self.table, self.details,
                                    self.gate_row, self.status],
                          layout=w.Layout(border="1px solid #d0d7de", padding="6px"))
         self.add_class("timmy-panel")
@@ -270,9 +270,10 @@ class Panel(w.VBox):
         self.header = w.HBox([self.title, self.refresh_button, self.auto_refresh,
                                self.show_details])
         self.pin_control = w.ToggleButtons(options=pin_options([]), value=AUTO_VALUE,
-                                    description="pin", tooltips=[],
-                                    style={"button_width": "auto"})
+                                           style={"button_width": "auto"})
         self.pin_control.add_class("timmy-pin")
+        self.pin_row = w.HBox([w.HTML("<b>pin</b>", layout=w.Layout(margin="0 8px 0 0")),
+                               self.pin_control], layout=w.Layout(align_items="center"))
         self.pin_control.observe(self._on_pin, names="value")
         self.table = w.HTML()
         self.details = w.HTML(layout=w.Layout(display="none"))
@@ -303,6 +304,8 @@ class Panel(w.VBox):
     def _render(self) -> None:
         r = self._router
         with self._lock, self._quiet():
+            if self._closed:
+                return
             reports, metrics = r.health(), r.metrics()
             checking = {n: self._is_checking(n) for n in reports}
             self._sync_pin(list(reports), r.pinned)
@@ -400,23 +403,27 @@ class Panel(w.VBox):
 
     def close(self) -> None:
         """Unsubscribe from the router, stop timers and auto-refresh, close the widgets."""
-        if not self._closed:
-            self._closed = True
-            self._unsubscribe()
-            if self._cancel_timer is not None:
-                self._cancel_timer()
-            self._stop_auto()
-            for child in (self.title, self.refresh_button, self.auto_refresh, self.show_details,
-                          self.header, self.pin_control, self.table, self.details,
-                          self.local_only, self.budget, self.gate, self.gate_row,
-                          self.status):
-                child.close()
+        with self._lock:  # waits for a render in flight on the timer thread
+            if not self._closed:
+                self._closed = True
+                self._unsubscribe()
+                if self._cancel_timer is not None:
+                    self._cancel_timer()
+                self._stop_auto()
+                for child in self.children:
+                    _close_tree(child)
         super().close()
 
     def __repr__(self) -> str:
         r = self._router
         return (f"<timmy-magic panel: {len(r.names)} providers, "
                 f"pin: {r.pinned or 'auto'}{', closed' if self._closed else ''}>")
+
+
+def _close_tree(widget: w.Widget) -> None:
+    for child in getattr(widget, "children", ()):
+        _close_tree(child)
+    widget.close()
 
 
 def panel(router: Router, **kw: Any) -> Panel:

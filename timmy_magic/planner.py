@@ -22,6 +22,9 @@ class View:
     """Last known health: healthy / degraded / down / unknown, or a configuration state."""
     circuit_available: bool
     circuit_retry_in: float = 0.0
+    half_open: bool = False
+    """A half-open circuit wants its probe request even if the last health check said down:
+    that request is how a recovered server comes back."""
     models: frozenset[str] = frozenset()
     """Models this provider declares or serves (empty: unknown, accept any)."""
     detail: str = ""
@@ -77,7 +80,7 @@ def _skip_reason(v: View, *, pin: str | None, pinned: bool, model: str | None,
         return "cloud_gate", cloud_reason
     if not v.circuit_available:
         return "circuit_open", f"retry in {v.circuit_retry_in:.0f}s"
-    if v.state == "down" and not pinned:
+    if v.state == "down" and not pinned and not v.half_open:
         return "unhealthy", v.detail
     if model and v.models and model not in v.models and not pinned:
         return "no_model", f"does not serve {model}"

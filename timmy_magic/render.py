@@ -23,7 +23,7 @@ from .types import (Attempt, Delta, Done, Event, Result, RouteTrace, Timings, Tr
                     Usage)
 
 T = TypeVar("T")
-CURSOR = " ▌"
+CURSOR = "▌"
 
 
 # ------------------------------------------------------------------ pacing

@@ -183,6 +183,7 @@ class Router:
         return View(st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud,
                     report.state if report.state != "circuit_open" else "unknown",
                     any(available), min(ep.breaker.retry_in(now) for ep in st.endpoints),
+                    any(ep.breaker.state(now) == "half_open" for ep in st.endpoints),
                     models, report.last_error or report.hint or "")
 
     def plan(self, pin: str | None = None, model: str | None = None) -> Plan:

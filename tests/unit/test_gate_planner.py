@@ -93,3 +93,8 @@ def test_pick_endpoint_least_outstanding_healthy_first_round_robin():
     assert pick_endpoint([0, 5], [False, True], [True, True]) == 1
     assert pick_endpoint([0, 5], [True, True], [False, True]) == 1
     assert pick_endpoint([0, 0], [False, False], [True, True]) is None
+
+
+def test_half_open_circuit_gets_its_probe_even_if_last_seen_down():
+    p = plan_route([v("a", 1, state="down", half_open=True), v("b", 2)])
+    assert p.order == ("a", "b")

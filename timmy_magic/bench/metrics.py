@@ -149,6 +149,24 @@ def span(timelines: Sequence[Timeline]) -> float:
     return max(ends) - min(t.start for t in timelines)
 
 
+def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """The largest number of ``(begin, end)`` intervals open at one instant (an interval
+    ending exactly when another begins does not overlap it)."""
+    edges = sorted([(b, 1) for b, _ in intervals] + [(e, -1) for _, e in intervals],
+                   key=lambda edge: (edge[0], edge[1]))
+    peak = level = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def peak_streams(timelines: Sequence[Timeline]) -> int:
+    """How many requests were receiving content at once: first chunk to end of stream."""
+    return max_overlap([(t.chunks[0], t.end) for t in timelines
+                        if t.chunks and t.end is not None])
+
+
 def _rate(amount: float, duration_s: float) -> float | None:
     return amount / duration_s if duration_s > 0 else None
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from .metrics import Timeline, summarize
+from .metrics import Timeline, peak_streams, summarize
 
 if TYPE_CHECKING:
     import pandas
@@ -29,9 +29,8 @@ ITL_NOTE = ("ITL is measured per content chunk; servers usually send one token p
 EST_NOTE = ("~ token counts estimated on the client (the server sent no usage): one token "
             "per content chunk, four characters per prompt token.")
 
-# Leading record keys, in order; the rest follow as metrics.Summary.fields() gives them.
+# Leading record keys, in order; then metrics.Summary.fields(), then the client's own.
 HEAD = ("provider", "model", "concurrency")
-TAIL = ("peak_concurrency", "client_cpu_ms_per_chunk", "interrupted")
 
 
 @dataclass
@@ -58,7 +57,8 @@ class Cell:
         cpu_ms = self.cpu_s * 1000 / chunks if self.cpu_s is not None and chunks else None
         return {"provider": self.provider, "model": s.model or self.model_hint,
                 "concurrency": self.concurrency, **s.fields(),
-                "peak_concurrency": self.peak, "client_cpu_ms_per_chunk": cpu_ms,
+                "peak_concurrency": self.peak, "peak_streams": peak_streams(self.timelines),
+                "client_cpu_s": self.cpu_s, "client_cpu_ms_per_chunk": cpu_ms,
                 "interrupted": len(self.timelines) < self.total or s.cancelled > 0}
 
 

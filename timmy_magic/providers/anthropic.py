@@ -82,15 +82,17 @@ class AnthropicBackend:
             kind = obj.get("type", event)
             if kind == "message_start":
                 msg = obj["message"]
-                input_tokens = (msg.get("usage") or {}).get("input_tokens")
+                # 0 means "not counted" (vllm-mlx streams 0 here): a prompt is never empty
+                input_tokens = (msg.get("usage") or {}).get("input_tokens") or None
                 yield Chunk(model=msg.get("model"))
             elif kind == "content_block_delta":
                 delta = obj.get("delta") or {}
                 if delta.get("type") == "text_delta" and delta.get("text"):
                     yield Chunk(text=delta["text"])
             elif kind == "message_delta":
-                out = (obj.get("usage") or {}).get("output_tokens")
-                yield Chunk(usage=Usage(input_tokens, out))
+                usage = obj.get("usage") or {}
+                input_tokens = usage.get("input_tokens") or input_tokens
+                yield Chunk(usage=Usage(input_tokens, usage.get("output_tokens")))
             elif kind == "message_stop":
                 return
             elif kind == "error":
