@@ -20,6 +20,7 @@ from .breaker import CircuitBreaker
 from .config import Config, ProviderConfig, load_config
 from .errors import (NoProviderAvailable, PinnedProviderFailed, ProviderAuthError,
                      ProviderError, ProviderTimeout, UnknownProvider)
+from .launch import LaunchError, Launcher
 from .metrics import MetricsSnapshot, ProviderMetrics
 from .planner import Plan, View, pick_endpoint, plan_route
 from .providers.base import Backend, Probe, Timeouts, map_error
@@ -27,7 +28,7 @@ from .retry import RetryPolicy
 from .runner import Runner
 from .secrets import REDACT, get_logger
 from .types import (Attempt, ChatRequest, Delta, Done, EndpointHealth, Event, HealthReport,
-                    HealthState, Result, RouteTrace, Timings, Trying, Usage)
+                    HealthState, Result, RouteTrace, Status, Timings, Trying, Usage)
 
 log = get_logger("timmy_magic.router")
 ChangeKind = Literal["health", "metrics", "pin", "gate", "config"]
@@ -41,6 +42,7 @@ class Endpoint:
     probe: Probe | None = None
     checked_at: float | None = None
     outstanding: int = 0
+    launcher: Launcher | None = None
 
 
 @dataclass
@@ -100,10 +102,16 @@ class Router:
                 continue
             b = c.circuit_breaker
             eps = [Endpoint(u, CircuitBreaker(b.failure_threshold, b.recovery_timeout,
-                                              b.half_open_max_calls)) for u in p.urls]
+                                              b.half_open_max_calls),
+                            launcher=Launcher(p.name, u, p.launch) if p.launch else None)
+                   for u in p.urls]
             self._providers[p.name] = ProviderState(p, eps)
-        stale = [ep.backend for name, st in old.items() if self._providers.get(name) is not st
-                 for ep in st.endpoints if ep.backend is not None]
+        gone = [ep for name, st in old.items() if self._providers.get(name) is not st
+                for ep in st.endpoints]
+        for ep in gone:
+            if ep.launcher is not None:
+                ep.launcher.stop()
+        stale = [ep.backend for ep in gone if ep.backend is not None]
         if stale and self._runner is not None and self._runner.alive:
             for b in stale:
                 self._runner.submit(b.aclose())
@@ -257,6 +265,16 @@ class Router:
             number = len(attempts) + 1
             yield Trying(st.name, ep.url, number)
             self._backend(st, ep)  # first use imports the SDK: not part of the deadlines
+            if ep.launcher is not None:
+                try:
+                    async for status in self._launch(st, ep):
+                        yield status
+                except LaunchError as exc:
+                    ep.breaker.release(self._clock())
+                    attempts.append(Attempt(st.name, ep.url, number, "failed",
+                                            f"launch failed: {exc}"))
+                    self._notify("health")
+                    return
             started = self._clock()
             first = False
             try:
@@ -285,6 +303,43 @@ class Router:
                 if delay is None or self._clock() + delay >= deadline:
                     return
                 await asyncio.sleep(delay)
+
+    async def _launch(self, st: ProviderState, ep: Endpoint) -> AsyncIterator[Status]:
+        """Start (or adopt) the managed server behind ``ep``, yielding progress."""
+        launcher = ep.launcher
+        assert launcher is not None
+        launcher.last_used = time.monotonic()
+        if launcher.running() and ep.probe is not None and ep.probe.state == "healthy":
+            return  # the fast path: no I/O per request
+
+        async def healthy() -> bool:
+            probe = await self._backend(st, ep).probe(self.timeouts.health)
+            ep.probe, ep.checked_at = probe, self._clock()
+            return probe.state == "healthy"
+
+        notes: asyncio.Queue[str] = asyncio.Queue()
+
+        def progress(msg: str) -> None:
+            notes.put_nowait(msg)
+            self._notify("health")
+
+        task = asyncio.ensure_future(launcher.ensure(healthy, progress))
+        try:
+            while not task.done() or not notes.empty():
+                if notes.empty():
+                    getter = asyncio.ensure_future(notes.get())
+                    await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                    if not getter.done():
+                        getter.cancel()
+                        continue
+                    yield Status(st.name, getter.result())
+                else:
+                    yield Status(st.name, notes.get_nowait())
+        finally:
+            if not task.done():
+                task.cancel()
+        task.result()
+        self._notify("health")
 
     def _pick(self, st: ProviderState, now: float) -> Endpoint | None:
         eps = st.endpoints
@@ -463,14 +518,64 @@ class Router:
         every = interval or self.config.cascade.health_interval_seconds
 
         async def loop() -> None:
+            next_pass = 0.0
             while True:
-                try:
-                    await self.acheck_health()
-                except Exception:
-                    log.exception("health pass failed")
-                await asyncio.sleep(every)
+                if time.monotonic() >= next_pass:
+                    next_pass = time.monotonic() + every
+                    try:
+                        await self.acheck_health()
+                    except Exception:
+                        log.exception("health pass failed")
+                await self._reap_idle()
+                await asyncio.sleep(min(every, 1.0))
 
         self._health_task = self.runner.submit(loop())
+
+    async def _reap_idle(self) -> None:
+        """Stop managed servers idle longer than their ``idle_timeout``."""
+        for st in list(self._providers.values()):
+            for ep in st.endpoints:
+                lc = ep.launcher
+                if lc is None or lc.cfg.idle_timeout is None or lc.state != "running" \
+                        or not lc.running():
+                    continue
+                if lc.idle_for() > lc.cfg.idle_timeout and ep.outstanding == 0:
+                    await asyncio.to_thread(lc.stop)
+                    lc.message = f"stopped after {lc.cfg.idle_timeout:g}s idle"
+                    ep.probe = None
+                    self._notify("health")
+
+    # ------------------------------------------------------------ managed servers
+
+    def start_server(self, name: str, timeout: float | None = None) -> list[str]:
+        """Start (or adopt) the managed servers of provider ``name``; returns progress."""
+        st = self.provider(name)
+        if not any(ep.launcher for ep in st.endpoints):
+            raise UnknownProvider(f"provider '{name}' has no `launch:` section")
+
+        async def go() -> list[str]:
+            notes = []
+            for ep in st.endpoints:
+                if ep.launcher is not None:
+                    self._backend(st, ep)
+                    async for s in self._launch(st, ep):
+                        notes.append(s.message)
+            return notes
+
+        limit = timeout or max(ep.launcher.cfg.ready_timeout for ep in st.endpoints
+                               if ep.launcher) + 10
+        return self.runner.run(go(), timeout=limit)
+
+    def stop_server(self, name: str) -> bool:
+        """Stop the servers of ``name`` that we started; adopted ones are left running."""
+        st = self.provider(name)
+        stopped = False
+        for ep in st.endpoints:
+            if ep.launcher is not None and ep.launcher.stop():
+                ep.probe = None
+                stopped = True
+        self._notify("health")
+        return stopped
 
     def health(self) -> dict[str, HealthReport]:
         """The last known health of every provider (no I/O)."""
@@ -479,6 +584,7 @@ class Router:
 
     def _report(self, st: ProviderState, now: float) -> HealthReport:
         cfg = st.cfg
+        launchers = [ep.launcher for ep in st.endpoints if ep.launcher is not None]
         eps = tuple(EndpointHealth(
             ep.url, ep.probe.state if ep.probe else "unknown",
             ep.probe.latency_s if ep.probe else None, ep.probe.error if ep.probe else None,
@@ -501,6 +607,9 @@ class Router:
             state = "not_configured"
             var = ", ".join(cfg.missing_env) or cfg.kind.key_env or "an API key"
             hint = f"set {var} (api_key)"
+        elif launchers and any(lc.state == "not_installed" for lc in launchers):
+            state = "not_installed"
+            hint = next(lc.message for lc in launchers if lc.state == "not_installed")
         elif st.misconfigured:
             state = "misconfigured"
             errors = [st.misconfigured]
@@ -512,6 +621,22 @@ class Router:
             states = {p.state for p in probes}
             state = ("healthy" if states == {"healthy"} and len(probes) == len(eps) else
                      "down" if states == {"down"} and len(probes) == len(eps) else "degraded")
+        crashes = [c for c in (lc.crashed for lc in launchers) if c]
+        if crashes and state not in ("disabled", "not_configured", "not_installed"):
+            state = "down" if state in ("down", "unknown", "healthy") else state
+            errors.append(crashes[0])
+        elif launchers and state in ("down", "unknown", "degraded"):
+            states_l = {lc.state for lc in launchers}
+            if "starting" in states_l:
+                state = "starting"
+            elif state != "degraded" and not any(lc.running() for lc in launchers) \
+                    and "failed" not in states_l:
+                state, hint = "stopped", "starts on first request (or %llm start " + cfg.name + ")"
+        if launchers:
+            detail["launch"] = [{"state": lc.state, "pid": lc.pid, "message": lc.message,
+                                 "log": str(lc.log_path) if lc.log_path else None}
+                                for lc in launchers]
+            errors += [lc.message for lc in launchers if lc.state == "failed"]
         checked = [ep.checked_at for ep in st.endpoints if ep.checked_at is not None]
         return HealthReport(cfg.name, cfg.type, state, cfg.is_cloud,
                             min(latencies) if latencies else None, models, detail,
@@ -533,7 +658,12 @@ class Router:
                     ep.backend = None
 
     def close(self) -> None:
-        """Stop background work, close connections, and stop the loop thread if ours."""
+        """Stop background work, managed servers and connections, and the loop thread if
+        ours."""
+        for st in self._providers.values():
+            for ep in st.endpoints:
+                if ep.launcher is not None:
+                    ep.launcher.stop()
         if self._runner is None or not self._runner.alive:
             return
         try:

@@ -13,6 +13,7 @@ Role = Literal["system", "user", "assistant"]
 HealthState = Literal[
     "healthy", "degraded", "down", "circuit_open", "misconfigured",
     "disabled", "not_configured", "not_installed", "unknown",
+    "stopped", "starting",  # managed (launch:) servers: started on first need
 ]
 CircuitState = Literal["closed", "open", "half_open"]
 
@@ -189,7 +190,15 @@ class Done:
     result: Result
 
 
-Event = Union[Delta, Trying, Done]
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Progress worth showing while no text flows yet (e.g. a local server starting)."""
+
+    provider: str
+    message: str
+
+
+Event = Union[Delta, Trying, Status, Done]
 
 
 # ---------------------------------------------------------------- health

