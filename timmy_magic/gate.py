@@ -106,7 +106,7 @@ class QuotaSignal:
             log.warning(self.last_error)
             return None
         self.last_error = None
-        return word  # type: ignore[return-value]
+        return word  # type: ignore[return-value,unused-ignore]
 
     def _raw(self) -> str:
         if self._func is not None:

@@ -20,8 +20,8 @@ class RetryPolicy:
     def backoff(self, retry_number: int, rand: Callable[[], float] = random.random) -> float:
         """Delay before retry ``retry_number`` (1-based): exponential with "equal jitter",
         i.e. uniformly in [d/2, d] where d = min(max_delay, base * 2**(n-1))."""
-        d = min(self.max_delay, self.base_delay * (2 ** (retry_number - 1)))
-        return d / 2 + rand() * d / 2
+        d = min(self.max_delay, self.base_delay * (2.0 ** (retry_number - 1)))
+        return float(d / 2 + rand() * d / 2)
 
     def delay_for(self, error: ProviderError, retry_number: int,
                   rand: Callable[[], float] = random.random) -> float | None:

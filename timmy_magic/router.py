@@ -9,6 +9,7 @@ against that provider. Everything runs on one loop (the ``Runner``'s); the sync 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -68,7 +69,7 @@ class Router:
         self._runner = runner
         self._own_runner = runner is None
         self._listeners: list[Callable[[ChangeKind], None]] = []
-        self._health_task: asyncio.Future[Any] | None = None
+        self._health_task: concurrent.futures.Future[None] | None = None
         self.ledger = gate_mod.SpendLedger()
         self._pinned: str | None = None
         self._quota_override = quota
@@ -100,9 +101,9 @@ class Router:
             if prev is not None and prev.cfg == p:
                 self._providers[p.name] = prev  # unchanged: keep health, breaker, metrics
                 continue
-            b = c.circuit_breaker
-            eps = [Endpoint(u, CircuitBreaker(b.failure_threshold, b.recovery_timeout,
-                                              b.half_open_max_calls),
+            bc = c.circuit_breaker
+            eps = [Endpoint(u, CircuitBreaker(bc.failure_threshold, bc.recovery_timeout,
+                                              bc.half_open_max_calls),
                             launcher=Launcher(p.name, u, p.launch) if p.launch else None)
                    for u in p.urls]
             self._providers[p.name] = ProviderState(p, eps)
@@ -398,7 +399,7 @@ class Router:
                         when = loop.time() + min(cas.idle_timeout_seconds, deadline - now)
                         yield Delta(chunk.text)
             finally:
-                await gen.aclose()
+                await gen.aclose()  # type: ignore[attr-defined]
         except TimeoutError as exc:
             error = ProviderTimeout(self._timeout_message(ttft, deadline), provider=st.name)
             error.__cause__ = exc

@@ -157,7 +157,7 @@ def map_error(exc: BaseException, provider: str) -> ProviderError:
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
     """(event, data) pairs of a Server-Sent Events stream (WHATWG HTML 9.2.6): fields
     accumulate until a blank line; comments and unknown fields are ignored."""
-    event, data = "", []
+    event, data = "", list[str]()
     async for line in response.aiter_lines():
         if not line:
             if data:

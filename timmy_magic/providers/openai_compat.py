@@ -90,7 +90,8 @@ class OpenAICompatBackend:
 
             self._client_ = openai.AsyncOpenAI(base_url=self._base,
                                                api_key=self._key or "not-needed",
-                                               max_retries=0, http_client=self._http,
+                                               max_retries=0,
+                                               http_client=self._http,  # type: ignore[arg-type]
                                                default_headers=self._extra or None)
         return self._client_
 
