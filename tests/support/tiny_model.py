@@ -27,6 +27,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 SEED = 1234
 VOCAB_SIZE = 512
@@ -64,15 +65,98 @@ COMPLETE_MARK = ".complete"
 
 def _training_text() -> list[str]:
     """A few kB of deterministic text (same tokenizer on every machine)."""
-    words = (
-        "the a an model server token stream request reply chat cell notebook "
-        "python kernel magic route local fast slow queue wait busy idle error "
-        "retry timeout health status ready load unload prompt answer user "
-        "assistant system message content delta usage done json http port "
-        "host name list table code data value key text line word number time "
-        "is are was be run runs ran start stop kill restart send get put post "
-        "and or not with from into over under for to of in on at by as it this"
-    ).split()
+    words = [
+        "the",
+        "a",
+        "an",
+        "model",
+        "server",
+        "token",
+        "stream",
+        "request",
+        "reply",
+        "chat",
+        "cell",
+        "notebook",
+        "python",
+        "kernel",
+        "magic",
+        "route",
+        "local",
+        "fast",
+        "slow",
+        "queue",
+        "wait",
+        "busy",
+        "idle",
+        "error",
+        "retry",
+        "timeout",
+        "health",
+        "status",
+        "ready",
+        "load",
+        "unload",
+        "prompt",
+        "answer",
+        "user",
+        "assistant",
+        "system",
+        "message",
+        "content",
+        "delta",
+        "usage",
+        "done",
+        "json",
+        "http",
+        "port",
+        "host",
+        "name",
+        "list",
+        "table",
+        "code",
+        "data",
+        "value",
+        "key",
+        "text",
+        "line",
+        "word",
+        "number",
+        "time",
+        "is",
+        "are",
+        "was",
+        "be",
+        "run",
+        "runs",
+        "ran",
+        "start",
+        "stop",
+        "kill",
+        "restart",
+        "send",
+        "get",
+        "put",
+        "post",
+        "and",
+        "or",
+        "not",
+        "with",
+        "from",
+        "into",
+        "over",
+        "under",
+        "for",
+        "to",
+        "of",
+        "in",
+        "on",
+        "at",
+        "by",
+        "as",
+        "it",
+        "this",
+    ]
     lines = [
         "Hello! How are you today? I am fine, thank you.",
         "def main(argv):\n    return 0\n",
@@ -93,8 +177,7 @@ def _training_text() -> list[str]:
 
 
 def _build_tokenizer(out: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from tokenizers import processors
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -129,7 +212,7 @@ def _build_weights(out: Path, special_ids: dict[str, int]) -> None:
     rng = np.random.default_rng(SEED)
     head_dim = HIDDEN // HEADS
 
-    def w(rows: int, cols: int, scale: float = 0.08) -> "np.ndarray":
+    def w(rows: int, cols: int, scale: float = 0.08) -> np.ndarray:
         return (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
 
     tensors = {"model.embed_tokens.weight": w(VOCAB_SIZE, HIDDEN, 0.5)}
@@ -152,7 +235,7 @@ def _build_weights(out: Path, special_ids: dict[str, int]) -> None:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
@@ -212,12 +295,12 @@ def _build_configs(out: Path, special_ids: dict[str, int]) -> None:
     )
 
 
-def is_complete(path: str | os.PathLike) -> bool:
+def is_complete(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     return (p / COMPLETE_MARK).is_file() and all((p / f).is_file() for f in FILES)
 
 
-def build_tiny_model(path: str | os.PathLike, force: bool = False) -> Path:
+def build_tiny_model(path: str | os.PathLike[str], force: bool = False) -> Path:
     """Write the tiny model into ``path`` (created if needed) and return it.
 
     Skips the work when ``path`` already holds a complete model. The files are
