@@ -55,6 +55,9 @@ class CascadeConfig(_Model):
     retry_delay_seconds: NonNegativeFloat = 0.5
     max_retry_delay_seconds: NonNegativeFloat = 8.0
     retry_after_cap_seconds: NonNegativeFloat = 30.0
+    default_max_tokens: PositiveInt | None = 1024
+    """Output cap when neither the request nor the model sets one (a base model may never
+    stop by itself); null for no cap."""
     circuit_breaker: BreakerConfig = BreakerConfig()
 
 
@@ -79,6 +82,8 @@ class ModelConfig(_Model):
     capabilities: list[str] = []
     price_per_1k_input: NonNegativeFloat = 0.0
     price_per_1k_output: NonNegativeFloat = 0.0
+    max_tokens: PositiveInt | None = None
+    """Default output cap for this model when a request sets none."""
 
 
 class LaunchConfig(_Model):

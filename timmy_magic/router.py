@@ -13,14 +13,14 @@ import concurrent.futures
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from . import gate as gate_mod
 from .breaker import CircuitBreaker
 from .config import Config, ProviderConfig, load_config
-from .errors import (NoProviderAvailable, PinnedProviderFailed, ProviderAuthError,
-                     ProviderError, ProviderTimeout, UnknownProvider)
+from .errors import (NoProviderAvailable, TimmyError, PinnedProviderFailed, ProviderAuthError,
+                     ProviderConnectError, ProviderError, ProviderTimeout, UnknownProvider)
 from .launch import LaunchError, Launcher
 from .metrics import MetricsSnapshot, ProviderMetrics
 from .planner import Plan, View, pick_endpoint, plan_route
@@ -72,6 +72,7 @@ class Router:
         self._health_task: concurrent.futures.Future[None] | None = None
         self.ledger = gate_mod.SpendLedger()
         self._pinned: str | None = None
+        self._closed = False
         self._quota_override = quota
         self._providers: dict[str, ProviderState] = {}
         self._apply(config)
@@ -118,6 +119,7 @@ class Router:
                 self._runner.submit(b.aclose())
         if self._pinned and self._pinned not in self._providers:
             self._pinned = None
+            self._notify("pin")
 
     def reload(self, path: str | None = None) -> Config:
         """Re-read providers.yaml. On a bad file, raise ConfigError and keep everything."""
@@ -129,6 +131,8 @@ class Router:
 
     @property
     def runner(self) -> Runner:
+        if self._closed:
+            raise TimmyError("this router is closed")
         if self._runner is None or not self._runner.alive:
             self._runner = Runner()
             self._own_runner = True
@@ -239,9 +243,11 @@ class Router:
             await self.acheck_health(plan.skipped_for("unhealthy"))
             plan = self.plan(pin, req.model)
         attempts: list[Attempt] = []
-        for name in plan.order:
+        for i, name in enumerate(plan.order):
             st = self._providers[name]
-            async for ev in self._try_provider(st, req, t0, deadline, attempts, plan, pin):
+            last = i == len(plan.order) - 1
+            async for ev in self._try_provider(st, req, t0, deadline, attempts, plan, pin,
+                                               last):
                 yield ev
                 if isinstance(ev, Done):
                     return
@@ -256,7 +262,10 @@ class Router:
 
     async def _try_provider(self, st: ProviderState, req: ChatRequest, t0: float,
                             deadline: float, attempts: list[Attempt], plan: Plan,
-                            pin: str | None) -> AsyncIterator[Event]:
+                            pin: str | None, last: bool) -> AsyncIterator[Event]:
+        """Attempts on one provider, with retries. Nothing listening (connect refused) is
+        retried only when no other candidate remains: failing over is instant, waiting is
+        not."""
         retry_no = 0
         while self._clock() < deadline:
             now = self._clock()
@@ -265,7 +274,10 @@ class Router:
                 return
             number = len(attempts) + 1
             yield Trying(st.name, ep.url, number)
-            self._backend(st, ep)  # first use imports the SDK: not part of the deadlines
+            backend = self._backend(st, ep)
+            prepare = getattr(backend, "prepare", None)
+            if prepare is not None:
+                prepare()  # first use imports the SDK: not part of any deadline
             if ep.launcher is not None:
                 try:
                     async for status in self._launch(st, ep):
@@ -298,6 +310,8 @@ class Router:
                 if isinstance(err, ProviderAuthError):
                     st.misconfigured = str(err)
                     self._notify("health")
+                    return
+                if isinstance(err, ProviderConnectError) and not last and len(st.endpoints) == 1:
                     return
                 retry_no += 1
                 delay = self.policy.delay_for(err, retry_no, self._rand)
@@ -363,6 +377,11 @@ class Router:
         it, ends with a Done carrying the partial text and the error."""
         cas = self.config.cascade
         model = req.model or st.cfg.default_model
+        if req.max_tokens is None:
+            mc = st.cfg.model(model)
+            cap = (mc.max_tokens if mc else None) or cas.default_max_tokens
+            if cap is not None:
+                req = replace(req, max_tokens=cap)
         parts: list[str] = []
         usage: Usage | None = None
         served_model: str | None = None
@@ -370,6 +389,7 @@ class Router:
         ttft: float | None = None
         ep.outstanding += 1
         st.metrics.started()
+        self._notify("metrics")
         error: ProviderError | None = None
         try:
             backend = self._backend(st, ep)
@@ -459,7 +479,7 @@ class Router:
             ep.breaker.record_failure(now)
         else:
             ep.breaker.release(now)
-        if err.retryable and err.status is None:  # cannot reach it: the badge should say so
+        if isinstance(err, ProviderConnectError):  # cannot reach it: the badge should say so
             ep.probe = Probe("down", error=str(err))
             ep.checked_at = now
         self._notify("metrics")
@@ -642,10 +662,13 @@ class Router:
         return HealthReport(cfg.name, cfg.type, state, cfg.is_cloud,
                             min(latencies) if latencies else None, models, detail,
                             REDACT(errors[-1]) if errors else None,
-                            max(checked) if checked else None, circuit, eps, hint)
+                            max(checked) if checked else None, circuit, eps, hint,
+                            st.checking)
 
     def metrics(self) -> dict[str, MetricsSnapshot]:
-        return {name: st.metrics.snapshot() for name, st in self._providers.items()}
+        now = self._clock()
+        return {name: st.metrics.snapshot(self._report(st, now).circuit)
+                for name, st in self._providers.items()}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -665,7 +688,8 @@ class Router:
             for ep in st.endpoints:
                 if ep.launcher is not None:
                     ep.launcher.stop()
-        if self._runner is None or not self._runner.alive:
+        if self._closed or self._runner is None or not self._runner.alive:
+            self._closed = True
             return
         try:
             self._runner.run(self.aclose(), timeout=5)
@@ -673,6 +697,7 @@ class Router:
             log.debug("close: connections did not close cleanly", exc_info=True)
         if self._own_runner:
             self._runner.stop()
+        self._closed = True
 
     def __enter__(self) -> Router:
         return self
@@ -686,8 +711,6 @@ class Router:
 
 
 def _with_trace(result: Result, trace: RouteTrace) -> Result:
-    from dataclasses import replace
-
     return replace(result, trace=trace)
 
 

@@ -228,3 +228,5 @@ class HealthReport:
     circuit: CircuitState = "closed"
     endpoints: tuple[EndpointHealth, ...] = ()
     hint: str | None = None
+    checking: bool = False
+    """A health check of this provider is in flight right now."""

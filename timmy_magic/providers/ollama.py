@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import ProviderProtocolError
+from ..errors import ProviderConnectError, ProviderProtocolError
 from ..types import ChatRequest, Usage
 from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
                    status_error)
@@ -70,8 +70,8 @@ class OllamaBackend:
         if not self.served_models:
             probe = await self.probe(self._timeout)
             if probe.state == "down":
-                raise ProviderProtocolError(f"cannot list models: {probe.error}",
-                                            provider=self.provider)
+                raise ProviderConnectError(f"cannot list models: {probe.error}",
+                                           provider=self.provider)
         if not self.served_models:
             raise ProviderProtocolError("no model configured and the server lists none "
                                         "(ollama pull one, or set `models:`)",

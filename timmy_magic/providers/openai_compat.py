@@ -1,5 +1,12 @@
-"""OpenAI Chat Completions over SSE, through the openai SDK: openai, openai_compatible,
-vllm_mlx, mlx_lm and llama_cpp. They differ only in URL rules, keys and health checks.
+"""OpenAI Chat Completions over SSE, over httpx: openai, openai_compatible, vllm_mlx, mlx_lm
+and llama_cpp. They differ only in URL rules, keys and health checks.
+
+Wire format: https://platform.openai.com/docs/api-reference/chat-streaming — ``data:``
+events holding ``chat.completion.chunk`` objects, the usage in a last chunk with empty
+``choices`` (``stream_options.include_usage``), then ``data: [DONE]``; an object with an
+``error`` key is an in-stream error. Why not the openai SDK: it builds a pydantic model
+per chunk, which cost several times the whole router's own CPU per request (see
+docs/performance.md), and its 3.x releases ship their own HTTP stack (httpx2).
 
 URL rules (kept from the original cascade router):
 - vllm_mlx / mlx_lm / llama_cpp: the base URL may or may not end in ``/v1``; health is on the
@@ -12,14 +19,17 @@ URL rules (kept from the original cascade router):
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+import httpx
 
 from ..errors import ProviderProtocolError, ProviderTimeout
 from ..types import ChatRequest, Usage
-from .base import Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error
+from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
+                   sse_events, status_error)
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -73,27 +83,11 @@ class OpenAICompatBackend:
         self._timeouts = timeouts
         self._health_url = health_url(cfg.type, url)
         key = cfg.key()
-        self._extra = dict(cfg.headers)
         self._headers = dict(cfg.headers)
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
-        self._key = key
         self._http = make_http_client(timeouts)
-        self._client_: Any = None
         self.served_models: tuple[str, ...] = ()
-
-    @property
-    def _client(self) -> Any:
-        """The openai SDK client, made on first use: health checks never import the SDK."""
-        if self._client_ is None:
-            import openai
-
-            self._client_ = openai.AsyncOpenAI(base_url=self._base,
-                                               api_key=self._key or "not-needed",
-                                               max_retries=0,
-                                               http_client=self._http,  # type: ignore[arg-type]
-                                               default_headers=self._extra or None)
-        return self._client_
 
     async def _model(self, model: str | None) -> str:
         """The model to ask for: the requested one, else what the server says it serves
@@ -120,51 +114,66 @@ class OpenAICompatBackend:
             "no model configured and the server lists none: set `models:` "
             "in providers.yaml or pass -m", provider=self.provider)
 
-    async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
-        kwargs: dict[str, Any] = {}
+    def _payload(self, request: ChatRequest, model: str) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "model": model, "stream": True, "stream_options": {"include_usage": True},
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
         if request.temperature is not None:
-            kwargs["temperature"] = request.temperature
+            payload["temperature"] = request.temperature
         if request.max_tokens is not None:
-            kwargs["max_tokens"] = request.max_tokens
+            payload["max_tokens"] = request.max_tokens
+        return payload
+
+    async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
         try:
-            stream = await self._client.chat.completions.create(
-                model=await self._model(model), stream=True, stream_options={"include_usage": True},
-                messages=[{"role": m.role, "content": m.content} for m in request.messages],
-                **kwargs)
-        except Exception as exc:
-            raise map_error(exc, self.provider) from exc
-        try:
-            ctype = stream.response.headers.get("content-type", "")
-            if "text/event-stream" not in ctype:
-                raise ProviderProtocolError(
-                    f"expected an event stream, got content-type {ctype or '(none)'}",
-                    provider=self.provider)
-            async for chunk in self._chunks(stream):
-                yield chunk
+            payload = self._payload(request, await self._model(model))
+            async with self._http.stream("POST", self._base + "/chat/completions",
+                                         json=payload, headers=self._headers) as r:
+                if r.status_code != 200:
+                    raise status_error(self.provider, r.status_code, r.headers,
+                                       _json_or_text(await r.aread()))
+                ctype = r.headers.get("content-type", "")
+                if "text/event-stream" not in ctype:
+                    raise ProviderProtocolError(
+                        f"expected an event stream, got content-type {ctype or '(none)'}",
+                        provider=self.provider)
+                async for chunk in self._chunks(r):
+                    yield chunk
         except ProviderProtocolError:
             raise
         except Exception as exc:
             raise map_error(exc, self.provider) from exc
-        finally:
-            await stream.close()
 
-    async def _chunks(self, stream: Any) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
+        """Chat completion chunks -> Chunks. Plain dicts, no SDK models: building a
+        pydantic model per chunk cost more CPU than the rest of the router together."""
         finished = False
         first = True
-        async for c in stream:
+        async for event, data in sse_events(r):
+            if data.startswith("[DONE]"):
+                break
+            obj = json.loads(data)
+            if event == "error" or (isinstance(obj, dict) and obj.get("error")):
+                err = obj.get("error", obj) if isinstance(obj, dict) else obj
+                msg = err.get("message", err) if isinstance(err, dict) else err
+                raise ProviderProtocolError(f"server error mid-stream: {msg}",
+                                            provider=self.provider)
             if first:
                 first = False
-                yield Chunk(model=c.model)
-            if c.choices:
-                choice = c.choices[0]
-                text = choice.delta.content if choice.delta else None
+                yield Chunk(model=obj.get("model"))
+            choices = obj.get("choices")
+            if choices:
+                choice = choices[0]
+                text = (choice.get("delta") or {}).get("content")
                 if text:
                     yield Chunk(text=text)
-                if choice.finish_reason:
+                if choice.get("finish_reason"):
                     finished = True
-            if c.usage is not None:
+            usage = obj.get("usage")
+            if usage:
                 finished = True
-                yield Chunk(usage=Usage(c.usage.prompt_tokens, c.usage.completion_tokens))
+                yield Chunk(usage=Usage(usage.get("prompt_tokens"),
+                                        usage.get("completion_tokens")))
         if first:
             raise ProviderProtocolError("empty stream: the server sent no data",
                                         provider=self.provider)
@@ -202,6 +211,13 @@ class OpenAICompatBackend:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def _json_or_text(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")[:200]
 
 
 def make_backend(cfg: ProviderConfig, url: str, timeouts: Timeouts) -> OpenAICompatBackend:
