@@ -20,14 +20,17 @@ import asyncio
 import concurrent.futures
 import html
 import json
+import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import ipywidgets as w
 
+from .errors import UnknownProvider
 from .metrics import MetricsSnapshot
 from .secrets import REDACT, get_logger
 from .types import HealthReport
@@ -46,7 +49,8 @@ TONES: dict[str, Tone] = {
     "healthy": "green", "degraded": "amber",
     "down": "red", "circuit_open": "red", "misconfigured": "red",
     "disabled": "grey", "not_configured": "grey", "not_installed": "grey",
-    "unknown": "neutral", "checking": "neutral",
+    "stopped": "grey",  # a managed (launch:) server, started on first need: not an error
+    "unknown": "neutral", "checking": "neutral", "starting": "neutral",
 }
 _TONE_STYLE: dict[Tone, str] = {
     "green": "background:#1a7f37;color:#fff;border:1px solid #1a7f37",
@@ -157,6 +161,8 @@ def detail_lines(report: HealthReport, snap: MetricsSnapshot | None = None,
     return out
 
 
+PINNED_TAG = (' <span class="timmy-pinned" style="font-size:80%;padding:0 .4em;'
+              'border:1px solid currentColor;border-radius:.6em">pinned</span>')
 COLUMNS = ("health", "provider", "latency", "circuit", "requests", "errors", "p50",
            "TTFT", "tok/s", "cost")
 
@@ -167,9 +173,9 @@ def row_html(report: HealthReport, snap: MetricsSnapshot | None, pinned: bool,
     errors = s.failures if s else 0
     cells = [
         badge_html(report.provider, report.state, checking),
-        f"<b>{_esc(report.provider)}</b>{' 📌' if pinned else ''} "
-        f'<span style="opacity:.65">{_esc(report.type)}'
-        f"{' · cloud' if report.is_cloud else ''}</span>",
+        (f"<b>{_esc(report.provider)}</b>{PINNED_TAG if pinned else ''} "
+         f'<span style="opacity:.65">{_esc(report.type)}'
+         f"{' · cloud' if report.is_cloud else ''}</span>"),
         _secs(report.latency_s), report.circuit.replace("_", "-"),
         str(s.requests if s else 0),
         f'<span style="color:#cf222e">{errors}</span>' if errors else "0",
@@ -196,10 +202,14 @@ def table_html(reports: Mapping[str, HealthReport], metrics: Mapping[str, Metric
 
 def details_html(reports: Mapping[str, HealthReport],
                  metrics: Mapping[str, MetricsSnapshot], checking: Mapping[str, bool]) -> str:
-    blocks = ("<pre style=\"margin:4px 0;white-space:pre-wrap\">"
-              + _esc("\n".join(detail_lines(r, metrics.get(n), checking.get(n, False))))
-              + "</pre>" for n, r in reports.items())
-    return "".join(blocks) or "<i>no providers</i>"
+    box = ("margin:0;padding:4px 6px;white-space:pre-wrap;font-size:85%;"
+           "border:1px solid #d0d7de;border-radius:4px")
+    blocks = "".join(
+        f'<pre class="timmy-detail" style="{box}">'
+        + _esc("\n".join(detail_lines(r, metrics.get(n), checking.get(n, False)))) + "</pre>"
+        for n, r in reports.items())
+    grid = "display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:6px"
+    return f'<div style="{grid}">{blocks}</div>' if blocks else "<i>no providers</i>"
 
 
 def pin_options(names: list[str]) -> tuple[tuple[str, str], ...]:
@@ -225,7 +235,7 @@ def budget_percent(spent: float, budget: float | None) -> int:
 # ------------------------------------------------------------------ the widget
 
 
-class Panel(w.VBox):
+class Panel(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
     """The live provider panel. Close it with ``close()``: it stops all its updates."""
 
     def __init__(self, router: Router, *, interval: float = 0.25,
@@ -237,18 +247,18 @@ class Panel(w.VBox):
         self._clock, self._schedule = clock, schedule
         self._coalescer = Coalescer(interval)
         self._lock = threading.RLock()
-        self._quiet_depth = 0
+        self._mirroring = threading.local()  # per thread: a user's click is never muted
         self._cancel_timer: Callable[[], None] | None = None
         self._auto: concurrent.futures.Future[Any] | None = None
         self._closed = False
-        self.flushes = 0
+        self.renders = 0
         self._build_widgets(auto_refresh_choices)
         super().__init__(children=[self.header, self.pin_row, self.table, self.details,
                                    self.gate_row, self.status],
                          layout=w.Layout(border="1px solid #d0d7de", padding="6px"))
         self.add_class("timmy-panel")
+        self._unsubscribe = router.subscribe(self._on_change)  # first: no change is missed
         self._render()
-        self._unsubscribe = router.subscribe(self._on_change)
         if check_on_open and any(r.state == "unknown" and r.checked_at is None
                                  for r in router.health().values()):
             self.refresh()
@@ -256,19 +266,18 @@ class Panel(w.VBox):
     def _build_widgets(self, choices: tuple[tuple[str, float], ...]) -> None:
         self.title = w.HTML("<b>timmy-magic providers</b>")
         self.refresh_button = w.Button(description="Refresh", icon="refresh",
-                                 tooltip="Probe every provider now (in the background)",
-                                 layout=w.Layout(width="auto"))
+                                       tooltip="Probe every provider now (in the background)",
+                                       layout=w.Layout(width="auto"))
         self.refresh_button.on_click(lambda _b: self.refresh())
-        self.auto_refresh = w.Dropdown(options=choices, value=0.0,
-                                        description="auto-refresh",
-                                        layout=w.Layout(width="210px"))
+        self.auto_refresh = w.Dropdown(options=choices, value=0.0, description="auto-refresh",
+                                       layout=w.Layout(width="210px"))
         self.auto_refresh.observe(self._on_auto_refresh, names="value")
         self.show_details = w.ToggleButton(value=False, description="details",
-                                            tooltip="Show each provider's server detail",
-                                            layout=w.Layout(width="auto"))
+                                           tooltip="Show each provider's server detail",
+                                           layout=w.Layout(width="auto"))
         self.show_details.observe(lambda _c: self._render(), names="value")
         self.header = w.HBox([self.title, self.refresh_button, self.auto_refresh,
-                               self.show_details])
+                              self.show_details])
         self.pin_control = w.ToggleButtons(options=pin_options([]), value=AUTO_VALUE,
                                            style={"button_width": "auto"})
         self.pin_control.add_class("timmy-pin")
@@ -278,7 +287,7 @@ class Panel(w.VBox):
         self.table = w.HTML()
         self.details = w.HTML(layout=w.Layout(display="none"))
         self.local_only = w.Checkbox(value=False, description="local only", indent=False,
-                                      layout=w.Layout(width="auto"))
+                                     layout=w.Layout(width="auto"))
         self.local_only.observe(self._on_local_only, names="value")
         self.budget = w.IntProgress(value=0, min=0, max=100, layout=w.Layout(width="120px"))
         self.gate = w.HTML()
@@ -310,56 +319,66 @@ class Panel(w.VBox):
             checking = {n: self._is_checking(n) for n in reports}
             self._sync_pin(list(reports), r.pinned)
             self.table.value = table_html(reports, metrics, r.pinned, checking,
-                                           r.config.source)
+                                          r.config.source)
             shown = self.show_details.value
             self.details.layout.display = "" if shown else "none"
             if shown:
                 self.details.value = details_html(reports, metrics, checking)
-            self.local_only.value = bool(r.local_only)
-            decision, budget = r.gate(), r.config.cloud_gate.daily_budget_usd
-            spent = r.ledger.spent_today
-            self.gate.value = gate_html(decision.open, decision.reason, spent, budget)
-            self.budget.value = budget_percent(spent, budget)
-            self.budget.layout.display = "none" if budget is None else ""
-            self.flushes += 1
+            self._render_gate()
+            self.renders += 1
+
+    def _render_gate(self) -> None:
+        r = self._router
+        self.local_only.value = bool(r.local_only)
+        decision, budget = r.gate(), r.config.cloud_gate.daily_budget_usd
+        spent = r.ledger.spent_today
+        self.gate.value = gate_html(decision.open, decision.reason, spent, budget)
+        self.budget.value = budget_percent(spent, budget)
+        self.budget.layout.display = "none" if budget is None else ""
 
     def _sync_pin(self, names: list[str], pinned: str | None) -> None:
         options = pin_options(names)
         if tuple(self.pin_control.options) != options:
             self.pin_control.options = options
-            self.pin_control.tooltips = ["Let the cascade choose"] + [f"Send every request to {n}"
-                                                               for n in names]
+            self.pin_control.tooltips = ["Let the cascade choose"] + [
+                f"Send every request to {n}" for n in names]
         self.pin_control.value = pinned if pinned in names else AUTO_VALUE
 
     def _is_checking(self, name: str) -> bool:
         try:
             return bool(self._router.provider(name).checking)
-        except Exception:  # removed by a reload in between
+        except UnknownProvider:  # removed by a reload in between
             return False
 
     @contextmanager
     def _quiet(self) -> Iterator[None]:
-        """While the panel mirrors the router, control callbacks must not write back."""
-        self._quiet_depth += 1
+        """While this thread mirrors the router into the controls, their callbacks must not
+        write back (e.g. options rebuilt after a reload pass through other values)."""
+        depth = getattr(self._mirroring, "depth", 0)
+        self._mirroring.depth = depth + 1
         try:
             yield
         finally:
-            self._quiet_depth -= 1
+            self._mirroring.depth = depth
+
+    @property
+    def _is_mirroring(self) -> bool:
+        return bool(getattr(self._mirroring, "depth", 0))
 
     # ---------------------------------------------------------- widgets -> router
 
     def _on_pin(self, change: dict[str, Any]) -> None:
         target = change["new"] or None
-        if self._quiet_depth or target == self._router.pinned:
+        if self._is_mirroring or target == self._router.pinned:
             return
         try:
             self._router.pin(target)
-        except Exception as exc:  # e.g. removed by a reload a moment ago
+        except UnknownProvider as exc:  # removed by a reload a moment ago
             self.status.value = f'<span style="color:#cf222e">{_esc(exc)}</span>'
             self._render()
 
     def _on_local_only(self, change: dict[str, Any]) -> None:
-        if not self._quiet_depth and bool(change["new"]) != self._router.local_only:
+        if not self._is_mirroring and bool(change["new"]) != self._router.local_only:
             self._router.set_local_only(bool(change["new"]))
 
     def refresh(self) -> concurrent.futures.Future[Any]:
@@ -374,7 +393,7 @@ class Panel(w.VBox):
             return
         exc = fut.exception()
         self.status.value = (f"last refresh {time.strftime('%H:%M:%S')}" if exc is None else
-                              f'<span style="color:#cf222e">refresh failed: {_esc(exc)}</span>')
+                             f'<span style="color:#cf222e">refresh failed: {_esc(exc)}</span>')
 
     def _on_auto_refresh(self, change: dict[str, Any]) -> None:
         self._stop_auto()
@@ -429,3 +448,19 @@ def _close_tree(widget: w.Widget) -> None:
 def panel(router: Router, **kw: Any) -> Panel:
     """A live panel over ``router``. Several panels on one router stay in sync."""
     return Panel(router, **kw)
+
+
+class _CallableModule(types.ModuleType):
+    """``timmy_magic.panel()`` must work whether that name resolves to the function in
+    ``timmy_magic/__init__`` or, once imported, to this submodule (which then shadows it)."""
+
+    def __call__(self, router: Router | None = None, **kw: Any) -> Panel:
+        if router is None:
+            from .magics import panel as extension_panel
+
+            return extension_panel()  # type: ignore[no-any-return]
+        return panel(router, **kw)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
