@@ -34,6 +34,7 @@ class MetricsSnapshot:
     ttft_p50_s: float | None
     output_tok_s: float | None
     cost_usd: float
+    circuit: str = "closed"
 
     @property
     def error_rate(self) -> float:
@@ -81,7 +82,7 @@ class ProviderMetrics:
         with self._lock:
             self.cancelled += 1
 
-    def snapshot(self) -> MetricsSnapshot:
+    def snapshot(self, circuit: str = "closed") -> MetricsSnapshot:
         with self._lock:
             lat, ttft, toks = list(self._latency), list(self._ttft), list(self._tok_s)
             done = self.successes + self.failures + self.cancelled
@@ -91,4 +92,4 @@ class ProviderMetrics:
                 consecutive_failures=self.consecutive_failures,
                 latency_p50_s=percentile(lat, 50), latency_p95_s=percentile(lat, 95),
                 ttft_p50_s=percentile(ttft, 50), output_tok_s=percentile(toks, 50),
-                cost_usd=self.cost_usd)
+                cost_usd=self.cost_usd, circuit=circuit)

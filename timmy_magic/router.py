@@ -219,17 +219,26 @@ class Router:
         req = ChatRequest.of(request, **kw)
         return self.runner.iterate(lambda: self._stream(req))
 
+    # Both read the stream to its end (Done is the last event) rather than returning at
+    # Done: leaving it early makes the bridge cancel the finished pump and wait for that
+    # (a thread round trip), which doubled the sync call's cost (docs/performance.md).
     async def acomplete(self, request: ChatRequest | str, **kw: Any) -> Result:
+        result = None
         async for ev in self.astream(request, **kw):
             if isinstance(ev, Done):
-                return ev.result
-        raise AssertionError("stream ended without Done")  # pragma: no cover
+                result = ev.result
+        if result is None:  # pragma: no cover
+            raise AssertionError("stream ended without Done")
+        return result
 
     def complete(self, request: ChatRequest | str, **kw: Any) -> Result:
+        result = None
         for ev in self.stream(request, **kw):
             if isinstance(ev, Done):
-                return ev.result
-        raise AssertionError("stream ended without Done")  # pragma: no cover
+                result = ev.result
+        if result is None:  # pragma: no cover
+            raise AssertionError("stream ended without Done")
+        return result
 
     async def _stream(self, req: ChatRequest) -> AsyncIterator[Event]:
         t0 = self._clock()

@@ -72,10 +72,7 @@ class Runner:
         fut = self.submit(pump())
         try:
             while True:
-                try:
-                    item = q.get(timeout=poll)
-                except queue.Empty:
-                    continue
+                item = _get(q, poll)
                 if item is _END:
                     return
                 if isinstance(item, _Raised):
@@ -140,6 +137,18 @@ class Runner:
             self._thread.join(timeout)
         if not self._thread.is_alive():
             self.loop.close()
+
+
+def _get(q: queue.SimpleQueue[Any], poll: float) -> Any:
+    """Wait for the next item. A plain function, not inline in ``iterate``: on CPython
+    3.11 a KeyboardInterrupt raised at a loop jump inside a generator can skip the
+    generator's ``finally`` (so the stream would never be cancelled); raised in here, it
+    reaches the generator at a call, where its ``finally`` does run."""
+    while True:
+        try:
+            return q.get(timeout=poll)
+        except queue.Empty:
+            pass
 
 
 class _Raised:
