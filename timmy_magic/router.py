@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -208,7 +208,8 @@ class Router:
 
     # ------------------------------------------------------------ streaming
 
-    async def astream(self, request: ChatRequest | str, **kw: Any) -> AsyncIterator[Event]:
+    async def astream(self, request: ChatRequest | str,
+                      **kw: Any) -> AsyncGenerator[Event, None]:
         """Stream events for one request: Trying..., Delta..., then exactly one Done.
         Raises RoutingError when no provider produced a first token."""
         req = ChatRequest.of(request, **kw)
@@ -283,10 +284,7 @@ class Router:
                 return
             number = len(attempts) + 1
             yield Trying(st.name, ep.url, number)
-            backend = self._backend(st, ep)
-            prepare = getattr(backend, "prepare", None)
-            if prepare is not None:
-                prepare()  # first use imports the SDK: not part of any deadline
+            self._backend(st, ep)
             if ep.launcher is not None:
                 try:
                     async for status in self._launch(st, ep):

@@ -25,8 +25,17 @@ if TYPE_CHECKING:
     from ..router import Router
     from .runner import Progress
 
-__all__ = ["BenchResult", "BenchSettings", "DEFAULT_PROMPT", "Dist", "NothingToBench",
-           "Summary", "Timeline", "run", "summarize"]
+__all__ = [
+    "DEFAULT_PROMPT",
+    "BenchResult",
+    "BenchSettings",
+    "Dist",
+    "NothingToBench",
+    "Summary",
+    "Timeline",
+    "run",
+    "summarize",
+]
 
 
 def run(router: Router, providers: Sequence[str] | str | None = None,

@@ -403,16 +403,21 @@ class TextProgress:
 
 
 class WidgetProgress:
-    """An ipywidgets IntProgress with a label, shown in the cell while the run lasts."""
+    """An ipywidgets IntProgress with a label while the run lasts; at the end the widget
+    is closed and its output replaced by one line of text (no dead widget is left in the
+    saved notebook)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         import ipywidgets as w
         from IPython.display import display
 
+        self._clock = clock
+        self._t0 = clock()
         self.bar = w.IntProgress(value=0, min=0, max=1, description="bench")
         self.label = w.Label("starting")
         self.box = w.HBox([self.bar, self.label])
-        display(self.box)
+        self.handle = display(self.box, display_id=True)  # type: ignore[no-untyped-call]
+        self.summary = ""
 
     def update(self, done: int, total: int, label: str) -> None:
         if self.bar.max != max(total, 1):
@@ -425,6 +430,11 @@ class WidgetProgress:
 
     def close(self, interrupted: bool = False) -> None:
         self.bar.bar_style = "warning" if interrupted else "success"
+        verb = "interrupted after" if interrupted else "ran"
+        self.summary = (f"bench {verb} {self.bar.value}/{self.bar.max} requests in "
+                        f"{self._clock() - self._t0:.1f} s")
+        if self.handle is not None:
+            self.handle.update({"text/plain": self.summary}, raw=True)
         self.box.close()
 
 

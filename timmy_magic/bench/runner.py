@@ -20,13 +20,14 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ..errors import TimmyError, UnknownProvider
-from ..types import ChatRequest, Delta, Done, Result, Trying
+from ..types import ChatRequest, Delta, Done, Event, Result, Trying
 from .metrics import Timeline
 from .report import BenchResult, Cell
 
@@ -95,14 +96,20 @@ class BenchSettings:
 
 def choose_providers(router: Router, names: Sequence[str] | None = None
                      ) -> tuple[list[str], list[str]]:
-    """(providers to bench, notes). Named ones must exist; without names, every provider
-    whose fresh health check says healthy (cloud ones only while the cloud gate is open)."""
+    """(providers to bench, notes). Named ones must exist and are benched whatever their
+    health (failures are counted); without names, every provider whose fresh health check
+    says healthy (cloud ones only while the cloud gate is open). Either way the providers
+    are probed first, which also tells the router the model each server has loaded."""
     if names:
         unknown = [n for n in names if n not in router.names]
         if unknown:
             raise UnknownProvider(f"unknown provider {', '.join(unknown)}; configured: "
                                   f"{', '.join(router.names) or '(none)'}")
-        return list(dict.fromkeys(names)), []
+        chosen = list(dict.fromkeys(names))
+        reports = router.check_health(chosen)
+        down = [f"{n} ({reports[n].state})" for n in chosen
+                if n in reports and reports[n].state != "healthy"]
+        return chosen, ([f"not healthy before the run: {', '.join(down)}"] if down else [])
     reports = router.check_health()
     healthy = [n for n in router.names if n in reports and reports[n].state == "healthy"]
     gate = router.gate()
@@ -143,15 +150,18 @@ async def measure(router: Router, request: ChatRequest) -> Timeline:
     attempts = 0
     prompt_chars = sum(len(m.content) for m in request.messages)
     try:
-        async for ev in router.astream(request):
-            if isinstance(ev, Delta):
-                chunks.append(clock())
-            elif isinstance(ev, Trying):
-                attempts += 1
-            elif isinstance(ev, Done):
-                return _timeline(start, chunks, clock(), ev.result, attempts, prompt_chars)
+        stream = cast(AsyncGenerator[Event, None], router.astream(request))
+        async with aclosing(stream) as events:  # finalised here, not later by the GC
+            async for ev in events:
+                if isinstance(ev, Delta):
+                    chunks.append(clock())
+                elif isinstance(ev, Trying):
+                    attempts += 1
+                elif isinstance(ev, Done):
+                    end = clock()
+                    return _timeline(start, chunks, end, ev.result, attempts, prompt_chars)
         error = "the stream ended without a final event"
-    except Exception as exc:  # counted, never dropped: a benchmark reports failures
+    except Exception as exc:  # noqa: BLE001 - counted, never dropped: a benchmark reports it
         error = " ".join(str(exc).split()) or type(exc).__name__
     return Timeline(start, tuple(chunks), clock(), status="error", error=error,
                     attempts=max(1, attempts))
@@ -244,7 +254,7 @@ def machine_info() -> dict[str, Any]:
     return {"system": f"{platform.system()} {platform.release()}", "arch": platform.machine(),
             "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
             "timmy_magic": __version__,
-            "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "started": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def execute(router: Router, settings: BenchSettings, progress: Progress | None = None,
@@ -273,7 +283,8 @@ def execute(router: Router, settings: BenchSettings, progress: Progress | None =
         if progress is not None:
             progress.update(col.done, settings.total_requests, col.label)
             progress.close(interrupted)
-    all_notes = list(notes) + (["interrupted: later runs were not made; in-flight "
-                                "requests are counted as cancelled"] if interrupted else [])
+    stop_note = ("interrupted: later runs were not made; in-flight requests are counted "
+                 "as cancelled")
+    all_notes = list(notes) + ([stop_note] if interrupted else [])
     return BenchResult.build(settings.as_dict(), col.cells, col.warmups, machine,
                              interrupted, all_notes)

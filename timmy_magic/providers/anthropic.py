@@ -77,10 +77,12 @@ class AnthropicBackend:
 
     async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         input_tokens: int | None = None
+        started = False
         async for event, data in sse_events(r):
             obj = json.loads(data)
             kind = obj.get("type", event)
             if kind == "message_start":
+                started = True
                 msg = obj["message"]
                 # 0 means "not counted" (vllm-mlx streams 0 here): a prompt is never empty
                 input_tokens = (msg.get("usage") or {}).get("input_tokens") or None
@@ -94,6 +96,9 @@ class AnthropicBackend:
                 input_tokens = usage.get("input_tokens") or input_tokens
                 yield Chunk(usage=Usage(input_tokens, usage.get("output_tokens")))
             elif kind == "message_stop":
+                if not started:  # a bare message_stop is no answer, not an empty one
+                    raise ProviderProtocolError("empty stream: message_stop without "
+                                                "message_start", provider=self.provider)
                 return
             elif kind == "error":
                 err = obj.get("error") or {}
