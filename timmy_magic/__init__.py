@@ -32,7 +32,7 @@ _LAZY = {
     "Router": "router",
     "ChatRequest": "types", "Delta": "types", "Done": "types", "Message": "types",
     "Result": "types", "Status": "types", "Trying": "types",
-    "last": "magics", "router": "magics", "panel": "magics",
+    "last": "magics", "get_router": "magics", "panel": "magics",
 }
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
 __version__ = "0.1.0"

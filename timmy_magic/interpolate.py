@@ -4,7 +4,8 @@ jupyter-ai formats prompts with ``str.format_map``, so any ``{`` in pasted code 
 crashes the cell (its issues #27, #967). Here a brace is only special when it is part of a
 *reference*; everything else is left exactly as written:
 
-- ``{{`` and ``}}`` are literal ``{`` and ``}``;
+- ``{{`` and ``}}`` escape: ``{{name}}`` sends ``{name}``. A ``}}`` that closes no ``{{``
+  is left as written, so nested JSON (``{"a": {"b": 1}}``) is never altered;
 - ``{ref}`` is replaced by ``str(value)`` when ``ref`` is a name followed by any number of
   ``.attribute`` and ``[index]`` parts, an index being an integer or a quoted string:
   ``{topic}``, ``{df.shape[0]}``, ``{cfg["model"]}``, ``{rows[-1].name}``;
@@ -35,36 +36,37 @@ class InterpolationError(TimmyError):
 def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     """``template`` with every ``{reference}`` replaced and ``{{``/``}}`` unescaped."""
     out: list[str] = []
+    for kind, text in _tokens(template):
+        out.append(str(resolve(text, namespace)) if kind == "ref" else text)
+    return "".join(out)
+
+
+def _tokens(template: str) -> list[tuple[str, str]]:
+    """("text", literal) and ("ref", reference) pieces, escapes already resolved."""
+    tokens: list[tuple[str, str]] = []
+    open_escapes = 0
     i, n = 0, len(template)
     while i < n:
-        ch = template[i]
-        if ch in "{}" and template.startswith(ch * 2, i):
-            out.append(ch)
+        if template.startswith("{{", i):
+            tokens.append(("text", "{"))
+            open_escapes += 1
             i += 2
-            continue
-        match = _REF.match(template, i) if ch == "{" else None
-        if match is None:
-            out.append(ch)
+        elif template.startswith("}}", i) and open_escapes:
+            tokens.append(("text", "}"))
+            open_escapes -= 1
+            i += 2
+        elif (m := _REF.match(template, i)) is not None:
+            tokens.append(("ref", m.group(1)))
+            i = m.end()
+        else:
+            tokens.append(("text", template[i]))
             i += 1
-            continue
-        out.append(str(resolve(match.group(1), namespace)))
-        i = match.end()
-    return "".join(out)
+    return tokens
 
 
 def references(template: str) -> list[str]:
     """The references ``interpolate`` would look up, in order (escapes skipped)."""
-    found: list[str] = []
-    i = 0
-    while i < len(template):
-        if template[i] in "{}" and template.startswith(template[i] * 2, i):
-            i += 2
-        elif (m := _REF.match(template, i)) is not None:
-            found.append(m.group(1))
-            i = m.end()
-        else:
-            i += 1
-    return found
+    return [text for kind, text in _tokens(template) if kind == "ref"]
 
 
 def resolve(ref: str, namespace: Mapping[str, Any]) -> Any:

@@ -10,33 +10,61 @@ the partial answer.
 from __future__ import annotations
 
 import keyword
+import shlex
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import closing, suppress
+from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
+from IPython.core import magic_arguments as _magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
-from IPython.display import display
 from traitlets import Bool, Enum, Float, Int, Unicode
 
+from .commands import LineCommands
 from .config import Config, find_config, load_config
 from .errors import ConfigError, RoutingError, UnknownProvider
+from .failures import describe_failure
 from .formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from .history import Conversation, Turn, source_key
 from .interpolate import InterpolationError, interpolate
-from .render import (Collector, ErrorBlock, Final, NotebookView, TerminalView, Tick, View,
-                     consume, describe_failure, rich_frontend, with_ticks)
+from .render import (
+    Collector,
+    Final,
+    NotebookView,
+    TerminalView,
+    Tick,
+    View,
+    consume,
+    rich_frontend,
+    with_ticks,
+)
 from .router import Router
-from .tables import providers_bundle, status_bundle
 from .types import ChatRequest, Event, Message, Result
 
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MA: Any = _magic_arguments  # untyped in IPython
+
+
+class _Decorator(Protocol):
+    def __call__(self, fn: F, /) -> F: ...
+
+
+def _decorator(made: Any) -> _Decorator:
+    return cast(_Decorator, made)
+
+
+def argument(*names: str, **kw: Any) -> _Decorator:
+    """``magic_arguments.argument``, typed."""
+    return _decorator(_MA.argument(*names, **kw))
+
+
 INTERRUPTED = "interrupted by the user"
-COMMANDS = ("status", "providers", "pin", "unpin", "reload", "history", "reset", "panel",
-            "bench", "help")
 _EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
 """The one extension instance per shell."""
 
@@ -85,8 +113,9 @@ class TimmyMagics(Magics):
                         help="auto: live display in a notebook, tokens on stdout in a "
                         "terminal.").tag(config=True)
 
-    def __init__(self, shell: Any, router: Router) -> None:
+    def __init__(self, shell: InteractiveShell, router: Router) -> None:
         super().__init__(shell=shell)
+        self.ip = shell
         self.router = router
         self.conversation = Conversation()
         self.last_result: Result | None = None
@@ -94,10 +123,11 @@ class TimmyMagics(Magics):
         self.active: Collector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
         self._panels: list[Any] = []
+        self.commands = LineCommands(self)
 
     # ------------------------------------------------------------------ %%llm
 
-    @magic_arguments()
+    @_decorator(_MA.magic_arguments())
     @argument("-p", "--provider", metavar="NAME", help="pin this cell to one provider")
     @argument("-m", "--model", metavar="NAME", help="model to ask for")
     @argument("-s", "--system", metavar="TEXT", help="system prompt (quote it)")
@@ -117,16 +147,26 @@ class TimmyMagics(Magics):
 
         Cell:  %%llm [options]  then the prompt; {name}, {obj.attr}, {seq[0]} are replaced
                by kernel variables ({{ and }} for literal braces).
-        Line:  %llm status | providers | pin NAME | unpin | reload [PATH] | history |
-               reset | panel | bench ... | help
+        Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
+               reload [PATH] | history | reset | start NAME | stop NAME | panel |
+               bench ... | help
         """
         if cell is None:
-            return self._command(line)
+            return self.commands.run(line)
         self._ask(line, cell)
         return None
 
+    @property
+    def parser(self) -> Any:
+        """The argparse parser of %%llm (made by magic_arguments)."""
+        return vars(TimmyMagics)["llm"].parser
+
     def _options(self, line: str) -> tuple[CellOptions, Any]:
-        args = parse_argstring(self.llm, line)
+        try:
+            argv = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"cannot parse the options: {exc}") from None
+        args = self.parser.parse_args(argv)
         if args.out is not None and (not args.out.isidentifier() or keyword.iskeyword(
                 args.out)):
             raise UsageError(f"-o {args.out}: not a valid Python variable name")
@@ -145,8 +185,9 @@ class TimmyMagics(Magics):
                 self.router.provider(provider)
             except UnknownProvider as exc:
                 raise UsageError(str(exc)) from None
+        fmt = cast(Format, args.format or self.default_format)
         return CellOptions(provider, source, args.model or self.default_model, temperature,
-                           max_tokens, args.format or self.default_format, args.out,
+                           max_tokens, fmt, args.out,
                            not args.no_stream, args.chat or args.new, args.new,
                            not args.no_interpolate, args.trace or self.show_trace), args
 
@@ -154,7 +195,7 @@ class TimmyMagics(Magics):
         if not opts.interpolate:
             return text
         try:
-            return interpolate(text, self.shell.user_ns)
+            return interpolate(text, self.ip.user_ns)
         except InterpolationError as exc:
             raise UsageError(str(exc)) from None
 
@@ -190,7 +231,7 @@ class TimmyMagics(Magics):
     def _view(self, opts: CellOptions) -> View:
         mode = self.display_mode
         if mode == "auto":
-            mode = "rich" if rich_frontend(self.shell) else "terminal"
+            mode = "rich" if rich_frontend(self.ip) else "terminal"
         if mode == "rich":
             return NotebookView(opts.fmt, self.updates_per_second, live=opts.stream)
         return TerminalView(live=opts.stream)
@@ -204,18 +245,21 @@ class TimmyMagics(Magics):
 
     def _answer(self, req: ChatRequest, opts: CellOptions,
                 view: View) -> tuple[Result, bool]:
+        """Stream the answer into ``view``; on KeyboardInterrupt, the partial answer."""
         clock = time.monotonic
         got = self.active = Collector(clock())
         view.start(got.t0)
+        events = self._events(req, opts.stream and isinstance(view, NotebookView))
         try:
-            with closing(self._events(req, opts.stream and isinstance(view, NotebookView)))\
-                    as events:
-                return consume(events, view, got, clock), False
+            return consume(events, view, got, clock), False
         except KeyboardInterrupt:
             if got.result is not None:
                 return got.result, True
             return got.partial(INTERRUPTED, self._model_of(req, got.provider), clock()), True
         finally:
+            close = getattr(events, "close", None)  # cancels the stream if still open
+            if close is not None:
+                close()
             self.active = None
 
     def _model_of(self, req: ChatRequest, provider: str | None) -> str:
@@ -230,7 +274,7 @@ class TimmyMagics(Magics):
         """Store the result everywhere it belongs, before anything is displayed."""
         self.last_result = result
         if opts.out:
-            self.shell.user_ns[opts.out] = result
+            self.ip.user_ns[opts.out] = result
         if opts.chat and result.text:
             self.conversation.record(Turn(key, prompt, result.text, result.provider))
 
@@ -238,7 +282,7 @@ class TimmyMagics(Magics):
         if opts.fmt == "code":
             if result.error or not result.text.strip():
                 return ("the answer is incomplete: no cell was inserted",)
-            self.shell.set_next_input(extract_code(result.text), replace=False)
+            self.ip.set_next_input(extract_code(result.text), replace=False)
             return ("code inserted into a new cell below",)
         if opts.fmt == "json":
             try:
@@ -260,100 +304,12 @@ class TimmyMagics(Magics):
         edited cell still replaces its turn), else a hash of its source."""
         if self._cell_id:
             return f"cell:{self._cell_id}"
-        kernel = getattr(self.shell, "kernel", None)
+        kernel = getattr(self.ip, "kernel", None)
         with suppress(Exception):  # the parent message shape varies across ipykernel versions
             cell_id = kernel.get_parent()["metadata"].get("cellId") if kernel else None
             if cell_id:
                 return f"cell:{cell_id}"
         return source_key(line, cell)
-
-    # ------------------------------------------------------------------ %llm commands
-
-    def _command(self, line: str) -> Any:
-        name, _, rest = line.strip().partition(" ")
-        handlers: dict[str, Callable[[str], Any]] = {
-            "status": self._status, "providers": self._providers, "pin": self._pin,
-            "unpin": self._unpin, "reload": self._reload, "history": self._history,
-            "reset": self._reset, "panel": self._panel, "bench": self._bench,
-            "help": self._help, "": self._help, "start": self._not_yet, "stop": self._not_yet,
-        }
-        handler = handlers.get(name)
-        if handler is None:
-            raise UsageError(f"unknown command '{name}'; commands: {', '.join(COMMANDS)}. "
-                             "To ask a model, start a cell with %%llm.")
-        return handler(rest.strip())
-
-    def _status(self, rest: str) -> None:
-        if rest not in ("", "--cached"):
-            raise UsageError("usage: %llm status [--cached]")
-        r = self.router
-        reports = r.health() if rest == "--cached" else {**r.health(), **r.check_health()}
-        gate = r.gate()
-        display(status_bundle(reports, r.metrics(), pinned=r.pinned, gate_open=gate.open,
-                              gate_reason=gate.reason, spent_usd=r.ledger.spent_today,
-                              budget_usd=r.config.cloud_gate.daily_budget_usd), raw=True)
-
-    def _providers(self, rest: str) -> None:
-        display(providers_bundle(self.router.config, self.router.pinned), raw=True)
-
-    def _pin(self, rest: str) -> None:
-        if not rest or " " in rest:
-            raise UsageError("usage: %llm pin NAME (see %llm providers)")
-        try:
-            self.router.pin(rest)
-        except UnknownProvider as exc:
-            raise UsageError(str(exc)) from None
-        print(f"Pinned to {rest}: every %%llm cell goes there, with no fallback, "
-              "until %llm unpin.")
-
-    def _unpin(self, rest: str) -> None:
-        was = self.router.pinned
-        self.router.pin(None)
-        print(f"Unpinned {was}: the cascade chooses again." if was else
-              "Nothing was pinned: the cascade chooses.")
-
-    def _reload(self, rest: str) -> None:
-        path = str(find_config(rest or None))
-        try:
-            cfg = self.router.reload(path)
-        except ConfigError as exc:
-            old = self.router.config
-            display(ErrorBlock("reload failed; the previous config is kept", str(exc), (), (
-                f"Still using {len(old.providers)} providers from {old.source}.",
-                "Fix the file, then run `%llm reload` again.")).bundle(), raw=True)
-            return
-        self.router.runner.submit(self.router.acheck_health())
-        warn = f"; {len(cfg.warnings)} warnings (%llm providers)" if cfg.warnings else ""
-        print(f"Reloaded {len(cfg.providers)} providers from {cfg.source}{warn}.")
-
-    def _history(self, rest: str) -> None:
-        display(self.conversation)
-
-    def _reset(self, rest: str) -> None:
-        n = self.conversation.reset()
-        print(f"Conversation cleared ({n} turns).")
-
-    def _panel(self, rest: str) -> None:
-        display(self.panel())
-
-    def _bench(self, rest: str) -> Any:
-        try:
-            from .bench.magic import bench_line
-        except ImportError as exc:
-            print(f"bench not available ({exc})")
-            return None
-        out = bench_line(self, rest)
-        if out is not None:
-            display(out)
-        return None
-
-    def _not_yet(self, rest: str) -> None:
-        print("Starting and stopping local servers from the notebook is not yet available: "
-              "start the server yourself, then %llm status.")
-
-    def _help(self, rest: str) -> None:
-        options = self.llm.parser.format_help().partition("options:\n")[2]
-        print(f"{HELP}\nOptions of %%llm:\n{options}")
 
     # ------------------------------------------------------------------ objects
 
@@ -366,9 +322,9 @@ class TimmyMagics(Magics):
 
     def close(self) -> None:
         """Undo load(): magics, hooks, configurables, panels, router (its loop thread)."""
-        ip = self.shell
+        ip = self.ip
         for kind in ("line", "cell"):
-            table = ip.magics_manager.magics[kind]
+            table: dict[str, Any] = ip.magics_manager.magics[kind]
             if getattr(table.get("llm"), "__self__", None) is self:
                 del table["llm"]
         if ip.magics_manager.registry.get(type(self).__name__) is self:
@@ -377,8 +333,9 @@ class TimmyMagics(Magics):
                           ("post_run_cell", self._post_run_cell)):
             with suppress(ValueError):
                 ip.events.unregister(event, fn)
-        if self in ip.configurables:
-            ip.configurables.remove(self)
+        configurables: list[Any] = ip.configurables
+        if self in configurables:
+            configurables.remove(self)
         for widget in self._panels:
             with suppress(Exception):
                 widget.close()
@@ -386,20 +343,6 @@ class TimmyMagics(Magics):
         self.router.close()
 
 
-HELP = """timmy-magic: a cascade of local and cloud LLMs.
-
-  %%llm [options]      ask; the prompt is the rest of the cell
-  %llm status [--cached]  health of every provider (probes now unless --cached)
-  %llm providers       what providers.yaml configures
-  %llm pin NAME        send every cell to NAME (no fallback); %llm unpin to undo
-  %llm reload [PATH]   re-read providers.yaml (a bad file keeps the current config)
-  %llm history         the --chat conversation; %llm reset clears it
-  %llm panel           the provider panel (widgets)
-  %llm bench ...       benchmarks
-Settings: %config TimmyMagics (default_provider, default_model, default_format,
-updates_per_second, max_tokens, temperature, show_trace, display_mode).
-The last result: timmy_magic.last(); the router: timmy_magic.router().
-"""
 
 
 # ---------------------------------------------------------------------- load / unload
@@ -420,7 +363,7 @@ def _build_router() -> tuple[Router, str]:
                             "in background)")
 
 
-def load(ip: Any) -> TimmyMagics:
+def load(ip: InteractiveShell) -> TimmyMagics:
     old = _EXTENSIONS.pop(ip, None)
     if old is not None:
         old.close()
@@ -435,7 +378,7 @@ def load(ip: Any) -> TimmyMagics:
     return ext
 
 
-def unload(ip: Any) -> None:
+def unload(ip: InteractiveShell) -> None:
     ext = _EXTENSIONS.pop(ip, None)
     if ext is not None:
         ext.close()
@@ -461,6 +404,10 @@ def last() -> Result | None:
 def router() -> Router:
     """The router shared by %%llm, the panel and %llm bench."""
     return extension().router
+
+
+get_router = router
+"""``timmy_magic.get_router()``: ``timmy_magic.router`` is the router module's name."""
 
 
 def panel() -> Any:

@@ -1,9 +1,9 @@
 """How one answer is shown: a live display handle updated in place and throttled, a plain
-terminal fallback that prints tokens as they arrive, the final render per format, and the
-one readable block shown when no answer could be had.
+terminal fallback that prints tokens as they arrive, and the final render per format (the
+block shown when no answer could be had is in ``failures``).
 
-Pure parts (``Throttle``, ``Collector``, ``Final``, ``describe_failure``) take the time and
-the data as arguments; the views do the I/O (``display`` / stdout).
+Pure parts (``Throttle``, ``Collector``, ``Final``) take the time and the data as
+arguments; the views do the I/O (``display`` / stdout).
 """
 
 from __future__ import annotations
@@ -17,10 +17,9 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from .errors import PinnedProviderFailed, RoutingError
+from .failures import ErrorBlock
 from .formats import Format, JSONAnswerError, extract_html, parse_json
-from .types import (Attempt, Delta, Done, Event, Result, RouteTrace, Timings, Trying,
-                    Usage)
+from .types import Attempt, Delta, Done, Event, Result, RouteTrace, Status, Timings, Trying, Usage
 
 T = TypeVar("T")
 CURSOR = "▌"
@@ -199,98 +198,13 @@ def _html_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-# ------------------------------------------------------------------ failures
-
-
-@dataclass(frozen=True)
-class ErrorBlock:
-    """One readable block: what failed, the route trace, what to do."""
-
-    title: str
-    message: str
-    trace: tuple[str, ...] = ()
-    hints: tuple[str, ...] = ()
-
-    def markdown(self) -> str:
-        body = self.message + ("\n\nroute:\n" + "\n".join("  " + t for t in self.trace)
-                               if self.trace else "")
-        todo = "".join(f"\n- {h}" for h in self.hints)
-        return (f"**timmy-magic: {self.title}**\n\n```text\n{body}\n```"
-                + (f"\n\n**What to do:**{todo}" if todo else ""))
-
-    def plain(self) -> str:
-        lines = [f"timmy-magic: {self.title}", f"  {self.message}"]
-        if self.trace:
-            lines += ["  route:"] + [f"    {t}" for t in self.trace]
-        if self.hints:
-            lines += ["  what to do:"] + [f"    - {h.replace('`', '')}" for h in self.hints]
-        return "\n".join(lines)
-
-    def bundle(self) -> dict[str, str]:
-        return {"text/markdown": self.markdown(), "text/plain": self.plain()}
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return self.bundle()
-
-
-def describe_failure(exc: RoutingError, *, pin_source: str | None = None,
-                     gate_reason: str = "", config_source: str = "providers.yaml",
-                     model: str | None = None) -> ErrorBlock:
-    """The block for a request that got no answer. ``pin_source`` says where a pin came
-    from: "option" (-p), "default" (TimmyMagics.default_provider) or "session" (%llm pin)."""
-    trace = exc.trace
-    pinned = isinstance(exc, PinnedProviderFailed)
-    title = (f"pinned provider '{trace.pinned}' did not answer" if pinned
-             else "no provider could answer")
-    return ErrorBlock(title, str(exc), tuple(trace.lines()),
-                      tuple(_hints(trace, pinned, pin_source, gate_reason, config_source,
-                                   model)))
-
-
-def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason: str,
-           config_source: str, model: str | None) -> list[str]:
-    if not trace.considered:
-        return [f"No providers are configured: add some to `{config_source}`, then run "
-                "`%llm reload`."]
-    skipped: dict[str, list[str]] = {}
-    for s in trace.skipped:
-        if not pinned or s.provider == trace.pinned:
-            skipped.setdefault(s.reason, []).append(s.provider)
-    hints: list[str] = []
-    if "cloud_gate" in skipped:
-        fix = (" Turn local-only mode off with `timmy_magic.router().set_local_only(False)`."
-               if "local-only" in gate_reason else "")
-        hints.append(f"The cloud gate is closed ({gate_reason or 'closed'}): "
-                     f"{', '.join(skipped['cloud_gate'])} cannot be used now.{fix}")
-    if "not_configured" in skipped:
-        hints.append(f"Set the API key of {', '.join(skipped['not_configured'])} "
-                     "(`%llm status` names the variable), then `%llm reload`.")
-    if "no_model" in skipped:
-        hints.append(f"No provider serves model '{model}': check `-m` or "
-                     "`TimmyMagics.default_model`.")
-    if "circuit_open" in skipped:
-        hints.append(f"{', '.join(skipped['circuit_open'])}: circuit open after repeated "
-                     "failures; it is tried again after the recovery timeout.")
-    if pinned:
-        pin = trace.pinned
-        undo = {"option": f"drop `-p {pin}`", "session": "run `%llm unpin`",
-                "default": "`%config TimmyMagics.default_provider = None`"}.get(
-                    pin_source or "", "unpin it")
-        hints.append(f"Check that {pin} is running (`%llm status`), or {undo} to let the "
-                     "cascade choose.")
-    elif trace.attempts or {"unhealthy", "disabled"} & skipped.keys() or not hints:
-        hints.append("Start one of the local servers listed by `%llm providers` (or enable "
-                     f"one in `{config_source}` and `%llm reload`), then re-run the cell; "
-                     "`%llm status` shows what is up.")
-    return hints
-
-
 # ------------------------------------------------------------------ views
 
 
 class View(Protocol):
     def start(self, now: float) -> None: ...
     def trying(self, ev: Trying, now: float) -> None: ...
+    def status(self, ev: Status, now: float) -> None: ...
     def delta(self, text: str, now: float) -> None: ...
     def tick(self, now: float) -> None: ...
     def finish(self, final: Final) -> None: ...
@@ -311,8 +225,6 @@ class NotebookView:
         self.updates = 0
 
     def start(self, now: float) -> None:
-        from IPython.display import display
-
         self._handle = display(self._live_bundle(), raw=True, display_id=True)
         self.throttle.flushed(now)
 
@@ -323,10 +235,21 @@ class NotebookView:
             self.throttle.note()
             self.tick(now)
 
+    def status(self, ev: Status, now: float) -> None:
+        self._status = f"{ev.provider}: {ev.message}"
+        if not self._parts:
+            self.throttle.note()
+            self.tick(now)
+
     def delta(self, text: str, now: float) -> None:
+        first = not self._parts
         self._parts.append(text)
         self.throttle.note()
-        self.tick(now)
+        if first and self.live and self.throttle.interval < math.inf:
+            self._update(self._live_bundle())  # the first token at once: the throttle
+            self.throttle.flushed(now)  # must not delay TTFT into the display
+        else:
+            self.tick(now)
 
     def tick(self, now: float) -> None:
         if self.live and self.throttle.due(now):
@@ -344,8 +267,6 @@ class NotebookView:
     def _update(self, bundle: dict[str, str]) -> None:
         self.updates += 1
         if self._handle is None:
-            from IPython.display import display
-
             self._handle = display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
@@ -370,6 +291,10 @@ class TerminalView:
     def trying(self, ev: Trying, now: float) -> None:
         pass
 
+    def status(self, ev: Status, now: float) -> None:
+        sys.stderr.write(f"[{ev.provider}: {ev.message}]\n")
+        sys.stderr.flush()
+
     def delta(self, text: str, now: float) -> None:
         if self.live:
             self._write(text)
@@ -393,6 +318,14 @@ class TerminalView:
         self._write(sep + block.plain() + "\n")
 
 
+def display(obj: Any, **kw: Any) -> Any:
+    """``IPython.display.display`` (untyped in IPython), imported when first needed."""
+    from IPython import display as ipd
+
+    show: Any = ipd.display
+    return show(obj, **kw)
+
+
 def rich_frontend(shell: Any) -> bool:
     """Is something other than a plain terminal collecting display outputs (a kernel's
     publisher, ``capture_output``...)? IPython's base DisplayPublisher just prints
@@ -414,6 +347,8 @@ def consume(events: Iterable[Event | Tick], view: View, got: Collector,
         elif isinstance(ev, Trying):
             got.trying(ev, now)
             view.trying(ev, now)
+        elif isinstance(ev, Status):
+            view.status(ev, now)
         elif isinstance(ev, Done):
             got.result = ev.result
             return ev.result

@@ -1,0 +1,93 @@
+"""The one readable block shown when a cell got no answer: what failed, the route trace,
+what to do. Pure: built from the routing error and a few facts about the router."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import PinnedProviderFailed, RoutingError
+from .types import RouteTrace
+
+
+@dataclass(frozen=True)
+class ErrorBlock:
+    """One readable block: what failed, the route trace, what to do."""
+
+    title: str
+    message: str
+    trace: tuple[str, ...] = ()
+    hints: tuple[str, ...] = ()
+
+    def markdown(self) -> str:
+        body = self.message + ("\n\nroute:\n" + "\n".join("  " + t for t in self.trace)
+                               if self.trace else "")
+        todo = "".join(f"\n- {h}" for h in self.hints)
+        return (f"**timmy-magic: {self.title}**\n\n```text\n{body}\n```"
+                + (f"\n\n**What to do:**{todo}" if todo else ""))
+
+    def plain(self) -> str:
+        lines = [f"timmy-magic: {self.title}", f"  {self.message}"]
+        if self.trace:
+            lines += ["  route:"] + [f"    {t}" for t in self.trace]
+        if self.hints:
+            lines += ["  what to do:"] + [f"    - {h.replace('`', '')}" for h in self.hints]
+        return "\n".join(lines)
+
+    def bundle(self) -> dict[str, str]:
+        return {"text/markdown": self.markdown(), "text/plain": self.plain()}
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return self.bundle()
+
+
+def describe_failure(exc: RoutingError, *, pin_source: str | None = None,
+                     gate_reason: str = "", config_source: str = "providers.yaml",
+                     model: str | None = None) -> ErrorBlock:
+    """The block for a request that got no answer. ``pin_source`` says where a pin came
+    from: "option" (-p), "default" (TimmyMagics.default_provider) or "session" (%llm pin)."""
+    trace = exc.trace
+    pinned = isinstance(exc, PinnedProviderFailed)
+    title = (f"pinned provider '{trace.pinned}' did not answer" if pinned
+             else "no provider could answer")
+    return ErrorBlock(title, str(exc), tuple(trace.lines()),
+                      tuple(_hints(trace, pinned, pin_source, gate_reason, config_source,
+                                   model)))
+
+
+def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason: str,
+           config_source: str, model: str | None) -> list[str]:
+    if not trace.considered:
+        return [(f"No providers are configured: add some to `{config_source}`, then run "
+                 "`%llm reload`.")]
+    skipped: dict[str, list[str]] = {}
+    for s in trace.skipped:
+        if not pinned or s.provider == trace.pinned:
+            skipped.setdefault(s.reason, []).append(s.provider)
+    hints: list[str] = []
+    if "cloud_gate" in skipped:
+        fix = (" Turn local-only mode off with `%llm local-only off`."
+               if "local-only" in gate_reason else "")
+        hints.append(f"The cloud gate is closed ({gate_reason or 'closed'}): "
+                     f"{', '.join(skipped['cloud_gate'])} cannot be used now.{fix}")
+    if "not_configured" in skipped:
+        hints.append(f"Set the API key of {', '.join(skipped['not_configured'])} "
+                     "(`%llm status` names the variable), then `%llm reload`.")
+    if "no_model" in skipped:
+        hints.append(f"No provider serves model '{model}': check `-m` or "
+                     "`TimmyMagics.default_model`.")
+    if "circuit_open" in skipped:
+        hints.append(f"{', '.join(skipped['circuit_open'])}: circuit open after repeated "
+                     "failures; it is tried again after the recovery timeout.")
+    if pinned:
+        pin = trace.pinned
+        undo = {"option": f"drop `-p {pin}`", "session": "run `%llm unpin`",
+                "default": "`%config TimmyMagics.default_provider = None`"}.get(
+                    pin_source or "", "unpin it")
+        hints.append(f"Check that {pin} is running (`%llm status`), or {undo} to let the "
+                     "cascade choose.")
+    elif trace.attempts or {"unhealthy", "disabled"} & skipped.keys() or not hints:
+        hints.append("Start one of the local servers listed by `%llm providers` (or enable "
+                     f"one in `{config_source}` and `%llm reload`), then re-run the cell; "
+                     "`%llm status` shows what is up.")
+    return hints
