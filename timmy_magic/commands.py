@@ -159,5 +159,5 @@ HELP = """timmy-magic: a cascade of local and cloud LLMs.
   %llm bench ...       benchmarks
 Settings: %config TimmyMagics (default_provider, default_model, default_format,
 updates_per_second, max_tokens, temperature, show_trace, display_mode).
-The last result: timmy_magic.last(); the router: timmy_magic.magics.router().
+The last result: timmy_magic.last(); the router: timmy_magic.get_router().
 """
