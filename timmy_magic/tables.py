@@ -15,7 +15,7 @@ from .types import HealthReport
 BADGES = {
     "healthy": "🟢", "degraded": "🟡", "down": "🔴", "circuit_open": "⛔",
     "misconfigured": "⚠️", "disabled": "⚪", "not_configured": "🔑", "not_installed": "📦",
-    "unknown": "❔",
+    "unknown": "❔", "stopped": "💤", "starting": "⏳",  # managed (launch:) servers
 }
 Bundle = dict[str, str]
 
