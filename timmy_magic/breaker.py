@@ -53,10 +53,15 @@ class CircuitBreaker:
             self.half_open_in_flight += 1
         return True
 
-    def release(self, now: float) -> None:
+    def release(self, now: float, probe: bool = True) -> None:
         """Give back a slot taken by ``acquire`` for a call that was neither a success nor
-        a failure of the server (cancelled by the user, or a 4xx about the request)."""
-        if self.opened_at is not None and self.half_open_in_flight:
+        a failure of the server (cancelled by the user, or a 4xx about the request).
+
+        ``probe``: the call was granted while half-open, so it holds a probe slot. A call
+        granted while closed holds none: when it ends late (a long stream that began before
+        the circuit opened), it must not free a probe's slot, or more than
+        ``half_open_max_calls`` probes could be in flight."""
+        if probe and self.opened_at is not None and self.half_open_in_flight:
             self.half_open_in_flight -= 1
 
     def record_success(self, now: float) -> None:
@@ -64,10 +69,11 @@ class CircuitBreaker:
         self.opened_at = None
         self.half_open_in_flight = 0
 
-    def record_failure(self, now: float) -> None:
+    def record_failure(self, now: float, probe: bool = True) -> None:
+        """Count a failure of the server; ``probe`` as for ``release``."""
         self.consecutive_failures += 1
         if self.opened_at is not None:
-            if self.half_open_in_flight:  # a half-open probe failed: open again, timer restarts
+            if probe and self.half_open_in_flight:  # a probe failed: open again, timer restarts
                 self.half_open_in_flight -= 1
                 self.opened_at = now
                 self.times_opened += 1

@@ -26,12 +26,19 @@ from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativ
 
 from . import registry
 from .errors import ConfigError
-from .secrets import REDACT, get_logger
+from .secrets import REDACT, get_logger, mask
 
 log = get_logger("timmy_magic.config")
 MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000
+"""Values after YAML aliases are expanded: a small file of nested aliases ("billion
+laughs") would otherwise take forever to walk and validate."""
 ENV_VAR = "TIMMY_PROVIDERS"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_VAR = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
+"""A ${VAR} with such a name holds a secret wherever it is used (even a wrong field)."""
+_KEY_SHAPED = re.compile(r"(sk|pk|rk)[-_][^\s'\"]{8,}|[A-Za-z0-9_-]{32,}")
+"""A value an error must not echo: an API key pasted into the wrong field."""
 
 
 class _Model(BaseModel):
@@ -188,8 +195,11 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     p = find_config(path)
+    if p.exists() and not p.is_file():  # a FIFO would block, /dev/zero never end
+        raise ConfigError("is not a regular file", file=str(p))
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("file not found", file=str(p)) from None
     except OSError as exc:
@@ -202,14 +212,22 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 @dataclass
 class _Expansion:
+    source: str = "providers.yaml"
     unresolved: list[tuple[tuple[Any, ...], str]] = field(default_factory=list)
+    nodes: int = 0
 
 
 def _expand(node: Any, path: tuple[Any, ...], env: dict[str, str], out: _Expansion) -> Any:
+    out.nodes += 1
+    if out.nodes > MAX_CONFIG_NODES:
+        raise ConfigError(f"more than {MAX_CONFIG_NODES} values once YAML aliases are "
+                          "expanded (an alias bomb?)", file=out.source)
     if isinstance(node, str):
         def sub(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if env.get(name):
+                if _SECRET_VAR.search(name):
+                    REDACT.add([env[name]])
                 return env[name]
             if default is not None:
                 return default
@@ -227,13 +245,22 @@ def parse_config(data: bytes | str, *, source: str = "providers.yaml",
                  env: dict[str, str] | None = None) -> Config:
     """Parse and validate providers.yaml text. Raises ConfigError (one line)."""
     env = dict(os.environ) if env is None else env
+    try:
+        return _parse(data, source, env)
+    except RecursionError:  # PyYAML's composer and our walk recurse once per level
+        raise ConfigError("nested too deeply to read", file=source) from None
+
+
+def _parse(data: bytes | str, source: str, env: dict[str, str]) -> Config:
     raw = _load_yaml(data, source)
-    exp = _Expansion()
+    exp = _Expansion(source)
     raw = _expand(raw, (), env, exp)
     provider_list = raw.get("providers") or []
     if not isinstance(provider_list, list):
         raise ConfigError("must be a list of providers", file=source, field="providers")
     _check_unresolved(exp, provider_list, source)
+    REDACT.add(str(p["api_key"]) for p in provider_list  # before any error can echo one
+               if isinstance(p, dict) and p.get("api_key") is not None)
     try:
         cfg = Config.model_validate({**raw, "source": source})
     except ValidationError as exc:
@@ -247,7 +274,7 @@ def parse_config(data: bytes | str, *, source: str = "providers.yaml",
 
 def _load_yaml(data: bytes | str, source: str) -> dict[str, Any]:
     if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"file is {len(data)} bytes; the limit is {MAX_CONFIG_BYTES}",
+        raise ConfigError(f"is larger than the limit of {MAX_CONFIG_BYTES} bytes",
                           file=source)
     if isinstance(data, bytes):
         if b"\x00" in data:
@@ -277,7 +304,7 @@ def _load_yaml(data: bytes | str, source: str) -> dict[str, Any]:
 def _provider_name(providers: list[Any], index: Any) -> str | None:
     if isinstance(index, int) and index < len(providers):
         entry = providers[index]
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]:
             return str(entry["name"])
         return f"#{index + 1}"
     return None
@@ -311,8 +338,10 @@ def _one_line(exc: ValidationError, raw: dict[str, Any], source: str) -> ConfigE
     msg = err["msg"]
     if err["type"] == "missing":
         msg = "is required"
-    elif "input" in err and not isinstance(err["input"], (dict, list)):
+    elif "input" in err and not isinstance(err["input"], (dict, list)) \
+            and f"got {err['input']!r}" not in msg and "api_key" not in loc:
         msg = f"{msg} (got {err['input']!r})"
+    msg = _KEY_SHAPED.sub(lambda m: mask(m.group()), msg)
     return ConfigError(REDACT(msg), file=source, provider=provider,
                        field=".".join(map(str, loc)) or None)
 

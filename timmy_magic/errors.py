@@ -6,6 +6,8 @@
     │   ├── NoProviderAvailable  every candidate was skipped or failed before its first token
     │   ├── PinnedProviderFailed the pinned provider failed (never a silent fallback)
     │   └── UnknownProvider .... a pin or a command names a provider that is not configured
+    ├── InvalidRequest ......... the request itself cannot be sent (also a ValueError); no
+    │                            provider is tried, so no breaker counts it
     └── ProviderError .......... one backend failed one attempt (mapped once, at the boundary)
         ├── ProviderConnectError  could not connect (retryable)
         ├── ProviderTimeout ..... connect / first token / idle / whole request deadline (retryable)
@@ -56,6 +58,11 @@ class PinnedProviderFailed(RoutingError):
 
 class UnknownProvider(TimmyError):
     pass
+
+
+class InvalidRequest(TimmyError, ValueError):
+    """A request no provider could receive (a NaN temperature, text that is not valid
+    Unicode): raised before routing, so it can never count against a provider."""
 
 
 class ProviderError(TimmyError):

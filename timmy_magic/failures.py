@@ -84,8 +84,10 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
         undo = {"option": f"drop `-p {pin}`", "session": "run `%llm unpin`",
                 "default": "`%config TimmyMagics.default_provider = None`"}.get(
                     pin_source or "", "unpin it")
-        hints.append(f"Check that {pin} is running (`%llm status`), or {undo} to let the "
-                     "cascade choose.")
+        check = "" if "cloud_gate" in skipped else \
+            f"Check that {pin} is running (`%llm status`), or "
+        hints.append(f"{check}{undo[0].upper() if not check else undo[0]}{undo[1:]} to let "
+                     "the cascade choose.")
     elif trace.attempts or {"unhealthy", "disabled"} & skipped.keys() or not hints:
         hints.append("Start one of the local servers listed by `%llm providers` (or enable "
                      f"one in `{config_source}` and `%llm reload`), then re-run the cell; "

@@ -24,7 +24,8 @@ class Turn:
 
 def source_key(line: str, cell: str) -> str:
     """A cell key from its source, for front ends that send no cell id."""
-    return "src:" + hashlib.sha1(f"{line}\n{cell}".encode()).hexdigest()[:16]
+    source = f"{line}\n{cell}".encode("utf-8", "surrogatepass")  # any str, even a lone surrogate
+    return "src:" + hashlib.sha1(source).hexdigest()[:16]
 
 
 class Conversation:

@@ -60,6 +60,8 @@ class Launcher:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     last_used: float = field(default_factory=time.monotonic)
+    held: bool = False
+    """Stopped on purpose: the cascade leaves it alone until it is started again."""
     _lock: asyncio.Lock | None = None
 
     def __post_init__(self) -> None:
@@ -87,6 +89,7 @@ class Launcher:
                      progress: Callable[[str], None] = lambda _m: None) -> None:
         """Make sure a healthy server answers at ``url``: adopt, or start and wait."""
         self.last_used = time.monotonic()
+        self.held = False
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:

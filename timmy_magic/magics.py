@@ -10,6 +10,7 @@ the partial answer.
 from __future__ import annotations
 
 import keyword
+import math
 import shlex
 import time
 import weakref
@@ -25,7 +26,7 @@ from traitlets import Bool, Enum, Float, Int, Unicode
 
 from .commands import LineCommands
 from .config import Config, find_config, load_config
-from .errors import ConfigError, RoutingError, UnknownProvider
+from .errors import ConfigError, InvalidRequest, RoutingError, UnknownProvider
 from .failures import describe_failure
 from .formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from .history import Conversation, Turn, source_key
@@ -171,6 +172,8 @@ class TimmyMagics(Magics):
                 args.out)):
             raise UsageError(f"-o {args.out}: not a valid Python variable name")
         temperature = args.temperature if args.temperature is not None else self.temperature
+        if temperature is not None and not math.isfinite(temperature):
+            raise UsageError(f"-t {temperature}: the temperature must be a finite number")
         if temperature is not None and temperature < 0:
             raise UsageError(f"-t {temperature}: the temperature cannot be negative")
         max_tokens = args.max_tokens if args.max_tokens is not None else self.max_tokens
@@ -211,8 +214,11 @@ class TimmyMagics(Magics):
         earlier = self.conversation.context(key) if opts.chat else ()
         messages = ((Message("system", system),) if system else ()) + earlier + (
             Message("user", prompt),)
-        req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
-                          opts.provider)
+        try:
+            req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
+                              opts.provider)
+        except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
+            raise UsageError(str(exc)) from None
         view = self._view(opts)
         try:
             result, interrupted = self._answer(req, opts, view)

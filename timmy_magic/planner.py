@@ -22,6 +22,9 @@ class View:
     """Last known health: healthy / degraded / down / unknown, or a configuration state."""
     circuit_available: bool
     circuit_retry_in: float = 0.0
+    held: bool = False
+    """A managed server stopped on purpose (``%llm stop``): out of the cascade until
+    started again, or until a request pinned to it starts it."""
     half_open: bool = False
     """A half-open circuit wants its probe request even if the last health check said down:
     that request is how a recovered server comes back."""
@@ -74,6 +77,8 @@ def _skip_reason(v: View, *, pin: str | None, pinned: bool, model: str | None,
         return "pinned_elsewhere", f"pinned to {pin}"
     if not v.enabled and not pinned:
         return "disabled", ""
+    if v.held and not pinned:
+        return "stopped", "stopped with %llm stop; %llm start starts it"
     if v.state in _CONFIG_STATES:
         return _CONFIG_STATES[v.state], v.detail
     if v.is_cloud and not cloud_open:

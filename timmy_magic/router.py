@@ -196,6 +196,7 @@ class Router:
         return View(st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud,
                     report.state if report.state != "circuit_open" else "unknown",
                     any(available), min(ep.breaker.retry_in(now) for ep in st.endpoints),
+                    any(ep.launcher is not None and ep.launcher.held for ep in st.endpoints),
                     any(ep.breaker.state(now) == "half_open" for ep in st.endpoints),
                     models, report.last_error or report.hint or "")
 
@@ -331,7 +332,8 @@ class Router:
         launcher = ep.launcher
         assert launcher is not None
         launcher.last_used = time.monotonic()
-        if launcher.running() and ep.probe is not None and ep.probe.state == "healthy":
+        if (launcher.running() or launcher.state == "adopted") and ep.probe is not None \
+                and ep.probe.state == "healthy":
             return  # the fast path: no I/O per request
 
         async def healthy() -> bool:
@@ -600,6 +602,7 @@ class Router:
         stopped = False
         for ep in st.endpoints:
             if ep.launcher is not None and ep.launcher.stop():
+                ep.launcher.held = True
                 ep.probe = None
                 stopped = True
         self._notify("health")
@@ -659,7 +662,10 @@ class Router:
                 state = "starting"
             elif state != "degraded" and not any(lc.running() for lc in launchers) \
                     and "failed" not in states_l:
-                state, hint = "stopped", "starts on first request (or %llm start " + cfg.name + ")"
+                state = "stopped"
+                hint = (f"stopped with %llm stop: %llm start {cfg.name} starts it"
+                        if any(lc.held for lc in launchers) else
+                        f"starts on first request (or %llm start {cfg.name})")
         if launchers:
             detail["launch"] = [{"state": lc.state, "pid": lc.pid, "message": lc.message,
                                  "log": str(lc.log_path) if lc.log_path else None}

@@ -6,8 +6,11 @@ router's loop thread and the kernel thread without locks.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+
+from .errors import InvalidRequest
 
 Role = Literal["system", "user", "assistant"]
 HealthState = Literal[
@@ -33,6 +36,18 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     provider: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject what cannot be encoded as a JSON request (else every provider would
+        fail on it in turn, and their circuit breakers would count it)."""
+        if self.temperature is not None and not math.isfinite(self.temperature):
+            raise InvalidRequest(f"temperature must be a finite number, not {self.temperature}")
+        for i, m in enumerate(self.messages):
+            try:
+                m.content.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidRequest(f"{m.role} message {i + 1} is not valid Unicode text "
+                                     f"(lone surrogate at position {exc.start})") from None
 
     @classmethod
     def of(cls, prompt: str | ChatRequest, *, system: str | None = None,
@@ -62,7 +77,7 @@ class Timings:
 
 SkipReason = Literal[
     "pinned_elsewhere", "disabled", "not_configured", "not_installed", "circuit_open",
-    "cloud_gate", "unhealthy", "misconfigured", "no_model",
+    "cloud_gate", "unhealthy", "misconfigured", "no_model", "stopped",
 ]
 
 

@@ -161,3 +161,19 @@ def test_kernel_exit_leaves_no_process(gemma_gguf, tmp_path):
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not alive(pid), f"server left running after kernel {mode}"
+
+
+def test_manual_stop_keeps_it_out_of_the_cascade_until_started(gemma_gguf, vllm_mlx_server):
+    yaml = launch_yaml(gemma_gguf, free_port()) + (
+        f"- {{name: backup, type: vllm_mlx, priority: 2, base_url: '{vllm_mlx_server.base_url}'}}\n")
+    with make(yaml) as r:
+        r.start_server("gemma")
+        pid = r.health()["gemma"].detail["launch"][0]["pid"]
+        assert r.stop_server("gemma") is True and not alive(pid)
+        rep = r.health()["gemma"]
+        assert rep.state == "stopped" and "%llm start gemma" in rep.hint
+        res = r.complete("x", max_tokens=2)
+        assert res.provider == "backup"
+        assert [(s.provider, s.reason) for s in res.trace.skipped] == [("gemma", "stopped")]
+        r.start_server("gemma")
+        assert r.complete("y", max_tokens=2).provider == "gemma"
