@@ -26,6 +26,7 @@ _NAME = r"[^\W\d]\w*"
 _INDEX = r"\[(?:-?\d+|'[^'\\\]]*'|\"[^\"\\\]]*\")\]"
 _REF = re.compile(rf"\{{({_NAME}(?:\.{_NAME}|{_INDEX})*)\}}")
 _PART = re.compile(rf"\.({_NAME})|\[(-?\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
+_BRACE = re.compile(r"[{}]")
 _HINT = "write {{ and }} for literal braces, or use %%llm --no-interpolate"
 
 
@@ -42,11 +43,19 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
 
 
 def _tokens(template: str) -> list[tuple[str, str]]:
-    """("text", literal) and ("ref", reference) pieces, escapes already resolved."""
+    """("text", literal) and ("ref", reference) pieces, escapes already resolved. Text
+    between braces is copied in slices, so a 5 MiB cell costs a few regex searches."""
     tokens: list[tuple[str, str]] = []
     open_escapes = 0
     i, n = 0, len(template)
     while i < n:
+        brace = _BRACE.search(template, i)
+        if brace is None:
+            tokens.append(("text", template[i:]))
+            break
+        if brace.start() > i:
+            tokens.append(("text", template[i:brace.start()]))
+            i = brace.start()
         if template.startswith("{{", i):
             tokens.append(("text", "{"))
             open_escapes += 1

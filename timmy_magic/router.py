@@ -281,7 +281,10 @@ class Router:
         while self._clock() < deadline:
             now = self._clock()
             ep = self._pick(st, now)
-            if ep is None or not ep.breaker.acquire(now):
+            if ep is None:
+                return
+            probe = ep.breaker.state(now) == "half_open"  # holds a probe slot if granted
+            if not ep.breaker.acquire(now):
                 return
             number = len(attempts) + 1
             yield Trying(st.name, ep.url, number)
@@ -291,7 +294,7 @@ class Router:
                     async for status in self._launch(st, ep):
                         yield status
                 except LaunchError as exc:
-                    ep.breaker.release(self._clock())
+                    ep.breaker.release(self._clock(), probe)
                     attempts.append(Attempt(st.name, ep.url, number, "failed",
                                             f"launch failed: {exc}"))
                     self._notify("health")
@@ -299,7 +302,7 @@ class Router:
             started = self._clock()
             first = False
             try:
-                async for ev in self._attempt(st, ep, req, t0, deadline, started):
+                async for ev in self._attempt(st, ep, req, t0, deadline, started, probe):
                     if isinstance(ev, Delta):
                         first = True
                     elif isinstance(ev, Done):
@@ -381,7 +384,7 @@ class Router:
         return ep.backend
 
     async def _attempt(self, st: ProviderState, ep: Endpoint, req: ChatRequest, t0: float,
-                       deadline: float, started: float) -> AsyncIterator[Event]:
+                       deadline: float, started: float, probe: bool) -> AsyncIterator[Event]:
         """One attempt on one endpoint. Raises ProviderError before the first token; after
         it, ends with a Done carrying the partial text and the error."""
         cas = self.config.cascade
@@ -435,7 +438,7 @@ class Router:
         except ProviderError as exc:
             error = exc
         except (asyncio.CancelledError, GeneratorExit):
-            ep.breaker.release(self._clock())
+            ep.breaker.release(self._clock(), probe)
             st.metrics.was_cancelled()
             raise
         except Exception as exc:  # an adapter bug must not kill the route: count it
@@ -444,7 +447,7 @@ class Router:
             ep.outstanding -= 1
         now = self._clock()
         if error is not None:
-            self._record_failure(st, ep, error, now)
+            self._record_failure(st, ep, error, now, probe)
             if ttft is None:
                 raise error
         else:
@@ -482,12 +485,12 @@ class Router:
         return f"stream stalled: no data for idle_timeout_seconds={cas.idle_timeout_seconds:g}"
 
     def _record_failure(self, st: ProviderState, ep: Endpoint, err: ProviderError,
-                        now: float) -> None:
+                        now: float, probe: bool) -> None:
         st.metrics.failed()
         if err.counts_against_breaker:
-            ep.breaker.record_failure(now)
+            ep.breaker.record_failure(now, probe)
         else:
-            ep.breaker.release(now)
+            ep.breaker.release(now, probe)
         if isinstance(err, ProviderConnectError):  # cannot reach it: the badge should say so
             ep.probe = Probe("down", error=str(err))
             ep.checked_at = now
@@ -524,6 +527,11 @@ class Router:
                 probe = Probe("down", error=f"health check timed out after {timeout:g}s")
             except Exception as exc:
                 probe = Probe("down", error=str(map_error(exc, st.name)))
+            if probe.state == "down" and ep.outstanding and "timed out" in (probe.error or ""):
+                # busy, not dead: it is streaming answers right now (a loaded CPU server
+                # may answer /health late); the breaker judges the requests themselves
+                probe = Probe("degraded", probe.latency_s, probe.models, probe.detail,
+                              f"{probe.error} while serving {ep.outstanding} request(s)")
             ep.probe, ep.checked_at = probe, self._clock()
 
         await asyncio.gather(*(one(st, ep) for st, ep in jobs))

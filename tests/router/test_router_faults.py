@@ -355,3 +355,41 @@ def test_close_leaves_no_threads():
     r.close()
     time.sleep(0.1)
     assert {t.name for t in threading.enumerate()} - before == set()
+
+
+def test_cancelling_a_call_from_before_the_outage_does_not_admit_a_second_probe(srv):
+    """Found by the breaker state machine: a call granted while closed, cancelled during
+    half-open, must not give back the probe slot it never held."""
+    text = (f"  - {{name: a, type: vllm_mlx, models: [{{name: m}}],"
+            f" base_url: '{srv.base_url('ok', tokens=40, delay=0.05)}'}}\n")
+    breaker_cfg = ("  circuit_breaker: {failure_threshold: 1, recovery_timeout: 0.3,"
+                   " half_open_max_calls: 1}")
+    with make_router(text, breaker_cfg) as r:
+        old = r.stream("granted while closed")
+        next(e for e in old if isinstance(e, Delta))
+        breaker = r.provider("a").endpoints[0].breaker
+
+        async def another_call_fails() -> None:
+            breaker.record_failure(time.monotonic(), probe=False)
+
+        r.runner.run(another_call_fails())  # the circuit opens
+        time.sleep(0.35)
+        probe = r.stream("the half-open probe")
+        next(e for e in probe if isinstance(e, Delta))
+        old.close()  # the old call is cancelled while the probe is in flight
+        time.sleep(0.1)
+        assert not breaker.available(time.monotonic()), "a second probe would be let in"
+        probe.close()
+
+
+def test_a_busy_server_whose_health_check_times_out_is_degraded_not_down(srv):
+    """/health hangs while the server streams fine: the provider stays usable."""
+    url = srv.base_url("ok", tokens=30, delay=0.05, health="hang")
+    with make_router(prov("busy", url, 1, "models: [{name: fault-model}]")) as r:
+        stream = r.stream("long answer")
+        next(e for e in stream if isinstance(e, Delta))
+        rep = r.check_health()["busy"]
+        assert rep.state == "degraded" and "while serving 1 request" in rep.last_error
+        assert r.complete("next", max_tokens=2).provider == "busy"
+        stream.close()
+        assert r.check_health()["busy"].state == "down"  # idle and silent: down
