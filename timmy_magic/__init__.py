@@ -17,13 +17,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .config import Config, load_config
-    from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError
-    from .router import Router
-    from .types import ChatRequest, Delta, Done, Message, Result, Status, Trying
+    from .config import Config, load_config  # noqa: F401
+    from .errors import (ConfigError, NoProviderAvailable, PinnedProviderFailed,  # noqa: F401
+                         TimmyError)
+    from .router import Router  # noqa: F401
+    from .types import Delta, Done, Message, Result, Status, Trying  # noqa: F401
+    from .types import ChatRequest  # noqa: F401
 
 _LAZY = {
     "Config": "config", "load_config": "config",

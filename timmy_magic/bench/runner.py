@@ -20,14 +20,14 @@ import os
 import platform
 import threading
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import TimmyError, UnknownProvider
-from ..types import ChatRequest, Delta, Done, Event, Result, Trying
+from ..types import ChatRequest, Delta, Done, Result, Trying
 from .metrics import Timeline
 from .report import BenchResult, Cell
 
@@ -150,7 +150,7 @@ async def measure(router: Router, request: ChatRequest) -> Timeline:
     attempts = 0
     prompt_chars = sum(len(m.content) for m in request.messages)
     try:
-        stream = cast(AsyncGenerator[Event, None], router.astream(request))
+        stream = router.astream(request)
         async with aclosing(stream) as events:  # finalised here, not later by the GC
             async for ev in events:
                 if isinstance(ev, Delta):

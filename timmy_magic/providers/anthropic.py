@@ -19,8 +19,8 @@ import httpx
 
 from ..errors import ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
-                   sse_events, status_error)
+from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, model_ids,
+                   post_stream, probe_error, sse_events)
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:
@@ -58,16 +58,10 @@ class AnthropicBackend:
             raise ProviderProtocolError("no model configured: set `models:` in providers.yaml "
                                         "or pass -m", provider=self.provider)
         try:
-            async with self._http.stream("POST", self._root + "/v1/messages",
-                                         json=self._payload(request, name),
-                                         headers=self._headers) as r:
-                if r.status_code != 200:
-                    raise status_error(self.provider, r.status_code, r.headers,
-                                       _json_or_text(await r.aread()))
-                ctype = r.headers.get("content-type", "")
-                if "text/event-stream" not in ctype:
-                    raise ProviderProtocolError(f"expected an event stream, got content-type "
-                                                f"{ctype or '(none)'}", provider=self.provider)
+            async with post_stream(self._http, self._root + "/v1/messages",
+                                   payload=self._payload(request, name), headers=self._headers,
+                                   provider=self.provider,
+                                   content_type="text/event-stream") as r:
                 async for chunk in self._chunks(r):
                     yield chunk
         except ProviderProtocolError:
@@ -114,21 +108,13 @@ class AnthropicBackend:
             return probe_error(exc, self.provider, timeout)
         if status != 200:
             return Probe("down", latency, error=f"/v1/models answered HTTP {status}")
-        data = body.get("data") if isinstance(body, dict) else None
-        models = tuple(str(m.get("id")) for m in data or [] if isinstance(m, dict))
+        models = model_ids(body)
         if models:
             self.served_models = models
         return Probe("healthy", latency, models)
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def _json_or_text(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")[:200]
 
 
 def make_backend(cfg: ProviderConfig, url: str, timeouts: Timeouts) -> AnthropicBackend:

@@ -7,6 +7,7 @@ chat answer and how to probe health; the router does everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -152,6 +153,38 @@ def map_error(exc: BaseException, provider: str) -> ProviderError:
         return ProviderProtocolError(_one_line(f"unreadable answer: {name}: {exc}"),
                                      provider=provider)
     return ProviderProtocolError(_one_line(f"{name}: {exc}"), provider=provider)
+
+
+def json_or_text(body: bytes) -> Any:
+    """An error body as JSON if it is JSON, else its first 200 characters."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace")[:200]
+
+
+def model_ids(body: Any) -> tuple[str, ...]:
+    """Model ids from an OpenAI-style list ``{"data": [{"id": ...}, ...]}`` (else none)."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return ()
+    return tuple(str(m.get("id")) for m in data if isinstance(m, dict))
+
+
+@contextlib.asynccontextmanager
+async def post_stream(http: httpx.AsyncClient, url: str, *, payload: dict[str, Any],
+                      headers: dict[str, str] | None, provider: str,
+                      content_type: str | None) -> AsyncIterator[httpx.Response]:
+    """POST and open the streamed answer; a non-200 status becomes our error (with the
+    server's message), and so does a body that is not ``content_type``."""
+    async with http.stream("POST", url, json=payload, headers=headers) as r:
+        if r.status_code != 200:
+            raise status_error(provider, r.status_code, r.headers, json_or_text(await r.aread()))
+        ctype = r.headers.get("content-type", "")
+        if content_type is not None and content_type not in ctype:
+            raise ProviderProtocolError(f"expected {content_type}, got content-type "
+                                        f"{ctype or '(none)'}", provider=provider)
+        yield r
 
 
 async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:

@@ -13,8 +13,8 @@ import httpx
 
 from ..errors import ProviderConnectError, ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
-                   status_error)
+from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, post_stream,
+                   probe_error)
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:
@@ -51,14 +51,9 @@ class OllamaBackend:
                    "messages": [{"role": m.role, "content": m.content}
                                 for m in request.messages]}
         try:
-            async with self._http.stream("POST", self._root + "/api/chat", json=payload) as r:
-                if r.status_code != 200:
-                    body = await r.aread()
-                    try:
-                        parsed: Any = json.loads(body)
-                    except ValueError:
-                        parsed = body.decode("utf-8", "replace")[:200]
-                    raise status_error(self.provider, r.status_code, r.headers, parsed)
+            async with post_stream(self._http, self._root + "/api/chat", payload=payload,
+                                   headers=None, provider=self.provider,
+                                   content_type=None) as r:
                 async for chunk in self._chunks(r):
                     yield chunk
         except ProviderProtocolError:

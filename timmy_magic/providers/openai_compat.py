@@ -28,8 +28,8 @@ import httpx
 
 from ..errors import ProviderProtocolError, ProviderTimeout
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, probe_error,
-                   sse_events, status_error)
+from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, model_ids,
+                   post_stream, probe_error, sse_events)
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -127,16 +127,10 @@ class OpenAICompatBackend:
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
         try:
             payload = self._payload(request, await self._model(model))
-            async with self._http.stream("POST", self._base + "/chat/completions",
-                                         json=payload, headers=self._headers) as r:
-                if r.status_code != 200:
-                    raise status_error(self.provider, r.status_code, r.headers,
-                                       _json_or_text(await r.aread()))
-                ctype = r.headers.get("content-type", "")
-                if "text/event-stream" not in ctype:
-                    raise ProviderProtocolError(
-                        f"expected an event stream, got content-type {ctype or '(none)'}",
-                        provider=self.provider)
+            async with post_stream(self._http, self._base + "/chat/completions",
+                                   payload=payload, headers=self._headers,
+                                   provider=self.provider,
+                                   content_type="text/event-stream") as r:
                 async for chunk in self._chunks(r):
                     yield chunk
         except ProviderProtocolError:
@@ -195,8 +189,8 @@ class OpenAICompatBackend:
         return Probe(state, latency, models, detail, error)  # type: ignore[arg-type]
 
     async def _models(self, health_body: Any, timeout: float) -> tuple[str, ...]:
-        if isinstance(health_body, dict) and isinstance(health_body.get("data"), list):
-            return tuple(str(m.get("id")) for m in health_body["data"] if isinstance(m, dict))
+        if model_ids(health_body):
+            return model_ids(health_body)
         if isinstance(health_body, dict) and health_body.get("model_name"):
             return (str(health_body["model_name"]),)
         if self.type in ("mlx_lm", "llama_cpp"):
@@ -205,19 +199,12 @@ class OpenAICompatBackend:
                                                  self._headers)
             except Exception:
                 return ()
-            if status == 200 and isinstance(body, dict) and isinstance(body.get("data"), list):
-                return tuple(str(m.get("id")) for m in body["data"] if isinstance(m, dict))
+            if status == 200:
+                return model_ids(body)
         return ()
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def _json_or_text(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return body.decode("utf-8", "replace")[:200]
 
 
 def make_backend(cfg: ProviderConfig, url: str, timeouts: Timeouts) -> OpenAICompatBackend:
