@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-from IPython.core.interactiveshell import InteractiveShell
 
 from tests.support.faultserver import FaultServer
 from tests.support.servers import ManagedServer, start_vllm_mlx
@@ -78,13 +77,3 @@ def make_router() -> Iterator[MakeRouter]:
         r.close()
 
 
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    try:
-        yield ip
-    finally:
-        if "timmy_magic" in ip.extension_manager.loaded:
-            ip.run_line_magic("unload_ext", "timmy_magic")
-        InteractiveShell.clear_instance()

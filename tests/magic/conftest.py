@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from IPython.core.interactiveshell import InteractiveShell
 
 from tests.support.faultserver import FaultServer
 
@@ -48,18 +47,6 @@ def write_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> WritePro
 
 def local(name: str, url: str, priority: int = 1, **kw: Any) -> dict[str, Any]:
     return {"name": name, "type": "llama_cpp", "base_url": url, "priority": priority, **kw}
-
-
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    try:
-        yield ip
-    finally:
-        if "timmy_magic" in ip.extension_manager.loaded:
-            ip.run_line_magic("unload_ext", "timmy_magic")
-        InteractiveShell.clear_instance()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:

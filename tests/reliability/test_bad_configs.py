@@ -214,18 +214,6 @@ def test_router_keeps_its_config_through_every_bad_reload(tmp_path: Path, huge: 
 # ------------------------------------------------------------------ through the magic
 
 
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    try:
-        yield ip
-    finally:
-        if "timmy_magic" in ip.extension_manager.loaded:
-            ip.run_line_magic("unload_ext", "timmy_magic")
-        InteractiveShell.clear_instance()
-
-
 def shown(cap) -> str:
     """Everything a cell showed: streams and every display's text forms."""
     parts = [cap.stdout, cap.stderr]

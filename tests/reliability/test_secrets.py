@@ -112,18 +112,6 @@ def planted(tmp_path: Path, servers, monkeypatch: pytest.MonkeyPatch) -> Path:
     return path
 
 
-@pytest.fixture
-def shell() -> Iterator[InteractiveShell]:
-    InteractiveShell.clear_instance()
-    ip = InteractiveShell.instance()
-    try:
-        yield ip
-    finally:
-        if "timmy_magic" in ip.extension_manager.loaded:
-            ip.run_line_magic("unload_ext", "timmy_magic")
-        InteractiveShell.clear_instance()
-
-
 def everything_shown(cap: Any) -> str:
     parts = [cap.stdout, cap.stderr]
     for out in cap.outputs:

@@ -139,3 +139,18 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+def shell() -> Iterator[Any]:
+    """A fresh in-process IPython shell; timmy_magic unloaded (its router closed) after."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    InteractiveShell.clear_instance()
+    ip = InteractiveShell.instance()
+    try:
+        yield ip
+    finally:
+        if "timmy_magic" in ip.extension_manager.loaded:
+            ip.run_line_magic("unload_ext", "timmy_magic")
+        InteractiveShell.clear_instance()
