@@ -67,16 +67,19 @@ def ok_shell(shell: InteractiveShell, fault: FaultServer,
 # ------------------------------------------------------------------ load / unload
 
 
-def test_load_is_fast_with_every_backend_down_and_prints_one_line(
+def test_load_never_waits_for_health_checks_and_prints_one_line(
         shell: InteractiveShell, write_providers: WriteProviders) -> None:
+    """A silent backend holds its health check for the full 5 s health timeout; loading
+    returns long before (how fast it is, is measured in benchmarks/health_fanout.py)."""
     with Blackhole(cap=10) as hole:
         path = write_providers([local("refused", f"http://127.0.0.1:{closed_port()}"),
                                 local("silent", hole.url, priority=2),
-                                local("off", hole.url, priority=3, enabled=False)])
+                                local("off", hole.url, priority=3, enabled=False)],
+                               cascade={"health_timeout_seconds": 5})
         started = time.monotonic()
         cap = load(shell)
         elapsed = time.monotonic() - started
-        assert elapsed < 0.5
+        assert elapsed < 2.5, "load waited for the health pass"
         assert cap.stdout == (f"timmy-magic: 3 providers (2 enabled) from {path} "
                               "(health checks running in background)\n")
         assert "llm" in shell.magics_manager.magics["cell"]
