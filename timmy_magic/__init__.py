@@ -21,11 +21,17 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from IPython.core.interactiveshell import InteractiveShell
 
     from .config import Config, load_config  # noqa: F401
-    from .errors import (ConfigError, NoProviderAvailable, PinnedProviderFailed,  # noqa: F401
-                         TimmyError)
+    from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
     from .router import Router  # noqa: F401
-    from .types import Delta, Done, Message, Result, Status, Trying  # noqa: F401
-    from .types import ChatRequest  # noqa: F401
+    from .types import (  # noqa: F401
+        ChatRequest,  # noqa: F401
+        Delta,
+        Done,
+        Message,
+        Result,
+        Status,
+        Trying,
+    )
 
 _LAZY = {
     "Config": "config", "load_config": "config",

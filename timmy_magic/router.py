@@ -13,51 +13,47 @@ import concurrent.futures
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 from . import gate as gate_mod
 from .breaker import CircuitBreaker
-from .config import Config, ProviderConfig, load_config
-from .errors import (NoProviderAvailable, TimmyError, PinnedProviderFailed, ProviderAuthError,
-                     ProviderConnectError, ProviderError, ProviderTimeout, UnknownProvider)
-from .launch import LaunchError, Launcher
-from .metrics import MetricsSnapshot, ProviderMetrics
+from .config import Config, load_config
+from .errors import (
+    NoProviderAvailable,
+    PinnedProviderFailed,
+    ProviderAuthError,
+    ProviderConnectError,
+    ProviderError,
+    ProviderTimeout,
+    TimmyError,
+    UnknownProvider,
+)
+from .health import Endpoint, ProviderState, build_report
+from .launch import Launcher, LaunchError
+from .metrics import MetricsSnapshot
 from .planner import Plan, View, pick_endpoint, plan_route
 from .providers.base import Backend, Probe, Timeouts, map_error
 from .retry import RetryPolicy
 from .runner import Runner
-from .secrets import REDACT, get_logger
-from .types import (Attempt, ChatRequest, Delta, Done, EndpointHealth, Event, HealthReport,
-                    HealthState, Result, RouteTrace, Status, Timings, Trying, Usage)
+from .secrets import get_logger
+from .types import (
+    Attempt,
+    ChatRequest,
+    Delta,
+    Done,
+    Event,
+    HealthReport,
+    Result,
+    RouteTrace,
+    Status,
+    Timings,
+    Trying,
+    Usage,
+)
 
 log = get_logger("timmy_magic.router")
 ChangeKind = Literal["health", "metrics", "pin", "gate", "config"]
-
-
-@dataclass
-class Endpoint:
-    url: str
-    breaker: CircuitBreaker
-    backend: Backend | None = None
-    probe: Probe | None = None
-    checked_at: float | None = None
-    outstanding: int = 0
-    launcher: Launcher | None = None
-
-
-@dataclass
-class ProviderState:
-    cfg: ProviderConfig
-    endpoints: list[Endpoint]
-    metrics: ProviderMetrics = field(default_factory=ProviderMetrics)
-    misconfigured: str | None = None
-    checking: bool = False
-    rr: int = 0
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
 
 
 class Router:
@@ -622,69 +618,7 @@ class Router:
         return {name: self._report(st, now) for name, st in self._providers.items()}
 
     def _report(self, st: ProviderState, now: float) -> HealthReport:
-        cfg = st.cfg
-        launchers = [ep.launcher for ep in st.endpoints if ep.launcher is not None]
-        eps = tuple(EndpointHealth(
-            ep.url, ep.probe.state if ep.probe else "unknown",
-            ep.probe.latency_s if ep.probe else None, ep.probe.error if ep.probe else None,
-            ep.breaker.state(now), ep.outstanding) for ep in st.endpoints)
-        probes = [ep.probe for ep in st.endpoints if ep.probe is not None]
-        models = tuple(dict.fromkeys(m for p in probes for m in p.models))
-        detail: dict[str, Any] = {}
-        for p in probes:
-            detail.update(p.detail)
-        latencies = [p.latency_s for p in probes if p.latency_s is not None]
-        errors = [p.error for p in probes if p.error]
-        circuits = [e.circuit for e in eps]
-        circuit: Any = ("open" if all(c == "open" for c in circuits) else
-                        "half_open" if "half_open" in circuits else "closed")
-        state: HealthState
-        hint = None
-        if not cfg.enabled:
-            state = "disabled"
-        elif cfg.kind.needs_key and not cfg.key():
-            state = "not_configured"
-            var = ", ".join(cfg.missing_env) or cfg.kind.key_env or "an API key"
-            hint = f"set {var} (api_key)"
-        elif launchers and any(lc.state == "not_installed" for lc in launchers):
-            state = "not_installed"
-            hint = next(lc.message for lc in launchers if lc.state == "not_installed")
-        elif st.misconfigured:
-            state = "misconfigured"
-            errors = [st.misconfigured]
-        elif circuit == "open":
-            state = "circuit_open"
-        elif not probes:
-            state = "unknown"
-        else:
-            states = {p.state for p in probes}
-            state = ("healthy" if states == {"healthy"} and len(probes) == len(eps) else
-                     "down" if states == {"down"} and len(probes) == len(eps) else "degraded")
-        crashes = [c for c in (lc.crashed for lc in launchers) if c]
-        if crashes and state not in ("disabled", "not_configured", "not_installed"):
-            state = "down" if state in ("down", "unknown", "healthy") else state
-            errors.append(crashes[0])
-        elif launchers and state in ("down", "unknown", "degraded"):
-            states_l = {lc.state for lc in launchers}
-            if "starting" in states_l:
-                state = "starting"
-            elif state != "degraded" and not any(lc.running() for lc in launchers) \
-                    and "failed" not in states_l:
-                state = "stopped"
-                hint = (f"stopped with %llm stop: %llm start {cfg.name} starts it"
-                        if any(lc.held for lc in launchers) else
-                        f"starts on first request (or %llm start {cfg.name})")
-        if launchers:
-            detail["launch"] = [{"state": lc.state, "pid": lc.pid, "message": lc.message,
-                                 "log": str(lc.log_path) if lc.log_path else None}
-                                for lc in launchers]
-            errors += [lc.message for lc in launchers if lc.state == "failed"]
-        checked = [ep.checked_at for ep in st.endpoints if ep.checked_at is not None]
-        return HealthReport(cfg.name, cfg.type, state, cfg.is_cloud,
-                            min(latencies) if latencies else None, models, detail,
-                            REDACT(errors[-1]) if errors else None,
-                            max(checked) if checked else None, circuit, eps, hint,
-                            st.checking)
+        return build_report(st, now)
 
     def metrics(self) -> dict[str, MetricsSnapshot]:
         now = self._clock()

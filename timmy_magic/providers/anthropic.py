@@ -19,8 +19,18 @@ import httpx
 
 from ..errors import ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, model_ids,
-                   post_stream, probe_error, sse_events)
+from .base import (
+    Chunk,
+    Probe,
+    Timeouts,
+    get_json,
+    make_http_client,
+    map_error,
+    model_ids,
+    post_stream,
+    probe_error,
+    sse_events,
+)
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:

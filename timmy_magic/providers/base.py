@@ -16,8 +16,14 @@ from typing import Any, Literal, Protocol
 
 import httpx
 
-from ..errors import (ProviderAuthError, ProviderConnectError, ProviderError, ProviderHTTPError,
-                      ProviderProtocolError, ProviderTimeout)
+from ..errors import (
+    ProviderAuthError,
+    ProviderConnectError,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderProtocolError,
+    ProviderTimeout,
+)
 from ..retry import parse_retry_after
 from ..secrets import REDACT
 from ..types import ChatRequest, Usage

@@ -13,8 +13,16 @@ import httpx
 
 from ..errors import ProviderConnectError, ProviderProtocolError
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, post_stream,
-                   probe_error)
+from .base import (
+    Chunk,
+    Probe,
+    Timeouts,
+    get_json,
+    make_http_client,
+    map_error,
+    post_stream,
+    probe_error,
+)
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:

@@ -28,8 +28,18 @@ import httpx
 
 from ..errors import ProviderProtocolError, ProviderTimeout
 from ..types import ChatRequest, Usage
-from .base import (Chunk, Probe, Timeouts, get_json, make_http_client, map_error, model_ids,
-                   post_stream, probe_error, sse_events)
+from .base import (
+    Chunk,
+    Probe,
+    Timeouts,
+    get_json,
+    make_http_client,
+    map_error,
+    model_ids,
+    post_stream,
+    probe_error,
+    sse_events,
+)
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
