@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from .failures import ErrorBlock
 from .formats import Format, JSONAnswerError, extract_html, parse_json
+from .runner import _END, _Raised  # the same end/exception markers as the bridge
 from .types import Attempt, Delta, Done, Event, Result, RouteTrace, Status, Timings, Trying, Usage
 
 T = TypeVar("T")
@@ -110,14 +111,6 @@ async def with_ticks(events: AsyncIterator[T], every: float) -> AsyncIterator[T 
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
-
-
-_END = object()
-
-
-@dataclass(frozen=True, slots=True)
-class _Raised:
-    exc: BaseException
 
 
 # ------------------------------------------------------------------ collecting
