@@ -6,6 +6,11 @@ half_open --(a probe succeeds)--> closed;  half_open --(a probe fails)--> open (
 
 There is no other way to be skipped: every open circuit becomes half-open by itself, so a
 provider can never stay excluded until a manual reset.
+
+Callers never pair acquire/release/record by hand: ``permit(now)`` hands out a ``Permit``
+that owns the outcome of the one call it admits and is settled exactly once (success,
+failure, or given back), by its owner in a ``finally`` (as pybreaker's ``calling()`` and
+asyncio's Semaphore). A cancelled or crashed call therefore cannot leak a half-open slot.
 """
 
 from __future__ import annotations
@@ -83,7 +88,39 @@ class CircuitBreaker:
             self.half_open_in_flight = 0
             self.times_opened += 1
 
-    def reset(self) -> None:
-        self.consecutive_failures = 0
-        self.opened_at = None
-        self.half_open_in_flight = 0
+    def permit(self, now: float) -> Permit | None:
+        """Admission for one call, or None when the circuit refuses it now."""
+        probe = self.state(now) == "half_open"
+        return Permit(self, probe) if self.acquire(now) else None
+
+
+class Permit:
+    """The admission of one call by a breaker, settled exactly once: later settlements
+    are ignored, so a ``finally: permit.release(now)`` after a recorded outcome is safe."""
+
+    __slots__ = ("breaker", "probe", "outcome")
+
+    def __init__(self, breaker: CircuitBreaker, probe: bool) -> None:
+        self.breaker, self.probe = breaker, probe
+        self.outcome: str | None = None
+
+    def _settle(self, outcome: str) -> bool:
+        if self.outcome is not None:
+            return False
+        self.outcome = outcome
+        return True
+
+    def success(self, now: float) -> None:
+        if self._settle("success"):
+            self.breaker.record_success(now)
+
+    def failure(self, now: float) -> None:
+        """The server failed this call (counts towards opening the circuit)."""
+        if self._settle("failure"):
+            self.breaker.record_failure(now, self.probe)
+
+    def release(self, now: float) -> None:
+        """Neither success nor failure of the server (cancelled, a 4xx about the request,
+        a launch that failed): give the slot back."""
+        if self._settle("released"):
+            self.breaker.release(now, self.probe)

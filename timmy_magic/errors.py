@@ -15,7 +15,10 @@
         │   └── ProviderAuthError 401 / 403: the provider is misconfigured
         └── ProviderProtocolError the answer could not be understood (bad JSON, bad SSE, HTML)
 
-Messages are one line, and never hold an API key (see ``secrets.redact``).
+Every message passes ``TimmyError.__init__``, the one redaction point of exceptions: it is
+redacted (``secrets.REDACT``: keys, header values, URL credentials) and holds no lone
+surrogate; a ProviderError's message (often a server's own words) is also one line of at
+most ``MAX_MESSAGE`` characters.
 """
 
 from __future__ import annotations
@@ -26,8 +29,24 @@ if TYPE_CHECKING:
     from .types import RouteTrace
 
 
+MAX_MESSAGE = 500
+
+
+def clean_message(message: object) -> str:
+    """``message`` as safe text: secrets masked, lone surrogates replaced."""
+    from .secrets import REDACT
+
+    text = str(message)
+    if not text.isascii():
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return REDACT(text)
+
+
 class TimmyError(Exception):
     """Base of every error timmy_magic raises on purpose."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(clean_message(message))
 
 
 class ConfigError(TimmyError):
@@ -72,7 +91,10 @@ class ProviderError(TimmyError):
     def __init__(self, message: str, *, provider: str = "", status: int | None = None,
                  retry_after: float | None = None) -> None:
         self.provider, self.status, self.retry_after = provider, status, retry_after
-        super().__init__(message)
+        text = " ".join(str(message).split())
+        if len(text) > MAX_MESSAGE:
+            text = text[: MAX_MESSAGE - 1] + "…"
+        super().__init__(text)
 
 
 class ProviderConnectError(ProviderError):

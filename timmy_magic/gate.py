@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib
+import math
 import subprocess
 import threading
 import time
@@ -34,7 +35,7 @@ def decide(*, local_only: bool, spent_usd: float, budget_usd: float | None,
     """May a cloud provider be used now?"""
     if local_only:
         return GateDecision(False, "local-only mode")
-    if budget_usd is not None and spent_usd >= budget_usd:
+    if budget_usd is not None and not (spent_usd < budget_usd):  # NaN spent: closed
         return GateDecision(False, f"daily budget spent (${spent_usd:.4f} of ${budget_usd:.2f})")
     if tier is not None and tier in closed_tiers:
         return GateDecision(False, f"quota tier '{tier}'")
@@ -51,6 +52,10 @@ class SpendLedger:
         self._lock = threading.Lock()
 
     def add(self, usd: float) -> None:
+        """Count ``usd`` spent now. Only a finite, non-negative amount is accepted: one
+        NaN would make every later comparison with the budget false (gate open)."""
+        if not isinstance(usd, int | float) or not math.isfinite(usd) or usd < 0:
+            raise ValueError(f"not an amount of money: {usd!r}")
         with self._lock:
             self._roll()
             self._spent += usd
@@ -85,12 +90,25 @@ class QuotaSignal:
         self._cached: tuple[float, Tier | None] | None = None
         self.last_error: str | None = None
 
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    def stale(self) -> bool:
+        """Is a new reading due (never read, or older than ``ttl``)?"""
+        return self._cached is None or self._clock() - self._cached[0] >= self._ttl
+
+    def cached(self) -> Tier | None:
+        """The last reading, without I/O (None before the first)."""
+        return self._cached[1] if self._cached else None
+
     def tier(self) -> Tier | None:
-        now = self._clock()
-        if self._cached and now - self._cached[0] < self._ttl:
-            return self._cached[1]
+        """The tier, read now if stale. Blocking (a command, user code): call it off the
+        event loop."""
+        if not self.stale():
+            return self.cached()
         value = self._read()
-        self._cached = (now, value)
+        self._cached = (self._clock(), value)
         return value
 
     def _read(self) -> Tier | None:

@@ -27,6 +27,13 @@ class Endpoint:
     checked_at: float | None = None
     outstanding: int = 0
     launcher: Launcher | None = None
+    retired: bool = False
+    """Replaced by a reload: closed once its last running stream ends."""
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as it may be shown (credentials masked)."""
+        return REDACT(self.url)
 
 
 @dataclass
@@ -50,7 +57,7 @@ def build_report(st: ProviderState, now: float) -> HealthReport:
     cfg = st.cfg
     launchers = [ep.launcher for ep in st.endpoints if ep.launcher is not None]
     eps = tuple(EndpointHealth(
-        ep.url, ep.probe.state if ep.probe else "unknown",
+        ep.shown_url, ep.probe.state if ep.probe else "unknown",
         ep.probe.latency_s if ep.probe else None, ep.probe.error if ep.probe else None,
         ep.breaker.state(now), ep.outstanding) for ep in st.endpoints)
     probes = [ep.probe for ep in st.endpoints if ep.probe is not None]

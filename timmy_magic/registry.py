@@ -8,6 +8,7 @@ is a :class:`ProviderKind`; entry points are only scanned when a type is not bui
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -70,10 +71,16 @@ def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
-        except Exception:  # a broken plugin must not break the router
+        except Exception as exc:  # a broken plugin must not break the router: say which
+            warnings.warn(f"timmy-magic: provider plugin {ep.name!r} ({ep.value}) failed to "
+                          f"load and is ignored: {type(exc).__name__}: {exc}", stacklevel=2)
             continue
         if isinstance(obj, ProviderKind):
             register(obj)
+        else:
+            warnings.warn(f"timmy-magic: provider plugin {ep.name!r} ({ep.value}) is a "
+                          f"{type(obj).__name__}, not a ProviderKind, and is ignored",
+                          stacklevel=2)
 
 
 _OAI = "timmy_magic.providers.openai_compat:make_backend"

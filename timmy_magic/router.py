@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
@@ -17,7 +18,7 @@ from dataclasses import replace
 from typing import Any, Literal
 
 from . import gate as gate_mod
-from .breaker import CircuitBreaker
+from .breaker import CircuitBreaker, Permit
 from .config import Config, load_config
 from .errors import (
     NoProviderAvailable,
@@ -25,6 +26,7 @@ from .errors import (
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
+    ProviderProtocolError,
     ProviderTimeout,
     TimmyError,
     UnknownProvider,
@@ -36,7 +38,7 @@ from .planner import Plan, View, pick_endpoint, plan_route
 from .providers.base import Backend, Probe, Timeouts, map_error
 from .retry import RetryPolicy
 from .runner import Runner
-from .secrets import get_logger
+from .secrets import REDACT, get_logger
 from .types import (
     Attempt,
     ChatRequest,
@@ -54,6 +56,9 @@ from .types import (
 
 log = get_logger("timmy_magic.router")
 ChangeKind = Literal["health", "metrics", "pin", "gate", "config"]
+MAX_ANSWER_CHARS = 4 << 20
+"""Longest answer kept (about a million tokens, beyond any model's output): a server that
+streams without end is stopped there, the text so far kept, and the error named."""
 
 
 class Router:
@@ -70,6 +75,8 @@ class Router:
         self._pinned: str | None = None
         self._closed = False
         self._quota_override = quota
+        self._quota_refresh: asyncio.Future[object] | None = None
+        self._background: set[asyncio.Future[object]] = set()
         self._providers: dict[str, ProviderState] = {}
         self._apply(config)
 
@@ -104,25 +111,59 @@ class Router:
                             launcher=Launcher(p.name, u, p.launch) if p.launch else None)
                    for u in p.urls]
             self._providers[p.name] = ProviderState(p, eps)
-        gone = [ep for name, st in old.items() if self._providers.get(name) is not st
-                for ep in st.endpoints]
-        for ep in gone:
-            if ep.launcher is not None:
-                ep.launcher.stop()
-        stale = [ep.backend for ep in gone if ep.backend is not None]
-        if stale and self._runner is not None and self._runner.alive:
-            for b in stale:
-                self._runner.submit(b.aclose())
+        for name, st in old.items():
+            if self._providers.get(name) is not st:
+                for ep in st.endpoints:
+                    self._retire(ep)
         if self._pinned and self._pinned not in self._providers:
             self._pinned = None
             self._notify("pin")
 
+    def _retire(self, ep: Endpoint) -> None:
+        """An endpoint a reload replaced: new requests no longer see it; its connections
+        close and its managed server stops once its last running stream has ended."""
+        ep.retired = True
+        if ep.outstanding:
+            return  # the attempt that ends last calls this again
+        backend, ep.backend = ep.backend, None
+        if backend is not None:
+            self._spawn(backend.aclose())
+        if ep.launcher is not None:
+            self._spawn(asyncio.to_thread(ep.launcher.stop))  # may wait for the process
+
+    def _spawn(self, work: Any) -> None:
+        """Run ``work`` (a coroutine) in the background on the router's loop."""
+        try:
+            task = asyncio.ensure_future(work)
+        except RuntimeError:  # no loop here (constructing): nothing can be running yet
+            work.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn(*args)`` on the router's loop thread and wait: state the loop reads
+        (the provider table, the pin) only changes there, and listeners are told there."""
+        runner = self.runner
+        if runner.on_loop():
+            return fn(*args)
+
+        async def call() -> Any:
+            return fn(*args)
+
+        return runner.run(call(), timeout=30)
+
     def reload(self, path: str | None = None) -> Config:
-        """Re-read providers.yaml. On a bad file, raise ConfigError and keep everything."""
+        """Re-read providers.yaml. On a bad file, raise ConfigError and keep everything.
+        Streams already running finish on the backends they started with."""
         cfg = load_config(path or (self.config.source if self.config.source.endswith(
             (".yaml", ".yml")) else None))
-        self._apply(cfg)
-        self._notify("config")
+
+        def apply() -> None:
+            self._apply(cfg)
+            self._notify("config")
+
+        self._on_loop(apply)
         return cfg
 
     @property
@@ -154,20 +195,44 @@ class Router:
     def pin(self, name: str | None) -> None:
         if name is not None:
             self.provider(name)
-        self._pinned = name
-        self._notify("pin")
+
+        def apply() -> None:
+            self._pinned = name
+            self._notify("pin")
+
+        self._on_loop(apply)
 
     def set_local_only(self, on: bool) -> None:
-        self.local_only = on
-        self._notify("gate")
+        def apply() -> None:
+            self.local_only = on
+            self._notify("gate")
+
+        self._on_loop(apply)
 
     def gate(self) -> gate_mod.GateDecision:
+        """The cloud gate now. On the loop thread, no I/O: the quota signal's last answer
+        is used (``_refresh_quota`` reads it in a worker thread before a request is
+        planned); from another thread a stale signal is read there and then."""
         g = self.config.cloud_gate
         closed = tuple(g.quota.closed_tiers) if g.quota else ("resting",)
+        on_loop = self._runner is not None and self._runner.on_loop()
+        tier = None if self.quota is None else \
+            self.quota.cached() if on_loop else self.quota.tier()
         return gate_mod.decide(local_only=self.local_only, spent_usd=self.ledger.spent_today,
-                               budget_usd=g.daily_budget_usd,
-                               tier=self.quota.tier() if self.quota else None,
-                               closed_tiers=closed)
+                               budget_usd=g.daily_budget_usd, tier=tier, closed_tiers=closed)
+
+    async def _refresh_quota(self) -> None:
+        """Read a stale quota signal in a worker thread (a command or user code may block
+        for seconds: never on the loop), shared by the requests that wait for it."""
+        quota = self.quota
+        if quota is None or not quota.stale():
+            return
+        if self._quota_refresh is None or self._quota_refresh.done():
+            self._quota_refresh = asyncio.ensure_future(asyncio.to_thread(quota.tier))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._quota_refresh), quota.timeout + 1.0)
+        except TimeoutError:
+            log.warning("quota signal gave no answer within %.1fs", quota.timeout + 1.0)
 
     # ------------------------------------------------------------ listeners
 
@@ -244,6 +309,7 @@ class Router:
         pin = req.provider or self._pinned
         if pin is not None:
             self.provider(pin)
+        await self._refresh_quota()
         plan = self.plan(pin, req.model)
         if not plan.order and plan.skipped_for("unhealthy"):
             # last known health says down: look again now (one health timeout) before failing
@@ -265,66 +331,84 @@ class Router:
             why = attempts[-1].error if attempts else next(
                 (str(s) for s in plan.skipped if s.provider == pin), "not tried")
             raise PinnedProviderFailed(f"pinned provider '{pin}' failed: {why}", trace)
-        raise NoProviderAvailable(_no_provider_message(plan, attempts), trace)
+        raise NoProviderAvailable(_no_provider_message(
+            plan, attempts, self.config.cascade.timeout_seconds), trace)
 
     async def _try_provider(self, st: ProviderState, req: ChatRequest, t0: float,
                             deadline: float, attempts: list[Attempt], plan: Plan,
                             pin: str | None, last: bool) -> AsyncIterator[Event]:
         """Attempts on one provider, with retries. Nothing listening (connect refused) is
         retried only when no other candidate remains: failing over is instant, waiting is
-        not."""
+        not. Each attempt holds a breaker permit, settled in ``finally`` whatever happens
+        (an answer, an error, a cancel, a bug)."""
         retry_no = 0
         while self._clock() < deadline:
             now = self._clock()
             ep = self._pick(st, now)
-            if ep is None:
-                return
-            probe = ep.breaker.state(now) == "half_open"  # holds a probe slot if granted
-            if not ep.breaker.acquire(now):
+            permit = ep.breaker.permit(now) if ep is not None else None
+            if ep is None or permit is None:
                 return
             number = len(attempts) + 1
-            yield Trying(st.name, ep.url, number)
-            self._backend(st, ep)
-            if ep.launcher is not None:
-                try:
+            try:
+                yield Trying(st.name, ep.shown_url, number)
+                failed = await self._prepare(st, ep)
+                if failed is not None:
+                    attempts.append(Attempt(st.name, ep.shown_url, number, "failed", failed))
+                    self._notify("health")
+                    return
+                if ep.launcher is not None:
                     async for status in self._launch(st, ep):
                         yield status
-                except LaunchError as exc:
-                    ep.breaker.release(self._clock(), probe)
-                    attempts.append(Attempt(st.name, ep.url, number, "failed",
-                                            f"launch failed: {exc}"))
-                    self._notify("health")
+                started = self._clock()
+                try:
+                    async for ev in self._attempt(st, ep, permit, req, t0, deadline, started):
+                        if isinstance(ev, Done):
+                            outcome: Literal["answered", "broken"] = \
+                                "broken" if ev.result.error else "answered"
+                            attempts.append(Attempt(st.name, ep.shown_url, number, outcome,
+                                                    ev.result.error, self._clock() - started))
+                            trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts),
+                                               pin)
+                            ev = Done(replace(ev.result, trace=trace))
+                        yield ev
                     return
-            started = self._clock()
-            first = False
-            try:
-                async for ev in self._attempt(st, ep, req, t0, deadline, started, probe):
-                    if isinstance(ev, Delta):
-                        first = True
-                    elif isinstance(ev, Done):
-                        outcome: Literal["answered", "broken"] = \
-                            "broken" if ev.result.error else "answered"
-                        attempts.append(Attempt(st.name, ep.url, number, outcome,
-                                                ev.result.error, self._clock() - started))
-                        trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
-                        ev = Done(_with_trace(ev.result, trace))
-                    yield ev
+                except ProviderError as err:
+                    attempts.append(Attempt(st.name, ep.shown_url, number, "failed", str(err),
+                                            self._clock() - started))
+                    if isinstance(err, ProviderAuthError):
+                        st.misconfigured = str(err)
+                        self._notify("health")
+                        return
+                    if isinstance(err, ProviderConnectError) and not last \
+                            and len(st.endpoints) == 1:
+                        return
+                    retry_no += 1
+                    delay = self.policy.delay_for(err, retry_no, self._rand)
+                    if delay is None or self._clock() + delay >= deadline:
+                        return
+                    await asyncio.sleep(delay)
+            except LaunchError as exc:
+                attempts.append(Attempt(st.name, ep.shown_url, number, "failed",
+                                        f"launch failed: {exc}"))
+                self._notify("health")
                 return
-            except ProviderError as err:
-                assert not first
-                attempts.append(Attempt(st.name, ep.url, number, "failed", str(err),
-                                        self._clock() - started))
-                if isinstance(err, ProviderAuthError):
-                    st.misconfigured = str(err)
-                    self._notify("health")
-                    return
-                if isinstance(err, ProviderConnectError) and not last and len(st.endpoints) == 1:
-                    return
-                retry_no += 1
-                delay = self.policy.delay_for(err, retry_no, self._rand)
-                if delay is None or self._clock() + delay >= deadline:
-                    return
-                await asyncio.sleep(delay)
+            except Exception as exc:  # a bug in launching must not kill the route either
+                log.warning("provider %s: launch broke: %r", st.name, exc)
+                attempts.append(Attempt(st.name, ep.shown_url, number, "failed",
+                                        f"launch failed: {map_error(exc, st.name)}"))
+                self._notify("health")
+                return
+            finally:
+                permit.release(self._clock())  # no-op when the attempt settled it
+
+    async def _prepare(self, st: ProviderState, ep: Endpoint) -> str | None:
+        """Build the endpoint's backend (a plugin's factory may fail): the reason, or None."""
+        try:
+            self._backend(st, ep)
+        except Exception as exc:  # a broken adapter fails this provider, not the route
+            log.warning("provider %s: backend could not be built: %s", st.name, exc)
+            return f"backend could not be built: {map_error(exc, st.name)}"
+        return None
 
     async def _launch(self, st: ProviderState, ep: Endpoint) -> AsyncIterator[Status]:
         """Start (or adopt) the managed server behind ``ep``, yielding progress."""
@@ -379,10 +463,12 @@ class Router:
             ep.backend = st.cfg.kind.load_factory()(st.cfg, ep.url, self.timeouts)
         return ep.backend
 
-    async def _attempt(self, st: ProviderState, ep: Endpoint, req: ChatRequest, t0: float,
-                       deadline: float, started: float, probe: bool) -> AsyncIterator[Event]:
+    async def _attempt(self, st: ProviderState, ep: Endpoint, permit: Permit,
+                       req: ChatRequest, t0: float, deadline: float,
+                       started: float) -> AsyncIterator[Event]:
         """One attempt on one endpoint. Raises ProviderError before the first token; after
-        it, ends with a Done carrying the partial text and the error."""
+        it, ends with a Done carrying the partial text and the error. Settles ``permit``
+        and the provider's metrics exactly once, whatever happens."""
         cas = self.config.cascade
         model = req.model or st.cfg.default_model
         if req.max_tokens is None:
@@ -391,14 +477,17 @@ class Router:
             if cap is not None:
                 req = replace(req, max_tokens=cap)
         parts: list[str] = []
+        size = 0
         usage: Usage | None = None
         served_model: str | None = None
+        notes: list[str] = []
         chunks = 0
         ttft: float | None = None
         ep.outstanding += 1
         st.metrics.started()
         self._notify("metrics")
         error: ProviderError | None = None
+        ended = False
         try:
             backend = self._backend(st, ep)
             first_deadline = min(deadline, started + cas.first_token_timeout_seconds)
@@ -418,40 +507,49 @@ class Router:
                         served_model = chunk.model
                     if chunk.usage is not None:
                         usage = chunk.usage
+                    if chunk.note:
+                        notes.append(chunk.note)
                     if chunk.text:
                         now = self._clock()
                         if ttft is None:
                             ttft = now - t0
                         chunks += 1
+                        size += len(chunk.text)
+                        if size > MAX_ANSWER_CHARS:
+                            raise ProviderProtocolError(
+                                f"the answer passed {MAX_ANSWER_CHARS} characters: stopped "
+                                f"there (the text so far is kept)", provider=st.name)
                         parts.append(chunk.text)
                         when = loop.time() + min(cas.idle_timeout_seconds, deadline - now)
                         yield Delta(chunk.text)
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
-        except TimeoutError as exc:
+            ended = True
+        except TimeoutError:
             error = ProviderTimeout(self._timeout_message(ttft, deadline), provider=st.name)
-            error.__cause__ = exc
         except ProviderError as exc:
             error = exc
-        except (asyncio.CancelledError, GeneratorExit):
-            ep.breaker.release(self._clock(), probe)
-            st.metrics.was_cancelled()
-            raise
         except Exception as exc:  # an adapter bug must not kill the route: count it
             error = map_error(exc, st.name)
         finally:
             ep.outstanding -= 1
+            if error is None and not ended:  # cancelled, closed early, interrupted
+                permit.release(self._clock())
+                st.metrics.was_cancelled()
+            if ep.retired and not ep.outstanding:
+                self._retire(ep)
         now = self._clock()
         if error is not None:
-            self._record_failure(st, ep, error, now, probe)
+            error.__traceback__ = None  # its frames would keep this stream's buffers alive
+            self._record_failure(st, ep, permit, error, now)
             if ttft is None:
                 raise error
         else:
-            ep.breaker.record_success(now)
+            permit.success(now)
             self._mark_up(ep, now)
         text = "".join(parts)
-        if usage is None or usage.output_tokens is None:
-            usage = Usage(usage.input_tokens if usage else None, chunks, estimated=True)
+        del parts
+        usage = self._settle_usage(st, usage, req, text, chunks)
         total = now - t0
         gen_time = now - t0 - (ttft or 0.0)
         tok_s = usage.output_tokens / gen_time if usage.output_tokens and gen_time > 0 else None
@@ -459,17 +557,38 @@ class Router:
         cost = gate_mod.cost_usd(usage.input_tokens, usage.output_tokens,
                                  mc.price_per_1k_input if mc else 0.0,
                                  mc.price_per_1k_output if mc else 0.0)
-        if cost:
+        if cost > 0 and math.isfinite(cost):
             self.ledger.add(cost)
+        else:
+            cost = 0.0
         if error is None:
             own_ttft = None if ttft is None else ttft - (started - t0)
             st.metrics.succeeded(now - started, own_ttft, tok_s, cost)
         elif cost:
             st.metrics.add_cost(cost)
+        if not text and error is None and not notes:
+            notes.append("the model returned an empty answer")
         self._notify("metrics")
         yield Done(Result(text, st.name, served_model or model, usage,
                           Timings(ttft, total, tok_s), RouteTrace(),
-                          error=str(error) if error else None, cost_usd=cost, endpoint=ep.url))
+                          error=str(error) if error else None, cost_usd=cost,
+                          endpoint=ep.shown_url, notes=tuple(notes)))
+
+    @staticmethod
+    def _settle_usage(st: ProviderState, usage: Usage | None, req: ChatRequest, text: str,
+                      chunks: int) -> Usage:
+        """The usage to count: the server's (validated at the wire), else an estimate
+        (about 4 characters a token) marked as such, so a server that sends nonsense can
+        neither hide a paid answer from the budget nor show an absurd count."""
+        inp = usage.input_tokens if usage else None
+        out = usage.output_tokens if usage else None
+        if usage is not None and out is not None and (inp is not None or not st.cfg.is_cloud):
+            return usage
+        if out is None:
+            out = max(chunks, -(-len(text) // 4)) if text else 0
+        if inp is None and st.cfg.is_cloud:
+            inp = -(-sum(len(m.content) for m in req.messages) // 4)
+        return Usage(inp, out, estimated=True)
 
     def _timeout_message(self, ttft: float | None, deadline: float) -> str:
         cas = self.config.cascade
@@ -480,13 +599,13 @@ class Router:
                    f"{cas.first_token_timeout_seconds:g}"
         return f"stream stalled: no data for idle_timeout_seconds={cas.idle_timeout_seconds:g}"
 
-    def _record_failure(self, st: ProviderState, ep: Endpoint, err: ProviderError,
-                        now: float, probe: bool) -> None:
+    def _record_failure(self, st: ProviderState, ep: Endpoint, permit: Permit,
+                        err: ProviderError, now: float) -> None:
         st.metrics.failed()
         if err.counts_against_breaker:
-            ep.breaker.record_failure(now, probe)
+            permit.failure(now)
         else:
-            ep.breaker.release(now, probe)
+            permit.release(now)
         if isinstance(err, ProviderConnectError):  # cannot reach it: the badge should say so
             ep.probe = Probe("down", error=str(err))
             ep.checked_at = now
@@ -514,6 +633,19 @@ class Router:
         for st in targets:
             st.checking = True
         self._notify("health")
+        try:
+            await self._probe_all(jobs, timeout)
+        finally:  # an interrupted check must not leave badges on "checking"
+            for st in targets:
+                st.checking = False
+                if st.misconfigured and all(ep.probe and ep.probe.state == "healthy"
+                                            for ep in st.endpoints):
+                    st.misconfigured = None
+            self._notify("health")
+        return {st.name: self._report(st, self._clock()) for st in targets}
+
+    async def _probe_all(self, jobs: list[tuple[ProviderState, Endpoint]],
+                         timeout: float) -> None:
 
         async def one(st: ProviderState, ep: Endpoint) -> None:
             try:
@@ -531,13 +663,6 @@ class Router:
             ep.probe, ep.checked_at = probe, self._clock()
 
         await asyncio.gather(*(one(st, ep) for st, ep in jobs))
-        for st in targets:
-            st.checking = False
-            if st.misconfigured and all(ep.probe and ep.probe.state == "healthy"
-                                        for ep in st.endpoints):
-                st.misconfigured = None
-        self._notify("health")
-        return {st.name: self._report(st, self._clock()) for st in targets}
 
     def check_health(self, names: list[str] | None = None,
                      timeout: float | None = None) -> dict[str, HealthReport]:
@@ -665,15 +790,14 @@ class Router:
                 f"{', pinned ' + self._pinned if self._pinned else ''}>")
 
 
-def _with_trace(result: Result, trace: RouteTrace) -> Result:
-    return replace(result, trace=trace)
-
-
-def _no_provider_message(plan: Plan, attempts: list[Attempt]) -> str:
+def _no_provider_message(plan: Plan, attempts: list[Attempt], timeout: float) -> str:
     if not plan.considered:
         return "no providers are configured"
     if not attempts:
         reasons = "; ".join(str(s) for s in plan.skipped)
+        if not reasons:
+            return (f"the whole-request deadline (timeout_seconds={timeout:g}) passed before "
+                    f"any provider could be tried")
         return f"no provider could be tried: {reasons}"
     failed = "; ".join(f"{a.provider}: {a.error}" for a in attempts)
     return f"every provider failed before answering: {failed}"

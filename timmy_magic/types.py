@@ -151,6 +151,9 @@ class Result:
     error: str | None = None
     cost_usd: float = 0.0
     endpoint: str | None = None
+    notes: tuple[str, ...] = ()
+    """What the reader should know besides the text (reasoning or tool calls not shown,
+    an empty answer), one line each."""
 
     @property
     def ok(self) -> bool:

@@ -11,26 +11,29 @@ share neither our connection pool nor our timeout and error mapping; the protoco
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ..errors import ProviderProtocolError
-from ..types import ChatRequest, Usage
+from ..types import ChatRequest
 from .base import (
+    Body,
     Chunk,
     Probe,
     Timeouts,
+    error_text,
+    extras_note,
     get_json,
     make_http_client,
-    map_error,
+    mapped_errors,
     model_ids,
     post_stream,
     probe_error,
-    sse_events,
+    usage_of,
 )
+from .wire import TextJoiner, WireError, content_text, count, loads, model_name
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:
@@ -67,47 +70,68 @@ class AnthropicBackend:
         if not name:
             raise ProviderProtocolError("no model configured: set `models:` in providers.yaml "
                                         "or pass -m", provider=self.provider)
-        try:
+        with mapped_errors(self.provider):
             async with post_stream(self._http, self._root + "/v1/messages",
                                    payload=self._payload(request, name), headers=self._headers,
                                    provider=self.provider,
                                    content_type="text/event-stream") as r:
                 async for chunk in self._chunks(r):
                     yield chunk
-        except ProviderProtocolError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, self.provider) from exc
 
     async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         input_tokens: int | None = None
         started = False
-        async for event, data in sse_events(r):
-            obj = json.loads(data)
+        joiner = TextJoiner()
+        reasoning = tools = 0
+        body = Body(r)
+        async for event, data in body.sse():
+            obj = loads(data)
+            if not isinstance(obj, dict):
+                raise WireError(f"an event holds {type(obj).__name__}, not an object")
             kind = obj.get("type", event)
             if kind == "message_start":
                 started = True
-                msg = obj["message"]
+                msg = obj.get("message")
+                if not isinstance(msg, dict):
+                    raise WireError("message_start without a message object")
+                usage = msg.get("usage")
                 # 0 means "not counted" (vllm-mlx streams 0 here): a prompt is never empty
-                input_tokens = (msg.get("usage") or {}).get("input_tokens") or None
-                yield Chunk(model=msg.get("model"))
+                input_tokens = count(usage.get("input_tokens")) or None \
+                    if isinstance(usage, dict) else None
+                yield Chunk(model=model_name(msg.get("model")))
+            elif kind == "content_block_start":
+                block = obj.get("content_block")
+                tools += isinstance(block, dict) and block.get("type") == "tool_use"
             elif kind == "content_block_delta":
-                delta = obj.get("delta") or {}
-                if delta.get("type") == "text_delta" and delta.get("text"):
-                    yield Chunk(text=delta["text"])
+                delta = obj.get("delta")
+                if not isinstance(delta, dict):
+                    raise WireError("content_block_delta without a delta object")
+                if delta.get("type") == "text_delta":
+                    text = joiner.push(content_text(delta.get("text")))
+                    if text:
+                        yield Chunk(text=text)
+                elif delta.get("type") == "thinking_delta":
+                    thought = delta.get("thinking")
+                    reasoning += len(thought) if isinstance(thought, str) else 0
             elif kind == "message_delta":
-                usage = obj.get("usage") or {}
-                input_tokens = usage.get("input_tokens") or input_tokens
-                yield Chunk(usage=Usage(input_tokens, usage.get("output_tokens")))
+                usage = obj.get("usage")
+                if isinstance(usage, dict):
+                    input_tokens = count(usage.get("input_tokens")) or input_tokens
+                    yield Chunk(usage=usage_of(input_tokens, usage.get("output_tokens")))
             elif kind == "message_stop":
                 if not started:  # a bare message_stop is no answer, not an empty one
                     raise ProviderProtocolError("empty stream: message_stop without "
                                                 "message_start", provider=self.provider)
+                if tail := joiner.flush():
+                    yield Chunk(text=tail)
+                if note := extras_note(reasoning, tools):
+                    yield Chunk(note=note)
+                await body.drain()
                 return
             elif kind == "error":
-                err = obj.get("error") or {}
-                raise ProviderProtocolError(f"server error mid-stream: "
-                                            f"{err.get('message', err)}", provider=self.provider)
+                raise ProviderProtocolError(
+                    f"server error mid-stream: {error_text(obj.get('error') or obj)}",
+                    provider=self.provider)
         raise ProviderProtocolError("stream ended before message_stop", provider=self.provider)
 
     async def probe(self, timeout: float) -> Probe:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -25,8 +25,8 @@ from ..errors import (
     ProviderTimeout,
 )
 from ..retry import parse_retry_after
-from ..secrets import REDACT
 from ..types import ChatRequest, Usage
+from .wire import LineSplitter, SSEDecoder, WireError, count, loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,31 @@ class Chunk:
     text: str = ""
     usage: Usage | None = None
     model: str | None = None
-    server: dict[str, Any] | None = None
+    note: str | None = None
+    """What the answer held that is not shown as text (reasoning, tool calls)."""
+
+
+def usage_of(input_tokens: Any, output_tokens: Any) -> Usage:
+    """Usage from a server's counts, each validated (``wire.count``); an invalid count is
+    unknown (None), which the router estimates and marks as estimated."""
+    return Usage(count(input_tokens), count(output_tokens))
+
+
+def extras_note(reasoning_chars: int, tool_calls: int) -> str | None:
+    """The note for an answer's parts that are not text."""
+    parts = []
+    if reasoning_chars:
+        parts.append(f"reasoning ({reasoning_chars} characters, not shown)")
+    if tool_calls:
+        parts.append(f"{tool_calls} tool call{'s' if tool_calls > 1 else ''} (not run)")
+    return ("the model's answer also held " + " and ".join(parts)) if parts else None
+
+
+def error_text(err: Any) -> str:
+    """The message of an in-stream error event, whatever JSON shape it has."""
+    if isinstance(err, dict):
+        err = err.get("message", err)
+    return err if isinstance(err, str) else json.dumps(err, ensure_ascii=False, default=str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,19 +120,20 @@ def make_http_client(t: Timeouts, **kw: Any) -> httpx.AsyncClient:
 
 def _one_line(text: str, limit: int = 300) -> str:
     text = " ".join(str(text).split())
-    return REDACT(text if len(text) <= limit else text[: limit - 1] + "…")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _status_message(status: int, body: Any) -> str:
-    msg = ""
+    msg: Any = ""
     if isinstance(body, dict):
         err = body.get("error", body.get("detail", body.get("message", "")))
         if isinstance(err, dict):
             err = err.get("message", err)
-        msg = str(err)
+        msg = err
     elif body:
-        msg = str(body)
-    return f"HTTP {status}" + (f": {msg}" if msg else "")
+        msg = body
+    text = msg if isinstance(msg, str) else json.dumps(msg, ensure_ascii=False, default=str)
+    return f"HTTP {status}" + (f": {text}" if text else "")
 
 
 def status_error(provider: str, status: int, headers: Any, body: Any) -> ProviderError:
@@ -118,47 +143,54 @@ def status_error(provider: str, status: int, headers: Any, body: Any) -> Provide
     return cls(msg, provider=provider, status=status, retry_after=retry_after)
 
 
+# Foreign exception class -> (our class, message prefix). Most specific first: the table
+# is read top to bottom, as httpx's own ``map_httpcore_exceptions``.
+_MAPPING: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
+                      type[ProviderError], str], ...] = (
+    (httpx.ConnectTimeout, ProviderTimeout, "connect timed out"),
+    (httpx.ConnectError, ProviderConnectError, "cannot connect"),
+    ((httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout), ProviderTimeout,
+     "no data within the idle timeout"),
+    ((httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError),
+     ProviderConnectError, "connection dropped"),
+    ((httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol,
+      httpx.LocalProtocolError, httpx.DecodingError), ProviderProtocolError, "bad HTTP"),
+    (TimeoutError, ProviderTimeout, "timed out"),
+    (WireError, ProviderProtocolError, "unreadable answer"),
+    ((ValueError, KeyError, TypeError, AttributeError, IndexError, LookupError,
+      RecursionError, UnicodeError), ProviderProtocolError, "unreadable answer"),
+)
+
+
 def map_error(exc: BaseException, provider: str) -> ProviderError:
-    """Convert an httpx / openai / anthropic / parsing exception into our error tree.
-    Most specific first. Never loses the cause (callers ``raise ... from exc``)."""
+    """Our error for a foreign one (httpx, parsing, an adapter bug), by the table above.
+    A ProviderError passes unchanged (so it never becomes its own cause)."""
     if isinstance(exc, ProviderError):
+        if not exc.provider:
+            exc.provider = provider
         return exc
-    status = getattr(exc, "status_code", None)
-    response = getattr(exc, "response", None)
-    if isinstance(status, int) and response is not None:
-        body: Any = getattr(exc, "body", None)
-        if body is None:
-            try:
-                body = response.json()
-            except Exception:
-                body = None
-        return status_error(provider, status, response.headers, body)
-    name = type(exc).__name__
-    cause = exc.__cause__ or exc.__context__
-    chain = [exc] + ([cause] if cause is not None else [])
-    for e in chain:
-        if isinstance(e, httpx.ConnectTimeout):
-            return ProviderTimeout("connect timed out", provider=provider)
-        if isinstance(e, httpx.ConnectError):
-            return ProviderConnectError(_one_line(f"cannot connect: {e}" if str(e)
-                                                  else "cannot connect"), provider=provider)
-        if isinstance(e, (httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout)):
-            return ProviderTimeout("no data within the idle timeout", provider=provider)
-        if isinstance(e, (httpx.RemoteProtocolError, httpx.ReadError)):
-            return ProviderConnectError(_one_line(f"connection dropped: {e}" if str(e)
-                                                  else "connection dropped"),
-                                        provider=provider)
-        if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
-            return ProviderTimeout("timed out", provider=provider)
-    if "Timeout" in name:
-        return ProviderTimeout(_one_line(str(exc) or "timed out"), provider=provider)
-    if "Connection" in name:
-        return ProviderConnectError(_one_line(str(exc) or "connection error"),
-                                    provider=provider)
-    if isinstance(exc, (json.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError)):
-        return ProviderProtocolError(_one_line(f"unreadable answer: {name}: {exc}"),
-                                     provider=provider)
-    return ProviderProtocolError(_one_line(f"{name}: {exc}"), provider=provider)
+    for types, cls, prefix in _MAPPING:
+        if isinstance(exc, types):
+            detail = str(exc)
+            if isinstance(exc, httpx.TimeoutException | TimeoutError) or not detail:
+                return cls(prefix, provider=provider)
+            return cls(_one_line(f"{prefix}: {detail}"), provider=provider)
+    return ProviderProtocolError(_one_line(f"{type(exc).__name__}: {exc}"), provider=provider)
+
+
+@contextlib.contextmanager
+def mapped_errors(provider: str) -> Iterator[None]:
+    """Inside: any foreign exception leaves as our ProviderError, cause kept but its
+    traceback dropped (a traceback holds the frames, and so the buffers, of the stream)."""
+    try:
+        yield
+    except ProviderError as exc:
+        if not exc.provider:
+            exc.provider = provider
+        raise
+    except Exception as exc:
+        err = map_error(exc, provider)
+        raise err from exc.with_traceback(None)
 
 
 def json_or_text(body: bytes) -> Any:
@@ -193,21 +225,49 @@ async def post_stream(http: httpx.AsyncClient, url: str, *, payload: dict[str, A
         yield r
 
 
-async def sse_events(response: httpx.Response) -> AsyncIterator[tuple[str, str]]:
-    """(event, data) pairs of a Server-Sent Events stream (WHATWG HTML 9.2.6): fields
-    accumulate until a blank line; comments and unknown fields are ignored."""
-    event, data = "", list[str]()
-    async for line in response.aiter_lines():
-        if not line:
-            if data:
-                yield event or "message", "\n".join(data)
-            event, data = "", []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        elif line.startswith("event:"):
-            event = line[6:].strip()
-    if data:
-        yield event or "message", "\n".join(data)
+class Body:
+    """A streamed response body, decoded by ``wire``: ``sse()`` or ``ndjson()`` yield its
+    events; ``drain()`` then reads what is left after the end marker."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._reads = response.aiter_bytes()
+
+    async def sse(self) -> AsyncIterator[tuple[str, str]]:
+        """(event, data) pairs of a Server-Sent Events body."""
+        lines, decoder = LineSplitter(), SSEDecoder()
+        async for data in self._reads:
+            for line in lines.feed(data):
+                ev = decoder.line(line)
+                if ev is not None:
+                    yield ev
+        for line in lines.close():
+            ev = decoder.line(line)
+            if ev is not None:
+                yield ev
+        last = decoder.close()
+        if last is not None:
+            yield last
+
+    async def ndjson(self) -> AsyncIterator[Any]:
+        """One JSON value per non-blank line of the body."""
+        lines = LineSplitter()
+        async for data in self._reads:
+            for line in lines.feed(data):
+                if line.strip():
+                    yield loads(line)
+        for line in lines.close():
+            if line.strip():
+                yield loads(line)
+
+    async def drain(self, limit: int = 1 << 16) -> None:
+        """Read what is left after the end marker (``[DONE]``, ``done: true``), up to
+        ``limit`` bytes: a body read to its end lets httpx keep the connection for the next
+        request; one left unread makes it close it (a new TCP handshake every request)."""
+        seen = 0
+        async for data in self._reads:
+            seen += len(data)
+            if seen > limit:
+                return
 
 
 async def get_json(client: httpx.AsyncClient, url: str, timeout: float,
@@ -225,6 +285,6 @@ async def get_json(client: httpx.AsyncClient, url: str, timeout: float,
 
 
 def probe_error(exc: BaseException, provider: str, timeout: float) -> Probe:
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError, httpx.TimeoutException)):
+    if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return Probe("down", error=f"health check timed out after {timeout:g}s")
     return Probe("down", error=str(map_error(exc, provider)))

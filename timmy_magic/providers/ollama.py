@@ -5,39 +5,32 @@ See https://github.com/ollama/ollama/blob/main/docs/api.md
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ..errors import ProviderConnectError, ProviderProtocolError
-from ..types import ChatRequest, Usage
+from ..types import ChatRequest
 from .base import (
+    Body,
     Chunk,
     Probe,
     Timeouts,
+    error_text,
+    extras_note,
     get_json,
     make_http_client,
-    map_error,
+    mapped_errors,
     post_stream,
     probe_error,
+    usage_of,
 )
+from .wire import TextJoiner, WireError, content_text, loads, model_name
 from .openai_compat import strip_v1
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
-
-
-def server_timings(final: dict[str, Any]) -> dict[str, Any]:
-    """Ollama's own figures, converted from ns to seconds and tokens/s."""
-    out: dict[str, Any] = {}
-    for key in ("total_duration", "load_duration", "prompt_eval_duration", "eval_duration"):
-        if isinstance(final.get(key), (int, float)):
-            out[key.replace("_duration", "_s")] = final[key] / 1e9
-    if final.get("eval_count") and final.get("eval_duration"):
-        out["eval_tok_s"] = final["eval_count"] / (final["eval_duration"] / 1e9)
-    return out
 
 
 class OllamaBackend:
@@ -58,16 +51,12 @@ class OllamaBackend:
         payload = {"model": name, "stream": True, "options": options,
                    "messages": [{"role": m.role, "content": m.content}
                                 for m in request.messages]}
-        try:
+        with mapped_errors(self.provider):
             async with post_stream(self._http, self._root + "/api/chat", payload=payload,
                                    headers=None, provider=self.provider,
                                    content_type=None) as r:
                 async for chunk in self._chunks(r):
                     yield chunk
-        except ProviderProtocolError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, self.provider) from exc
 
     async def _first_model(self) -> str:
         if not self.served_models:
@@ -83,22 +72,36 @@ class OllamaBackend:
 
     async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         first = True
-        async for line in r.aiter_lines():
-            if not line.strip():
-                continue
-            obj = json.loads(line)
+        joiner = TextJoiner()
+        reasoning = tools = 0
+        body = Body(r)
+        async for obj in body.ndjson():
+            if not isinstance(obj, dict):
+                raise WireError(f"a line holds {type(obj).__name__}, not an object")
             if "error" in obj:
-                raise ProviderProtocolError(f"server error mid-stream: {obj['error']}",
+                raise ProviderProtocolError(f"server error mid-stream: "
+                                            f"{error_text(obj['error'])}",
                                             provider=self.provider)
             if first:
                 first = False
-                yield Chunk(model=obj.get("model"))
-            text = (obj.get("message") or {}).get("content")
+                yield Chunk(model=model_name(obj.get("model")))
+            message = obj.get("message") or {}
+            if not isinstance(message, dict):
+                raise WireError("message is not an object")
+            text = joiner.push(content_text(message.get("content")))
             if text:
                 yield Chunk(text=text)
+            thought = message.get("thinking")
+            reasoning += len(thought) if isinstance(thought, str) else 0
+            calls = message.get("tool_calls")
+            tools += len(calls) if isinstance(calls, list) else 0
             if obj.get("done"):
-                yield Chunk(usage=Usage(obj.get("prompt_eval_count"), obj.get("eval_count")),
-                            server=server_timings(obj))
+                if tail := joiner.flush():
+                    yield Chunk(text=tail)
+                if note := extras_note(reasoning, tools):
+                    yield Chunk(note=note)
+                yield Chunk(usage=usage_of(obj.get("prompt_eval_count"), obj.get("eval_count")))
+                await body.drain()
                 return
         raise ProviderProtocolError("stream ended before done:true", provider=self.provider)
 

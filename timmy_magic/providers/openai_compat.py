@@ -19,7 +19,6 @@ URL rules (kept from the original cascade router):
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -27,19 +26,23 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import ProviderProtocolError, ProviderTimeout
-from ..types import ChatRequest, Usage
+from ..types import ChatRequest
 from .base import (
+    Body,
     Chunk,
     Probe,
     Timeouts,
+    error_text,
+    extras_note,
     get_json,
     make_http_client,
-    map_error,
+    mapped_errors,
     model_ids,
     post_stream,
     probe_error,
-    sse_events,
+    usage_of,
 )
+from .wire import TextJoiner, WireError, content_text, loads, model_name
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -135,7 +138,7 @@ class OpenAICompatBackend:
         return payload
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
-        try:
+        with mapped_errors(self.provider):
             payload = self._payload(request, await self._model(model))
             async with post_stream(self._http, self._base + "/chat/completions",
                                    payload=payload, headers=self._headers,
@@ -143,48 +146,67 @@ class OpenAICompatBackend:
                                    content_type="text/event-stream") as r:
                 async for chunk in self._chunks(r):
                     yield chunk
-        except ProviderProtocolError:
-            raise
-        except Exception as exc:
-            raise map_error(exc, self.provider) from exc
 
     async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         """Chat completion chunks -> Chunks. Plain dicts, no SDK models: building a
-        pydantic model per chunk cost more CPU than the rest of the router together."""
-        finished = False
+        pydantic model per chunk cost more CPU than the rest of the router together.
+        Every value a server controls is checked here (``wire``) before it goes on."""
+        finished = done = False
         first = True
-        async for event, data in sse_events(r):
-            if data.startswith("[DONE]"):
+        joiner = TextJoiner()
+        reasoning = 0
+        tools: set[str] = set()
+        body = Body(r)
+        async for event, data in body.sse():
+            if data.strip() == "[DONE]":
+                done = True
                 break
-            obj = json.loads(data)
-            if event == "error" or (isinstance(obj, dict) and obj.get("error")):
-                err = obj.get("error", obj) if isinstance(obj, dict) else obj
-                msg = err.get("message", err) if isinstance(err, dict) else err
-                raise ProviderProtocolError(f"server error mid-stream: {msg}",
-                                            provider=self.provider)
+            obj = loads(data)
+            if not isinstance(obj, dict):
+                raise WireError(f"an event holds {type(obj).__name__}, not an object")
+            if event == "error" or obj.get("error"):
+                raise ProviderProtocolError(
+                    f"server error mid-stream: {error_text(obj.get('error', obj))}",
+                    provider=self.provider)
             if first:
                 first = False
-                yield Chunk(model=obj.get("model"))
+                yield Chunk(model=model_name(obj.get("model")))
             choices = obj.get("choices")
             if choices:
-                choice = choices[0]
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    yield Chunk(text=text)
+                choice = choices[0] if isinstance(choices, list) else None
+                delta = choice.get("delta") if isinstance(choice, dict) else None
+                if not isinstance(choice, dict) or not isinstance(delta, dict | None):
+                    raise WireError("choices[0].delta is not an object")
+                if delta:
+                    text = joiner.push(content_text(delta.get("content")))
+                    if text:
+                        yield Chunk(text=text)
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    reasoning += len(thought) if isinstance(thought, str) else 0
+                    calls = delta.get("tool_calls")
+                    if isinstance(calls, list):
+                        tools.update(repr(c.get("index", i)) if isinstance(c, dict) else str(i)
+                                     for i, c in enumerate(calls))
                 if choice.get("finish_reason"):
                     finished = True
             usage = obj.get("usage")
-            if usage:
+            if isinstance(usage, dict) and usage:
                 finished = True
-                yield Chunk(usage=Usage(usage.get("prompt_tokens"),
-                                        usage.get("completion_tokens")))
+                yield Chunk(usage=usage_of(usage.get("prompt_tokens"),
+                                           usage.get("completion_tokens")))
+        if tail := joiner.flush():
+            yield Chunk(text=tail)
+        if note := extras_note(reasoning, len(tools)):
+            yield Chunk(note=note)
         if first:
             raise ProviderProtocolError("empty stream: the server sent no data",
                                         provider=self.provider)
-        if not finished:
+        if not finished and not done:
             raise ProviderProtocolError(
                 "stream ended early: no finish_reason, no usage, no [DONE]",
                 provider=self.provider)
+        if done:
+            await body.drain()
 
     async def probe(self, timeout: float) -> Probe:
         try:
