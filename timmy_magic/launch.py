@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -131,7 +132,13 @@ class Launcher:
             os.close(fd)
         self.state, self.message = "starting", f"pid {self.proc.pid}"
         log.info("started %s pid %s: %s", self.provider, self.proc.pid, " ".join(argv))
-        await self._wait_ready(healthy, progress)
+        try:
+            await self._wait_ready(healthy, progress)
+        except BaseException:  # interrupted, or never ready: nothing half-started remains
+            if self.state == "starting":
+                self.stop(wait=False)
+                self.message = "start interrupted: the server was stopped"
+            raise
 
     async def _wait_ready(self, healthy: Callable[[], Awaitable[bool]],
                           progress: Callable[[str], None]) -> None:
@@ -153,7 +160,7 @@ class Launcher:
                 progress(f"waiting for {self.provider} ({time.monotonic() - t0:.0f}s)")
                 next_note += 2
             await asyncio.sleep(0.2)
-        self.stop()
+        self.stop(wait=False)
         self.state = "failed"
         self.message = f"not healthy within ready_timeout={self.cfg.ready_timeout:g}s"
         raise LaunchError(self.message)
@@ -161,8 +168,10 @@ class Launcher:
     def idle_for(self) -> float:
         return time.monotonic() - self.last_used
 
-    def stop(self, grace: float = 5.0) -> bool:
-        """Stop the server we started (never an adopted one). True if something stopped."""
+    def stop(self, grace: float = 5.0, wait: bool = True) -> bool:
+        """Stop the server we started (never an adopted one). True if something stopped.
+        ``wait=False`` (on an event loop): send SIGTERM and return at once; a daemon
+        thread waits ``grace`` seconds and kills what is left."""
         proc = self.proc
         if proc is None:
             if self.state == "adopted":
@@ -171,14 +180,15 @@ class Launcher:
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(grace)
+            if wait:
+                _reap(proc, grace)
+            else:
+                threading.Thread(target=_reap, args=(proc, grace), daemon=True,
+                                 name=f"timmy-stop-{self.provider}").start()
         self.proc = None
-        self.state, self.message = "stopped", f"stopped (exit {proc.returncode})"
+        code = proc.returncode
+        self.state, self.message = "stopped", "stopped" + (f" (exit {code})" if code is not None
+                                                            else "")
         log.info("stopped %s pid %s", self.provider, proc.pid)
         return True
 
@@ -187,6 +197,17 @@ class Launcher:
             return ""
         text = self.log_path.read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])
+
+
+def _reap(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """Wait for a process sent SIGTERM; SIGKILL its group after ``grace`` seconds."""
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
 
 
 def stop_all() -> None:

@@ -53,6 +53,8 @@ class LineSplitter:
         self.max_line = max_line
 
     def feed(self, data: bytes) -> list[str]:
+        if not data:
+            return []
         if self._skip_lf:  # the read before ended in CR: a LF now completes that CRLF
             self._skip_lf = False
             if data[:1] == b"\n":
