@@ -229,7 +229,8 @@ class TimmyMagics(Magics):
                                        model=opts.model))
             return
         self._keep(result, opts, key, prompt)
-        view.finish(Final(result, opts.fmt, self._format_notes(result, opts), opts.trace))
+        view.finish(Final(result, opts.fmt, self._format_notes(result, opts) + result.notes,
+                           opts.trace))
         if interrupted:
             raise StreamInterrupted(f"{INTERRUPTED}; the partial answer ({len(result.text)} "
                                     "chars) is kept: timmy_magic.last()")

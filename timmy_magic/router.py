@@ -443,8 +443,9 @@ class Router:
                 else:
                     yield Status(st.name, notes.get_nowait())
         finally:
-            if not task.done():
+            if not task.done():  # interrupted: let the launcher clean up before we go on
                 task.cancel()
+                await asyncio.wait({task})
         task.result()
         self._notify("health")
 

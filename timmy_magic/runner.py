@@ -57,8 +57,11 @@ class Runner:
                 poll: float = 0.05) -> Iterator[T]:
         """Consume ``make()`` on the loop from this (other) thread, item by item."""
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        finished = threading.Event()
+        started: list[asyncio.Task[Any] | None] = []
 
         async def pump() -> None:
+            started.append(asyncio.current_task())
             try:
                 async for item in make():
                     q.put(item)
@@ -68,6 +71,8 @@ class Runner:
                     raise
             else:
                 q.put(_END)
+            finally:
+                finished.set()
 
         fut = self.submit(pump())
         try:
@@ -81,10 +86,8 @@ class Runner:
         finally:
             if not fut.done():
                 fut.cancel()
-                try:
-                    fut.result(timeout=5)
-                except BaseException:
-                    pass
+                if started:  # it ran: wait for its clean-up (permits, metrics,
+                    finished.wait(5)  # connections), so the caller sees them settled
 
     async def aiterate(self, make: Callable[[], AsyncIterator[T]]) -> AsyncIterator[T]:
         """Consume ``make()`` on this loop from a coroutine running on another loop."""
