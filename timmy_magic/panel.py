@@ -384,7 +384,7 @@ class Panel(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
     def refresh(self) -> concurrent.futures.Future[Any]:
         """Probe every provider in the background; the panel updates when answers arrive."""
         self.status.value = f"refresh requested at {time.strftime('%H:%M:%S')}"
-        fut = self._router.runner.submit(self._router.acheck_health())
+        fut = self._router.check_health_soon()
         fut.add_done_callback(self._refresh_done)
         return fut
 
@@ -399,7 +399,7 @@ class Panel(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self._stop_auto()
         every = float(change["new"] or 0)
         if every > 0 and not self._closed:
-            self._auto = self._router.runner.submit(self._auto_loop(every))
+            self._auto = self._router.submit(self._auto_loop(every))
 
     async def _auto_loop(self, every: float) -> None:
         while True:

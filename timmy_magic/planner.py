@@ -1,6 +1,6 @@
 """Route planning: which providers to try, in what order, and why the others are skipped.
 
-Pure: it takes a snapshot of every provider (``View``) and returns a ``Plan``. No I/O, no
+Pure: it takes a snapshot of every provider (``ProviderView``) and returns a ``Plan``. No I/O, no
 clock; the router builds the views.
 """
 
@@ -13,7 +13,7 @@ from .types import HealthState, Skip, SkipReason
 
 
 @dataclass(frozen=True, slots=True)
-class View:
+class ProviderView:
     name: str
     priority: int
     enabled: bool
@@ -50,7 +50,7 @@ _CONFIG_STATES: dict[HealthState, SkipReason] = {
 }
 
 
-def plan_route(views: Sequence[View], *, pin: str | None = None, model: str | None = None,
+def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: str | None = None,
                cloud_open: bool = True, cloud_reason: str = "") -> Plan:
     """Order candidates by (priority, file order); skip with a reason each one that cannot
     be used now. A pinned provider is the only candidate: it is tried even when disabled or
@@ -71,7 +71,7 @@ def plan_route(views: Sequence[View], *, pin: str | None = None, model: str | No
     return Plan(tuple(order), tuple(skipped), considered)
 
 
-def _skip_reason(v: View, *, pin: str | None, pinned: bool, model: str | None,
+def _skip_reason(v: ProviderView, *, pin: str | None, pinned: bool, model: str | None,
                  cloud_open: bool, cloud_reason: str) -> tuple[SkipReason | None, str]:
     if pin is not None and not pinned:
         return "pinned_elsewhere", f"pinned to {pin}"

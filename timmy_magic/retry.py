@@ -6,8 +6,21 @@ import email.utils
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
-from .errors import ProviderError
+from .errors import ProviderAuthError, ProviderConnectError, ProviderError
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do after a failed attempt: retry the same provider after ``delay``
+    seconds, fail over to the next one, or mark the provider misconfigured (and fail over)."""
+
+    action: Literal["retry", "fail_over", "misconfigured"]
+    delay: float = 0.0
+
+
+FAIL_OVER = Decision("fail_over")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +48,26 @@ class RetryPolicy:
                 return None
             return max(0.0, error.retry_after)
         return self.backoff(retry_number, rand)
+
+    def decide(self, error: ProviderError, retry_number: int, *, others_left: bool,
+               endpoints: int, time_left: float,
+               rand: Callable[[], float] = random.random) -> Decision:
+        """The one place where a failed attempt's fate is decided.
+
+        - 401/403: the provider is misconfigured (its key); retrying cannot help.
+        - Nothing listening (connect refused) with another provider left and no other
+          endpoint of this one: fail over at once (waiting is not free, failing over is).
+        - Otherwise ``delay_for``; no delay (not retryable, retries used up, Retry-After
+          beyond the cap) or one that would pass the request's deadline: fail over.
+        """
+        if isinstance(error, ProviderAuthError):
+            return Decision("misconfigured")
+        if isinstance(error, ProviderConnectError) and others_left and endpoints == 1:
+            return FAIL_OVER
+        delay = self.delay_for(error, retry_number, rand)
+        if delay is None or delay >= time_left:
+            return FAIL_OVER
+        return Decision("retry", delay)
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

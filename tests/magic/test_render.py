@@ -16,7 +16,8 @@ from timmy_magic.formats import (
     fenced_block,
     parse_json,
 )
-from timmy_magic.render import TICK, Collector, Final, Throttle, with_ticks
+from timmy_magic.render import Collector, Final, Throttle
+from timmy_magic.runner import TICK, with_ticks
 from timmy_magic.types import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 
 

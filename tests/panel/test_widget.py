@@ -173,7 +173,7 @@ def test_two_panels_stay_in_sync_and_a_closed_one_stops(mixed: Router,
     assert a.renders == before and timers.scheduled == scheduled  # no longer subscribed
     assert b.pin_control.value == "fast" and cells(b, "fast")[4] == "1"
     b.close()
-    assert mixed._listeners == []
+    assert mixed.listeners == ()
 
 
 def test_zero_providers(timers: ManualTimers, clock: FakeClock) -> None:

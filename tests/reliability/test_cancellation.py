@@ -59,7 +59,7 @@ class CancelAt:
 
 async def _consume(r: Router, req: ChatRequest) -> str:
     text = ""
-    async for ev in r._stream(req):
+    async for ev in r.astream(req):
         if isinstance(ev, Delta):
             text += ev.text
         if isinstance(ev, Done):

@@ -27,7 +27,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initial
 
 from tests.reliability.conftest import Figures
 from timmy_magic.breaker import CircuitBreaker
-from timmy_magic.planner import View, plan_route
+from timmy_magic.planner import ProviderView, plan_route
 
 RUNS: Counter[str] = Counter()
 
@@ -199,10 +199,10 @@ HEALTH = ["healthy", "degraded", "down", "unknown", "circuit_open", "misconfigur
 CONFIG_STATES = {"not_configured", "not_installed", "misconfigured"}
 MODELS = ["m1", "m2"]
 
-HELD = {"held": st.booleans()} if "held" in View.__dataclass_fields__ else {}
+HELD = {"held": st.booleans()} if "held" in ProviderView.__dataclass_fields__ else {}
 """Managed servers stopped on purpose (``%llm stop``), where the planner knows them."""
 views = st.lists(
-    st.builds(View, **HELD,
+    st.builds(ProviderView, **HELD,
               name=st.just(""), priority=st.integers(0, 3), enabled=st.booleans(),
               is_cloud=st.booleans(), state=st.sampled_from(HEALTH),
               circuit_available=st.booleans(), circuit_retry_in=st.floats(0, 60),
@@ -211,13 +211,13 @@ views = st.lists(
     min_size=0, max_size=7)
 
 
-def named(vs: list[View]) -> list[View]:
+def named(vs: list[ProviderView]) -> list[ProviderView]:
     from dataclasses import replace
 
     return [replace(v, name=f"p{i}") for i, v in enumerate(vs)]
 
 
-def expected_reason(v: View, pin: str | None, model: str | None, cloud_open: bool
+def expected_reason(v: ProviderView, pin: str | None, model: str | None, cloud_open: bool
                     ) -> str | None:
     """The skip reason the documented rules give, first rule that applies."""
     pinned = v.name == pin
@@ -242,7 +242,7 @@ def expected_reason(v: View, pin: str | None, model: str | None, cloud_open: boo
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(views, st.data(), st.sampled_from([None, *MODELS]), st.booleans())
-def test_planner_skips_follow_from_inputs(vs: list[View], data: st.DataObject,
+def test_planner_skips_follow_from_inputs(vs: list[ProviderView], data: st.DataObject,
                                           model: str | None, cloud_open: bool) -> None:
     RUNS["planner"] += 1
     vs = named(vs)

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timmy_magic import router as router_mod
+from timmy_magic import attempt as attempt_mod
 from timmy_magic.config import parse_config
 from timmy_magic.errors import RoutingError, TimmyError
 from timmy_magic.providers.wire import (
@@ -390,7 +390,7 @@ def test_bytes_without_a_newline_are_bounded(server: ScriptServer,
 def test_an_endless_answer_stops_at_the_bound_and_keeps_the_text(
         server: ScriptServer, routers: dict[str, Router],
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(router_mod, "MAX_ANSWER_CHARS", 20_000)
+    monkeypatch.setattr(attempt_mod, "MAX_ANSWER_CHARS", 20_000)
     out = _one(server, routers["openai_compatible"], [_chunk("start ")],
                endless=_chunk("y" * 1000))
     assert isinstance(out, Result) and not out.ok and "20000 characters" in (out.error or "")

@@ -1,13 +1,13 @@
 import datetime as dt
 
 from timmy_magic.gate import QuotaSignal, SpendLedger, cost_usd, decide
-from timmy_magic.planner import View, pick_endpoint, plan_route
+from timmy_magic.planner import ProviderView, pick_endpoint, plan_route
 
 
 def v(name, prio, **kw):
     base = dict(enabled=True, is_cloud=False, state="healthy", circuit_available=True)
     base.update(kw)
-    return View(name, prio, **base)
+    return ProviderView(name, prio, **base)
 
 
 def test_gate_decisions():

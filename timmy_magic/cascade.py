@@ -1,0 +1,199 @@
+"""The cascade: which providers to try for one request, in what order, with what retries,
+and the route trace that records it.
+
+Failover happens only before the first token (``attempt`` raises before it, streams after
+it). Each attempt holds a breaker permit, settled in ``finally`` whatever happens; every
+decision after a failed attempt is the retry policy's (``RetryPolicy.decide``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any, Literal
+
+from . import servers
+from .attempt import attempt
+from .core import Core, log
+from .errors import NoProviderAvailable, PinnedProviderFailed, ProviderError
+from .health import Endpoint, ProviderState
+from .launch import LaunchError
+from .planner import Plan, ProviderView, pick_endpoint, plan_route
+from .providers.base import map_error
+from .types import Attempt, ChatRequest, Done, Event, RouteTrace, Trying
+
+
+class Cascade:
+    def __init__(self, core: Core, recheck: Any) -> None:
+        self.core = core
+        self._recheck = recheck
+        """``async (names) -> ...``: probe these providers now (the health monitor)."""
+        self._quota_refresh: asyncio.Future[Any] | None = None
+
+    # ------------------------------------------------------------ planning
+
+    def _view(self, st: ProviderState, now: float) -> ProviderView:
+        report = self.core.report(st, now)
+        eps = st.endpoints
+        models = frozenset(m.name for m in st.cfg.models) | frozenset(report.models)
+        return ProviderView(
+            st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud,
+            report.state if report.state != "circuit_open" else "unknown",
+            any(ep.breaker.available(now) for ep in eps),
+            min(ep.breaker.retry_in(now) for ep in eps),
+            any(ep.launcher is not None and ep.launcher.held for ep in eps),
+            any(ep.breaker.state(now) == "half_open" for ep in eps),
+            models, report.last_error or report.hint or "")
+
+    def plan(self, pin: str | None = None, model: str | None = None) -> Plan:
+        now = self.core.clock()
+        decision = self.core.gate()
+        return plan_route([self._view(st, now) for st in self.core.providers.values()],
+                          pin=pin, model=model, cloud_open=decision.open,
+                          cloud_reason=decision.reason)
+
+    async def _refresh_quota(self) -> None:
+        """Read a stale quota signal in a worker thread (a command or user code may block
+        for seconds: never on the loop), shared by the requests that wait for it."""
+        quota = self.core.quota
+        if quota is None or not quota.stale():
+            return
+        if self._quota_refresh is None or self._quota_refresh.done():
+            self._quota_refresh = asyncio.ensure_future(asyncio.to_thread(quota.tier))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._quota_refresh), quota.timeout + 1.0)
+        except TimeoutError:
+            log.warning("quota signal gave no answer within %.1fs", quota.timeout + 1.0)
+
+    # ------------------------------------------------------------ one request
+
+    async def stream(self, req: ChatRequest) -> AsyncIterator[Event]:
+        """Trying/Status/Delta events and one Done; RoutingError if no first token."""
+        core = self.core
+        t0 = core.clock()
+        deadline = t0 + core.config.cascade.timeout_seconds
+        pin = req.provider or core.pinned
+        if pin is not None:
+            core.provider(pin)
+        await self._refresh_quota()
+        plan = self.plan(pin, req.model)
+        if not plan.order and plan.skipped_for("unhealthy"):
+            # last known health says down: look again now (one health timeout) before failing
+            await self._recheck(plan.skipped_for("unhealthy"))
+            plan = self.plan(pin, req.model)
+        attempts: list[Attempt] = []
+        for i, name in enumerate(plan.order):
+            others_left = i < len(plan.order) - 1
+            async for ev in self._provider(core.providers[name], req, t0, deadline, attempts,
+                                           plan, pin, others_left):
+                yield ev
+                if isinstance(ev, Done):
+                    return
+            if core.clock() >= deadline:
+                break
+        trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
+        if pin is not None:
+            why = attempts[-1].error if attempts else next(
+                (str(s) for s in plan.skipped if s.provider == pin), "not tried")
+            raise PinnedProviderFailed(f"pinned provider '{pin}' failed: {why}", trace)
+        raise NoProviderAvailable(_no_provider_message(
+            plan, attempts, core.config.cascade.timeout_seconds), trace)
+
+    async def _provider(self, st: ProviderState, req: ChatRequest, t0: float,
+                        deadline: float, attempts: list[Attempt], plan: Plan,
+                        pin: str | None, others_left: bool) -> AsyncIterator[Event]:
+        """Attempts on one provider, with retries, each under a breaker permit."""
+        core = self.core
+        retry_no = 0
+        while core.clock() < deadline:
+            now = core.clock()
+            ep = self._pick(st, now)
+            permit = ep.breaker.permit(now) if ep is not None else None
+            if ep is None or permit is None:
+                return
+            number = len(attempts) + 1
+
+            def failed(why: str, started: float | None = None, url: str = ep.shown_url,
+                       number: int = number) -> None:
+                took = core.clock() - started if started is not None else 0.0
+                attempts.append(Attempt(st.name, url, number, "failed", why, took))
+
+            try:
+                yield Trying(st.name, ep.shown_url, number)
+                if (why := self._prepare(st, ep)) is not None:
+                    failed(why)
+                    core.notify("health")
+                    return
+                if ep.launcher is not None:
+                    async for status in servers.launch(core, st, ep):
+                        yield status
+                started = core.clock()
+                try:
+                    async for ev in attempt(core, st, ep, permit, req, t0, deadline, started):
+                        if isinstance(ev, Done):
+                            outcome: Literal["answered", "broken"] = \
+                                "broken" if ev.result.error else "answered"
+                            attempts.append(Attempt(st.name, ep.shown_url, number, outcome,
+                                                    ev.result.error, core.clock() - started))
+                            trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts),
+                                               pin)
+                            ev = Done(replace(ev.result, trace=trace))
+                        yield ev
+                    return
+                except ProviderError as err:
+                    failed(str(err), started)
+                    retry_no += 1
+                    decision = core.policy.decide(
+                        err, retry_no, others_left=others_left, endpoints=len(st.endpoints),
+                        time_left=deadline - core.clock(), rand=core.rand)
+                    if decision.action == "misconfigured":
+                        st.misconfigured = str(err)
+                        core.notify("health")
+                    if decision.action != "retry":
+                        return
+                    await asyncio.sleep(decision.delay)
+            except LaunchError as exc:
+                failed(f"launch failed: {exc}")
+                core.notify("health")
+                return
+            except Exception as exc:  # a bug in launching must not kill the route either
+                log.warning("provider %s: launch broke: %r", st.name, exc)
+                failed(f"launch failed: {map_error(exc, st.name)}")
+                core.notify("health")
+                return
+            finally:
+                permit.release(core.clock())  # no-op when the attempt settled it
+
+    def _prepare(self, st: ProviderState, ep: Endpoint) -> str | None:
+        """Build the endpoint's backend (a plugin's factory may fail): the reason, or None."""
+        try:
+            self.core.backend(st, ep)
+        except Exception as exc:  # a broken adapter fails this provider, not the route
+            log.warning("provider %s: backend could not be built: %s", st.name, exc)
+            return f"backend could not be built: {map_error(exc, st.name)}"
+        return None
+
+    @staticmethod
+    def _pick(st: ProviderState, now: float) -> Endpoint | None:
+        eps = st.endpoints
+        i = pick_endpoint([e.outstanding for e in eps],
+                          [e.breaker.available(now) for e in eps],
+                          [e.probe is None or e.probe.state != "down" for e in eps], st.rr)
+        if i is None:
+            return None
+        st.rr = (i + 1) % len(eps)
+        return eps[i]
+
+
+def _no_provider_message(plan: Plan, attempts: list[Attempt], timeout: float) -> str:
+    if not plan.considered:
+        return "no providers are configured"
+    if not attempts:
+        reasons = "; ".join(str(s) for s in plan.skipped)
+        if not reasons:
+            return (f"the whole-request deadline (timeout_seconds={timeout:g}) passed before "
+                    f"any provider could be tried")
+        return f"no provider could be tried: {reasons}"
+    failed = "; ".join(f"{a.provider}: {a.error}" for a in attempts)
+    return f"every provider failed before answering: {failed}"
