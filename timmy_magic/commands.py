@@ -5,11 +5,13 @@ reset, start/stop, panel, bench, help. Each takes the rest of the line; user mis
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from .config import find_config
+from . import trust
+from .config import find_config, found_by_search, load_config, trust_reason
 from .errors import ConfigError, UnknownProvider
 from .failures import ErrorBlock
 from .launch import LaunchError
@@ -19,8 +21,8 @@ from .tables import providers_bundle, status_bundle
 if TYPE_CHECKING:
     from .magics import TimmyMagics
 
-COMMANDS = ("status", "providers", "pin", "unpin", "local-only", "reload", "history", "reset",
-            "start", "stop", "panel", "bench", "help")
+COMMANDS = ("status", "providers", "pin", "unpin", "local-only", "reload", "trust", "untrust",
+            "history", "reset", "start", "stop", "panel", "bench", "help")
 START_HINT = "`%llm status` shows its state; check its `launch:` section in providers.yaml."
 
 
@@ -35,7 +37,7 @@ class LineCommands:
             "unpin": self._unpin, "reload": self._reload, "history": self._history,
             "reset": self._reset, "panel": self._panel, "bench": self._bench,
             "help": self._help, "": self._help, "start": self._start, "stop": self._stop,
-            "local-only": self._local_only,
+            "local-only": self._local_only, "trust": self._trust, "untrust": self._untrust,
         }
         handler = handlers.get(name)
         if handler is None:
@@ -68,18 +70,92 @@ class LineCommands:
               "Nothing was pinned: the cascade chooses.")
 
     def _reload(self, rest: str) -> None:
-        path = str(find_config(rest or None))
+        # a path the user names is trusted (as an explicit load_config path); the file the
+        # search finds is not, unless trusted otherwise
+        self._reload_file(find_config(rest or None), named=bool(rest))
+
+    def _reload_file(self, path: Path, *, named: bool) -> None:
         try:
-            cfg = self.ext.router.reload(path)
+            if named:
+                cfg = self.ext.router.reload(str(path))
+            else:
+                with found_by_search():
+                    cfg = self.ext.router.reload(str(path))
         except ConfigError as exc:
             old = self.ext.router.config
             display(ErrorBlock("reload failed; the previous config is kept", str(exc), (), (
                 f"Still using {len(old.providers)} providers from {old.source}.",
                 "Fix the file, then run `%llm reload` again.")).bundle(), raw=True)
             return
-        self.ext.router.runner.submit(self.ext.router.acheck_health())
+        self.ext.router.check_health_soon()
         warn = f"; {len(cfg.warnings)} warnings (%llm providers)" if cfg.warnings else ""
         print(f"Reloaded {len(cfg.providers)} providers from {cfg.source}{warn}.")
+        if cfg.held_back_line:
+            print(cfg.held_back_line)
+
+    def _trust(self, rest: str) -> None:
+        """``%llm trust [PATH]``: record the file's hash, then load it with everything it
+        asks for; ``%llm trust --list``: the trusted files and whether they still match."""
+        if rest == "--list":
+            rows = trust.entries()
+            if not rows:
+                print(f"No file is trusted with %llm trust (store: {trust.store_path()}).")
+            for e in rows:
+                print(f"{e.status():8} {e.path}  (sha256 {e.sha256[:12]}…, {e.trusted_at})")
+            return
+        path = self._config_path(rest, "trust")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        already = trust_reason(path, data)
+        if already and already != "trusted with %llm trust":
+            print(f"{path} needs no trust: it is {already}.")
+            return
+        try:
+            preview = load_config(path, named=True)  # validate before trusting it
+        except ConfigError as exc:
+            raise UsageError(f"not trusted: {exc}") from None
+        try:
+            entry = trust.trust(path, data)
+        except OSError as exc:
+            raise UsageError(f"cannot write the trust store {trust.store_path()}: "
+                             f"{exc.strerror}") from None
+        runs = [f"launch of '{p.name}'" for p in preview.providers if p.launch is not None]
+        quota = preview.cloud_gate.quota
+        if quota is not None and (quota.command or quota.callable):
+            runs.append("the quota " + ("command" if quota.command else "callable"))
+        print(f"Trusted {entry.path} (sha256 {entry.sha256[:12]}…)"
+              + (f"; it may now run: {', '.join(runs)}" if runs else "")
+              + ". A changed file needs %llm trust again; %llm untrust forgets it.")
+        if self._in_use(path):
+            self._reload_file(path, named=False)
+
+    def _untrust(self, rest: str) -> None:
+        path = self._config_path(rest, "untrust")
+        try:
+            forgot = trust.untrust(path)
+        except OSError as exc:
+            raise UsageError(f"cannot write the trust store {trust.store_path()}: "
+                             f"{exc.strerror}") from None
+        print(f"Untrusted {path.resolve()}." if forgot else f"{path} was not trusted with "
+              "%llm trust (see %llm trust --list).")
+        if forgot and self._in_use(path):
+            self._reload_file(path, named=False)
+
+    def _in_use(self, path: Path) -> bool:
+        return path.resolve() == Path(self.ext.router.config.source).expanduser().resolve()
+
+    def _config_path(self, rest: str, command: str) -> Path:
+        """PATH, else the file the current config came from."""
+        if rest.startswith("-") or " " in rest.strip():
+            raise UsageError(f"usage: %llm {command} [PATH]" +
+                             (" | --list" if command == "trust" else ""))
+        path = Path(rest or self.ext.router.config.source).expanduser()
+        if not path.is_file():
+            raise UsageError(f"%llm {command}: {path} is not a file (the config in use comes "
+                             f"from {self.ext.router.config.source})")
+        return path
 
     def _history(self, rest: str) -> None:
         display(self.ext.conversation)
@@ -154,6 +230,8 @@ HELP = """timmy-magic: a cascade of local and cloud LLMs.
   %llm start NAME      start a managed local server (launch: in providers.yaml);
   %llm stop NAME       stop one started from here
   %llm reload [PATH]   re-read providers.yaml (a bad file keeps the current config)
+  %llm trust [PATH]    let a providers.yaml from the working dir run its launch/quota
+                       commands and read ${VARS}; --list shows trusted files; %llm untrust
   %llm history         the --chat conversation; %llm reset clears it
   %llm panel           the provider panel (widgets)
   %llm bench ...       benchmarks

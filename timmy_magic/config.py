@@ -4,39 +4,58 @@ Which file: an explicit path, else ``$TIMMY_PROVIDERS``, else ``./providers.yaml
 user config dir (``platformdirs.user_config_dir("timmy-magic")/providers.yaml``), else the
 default shipped inside the package.
 
-``${VAR}`` and ``${VAR:-default}`` are expanded in every string. An unresolved variable is
-an error in an enabled provider, except in ``api_key`` where it leaves the provider "not
-configured" (shown, never used); in a disabled provider it is ignored.
+Trust (like direnv or VS Code workspace trust): ``./providers.yaml`` often comes with a
+freshly cloned repository, so a file is *trusted* only if it is the packaged default (or
+has its exact bytes), lives in the user config dir, is named by ``$TIMMY_PROVIDERS`` or by
+an explicit path, or was trusted with ``%llm trust`` (path and sha256 in ``trust.py``'s
+store). An untrusted file loads without the parts that run code or read the environment:
+``launch:`` sections and the quota ``command``/``callable`` are dropped and no ``${VAR}`` is
+expanded (a ``${VAR:-default}`` takes its default; an unexpanded ``api_key`` leaves its
+provider "not configured", any other unexpanded provider field disables that provider).
+``Config.held_back`` lists what was dropped; ``Config.held_back_line`` says it in one line.
 
-Every problem is one line naming the file, the provider and the field (``ConfigError``);
-unknown keys are warnings, kept in ``Config.warnings``.
+``${VAR}`` and ``${VAR:-default}`` are expanded in every string of a trusted file. An
+unresolved variable is an error in an enabled provider, except in ``api_key`` where it
+leaves the provider "not configured" (shown, never used); in a disabled provider it is
+ignored. In every file, a variable whose name looks secret (``*KEY*``, ``*TOKEN*``,
+``*SECRET*``, ``*PASSW*``, ``*CREDENTIAL*``) may only be used in ``api_key`` and
+``headers``: a key in a URL or a command would leave the machine or show in a process list.
+
+One validation boundary: numbers are finite, of their type (never a bool or quoted text)
+and within sane bounds; URLs are parsed (http/https, a host, a valid port, no whitespace,
+control characters or fragment); duplicate YAML keys are rejected. Every problem is one
+line naming the file, the provider and the field (``ConfigError``); unknown keys are
+warnings, kept in ``Config.warnings``. Every secret the file holds is registered with
+``secrets.REDACT`` before validation, so no error can echo one.
 """
 
 from __future__ import annotations
 
+import contextvars
+import math
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
+    PlainValidator,
     SecretStr,
     ValidationError,
-    field_validator,
 )
 
-from . import registry
+from . import registry, trust
 from .errors import ConfigError
-from .secrets import REDACT, get_logger, mask
+from .secrets import REDACT, display_url, get_logger, mask
 
 log = get_logger("timmy_magic.config")
 MAX_CONFIG_BYTES = 1 << 20
@@ -44,95 +63,272 @@ MAX_CONFIG_NODES = 100_000
 """Values after YAML aliases are expanded: a small file of nested aliases ("billion
 laughs") would otherwise take forever to walk and validate."""
 ENV_VAR = "TIMMY_PROVIDERS"
+TRUST_HINT = "run %llm trust to allow"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SECRET_VAR = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
-"""A ${VAR} with such a name holds a secret wherever it is used (even a wrong field)."""
+"""A ${VAR} with such a name holds a secret: it may only go to api_key and headers."""
 _KEY_SHAPED = re.compile(r"(sk|pk|rk)[-_][^\s'\"]{8,}|[A-Za-z0-9_-]{32,}")
 """A value an error must not echo: an API key pasted into the wrong field."""
+_INTERNAL = {"source", "warnings", "trusted", "trusted_by", "held_back", "missing_env"}
+"""Fields the loader sets: a file cannot set them (``trusted: true`` is just ignored)."""
+_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
+DAY = 86_400.0
+
+
+class _Expanded(str):
+    """A string that came out of ``${VAR}`` expansion. Environment variables are text, so
+    only these may be read as a number or a flag (``local_only: ${X:-false}``); text the
+    file itself quotes may not (``enabled: "yes"``, ``priority: "3"``)."""
+
+
+# ------------------------------------------------------------------ value types
+
+
+def _number(lo: float, hi: float, *, integer: bool = False, unit: str = "",
+            optional: bool = False) -> PlainValidator:
+    """A finite number in [lo, hi]: never a bool, never quoted text."""
+    what = "an integer" if integer else "a number"
+    bounds = f"must be from {lo:g} to {hi:g}{unit}"
+
+    def check(value: object) -> int | float | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, _Expanded):
+            value = _read_number(value, integer)
+        if isinstance(value, bool):
+            raise ValueError(f"must be {what}, not true/false")
+        if isinstance(value, str):
+            raise ValueError(f"must be {what}, not text{_text_hint(value)}")
+        if not isinstance(value, int) and (integer or not isinstance(value, float)):
+            raise ValueError(f"must be {what}, not {_KINDS.get(type(value), 'that')}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"must be a finite number {bounds.removeprefix('must be ')}")
+        if not lo <= value <= hi:
+            raise ValueError(bounds)
+        return value if integer else float(value)
+
+    return PlainValidator(check)
+
+
+_KINDS = {list: "a list", dict: "a mapping", type(None): "null", float: "a fraction"}
+
+
+def _read_number(text: str, integer: bool) -> object:
+    try:
+        return int(text) if integer or text.strip().lstrip("+-").isdigit() else float(text)
+    except ValueError:
+        return str(text)
+
+
+def _text_hint(text: str) -> str:
+    try:
+        float(text)
+    except ValueError:
+        return ""
+    if "e" in text.lower() and "." not in text:
+        return " (YAML reads an exponent without a dot as text: write 1.0e+3, not 1e3)"
+    return " (remove the quotes)"
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, _Expanded) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _no_control(text: str) -> str:
+    bad = next((c for c in text if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters (has {bad!r})")
+    return text
+
+
+def _single_word(text: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError("must not contain spaces or control characters")
+    return text
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+def _http_url(url: str) -> str:
+    if len(url) > 2048:
+        raise ValueError("is longer than 2048 characters")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if any(c.isspace() or not c.isprintable() for c in url):  # urlsplit drops CR/LF/tab
+        raise ValueError("must be a URL without spaces or control characters")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must be an http:// or https:// URL")
+    if not parts.hostname:
+        raise ValueError("must name a host (http://HOST:PORT/...)")
+    if port == 0:
+        raise ValueError("has port 0")
+    if "#" in url:
+        raise ValueError("must not have a #fragment")
+    return url
+
+
+def _api_key(key: SecretStr | None) -> SecretStr | None:
+    if key is None:
+        return None
+    value = key.get_secret_value().strip()
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain spaces or control characters")
+    return SecretStr(value) if value else None
+
+
+def _header_name(name: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}", name):
+        raise ValueError("is not a valid HTTP header name")
+    return name
+
+
+def _header_value(value: str) -> str:
+    if len(value) > 8192 or any(c in "\r\n\0" or (ord(c) < 32 and c != "\t") for c in value):
+        raise ValueError("must be one line of at most 8192 characters, no control characters")
+    return value
+
+
+Seconds = Annotated[float, _number(0.01, DAY, unit=" seconds")]
+Delay = Annotated[float, _number(0, DAY, unit=" seconds")]
+Flag = Annotated[bool, PlainValidator(_flag)]
+Url = Annotated[str, AfterValidator(_http_url)]
+Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_no_control)]
+Word = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_single_word)]
+Tokens = Annotated[int | None, _number(1, 100_000_000, integer=True, optional=True)]
+Price = Annotated[float, _number(0, 10_000, unit=" USD per 1k tokens")]
+Arg = Annotated[str, Field(max_length=4096), AfterValidator(_no_nul)]
+
+
+# ------------------------------------------------------------------ models
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """repr() and str() pass through REDACT (an unknown key may hold a pasted key)."""
+        for name, value in super().__repr_args__():
+            yield name, _redacted(value)
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return REDACT(value)
+    if isinstance(value, list | tuple):
+        return type(value)(_redacted(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    return value
+
 
 class BreakerConfig(_Model):
-    failure_threshold: PositiveInt = 3
-    recovery_timeout: PositiveFloat = 30.0
-    half_open_max_calls: PositiveInt = 1
+    failure_threshold: Annotated[int, _number(1, 1_000_000, integer=True)] = 3
+    recovery_timeout: Seconds = 30.0
+    half_open_max_calls: Annotated[int, _number(1, 1000, integer=True)] = 1
 
 
 class CascadeConfig(_Model):
-    timeout_seconds: PositiveFloat = 120.0
-    connect_timeout_seconds: PositiveFloat = 3.0
-    first_token_timeout_seconds: PositiveFloat = 30.0
-    idle_timeout_seconds: PositiveFloat = 30.0
-    health_timeout_seconds: PositiveFloat = 2.0
-    health_interval_seconds: PositiveFloat = 30.0
-    max_retries_per_provider: NonNegativeInt = 2
-    retry_delay_seconds: NonNegativeFloat = 0.5
-    max_retry_delay_seconds: NonNegativeFloat = 8.0
-    retry_after_cap_seconds: NonNegativeFloat = 30.0
-    default_max_tokens: PositiveInt | None = 1024
+    timeout_seconds: Seconds = 120.0
+    connect_timeout_seconds: Seconds = 3.0
+    first_token_timeout_seconds: Seconds = 30.0
+    idle_timeout_seconds: Seconds = 30.0
+    health_timeout_seconds: Seconds = 2.0
+    health_interval_seconds: Seconds = 30.0
+    max_retries_per_provider: Annotated[int, _number(0, 100, integer=True)] = 2
+    retry_delay_seconds: Delay = 0.5
+    max_retry_delay_seconds: Delay = 8.0
+    retry_after_cap_seconds: Delay = 30.0
+    default_max_tokens: Tokens = 1024
     """Output cap when neither the request nor the model sets one (a base model may never
     stop by itself); null for no cap."""
     circuit_breaker: BreakerConfig = BreakerConfig()
 
 
 class QuotaConfig(_Model):
-    command: list[str] | None = None
-    callable: str | None = None
-    ttl_seconds: NonNegativeFloat = 60.0
-    timeout_seconds: PositiveFloat = 2.0
+    command: Annotated[list[Arg], Field(min_length=1)] | None = None
+    callable: Annotated[str, AfterValidator(lambda s: _callable_path(s))] | None = None
+    ttl_seconds: Delay = 60.0
+    timeout_seconds: Seconds = 2.0
     closed_tiers: list[Literal["burst", "active", "resting"]] = ["resting"]
 
 
+def _callable_path(path: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", path):
+        raise ValueError("must be 'package.module:function'")
+    return path
+
+
 class GateConfig(_Model):
-    local_only: bool = False
-    daily_budget_usd: NonNegativeFloat | None = None
+    local_only: Flag = False
+    daily_budget_usd: Annotated[float | None,
+                                _number(0, 1e9, unit=" USD", optional=True)] = None
     quota: QuotaConfig | None = None
 
 
 class ModelConfig(_Model):
-    name: str = Field(min_length=1)
-    default: bool = False
-    context_window: PositiveInt | None = None
-    capabilities: list[str] = []
-    price_per_1k_input: NonNegativeFloat = 0.0
-    price_per_1k_output: NonNegativeFloat = 0.0
-    max_tokens: PositiveInt | None = None
+    name: Text
+    default: Flag = False
+    context_window: Tokens = None
+    capabilities: list[Text] = []
+    price_per_1k_input: Price = 0.0
+    price_per_1k_output: Price = 0.0
+    max_tokens: Tokens = None
     """Default output cap for this model when a request sets none."""
 
 
+def _env_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise ValueError("is not an environment variable name")
+    return name
+
+
 class LaunchConfig(_Model):
-    command: list[str] = Field(min_length=1)
-    env: dict[str, str] = {}
-    cwd: str | None = None
-    ready_timeout: PositiveFloat = 120.0
-    idle_timeout: PositiveFloat | None = None
+    command: Annotated[list[Arg], Field(min_length=1)]
+    env: dict[Annotated[str, AfterValidator(_env_name)], Arg] = {}
+    cwd: Arg | None = None
+    ready_timeout: Seconds = 120.0
+    idle_timeout: Annotated[float | None, _number(0.01, DAY, unit=" seconds",
+                                                  optional=True)] = None
 
 
 class ProviderConfig(_Model):
-    name: str = Field(min_length=1)
-    type: str
-    enabled: bool = True
-    priority: int = 100
-    base_url: str | None = Field(default=None, alias="url")
-    api_key: SecretStr | None = None
-    cloud: bool | None = None
+    name: Word
+    type: Word
+    enabled: Flag = True
+    priority: Annotated[int, _number(-1_000_000, 1_000_000, integer=True)] = 100
+    base_url: Url | None = Field(default=None, alias="url")
+    api_key: Annotated[SecretStr | None, AfterValidator(_api_key)] = None
+    cloud: Annotated[bool | None, PlainValidator(lambda v: None if v is None else _flag(v))] \
+        = None
     models: list[ModelConfig] = []
-    replicas: list[str] = []
-    headers: dict[str, str] = {}
+    replicas: list[Url] = []
+    headers: dict[Annotated[str, AfterValidator(_header_name)],
+                  Annotated[str, AfterValidator(_header_value)]] = {}
     launch: LaunchConfig | None = None
     missing_env: tuple[str, ...] = ()
     """Environment variables the api_key needed but were unset ("not configured")."""
 
-    @field_validator("base_url", "replicas")
-    @classmethod
-    def _http_url(cls, v: Any) -> Any:
-        for url in ([v] if isinstance(v, str) else v or []):
-            if not re.match(r"^https?://[^\s/]+", url):
-                raise ValueError(f"must be an http:// or https:// URL, got {url!r}")
-        return v
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """Header values and URL credentials masked (``model_dump`` stays raw)."""
+        for name, value in super().__repr_args__():
+            if name == "base_url" and isinstance(value, str):
+                value = display_url(value)
+            elif name == "replicas":
+                value = [display_url(u) for u in value]
+            elif name == "headers":
+                value = {k: mask(v) for k, v in value.items()}
+            yield name, value
 
     @property
     def kind(self) -> registry.ProviderKind:
@@ -151,6 +347,11 @@ class ProviderConfig(_Model):
             return list(self.replicas)
         url = self.base_url or self.kind.default_url
         return [url] if url else []
+
+    @property
+    def shown_urls(self) -> list[str]:
+        """``urls`` as they may be shown: passwords and secret query values masked."""
+        return [display_url(u) for u in self.urls]
 
     @property
     def default_model(self) -> str | None:
@@ -172,12 +373,27 @@ class Config(_Model):
     providers: list[ProviderConfig] = []
     source: str = "<defaults>"
     warnings: tuple[str, ...] = ()
+    trusted: bool = True
+    """False: loaded from an untrusted file, without what ``held_back`` lists."""
+    trusted_by: str = ""
+    """Why the file is trusted ("the packaged default", "named by $TIMMY_PROVIDERS"...)."""
+    held_back: tuple[str, ...] = ()
+    """What an untrusted file asked for and did not get: "launch of 'x'", "quota command",
+    "${OPENAI_API_KEY} in 'openai'"..."""
 
     def provider(self, name: str) -> ProviderConfig | None:
         return next((p for p in self.providers if p.name == name), None)
 
+    @property
+    def held_back_line(self) -> str:
+        """One line saying what was held back and how to allow it ("" if nothing was)."""
+        if not self.held_back:
+            return ""
+        return (f"{self.source} is not trusted: held back {', '.join(self.held_back)} "
+                f"({TRUST_HINT})")
 
-# ------------------------------------------------------------------ file search
+
+# ------------------------------------------------------------------ file search and trust
 
 
 def packaged_default() -> Path:
@@ -185,9 +401,7 @@ def packaged_default() -> Path:
 
 
 def user_config_path() -> Path:
-    from platformdirs import user_config_dir
-
-    return Path(user_config_dir("timmy-magic")) / "providers.yaml"
+    return trust.config_dir() / "providers.yaml"
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -203,7 +417,50 @@ def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     return packaged_default()
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+_SEARCHED: contextvars.ContextVar[bool] = contextvars.ContextVar("timmy_searched",
+                                                                 default=False)
+
+
+@contextmanager
+def found_by_search() -> Iterator[None]:
+    """Inside, a path given to ``load_config`` counts as found by the search, not named
+    by the user, so naming it grants no trust. ``%llm reload`` (no PATH) and ``%llm
+    untrust`` re-read a searched file through ``Router.reload(path)`` this way."""
+    token = _SEARCHED.set(True)
+    try:
+        yield
+    finally:
+        _SEARCHED.reset(token)
+
+
+def trust_reason(path: Path, data: bytes, *, named: bool = False) -> str:
+    """Why the file at ``path`` holding ``data`` is trusted, or "" if it is not."""
+    real = path.expanduser().resolve()
+    if trust.digest(data) == _packaged_digest():
+        return "the packaged default"
+    home = trust.config_dir()
+    if any(p.is_relative_to(d) for p in (path.expanduser().absolute(), real)
+           for d in (home, home.resolve())):
+        return "in the user config dir"
+    env = os.environ.get(ENV_VAR)
+    if env and Path(env).expanduser().resolve() == real:
+        return f"named by ${ENV_VAR}"
+    if named:
+        return "named explicitly"
+    if trust.is_trusted(real, trust.digest(data)):
+        return "trusted with %llm trust"
+    return ""
+
+
+def _packaged_digest() -> str:
+    return trust.digest(packaged_default().read_bytes())
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *,
+                named: bool | None = None) -> Config:
+    """Load and validate providers.yaml (``path``, else the search). ``named``: the user
+    named ``path`` (trusting it); by default true when a path is given, outside
+    ``found_by_search()``."""
     p = find_config(path)
     if p.exists() and not p.is_file():  # a FIFO would block, /dev/zero never end
         raise ConfigError("is not a regular file", file=str(p))
@@ -214,7 +471,11 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         raise ConfigError("file not found", file=str(p)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=str(p)) from None
-    return parse_config(data, source=str(p))
+    if named is None:
+        named = path is not None and not _SEARCHED.get()
+    reason = trust_reason(p, data, named=named)
+    cfg = parse_config(data, source=str(p), trusted=bool(reason))
+    return cfg.model_copy(update={"trusted_by": reason})
 
 
 # ------------------------------------------------------------------ parsing
@@ -222,64 +483,156 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 
 @dataclass
 class _Expansion:
-    source: str = "providers.yaml"
+    source: str
+    env: dict[str, str]
+    trusted: bool
+    providers: list[Any]
     unresolved: list[tuple[tuple[Any, ...], str]] = field(default_factory=list)
+    """(path, VAR) of variables with no value (in an untrusted file: every one)."""
+    held: list[str] = field(default_factory=list)
+    withheld: dict[int, str] = field(default_factory=dict)
+    """Untrusted: provider index -> the variable left unexpanded in it (not in api_key)."""
     nodes: int = 0
 
+    def where(self, path: tuple[Any, ...]) -> dict[str, str | None]:
+        """ConfigError's file, provider and field for a path into the file."""
+        if path[:1] == ("providers",) and len(path) > 2:
+            return {"file": self.source, "provider": _provider_name(self.providers, path[1]),
+                    "field": ".".join(map(str, path[2:]))}
+        return {"file": self.source, "provider": None, "field": ".".join(map(str, path))}
 
-def _expand(node: Any, path: tuple[Any, ...], env: dict[str, str], out: _Expansion) -> Any:
+
+def _expand(node: Any, path: tuple[Any, ...], out: _Expansion) -> Any:
     out.nodes += 1
     if out.nodes > MAX_CONFIG_NODES:
         raise ConfigError(f"more than {MAX_CONFIG_NODES} values once YAML aliases are "
                           "expanded (an alias bomb?)", file=out.source)
     if isinstance(node, str):
-        def sub(m: re.Match[str]) -> str:
-            name, default = m.group(1), m.group(2)
-            if env.get(name):
-                if _SECRET_VAR.search(name):
-                    REDACT.add([env[name]])
-                return env[name]
-            if default is not None:
-                return default
-            out.unresolved.append((path, name))
-            return ""
-        return _VAR.sub(sub, node)
+        if "${" not in node:
+            return node
+        return _Expanded(_VAR.sub(lambda m: _substitute(m, path, out), node))
     if isinstance(node, dict):
-        return {k: _expand(v, (*path, k), env, out) for k, v in node.items()}
+        return {k: _expand(v, (*path, k), out) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, (*path, i), env, out) for i, v in enumerate(node)]
+        return [_expand(v, (*path, i), out) for i, v in enumerate(node)]
     return node
 
 
+def _substitute(m: re.Match[str], path: tuple[Any, ...], out: _Expansion) -> str:
+    name, default = m.group(1), m.group(2)
+    if _SECRET_VAR.search(name) and not (path[:1] == ("providers",) and len(path) > 2
+                                         and path[2] in ("api_key", "headers")):
+        raise ConfigError(f"${{{name}}} looks like a secret: it may only be used in api_key "
+                          "or headers, never in a URL, a command or any other field",
+                          **out.where(path))
+    value = out.env.get(name)
+    if not out.trusted:
+        if default is None:
+            out.unresolved.append((path, name))
+            return m.group()  # shown as written: the provider it is in is disabled
+        if value and value != default:
+            out.held.append(f"${{{name}}}{_in_provider(path, out)} (its default used)")
+        return default
+    if value:
+        if _SECRET_VAR.search(name):
+            REDACT.add([value])
+        return value
+    if default is not None:
+        return default
+    out.unresolved.append((path, name))
+    return ""
+
+
+def _in_provider(path: tuple[Any, ...], out: _Expansion) -> str:
+    if path[:1] == ("providers",) and len(path) > 1:
+        return f" in '{_provider_name(out.providers, path[1])}'"
+    return f" in {'.'.join(map(str, path))}"
+
+
 def parse_config(data: bytes | str, *, source: str = "providers.yaml",
-                 env: dict[str, str] | None = None) -> Config:
-    """Parse and validate providers.yaml text. Raises ConfigError (one line)."""
+                 env: dict[str, str] | None = None, trusted: bool = True) -> Config:
+    """Parse and validate providers.yaml text. Raises ConfigError (one line).
+    ``trusted=False``: no launch, no quota command or callable, no ``${VAR}``."""
     env = dict(os.environ) if env is None else env
     try:
-        return _parse(data, source, env)
+        return _parse(data, source, env, trusted)
     except RecursionError:  # PyYAML's composer and our walk recurse once per level
         raise ConfigError("nested too deeply to read", file=source) from None
 
 
-def _parse(data: bytes | str, source: str, env: dict[str, str]) -> Config:
+def _parse(data: bytes | str, source: str, env: dict[str, str], trusted: bool) -> Config:
     raw = _load_yaml(data, source)
-    exp = _Expansion(source)
-    raw = _expand(raw, (), env, exp)
     provider_list = raw.get("providers") or []
     if not isinstance(provider_list, list):
         raise ConfigError("must be a list of providers", file=source, field="providers")
-    _check_unresolved(exp, provider_list, source)
-    REDACT.add(str(p["api_key"]) for p in provider_list  # before any error can echo one
-               if isinstance(p, dict) and p.get("api_key") is not None)
-    try:
-        cfg = Config.model_validate({**raw, "source": source})
-    except ValidationError as exc:
-        raise _one_line(exc, raw, source) from None
-    cfg = _check_semantics(cfg, source)
+    warnings = _drop_internal(raw, provider_list, source)
+    exp = _Expansion(source, env, trusted, provider_list)
+    if not trusted:
+        _hold_back_code(raw, exp)
+    raw = _expand(raw, (), exp)
+    exp.providers = provider_list = raw.get("providers") or []
+    _check_unresolved(exp, provider_list)
+    _register_secrets(provider_list)  # before any error can echo one
+    cfg = _validate(raw, exp)
+    cfg = _check_semantics(cfg, source, warnings)
     REDACT.add(p.key() for p in cfg.providers)
     for w in cfg.warnings:
         log.warning(w)
+    held = tuple(dict.fromkeys(exp.held))
+    cfg = cfg.model_copy(update={"trusted": trusted, "held_back": held})
+    if held:
+        log.info(cfg.held_back_line)
     return cfg
+
+
+def _validate(raw: dict[str, Any], exp: _Expansion) -> Config:
+    """Config.model_validate, one line on error. In an untrusted file, a provider whose
+    unexpanded ``${VAR}`` makes it invalid (``port: ${PORT}``) is left out, and said so."""
+    while True:
+        try:
+            return Config.model_validate({**raw, "source": exp.source})
+        except ValidationError as exc:
+            bad = {e["loc"][1] for e in exc.errors() if e["loc"][:1] == ("providers",)
+                   and len(e["loc"]) > 1 and e["loc"][1] in exp.withheld}
+            if not bad:
+                raise _one_line(exc, raw, exp.source) from None
+        for i in sorted(bad, reverse=True):
+            name = _provider_name(raw["providers"], i)
+            exp.held = [h for h in exp.held if not h.endswith(f" in '{name}' (disabled)")]
+            exp.held.append(f"${{{exp.withheld.pop(i)}}} in '{name}' (left out)")
+            del raw["providers"][i]
+            exp.withheld = {j - (j > i): v for j, v in exp.withheld.items()}
+
+
+def _drop_internal(raw: dict[str, Any], providers: list[Any], source: str) -> list[str]:
+    """Remove the fields only the loader sets; each one found is a warning."""
+    out = []
+    for key in _INTERNAL & set(raw):
+        del raw[key]
+        out.append(f"{source}: unknown key '{key}' ignored")
+    for i, entry in enumerate(providers):
+        if isinstance(entry, dict) and entry.pop("missing_env", None) is not None:
+            out.append(f"{source}: provider '{_provider_name(providers, i)}': unknown key "
+                       "'missing_env' ignored")
+    return out
+
+
+def _hold_back_code(raw: dict[str, Any], out: _Expansion) -> None:
+    """An untrusted file: drop launch sections and the quota's command or callable."""
+    for i, entry in enumerate(out.providers):
+        if isinstance(entry, dict) and entry.get("launch") is not None:
+            out.held.append(f"launch of '{_provider_name(out.providers, i)}'")
+        if isinstance(entry, dict):
+            entry.pop("launch", None)
+    for gate_key in ("cloud_gate", "metabolic"):
+        gate = raw.get(gate_key)
+        if not isinstance(gate, dict) or not isinstance(gate.get("quota"), dict):
+            continue
+        quota = gate["quota"]
+        dropped = [k for k in ("command", "callable") if quota.pop(k, None) is not None]
+        out.held += [f"quota {k}" for k in dropped]
+        if dropped:
+            del gate["quota"]  # nothing left to ask
 
 
 def _load_yaml(data: bytes | str, source: str) -> dict[str, Any]:
@@ -297,7 +650,7 @@ def _load_yaml(data: bytes | str, source: str) -> dict[str, Any]:
             raise ConfigError(f"is not UTF-8 text (bad byte at offset {exc.start})",
                               file=source) from None
     try:
-        raw = yaml.safe_load(data)
+        raw = _safe_load(data, source)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -311,53 +664,156 @@ def _load_yaml(data: bytes | str, source: str) -> dict[str, Any]:
     return raw
 
 
+def _safe_load(text: str, source: str) -> Any:
+    """``yaml.safe_load``, rejecting duplicate keys. They are looked for in the composed
+    node graph, before construction: ``SafeConstructor.construct_mapping`` sees a mapping
+    after ``<<`` merges were flattened into it (where repeating a key is the point)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _reject_duplicate_keys(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _reject_duplicate_keys(root: yaml.Node, source: str) -> None:
+    merge = "tag:yaml.org,2002:merge"
+    seen_nodes: set[int] = set()
+    todo: list[tuple[yaml.Node, tuple[Any, ...], str | None]] = [(root, (), None)]
+    while todo:  # iterative: a deep file must not exhaust the stack here
+        node, path, provider = todo.pop()
+        if id(node) in seen_nodes:
+            continue  # an alias: walked once (an alias bomb stays small here)
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                label = provider
+                if path == ("providers",):
+                    label = _node_name(item) or f"#{i + 1}"
+                todo.append((item, (*path, i), label))
+        elif isinstance(node, yaml.MappingNode):
+            first_line: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == merge:
+                    continue
+                line = key.start_mark.line + 1
+                if (key.tag, key.value) in first_line:
+                    rel = path[2:] if provider else path
+                    raise ConfigError(
+                        f"duplicate key {key.value[:60]!r} at line {line} (first at line "
+                        f"{first_line[key.tag, key.value]})", file=source, provider=provider,
+                        field=".".join(map(str, (*rel, key.value[:60]))))
+                first_line[key.tag, key.value] = line
+                todo.append((value, (*path, key.value), provider))
+
+
+def _node_name(node: yaml.Node) -> str | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "name" \
+                    and isinstance(value, yaml.ScalarNode) and _clean_name(value.value):
+                return str(value.value)
+    return None
+
+
+def _clean_name(name: object) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 64 and name.isprintable() \
+        and not any(c.isspace() for c in name)
+
+
 def _provider_name(providers: list[Any], index: Any) -> str | None:
     if isinstance(index, int) and index < len(providers):
         entry = providers[index]
-        if isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]:
+        if isinstance(entry, dict) and _clean_name(entry.get("name")):
             return str(entry["name"])
         return f"#{index + 1}"
     return None
 
 
-def _check_unresolved(exp: _Expansion, providers: list[Any], source: str) -> None:
+def _disabled(entry: dict[str, Any]) -> bool:
+    enabled = entry.get("enabled", True)
+    return enabled is False or (isinstance(enabled, _Expanded)
+                                and enabled.strip().lower() in _FALSE)
+
+
+def _check_unresolved(exp: _Expansion, providers: list[Any]) -> None:
     for path, var in exp.unresolved:
         if path[:1] != ("providers",) or len(path) < 3:
-            raise ConfigError(f"${{{var}}} is not set", file=source,
-                              field=".".join(map(str, path)))
+            why = "is not set" if exp.trusted else f"is not expanded: the file is not " \
+                f"trusted ({TRUST_HINT}, or give a default with ${{{var}:-value}})"
+            raise ConfigError(f"${{{var}}} {why}", **exp.where(path))
         entry = providers[path[1]]
-        if not isinstance(entry, dict) or entry.get("enabled", True) is False:
+        if not exp.trusted and path[2] != "api_key":
+            exp.withheld.setdefault(path[1], var)
+        if not isinstance(entry, dict) or _disabled(entry):
             continue
+        held = f"${{{var}}}{_in_provider(path, exp)}"
         if path[2] == "api_key":
             entry["api_key"] = None
-            entry["missing_env"] = tuple({*entry.get("missing_env", ()), var})
+            entry["missing_env"] = tuple(dict.fromkeys((*entry.get("missing_env", ()), var)))
+            if not exp.trusted:
+                exp.held.append(held)
+            continue
+        if not exp.trusted:
+            entry["enabled"] = False
+            exp.held.append(f"{held} (disabled)")
             continue
         raise ConfigError(f"${{{var}}} is not set (set it, give a default with "
-                          f"${{{var}:-value}}, or disable the provider)", file=source,
-                          provider=_provider_name(providers, path[1]),
-                          field=".".join(map(str, path[2:])))
+                          f"${{{var}:-value}}, or disable the provider)", **exp.where(path))
+
+
+def _register_secrets(providers: list[Any]) -> None:
+    """Every secret a provider entry holds goes to REDACT, before validation can echo it:
+    the api_key, every header value, URL passwords and secret query values."""
+    for entry in providers:
+        if not isinstance(entry, dict):
+            continue
+        key = entry.get("api_key")
+        if isinstance(key, str | int | float) and not isinstance(key, bool):
+            REDACT.add([str(key)])
+        headers = entry.get("headers")
+        for name, value in (headers.items() if isinstance(headers, dict) else ()):
+            if isinstance(value, str):
+                REDACT.add_header(str(name), value)
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                REDACT.add([str(value)])
+        replicas = entry.get("replicas")
+        urls = [entry.get("base_url"), entry.get("url"),
+                *(replicas if isinstance(replicas, list) else [])]
+        for url in urls:
+            if isinstance(url, str):
+                REDACT.add_url(url)
 
 
 def _one_line(exc: ValidationError, raw: dict[str, Any], source: str) -> ConfigError:
     err = exc.errors()[0]
     loc = list(err["loc"])
+    if loc[-1:] == ["[key]"]:  # a bad mapping key: name the mapping, the key is in "got"
+        loc = loc[:-2]
     provider = None
     if loc[:1] == ["providers"] and len(loc) > 1:
         provider = _provider_name(raw.get("providers") or [], loc[1])
         loc = loc[2:]
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "missing":
         msg = "is required"
     elif "input" in err and not isinstance(err["input"], (dict, list)) \
             and f"got {err['input']!r}" not in msg and "api_key" not in loc:
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {_shown_input(err['input'])})"
     msg = _KEY_SHAPED.sub(lambda m: mask(m.group()), msg)
     return ConfigError(REDACT(msg), file=source, provider=provider,
                        field=".".join(map(str, loc)) or None)
 
 
-def _check_semantics(cfg: Config, source: str) -> Config:
-    warnings: list[str] = []
+def _shown_input(value: object) -> str:
+    text = repr(str(value) if isinstance(value, _Expanded) else value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_semantics(cfg: Config, source: str, warnings: list[str]) -> Config:
     seen: dict[str, int] = {}
     priorities: dict[int, str] = {}
     for p in cfg.providers:

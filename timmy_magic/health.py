@@ -14,7 +14,7 @@ from .config import ProviderConfig
 from .launch import Launcher
 from .metrics import ProviderMetrics
 from .providers.base import Backend, Probe
-from .secrets import REDACT
+from .secrets import REDACT, display_url
 from .types import EndpointHealth, HealthReport, HealthState
 
 
@@ -33,7 +33,11 @@ class Endpoint:
     @property
     def shown_url(self) -> str:
         """The URL as it may be shown (credentials masked)."""
-        return REDACT(self.url)
+        return display_url(self.url)
+
+    def __repr__(self) -> str:
+        return (f"Endpoint(url={self.shown_url!r}, breaker={self.breaker!r}, "
+                f"outstanding={self.outstanding}, retired={self.retired})")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from .commands import LineCommands
-from .config import Config, find_config, load_config
+from .config import Config, find_config, found_by_search, load_config
 from .errors import ConfigError, InvalidRequest, RoutingError, UnknownProvider
 from .failures import describe_failure
 from .formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
@@ -36,13 +36,12 @@ from .render import (
     Final,
     NotebookView,
     TerminalView,
-    Tick,
     View,
     consume,
     rich_frontend,
-    with_ticks,
 )
 from .router import Router
+from .runner import Tick
 from .types import ChatRequest, Event, Message, Result
 
 if TYPE_CHECKING:
@@ -248,7 +247,7 @@ class TimmyMagics(Magics):
         if not live or ups <= 0:
             return self.router.stream(req)
         every = min(max(1.0 / ups, 0.02), 0.5)
-        return self.router.runner.iterate(lambda: with_ticks(self.router.astream(req), every))
+        return self.router.stream(req, tick_every=every)
 
     def _answer(self, req: ChatRequest, opts: CellOptions,
                 view: View) -> tuple[Result, bool]:
@@ -359,15 +358,17 @@ def _build_router() -> tuple[Router, str]:
     """The router from providers.yaml; a bad file gives an empty router and one line."""
     path = find_config()
     try:
-        config = load_config(path)
+        with found_by_search():  # found, not named: trusted only if trusted otherwise
+            config = load_config(path)
     except ConfigError as exc:
         return Router(Config(source=str(path))), (
             f"timmy-magic: {exc} (loaded with no providers: fix it, then %llm reload)")
     enabled = sum(p.enabled for p in config.providers)
     warn = f", {len(config.warnings)} warnings" if config.warnings else ""
+    held = f"\ntimmy-magic: {config.held_back_line}" if config.held_back else ""
     return Router(config), (f"timmy-magic: {len(config.providers)} providers ({enabled} "
                             f"enabled{warn}) from {config.source} (health checks running "
-                            "in background)")
+                            f"in background){held}")
 
 
 def load(ip: InteractiveShell) -> TimmyMagics:

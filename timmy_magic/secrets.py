@@ -1,10 +1,40 @@
-"""API keys never show: masking for display, redaction for any text that may echo a key."""
+"""Secrets never show: masking for display, redaction for any text that may echo one.
+
+``REDACT`` is the one redaction point. Config loading registers every secret a config holds
+(API keys, header values, URL passwords, secret query values) with its usual encodings
+(percent-encoded, base64 ``user:password`` as HTTP Basic sends it); on top of that,
+``Redactor.__call__`` masks what no config registered but plainly is a credential: a
+``Bearer`` token, a ``Basic`` header, an ``sk-`` key, a ``key=``/``token=``-style value, a
+URL password. Every error (``errors.clean_message``), log record (``get_logger``) and
+shown URL passes through it.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import re
 import threading
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
+
+HIDDEN = "***"
+"""What a password, a Basic credential or a secret query value shows as (no part of it)."""
+_PARAM_NAME = (r"(?:[A-Za-z0-9]+[-_.])*(?:api[-_]?key|apikey|key|token|secret|password|"
+               r"passwd|pwd|pass|sig|signature|credential|auth|session)")
+"""Query parameter names whose value is a secret: ``key``, ``api-key``, ``access_token``,
+``X-Amz-Signature``... (not ``max_tokens`` nor ``monkey``)."""
+_SECRET_PARAM = re.compile(_PARAM_NAME, re.IGNORECASE)
+_QUERY_PAIR = re.compile(r"(^|[&;])([^=&;]*)=([^&;]*)")
+_GENERIC = re.compile(
+    r"(?P<bearer>\bbearer\s+)(?P<token>[A-Za-z0-9._~+/=-]{8,})"
+    r"|(?P<basic>\bBasic\s+)(?P<b64>[A-Za-z0-9+/]{8,}={0,2})"
+    r"|(?<![A-Za-z0-9])(?P<sk>sk-(?:ant-)?[A-Za-z0-9_-]{8,})"
+    r"|(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#@]*(?:@[^\s/?#@]*)*)@"
+    rf"|(?<![\w.-])(?P<param>{_PARAM_NAME})=(?P<value>[^\s&;#\"'<>,)\]}}]{{4,}})",
+    re.IGNORECASE)
+_NOT_SECRET = {"none", "null", "true", "false", HIDDEN}
 
 
 def mask(key: str | None) -> str:
@@ -17,30 +47,140 @@ def mask(key: str | None) -> str:
     return f"{prefix}...{key[-4:]}"
 
 
+def _may_hold_credential(text: str) -> bool:
+    """A cheap test before the generic patterns: each of them needs one of these."""
+    return ("=" in text or "@" in text or "sk-" in text or "earer" in text
+            or "EARER" in text or "Basic" in text)
+
+
+def _generic(m: re.Match[str]) -> str:
+    if m.group("token") is not None:
+        token = m.group("token")
+        looks_random = any(c.isdigit() for c in token) or len(token) >= 20
+        return m.group("bearer") + mask(token) if looks_random else m.group()
+    if m.group("b64") is not None:
+        return m.group("basic") + HIDDEN if ":" in _b64_text(m.group("b64")) else m.group()
+    if m.group("sk") is not None:
+        return mask(m.group("sk"))
+    if m.group("userinfo") is not None:
+        return m.group("scheme") + _shown_userinfo(m.group("userinfo")) + "@"
+    value = m.group("value")
+    if value.lower() in _NOT_SECRET:
+        return m.group()
+    return f"{m.group('param')}={HIDDEN}"
+
+
+def _b64_text(b64: str) -> str:
+    try:
+        return base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True).decode()
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def _shown_userinfo(userinfo: str) -> str:
+    """``user:password`` -> ``user:***``; a lone long user name is a token (``TOKEN@host``)."""
+    user, colon, password = userinfo.partition(":")
+    if colon:
+        return f"{user}:{HIDDEN}" if password else userinfo
+    return HIDDEN if len(user) >= 16 else user
+
+
 class Redactor:
-    """Replaces every registered secret (and its obvious encodings) in text with its mask."""
+    """Replaces every registered secret (and its encodings) in text with its mask, then
+    masks whatever else plainly is a credential (``_GENERIC``)."""
 
     def __init__(self) -> None:
-        self._secrets: set[str] = set()
+        self._shown: dict[str, str] = {}
+        self._table: tuple[re.Pattern[str] | None, dict[str, str]] = (None, {})
         self._lock = threading.Lock()
 
-    def add(self, secrets: Iterable[str | None]) -> None:
-        with self._lock:
-            self._secrets.update(s for s in secrets if s and len(s) >= 4)
+    def add(self, secrets: Iterable[str | None], *, hide: bool = False) -> None:
+        """Register secrets: each shows as ``mask(s)`` (``hide``: as ``***``); its
+        percent-encoded forms are registered with it."""
+        new = {}
+        for s in secrets:
+            if not s or len(s) < 4:
+                continue
+            for form in {s, quote(s, safe=""), quote_plus(s, safe="")}:
+                if form not in self._shown:
+                    new[form] = HIDDEN if hide else mask(s)
+        if new:
+            with self._lock:
+                self._shown = {**self._shown, **new}
+                longest_first = sorted(self._shown, key=len, reverse=True)
+                pattern = re.compile("|".join(map(re.escape, longest_first)))
+                self._table = (pattern, self._shown)
+
+    def add_header(self, name: str, value: str) -> None:
+        """A header value: the whole of it, a Bearer token, a Basic credential decoded."""
+        self.add([value])
+        scheme, _, credential = value.strip().partition(" ")
+        credential = credential.strip()
+        if scheme.lower() == "bearer":
+            self.add([credential])
+        elif scheme.lower() == "basic":
+            self.add([credential], hide=True)
+            self._add_user_password(_b64_text(credential))
+
+    def add_url(self, url: str) -> None:
+        """A URL's password (and ``user:password``, and its base64 as Basic auth sends
+        it), a long lone user name, and the values of secret query parameters."""
+        try:
+            parts = urlsplit(url)
+        except ValueError:
+            return
+        userinfo = parts.netloc.rpartition("@")[0]
+        if userinfo:
+            user, colon, _ = userinfo.partition(":")
+            if colon:
+                for decoded in {userinfo, unquote(userinfo)}:
+                    self._add_user_password(decoded)
+            elif len(user) >= 16:
+                self.add([user, unquote(user)])
+        for _, name, value in _QUERY_PAIR.findall(parts.query):
+            if _SECRET_PARAM.fullmatch(unquote_plus(name)):
+                self.add([value, unquote_plus(value)])
+
+    def _add_user_password(self, user_password: str) -> None:
+        user, colon, password = user_password.partition(":")
+        if not colon or not password:
+            return
+        b64 = base64.b64encode(user_password.encode()).decode()
+        self.add([user_password, password, b64], hide=True)
 
     def __call__(self, text: str) -> str:
-        for s in sorted(self._secrets, key=len, reverse=True):
-            if s in text:
-                text = text.replace(s, mask(s))
+        pattern, shown = self._table
+        if pattern is not None:
+            text = pattern.sub(lambda m: shown[m.group()], text)
+        if _may_hold_credential(text):
+            text = _GENERIC.sub(_generic, text)
         return text
 
 
 REDACT = Redactor()
-"""The process-wide redactor: every key loaded from any config is registered here."""
+"""The process-wide redactor: every secret loaded from any config is registered here."""
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be shown: password and secret query values masked (every other
+    byte as it was), then redacted."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACT(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    netloc = f"{_shown_userinfo(userinfo)}@{host}" if at else parts.netloc
+
+    def pair(m: re.Match[str]) -> str:
+        secret = _SECRET_PARAM.fullmatch(unquote_plus(m.group(2))) and m.group(3)
+        return f"{m.group(1)}{m.group(2)}={HIDDEN}" if secret else m.group()
+
+    query = _QUERY_PAIR.sub(pair, parts.query)
+    return REDACT(urlunsplit(parts._replace(netloc=netloc, query=query)))
 
 
 class RedactingFilter(logging.Filter):
-    """Attach to the ``timmy_magic`` logger so no log record can carry a key."""
+    """Attach to the ``timmy_magic`` logger so no log record can carry a secret."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = REDACT(record.getMessage())
@@ -58,3 +198,18 @@ def get_logger(name: str) -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+HTTP_LOGGERS = ("httpx", "httpcore", "httpcore.connection", "httpcore.connection_pool",
+                "httpcore.http11", "httpcore.http2", "httpcore.proxy", "httpcore.socks")
+"""The HTTP client's loggers: httpx logs every request URL at INFO (a URL may hold a
+password or a key in its query), httpcore response headers at DEBUG. httpcore creates its
+child loggers lazily, per trace; ``logging.getLogger`` hands out the same object then."""
+
+
+def redact_http_logs() -> None:
+    """Put the redacting filter on the HTTP client's loggers (idempotent). A record is only
+    made, and filtered, when its level is enabled: no cost on the hot path otherwise."""
+    for name in HTTP_LOGGERS:
+        get_logger(name)
+

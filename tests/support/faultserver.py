@@ -762,7 +762,33 @@ async def sc_redirect(ex: _Exchange) -> None:
 
 Handler = Callable[[_Exchange], Awaitable[None]]
 
+async def sc_echo(ex: _Exchange) -> None:
+    """Echoes what the client sent (method, path with query, every header) back, as a
+    hostile or careless server would: ``mode=status`` (default) as the message of a
+    ``code`` (401) error, ``mode=event`` as an in-stream error event after one token,
+    ``mode=text`` as the answer itself, ``mode=model`` as the ``model`` field."""
+    rec = ex.rec
+    echoed = f"{rec.method} {rec.path} " + " ".join(f"{k}: {v}" for k, v in rec.headers.items())
+    mode = ex.params.get("mode", "status")
+    if mode == "status":
+        await ex.error(ex.params.getint("code", 401), f"you sent: {echoed}")
+    elif mode == "event":
+        await ex.open_stream()
+        await ex.frames(ex.dialect.opening(ex))
+        await ex.out.chunk(ex.dialect.token(ex, "partial "))
+        await ex.out.chunk(_sse(ex.dialect.error(401, f"you sent: {echoed}")))
+        await ex.out.end_chunked()
+    elif mode == "model":  # a model name is short: the credentials and the path only
+        creds = [rec.headers.get(h, "") for h in ("authorization", "x-api-key", "x-org-token")]
+        echoed = f"POST {rec.path} " + " ".join(c for c in creds if c)
+        ex.body["model"] = echoed
+        await _answer(ex, ["an ", "answer"])
+    else:
+        await _answer(ex, re.findall(r"\s*\S+\s*", echoed))
+
+
 SCENARIOS: dict[str, Handler] = {
+    "echo": sc_echo,
     "ok": sc_ok,
     "health_status": sc_ok,  # same as ok; use with health=<code>|hang
     "status": sc_status,

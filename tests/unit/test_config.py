@@ -65,7 +65,7 @@ def test_unresolved_key_leaves_provider_not_configured():
      ["provider 'a'", "field 'priority'", "'high'"]),
     ("providers:\n- {name: a, type: llama_cpp, base_url: 'ftp://x'}",
      ["provider 'a'", "field 'base_url'", "http"]),
-    ("cascade: {timeout_seconds: -1}", ["field 'cascade.timeout_seconds'", "greater than 0"]),
+    ("cascade: {timeout_seconds: -1}", ["field 'cascade.timeout_seconds'", "from 0.01 to 86400"]),
     ("providers:\n- {type: llama_cpp}", ["provider '#1'", "field 'name'", "required"]),
     ("providers:\n- {name: a, type: llama_cpp, models: [{name: m, default: true},"
      " {name: n, default: true}]}", ["provider 'a'", "more than one model"]),

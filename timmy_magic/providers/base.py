@@ -25,8 +25,11 @@ from ..errors import (
     ProviderTimeout,
 )
 from ..retry import parse_retry_after
+from ..secrets import redact_http_logs
 from ..types import ChatRequest, Usage
 from .wire import LineSplitter, SSEDecoder, WireError, count, loads
+
+redact_http_logs()  # httpx logs request URLs (a password, a key in the query) at INFO
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,8 +26,8 @@ from .base import (
     probe_error,
     usage_of,
 )
-from .wire import TextJoiner, WireError, content_text, loads, model_name
 from .openai_compat import strip_v1
+from .wire import TextJoiner, WireError, content_text, model_name
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig

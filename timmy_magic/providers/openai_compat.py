@@ -54,7 +54,7 @@ _FALLBACK_MODEL = {"mlx_lm": "default_model", "llama_cpp": "default"}
 
 def strip_v1(url: str) -> str:
     url = url.rstrip("/")
-    return url[:-3] if url.endswith("/v1") else url
+    return url.removesuffix("/v1")
 
 
 def client_base(type_name: str, url: str) -> str:

@@ -28,6 +28,8 @@ import math
 import re
 from typing import Any
 
+from ..secrets import REDACT
+
 MAX_LINE_BYTES = 4 << 20
 """Longest line accepted (a 1 MiB delta of JSON-escaped text fits several times)."""
 MAX_EVENT_BYTES = 4 << 20
@@ -90,7 +92,7 @@ class SSEDecoder:
     """Lines -> (event, data) pairs: fields accumulate until a blank line; comments
     (``:``) and unknown fields are ignored; ``data`` lines are joined with ``\\n``."""
 
-    __slots__ = ("_event", "_data", "_size", "max_event")
+    __slots__ = ("_data", "_event", "_size", "max_event")
 
     def __init__(self, max_event: int = MAX_EVENT_BYTES) -> None:
         self._event = ""
@@ -171,7 +173,7 @@ def model_name(value: Any) -> str | None:
     if not isinstance(value, str) or not value or len(value) > MAX_MODEL_CHARS:
         return None
     value = _CONTROL.sub(" ", fix_surrogates(value)).strip()
-    return value or None
+    return REDACT(value) or None  # kept in the Result, shown in footers, reprs, history
 
 
 def content_text(value: Any) -> str:
