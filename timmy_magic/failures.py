@@ -1,5 +1,11 @@
 """The one readable block shown when a cell got no answer: what failed, the route trace,
-what to do. Pure: built from the routing error and a few facts about the router."""
+what to do. Pure: built from the routing error and a few facts about the router.
+
+Its fields hold plain text (names, messages and traces come from servers and the config);
+``markdown()`` escapes each through ``markup``: the title as text, the message and route in
+a fenced block they cannot close, the hints as text whose `backticked` parts are code
+spans (the commands we suggest).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PinnedProviderFailed, RoutingError
+from .markup import LITERAL_TICK, md, md_code, md_spans, plain
 from .types import RouteTrace
 
 
@@ -22,8 +29,8 @@ class ErrorBlock:
     def markdown(self) -> str:
         body = self.message + ("\n\nroute:\n" + "\n".join("  " + t for t in self.trace)
                                if self.trace else "")
-        todo = "".join(f"\n- {h}" for h in self.hints)
-        return (f"**timmy-magic: {self.title}**\n\n```text\n{body}\n```"
+        todo = "".join(f"\n- {md_spans(h)}" for h in self.hints)
+        return (f"**timmy-magic: {md(self.title)}**\n\n{md_code(body)}"
                 + (f"\n\n**What to do:**{todo}" if todo else ""))
 
     def plain(self) -> str:
@@ -32,7 +39,8 @@ class ErrorBlock:
             lines += ["  route:"] + [f"    {t}" for t in self.trace]
         if self.hints:
             lines += ["  what to do:"] + [f"    - {h.replace('`', '')}" for h in self.hints]
-        return "\n".join(lines)
+        # (the backticks of ours go; a value's own, LITERAL_TICK, comes back in plain())
+        return plain("\n".join(lines))
 
     def bundle(self) -> dict[str, str]:
         return {"text/markdown": self.markdown(), "text/plain": self.plain()}
@@ -55,15 +63,23 @@ def describe_failure(exc: RoutingError, *, pin_source: str | None = None,
                                    model)))
 
 
+def literal(value: object) -> str:
+    """A value (a name, a path) to put into a hint. Hints mark code with backticks, so a
+    backtick of the value's own becomes ``markup.LITERAL_TICK``: ``md_spans`` and ``plain``
+    show it as a backtick that starts or ends nothing."""
+    return str(value).replace("`", LITERAL_TICK)
+
+
 def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason: str,
            config_source: str, model: str | None) -> list[str]:
+    gate_reason, config_source = literal(gate_reason), literal(config_source)
     if not trace.considered:
         return [(f"No providers are configured: add some to `{config_source}`, then run "
                  "`%llm reload`.")]
     skipped: dict[str, list[str]] = {}
     for s in trace.skipped:
         if not pinned or s.provider == trace.pinned:
-            skipped.setdefault(s.reason, []).append(s.provider)
+            skipped.setdefault(s.reason, []).append(literal(s.provider))
     hints: list[str] = []
     if "cloud_gate" in skipped:
         fix = (" Turn local-only mode off with `%llm local-only off`."
@@ -74,13 +90,13 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
         hints.append(f"Set the API key of {', '.join(skipped['not_configured'])} "
                      "(`%llm status` names the variable), then `%llm reload`.")
     if "no_model" in skipped:
-        hints.append(f"No provider serves model '{model}': check `-m` or "
+        hints.append(f"No provider serves model '{literal(model)}': check `-m` or "
                      "`TimmyMagics.default_model`.")
     if "circuit_open" in skipped:
         hints.append(f"{', '.join(skipped['circuit_open'])}: circuit open after repeated "
                      "failures; it is tried again after the recovery timeout.")
     if pinned:
-        pin = trace.pinned
+        pin = literal(trace.pinned)
         undo = {"option": f"drop `-p {pin}`", "session": "run `%llm unpin`",
                 "default": "`%config TimmyMagics.default_provider = None`"}.get(
                     pin_source or "", "unpin it")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from .markup import md, plain
 from .types import Message
 
 
@@ -66,15 +67,19 @@ class Conversation:
     def _repr_markdown_(self) -> str:
         if not self._turns:
             return "*No conversation yet: run a cell with `%%llm --chat`.*"
-        rows = [f"{i}. **you:** {_short(t.prompt)}  \n   **{t.provider or 'assistant'}:** "
-                f"{_short(t.answer)}" for i, t in enumerate(self._turns, 1)]
+        # prompts, answers (one-line previews, so shown as text) and provider names are
+        # not ours: escaped
+        rows = [f"{i}. **you:** {md(_short(t.prompt))}  \n   "
+                f"**{md(t.provider or 'assistant')}:** {md(_short(t.answer))}"
+                for i, t in enumerate(self._turns, 1)]
         return "\n".join(rows)
 
     def __repr__(self) -> str:
         if not self._turns:
             return "No conversation yet: run a cell with %%llm --chat."
-        return "\n".join(f"{i}. you: {_short(t.prompt)}\n   {t.provider or 'assistant'}: "
-                         f"{_short(t.answer)}" for i, t in enumerate(self._turns, 1))
+        return plain("\n".join(f"{i}. you: {_short(t.prompt)}\n   "
+                                f"{t.provider or 'assistant'}: {_short(t.answer)}"
+                                for i, t in enumerate(self._turns, 1)))
 
 
 def _short(text: str, limit: int = 80) -> str:

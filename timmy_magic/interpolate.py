@@ -10,8 +10,16 @@ crashes the cell (its issues #27, #967). Here a brace is only special when it is
   ``.attribute`` and ``[index]`` parts, an index being an integer or a quoted string:
   ``{topic}``, ``{df.shape[0]}``, ``{cfg["model"]}``, ``{rows[-1].name}``;
 - any other brace (``{"a": 1}``, ``{ x }``, ``{x:.2f}``, ``{}``, a lone ``}``) stays as is;
-- a reference whose name is undefined, or whose lookup fails, raises ``InterpolationError``
-  naming it. Nothing is ever evaluated beyond attribute and item lookups.
+- braces that continue LaTeX or shell syntax are text, not references: after ``$``
+  (``${HOME}``), after a backslash command (``\\frac{a}{b}``, ``\\mathbf{x}``), after ``^``
+  or ``_`` (``x^{n}``, ``a_{ij}``) and right after a closing brace (the ``{b}`` of ``}{b}``);
+- a reference whose name is undefined, or whose lookup or ``str()`` fails, raises
+  ``InterpolationError`` naming it.
+
+What runs: nothing is parsed as Python or evaluated, but an attribute lookup is Python's
+``getattr`` (a property or ``__getattr__`` runs), an index calls ``__getitem__``, and the
+value is turned into text with ``str()`` (its ``__str__`` runs), exactly as an f-string
+would. A reference is looked up only when the cell runs, never while it is typed.
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ _INDEX = r"\[(?:-?\d+|'[^'\\\]]*'|\"[^\"\\\]]*\")\]"
 _REF = re.compile(rf"\{{({_NAME}(?:\.{_NAME}|{_INDEX})*)\}}")
 _PART = re.compile(rf"\.({_NAME})|\[(-?\d+)\]|\['([^']*)'\]|\[\"([^\"]*)\"\]")
 _BRACE = re.compile(r"[{}]")
+_LITERAL_BEFORE = re.compile(r"(?:[$^_}]|\\[A-Za-z]+\*?)\Z")
+"""What, just before a ``{``, makes it LaTeX or shell syntax rather than a reference."""
 _HINT = "write {{ and }} for literal braces, or use %%llm --no-interpolate"
 
 
@@ -38,8 +48,16 @@ def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     """``template`` with every ``{reference}`` replaced and ``{{``/``}}`` unescaped."""
     out: list[str] = []
     for kind, text in _tokens(template):
-        out.append(str(resolve(text, namespace)) if kind == "ref" else text)
+        out.append(_text(resolve(text, namespace), text) if kind == "ref" else text)
     return "".join(out)
+
+
+def _text(value: Any, ref: str) -> str:
+    try:
+        return str(value)
+    except Exception as exc:  # a user __str__ may raise anything
+        raise InterpolationError(f"{{{ref}}}: str() of the {type(value).__name__} failed "
+                                 f"({type(exc).__name__}: {exc})") from exc
 
 
 def _tokens(template: str) -> list[tuple[str, str]]:
@@ -64,13 +82,21 @@ def _tokens(template: str) -> list[tuple[str, str]]:
             tokens.append(("text", "}"))
             open_escapes -= 1
             i += 2
-        elif (m := _REF.match(template, i)) is not None:
+        elif (m := _REF.match(template, i)) is not None and not _literal(template, i, tokens):
             tokens.append(("ref", m.group(1)))
             i = m.end()
         else:
             tokens.append(("text", template[i]))
             i += 1
     return tokens
+
+
+def _literal(template: str, i: int, tokens: list[tuple[str, str]]) -> bool:
+    """Is the ``{`` at ``i`` LaTeX or shell syntax? (``}`` counts only after text: two
+    references side by side, ``{a}{b}``, are both references.)"""
+    if not _LITERAL_BEFORE.search(template, max(0, i - 32), i):
+        return False
+    return not (template[i - 1] == "}" and tokens and tokens[-1][0] == "ref")
 
 
 def references(template: str) -> list[str]:

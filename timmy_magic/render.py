@@ -3,26 +3,27 @@ terminal fallback that prints tokens as they arrive, and the final render per fo
 block shown when no answer could be had is in ``failures``).
 
 Pure parts (``Throttle``, ``Collector``, ``Final``) take the time and the data as
-arguments; the views do the I/O (``display`` / stdout).
+arguments; the views do the I/O (``display`` / stdout). The answer text is the model's
+Markdown, shown as Markdown on purpose; every other string in a bundle (provider, model,
+errors, notes, statuses, the route) goes through ``markup``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
+import re
 import sys
-from collections.abc import AsyncIterator, Iterable
-from contextlib import suppress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from .failures import ErrorBlock
 from .formats import Format, JSONAnswerError, extract_html, parse_json
-from .runner import _END, _Raised  # the same end/exception markers as the bridge
+from .markup import html, md, md_code, plain
+from .runner import Tick
 from .types import Attempt, Delta, Done, Event, Result, RouteTrace, Status, Timings, Trying, Usage
 
-T = TypeVar("T")
 CURSOR = "▌"
 
 
@@ -30,87 +31,46 @@ CURSOR = "▌"
 
 
 class Throttle:
-    """When may a live display be redrawn? At most ``per_second`` times a second, and only
-    when something new is pending. ``per_second <= 0`` never redraws."""
+    """When may a live display be redrawn? At most ``per_second`` times a second, only
+    when something new is pending, and, once the text shown is long, only when it pays.
 
-    def __init__(self, per_second: float) -> None:
+    Every redraw re-sends the whole text, so at a fixed rate a long answer would publish
+    O(size²) bytes (an 800 KB answer streamed in 8 s: 104 MB). Up to ``small`` characters
+    a redraw is always worth it (a short answer updates ``per_second`` times a second);
+    beyond, one waits until the text has grown by ``growth`` of what is shown, so the
+    sizes shown grow geometrically and all of them add up to at most
+    ``size * (1 + 1/growth)`` (6x at 0.2), or until what is shown is ``stale``: older than
+    one second, or than ``shown / stale_rate`` seconds for a long text, so a slow stream
+    still moves at least once a second while a fast one costs at most about
+    ``stale_rate`` characters a second more. ``per_second <= 0`` never redraws.
+    """
+
+    def __init__(self, per_second: float, *, small: int = 8_000, growth: float = 0.2,
+                 stale_rate: float = 100_000.0) -> None:
         self.interval = 1.0 / per_second if per_second > 0 else math.inf
+        self.small, self.growth, self.stale_rate = small, growth, stale_rate
         self.pending = False
+        self.size = 0
+        """Characters pending to be shown (0: the size does not matter, e.g. a status)."""
+        self.shown = 0
         self._last: float | None = None
 
-    def note(self) -> None:
-        self.pending = True
+    def note(self, size: int = 0) -> None:
+        self.pending, self.size = True, size
 
     def due(self, now: float) -> bool:
-        return self.pending and (self._last is None or now - self._last >= self.interval)
+        if not self.pending:
+            return False
+        if self._last is None:
+            return True
+        since = now - self._last
+        if since < self.interval:
+            return False
+        return (self.size <= self.small or self.size - self.shown >= self.growth * self.shown
+                or since >= max(1.0, self.shown / self.stale_rate))
 
     def flushed(self, now: float) -> None:
-        self._last, self.pending = now, False
-
-
-@dataclass(frozen=True, slots=True)
-class Tick:
-    """No event for a while: a chance to flush text the throttle held back."""
-
-
-TICK = Tick()
-
-
-async def with_ticks(events: AsyncIterator[T], every: float) -> AsyncIterator[T | Tick]:
-    """``events``' items, plus a Tick whenever none came for ``every`` seconds. Closing or
-    cancelling this generator cancels the pending read and closes ``events``.
-
-    One task reads ``events`` into a queue and one timer, re-armed only when it fires,
-    adds the ticks: an item costs a queue put and get. (A task and an ``asyncio.wait``
-    per item cost about as much CPU as the whole router per token: docs/performance.md.)
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    quiet_since = loop.time()
-
-    async def pump() -> None:
-        nonlocal quiet_since
-        try:
-            async for item in events:
-                queue.put_nowait(item)
-                quiet_since = loop.time()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - re-raised to the consumer
-            queue.put_nowait(_Raised(exc))
-        else:
-            queue.put_nowait(_END)
-
-    timer: asyncio.TimerHandle | None = None
-
-    def tick() -> None:
-        nonlocal quiet_since, timer
-        now = loop.time()
-        if now - quiet_since >= every:
-            queue.put_nowait(TICK)
-            quiet_since = now
-        timer = loop.call_at(quiet_since + every, tick)
-
-    reader = asyncio.ensure_future(pump())
-    timer = loop.call_at(quiet_since + every, tick)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, _Raised):
-                raise item.exc
-            yield item
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if not reader.done():
-            reader.cancel()
-            with suppress(BaseException):
-                await reader
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        self._last, self.pending, self.shown = now, False, self.size
 
 
 # ------------------------------------------------------------------ collecting
@@ -156,20 +116,64 @@ class Collector:
 
 
 # ------------------------------------------------------------------ final render
+#
+# The answer text is Markdown the model wrote, rendered as Markdown on purpose; everything
+# around it (footer, notes, the interruption, the route) is data and goes through markup.
+
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 
 
-def _md_footer(result: Result) -> str:
-    tail = f"\n\n---\n*{result.footer()}*"
+def close_fence(text: str) -> str:
+    """``text``, plus the closing fence of a code block it leaves open (a partial answer
+    often does), so that what follows it is not swallowed into the code block."""
+    open_fence: str | None = None
+    for line in text.split("\n"):
+        m = _FENCE.fullmatch(line)
+        if m is None:
+            continue
+        run, rest = m.groups()
+        if open_fence is None:
+            if not (run[0] == "`" and "`" in rest):  # else an inline code span, not a fence
+                open_fence = run
+        elif run[0] == open_fence[0] and len(run) >= len(open_fence) and not rest.strip():
+            open_fence = None
+    if open_fence is None:
+        return text
+    return text + ("" if text.endswith("\n") else "\n") + open_fence
+
+
+def _notes(result: Result, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return tuple(getattr(result, "notes", ())) + extra
+
+
+def markdown_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
+    """What follows the answer in Markdown: the footer, why it is partial, the notes."""
+    tail = f"\n\n---\n*{md(result.footer())}*"
     if result.error:
-        tail += f"\n\n**Stream interrupted:** {result.error}"
-    return tail
+        tail += f"\n\n**Stream interrupted:** {md(result.error)}"
+    return tail + "".join(f"\n\n> {md(n)}" for n in _notes(result, notes))
 
 
-def _plain_footer(result: Result) -> str:
-    tail = f"\n\n— {result.footer()}"
+def answer_markdown(result: Result, body: str | None = None,
+                    notes: tuple[str, ...] = ()) -> str:
+    """The Markdown of an answer (``body``: the answer text by default), shared by the
+    final render and ``Result._repr_markdown_``."""
+    text = result.text if body is None else body
+    return close_fence(text) + markdown_tail(result, notes)
+
+
+def plain_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
+    tail = f"\n\n— {plain(result.footer())}"
     if result.error:
-        tail += f"\n[stream interrupted: {result.error}]"
-    return tail
+        tail += f"\n[stream interrupted: {plain(result.error)}]"
+    return tail + "".join(f"\n{plain(n)}" for n in _notes(result, notes))
+
+
+def html_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
+    footer = result.footer() + (f" · stream interrupted: {result.error}" if result.error
+                                else "")
+    return (f"<hr><p><small><em>{html(footer)}</em></small></p>"
+            + "".join(f"<p><em>{html(n)}</em></p>" for n in _notes(result, notes)))
 
 
 @dataclass(frozen=True)
@@ -189,40 +193,31 @@ class Final:
 
     def bundle(self) -> dict[str, str]:
         r = self.result
-        notes_md = "".join(f"\n\n> {n}" for n in self.notes)
-        trace_md = ("\n\n<details><summary>route</summary>\n\n```text\n"
-                    + "\n".join(r.trace.lines()) + "\n```\n</details>") if self.trace else ""
-        plain = self._plain_body() + _plain_footer(r) + self._plain_extra()
+        plain_text = self._plain_body() + plain_tail(r, self.notes) + self._plain_route()
         if self.fmt == "text":
-            return {"text/plain": plain}
+            return {"text/plain": plain_text}
         if self.fmt == "html":
-            notes_html = "".join(f"<p><em>{_html_escape(n)}</em></p>" for n in self.notes)
-            footer = r.footer() + (f" · stream interrupted: {r.error}" if r.error else "")
-            html = (extract_html(r.text) + "<hr><p><small><em>" + _html_escape(footer)
-                    + "</em></small></p>" + notes_html)
-            return {"text/html": html, "text/plain": plain}
+            return {"text/html": extract_html(r.text) + html_tail(r, self.notes),
+                    "text/plain": plain_text}
         pretty = self._json() if self.fmt == "json" else None
-        body = f"```json\n{pretty}\n```" if pretty is not None else r.text
-        return {"text/markdown": body + _md_footer(r) + notes_md + trace_md,
-                "text/plain": plain}
+        body = md_code(pretty, "json") if pretty is not None else None
+        trace_md = ("\n\n<details><summary>route</summary>\n\n"
+                    + md_code("\n".join(r.trace.lines())) + "\n</details>") if self.trace else ""
+        return {"text/markdown": answer_markdown(r, body, self.notes) + trace_md,
+                "text/plain": plain_text}
 
     def _plain_body(self) -> str:
         pretty = self._json() if self.fmt == "json" else None
-        return pretty if pretty is not None else self.result.text
+        return plain(pretty) if pretty is not None else self.result.text
 
-    def _plain_extra(self) -> str:
-        lines = list(self.notes)
-        if self.trace:
-            lines += ["route:"] + ["  " + ln for ln in self.result.trace.lines()]
-        return "".join("\n" + ln for ln in lines)
+    def _plain_route(self) -> str:
+        if not self.trace:
+            return ""
+        return "\nroute:" + "".join("\n  " + plain(ln) for ln in self.result.trace.lines())
 
     def tail(self) -> str:
         """What a terminal prints after the streamed text: footer, notes, route."""
-        return _plain_footer(self.result).lstrip("\n") + self._plain_extra()
-
-
-def _html_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        return plain_tail(self.result, self.notes).lstrip("\n") + self._plain_route()
 
 
 # ------------------------------------------------------------------ views
@@ -239,7 +234,15 @@ class View(Protocol):
 
 
 class NotebookView:
-    """One display handle: a placeholder, throttled updates, then the final render."""
+    """One display handle: a placeholder, throttled updates, then the final render.
+
+    While streaming, text/markdown carries the whole text so far (the Markdown renders as
+    it will at the end); next to it, text/plain (for front ends that cannot render
+    Markdown) carries at most its last ``PLAIN_TAIL`` characters: the final render has
+    all of it. Formats shown as plain text stream the whole text as text/plain.
+    """
+
+    PLAIN_TAIL = 2_000
 
     def __init__(self, fmt: Format = "markdown", per_second: float = 20.0,
                  live: bool = True) -> None:
@@ -247,6 +250,7 @@ class NotebookView:
         self.live = live
         self.throttle = Throttle(per_second if live else 0.0)
         self._parts: list[str] = []
+        self._size = 0
         self._status = "waiting for an answer…"
         self._handle: Any = None
         self.updates = 0
@@ -257,13 +261,13 @@ class NotebookView:
 
     def trying(self, ev: Trying, now: float) -> None:
         again = f" (attempt {ev.number})" if ev.number > 1 else ""
-        self._status = f"asking {ev.provider}{again}…"
-        if not self._parts:
-            self.throttle.note()
-            self.tick(now)
+        self._show_status(f"asking {ev.provider}{again}…", now)
 
     def status(self, ev: Status, now: float) -> None:
-        self._status = f"{ev.provider}: {ev.message}"
+        self._show_status(f"{ev.provider}: {ev.message}", now)
+
+    def _show_status(self, status: str, now: float) -> None:
+        self._status = status
         if not self._parts:
             self.throttle.note()
             self.tick(now)
@@ -271,7 +275,8 @@ class NotebookView:
     def delta(self, text: str, now: float) -> None:
         first = not self._parts
         self._parts.append(text)
-        self.throttle.note()
+        self._size += len(text)
+        self.throttle.note(self._size)
         if first and self.live and self.throttle.interval < math.inf:
             self._update(self._live_bundle())  # the first token at once: the throttle
             self.throttle.flushed(now)  # must not delay TTFT into the display
@@ -285,11 +290,14 @@ class NotebookView:
 
     def _live_bundle(self) -> dict[str, str]:
         if not self._parts:
-            return {"text/markdown": f"*{self._status}*", "text/plain": self._status}
-        text = "".join(self._parts)
-        if self.fmt in ("markdown", "code"):
-            return {"text/markdown": text + CURSOR, "text/plain": text}
-        return {"text/plain": text}
+            return {"text/markdown": f"*{md(self._status)}*", "text/plain": plain(self._status)}
+        if len(self._parts) > 1:  # join once per redraw, not once per delta
+            self._parts[:] = ["".join(self._parts)]
+        text = self._parts[0]
+        if self.fmt not in ("markdown", "code"):
+            return {"text/plain": text}
+        tail = text if len(text) <= self.PLAIN_TAIL else "…" + text[-self.PLAIN_TAIL:]
+        return {"text/markdown": text + CURSOR, "text/plain": tail}
 
     def _update(self, bundle: dict[str, str]) -> None:
         self.updates += 1
@@ -319,7 +327,7 @@ class TerminalView:
         pass
 
     def status(self, ev: Status, now: float) -> None:
-        sys.stderr.write(f"[{ev.provider}: {ev.message}]\n")
+        sys.stderr.write(f"[{plain(ev.provider)}: {plain(ev.message)}]\n")
         sys.stderr.flush()
 
     def delta(self, text: str, now: float) -> None:

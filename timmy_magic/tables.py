@@ -1,6 +1,9 @@
 """The tables of ``%llm status`` and ``%llm providers``, as Markdown + plain text bundles.
 
 Pure: they take the router's snapshots (health, metrics, config) and return mime bundles.
+Every name, model id, URL, note and path comes from a server or the config: the Markdown
+view writes each one through ``markup.md`` (escaped, one line, redacted), the plain view
+through ``markup.plain``.
 """
 
 from __future__ import annotations
@@ -8,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .config import Config
+from .markup import md, plain
 from .metrics import MetricsSnapshot
-from .secrets import REDACT
 from .types import HealthReport
 
 BADGES = {
@@ -17,21 +20,25 @@ BADGES = {
     "misconfigured": "⚠️", "disabled": "⚪", "not_configured": "🔑", "not_installed": "📦",
     "unknown": "❔", "stopped": "💤", "starting": "⏳",  # managed (launch:) servers
 }
+NOTE_CHARS = 100
 Bundle = dict[str, str]
 
 
-def _cell(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, str]:
-    md = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    md += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
+           badges: Sequence[str] = ()) -> tuple[str, str]:
+    """(Markdown, plain) of one table of raw cell texts; ``badges`` prefix the first
+    Markdown cell of each row (they are ours, not escaped)."""
+    marks = list(badges) or [""] * len(rows)
+    md_rows = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    md_rows += ["| " + " | ".join([(mark + " " if mark else "") + md(row[0])]
+                                  + [md(c) for c in row[1:]]) + " |"
+                for mark, row in zip(marks, rows)]
+    cells = [[plain(" ".join(c.split())) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
-    plain = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    plain += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    return "\n".join(md), "\n".join(plain)
+    text = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    text += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join(md_rows), "\n".join(text)
 
 
 def _secs(value: float | None) -> str:
@@ -45,6 +52,13 @@ def _models(models: Sequence[str], limit: int = 2) -> str:
     return ", ".join(models[:limit]) + more
 
 
+def _short(text: str, limit: int) -> str:
+    """At most ``limit`` characters of ``text`` on one line (cut before escaping, so an
+    escape is never cut in half)."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def status_bundle(reports: Mapping[str, HealthReport],
                   metrics: Mapping[str, MetricsSnapshot], *, pinned: str | None,
                   gate_open: bool, gate_reason: str, spent_usd: float,
@@ -54,23 +68,21 @@ def status_bundle(reports: Mapping[str, HealthReport],
     for name, r in reports.items():
         m = metrics.get(name)
         reqs = f"{m.successes}/{m.requests}" if m and m.requests else "—"
-        note = r.hint or r.last_error or ""
+        note = _short(plain(r.hint or r.last_error or ""), NOTE_CHARS)
         label = name + (" (pinned)" if name == pinned else "") + (" ☁" if r.is_cloud else "")
         rows.append([label, r.state.replace("_", " "), _secs(r.latency_s), _models(r.models),
-                     r.circuit.replace("_", "-"), reqs, REDACT(note)[:100]])
+                     r.circuit.replace("_", "-"), reqs, note])
     budget = f" of ${budget_usd:.2f}" if budget_usd is not None else ""
     gate = "open" if gate_open else f"closed ({gate_reason})"
     head = (f"cloud gate: {gate} · spent today ${spent_usd:.4f}{budget} · "
             f"pinned: {pinned or 'none (cascade)'}")
-    md, plain = _table(headers, rows)
-    md_rows = md.split("\n")
-    for i, (name, r) in enumerate(reports.items()):  # badges only in the Markdown view
-        md_rows[i + 2] = md_rows[i + 2].replace("| ", f"| {BADGES.get(r.state, '')} ", 1)
     if not rows:
-        return {"text/markdown": f"{head}\n\n*No providers configured.*",
-                "text/plain": f"{head}\nNo providers configured."}
-    return {"text/markdown": f"*{head}*\n\n" + "\n".join(md_rows),
-            "text/plain": f"{head}\n{plain}"}
+        return {"text/markdown": f"*{md(head)}*\n\n*No providers configured.*",
+                "text/plain": f"{plain(head)}\nNo providers configured."}
+    badges = [BADGES.get(r.state, "") for r in reports.values()]  # only in the Markdown
+    md_table, text_table = _table(headers, rows, badges)
+    return {"text/markdown": f"*{md(head)}*\n\n{md_table}",
+            "text/plain": f"{plain(head)}\n{text_table}"}
 
 
 def providers_bundle(config: Config, pinned: str | None) -> Bundle:
@@ -80,11 +92,10 @@ def providers_bundle(config: Config, pinned: str | None) -> Bundle:
              ", ".join(p.urls), p.default_model or "(server's)"]
             for p in sorted(config.providers, key=lambda p: p.priority)]
     head = f"{len(config.providers)} providers from {config.source}"
-    warn = list(config.warnings)
     if not rows:
-        return {"text/markdown": f"*{head}*", "text/plain": head}
-    md, plain = _table(headers, rows)
-    md_warn = "".join(f"\n\n> ⚠ {w}" for w in warn)
-    plain_warn = "".join(f"\nwarning: {w}" for w in warn)
-    return {"text/markdown": f"*{head}*\n\n{md}{md_warn}", "text/plain": f"{head}\n{plain}"
-            f"{plain_warn}"}
+        return {"text/markdown": f"*{md(head)}*", "text/plain": plain(head)}
+    md_table, text_table = _table(headers, rows)
+    md_warn = "".join(f"\n\n> ⚠ {md(w)}" for w in config.warnings)
+    plain_warn = "".join(f"\nwarning: {plain(w)}" for w in config.warnings)
+    return {"text/markdown": f"*{md(head)}*\n\n{md_table}{md_warn}",
+            "text/plain": f"{plain(head)}\n{text_table}{plain_warn}"}

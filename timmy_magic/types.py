@@ -160,8 +160,13 @@ class Result:
         return self.error is None
 
     def footer(self) -> str:
+        """One line of plain text: provider · model · TTFT · tokens · tokens/s · time ·
+        cost, cleaned and redacted (``markup.plain``: the provider and model names come from
+        outside); renderers escape it for where it goes."""
+        from .markup import plain
+
         t = self.timings
-        parts = [f"{self.provider} · {self.model}"]
+        parts = [f"{self.provider or '(no provider)'} · {self.model or '(model unknown)'}"]
         if t.ttft_s is not None:
             parts.append(f"TTFT {t.ttft_s:.2f}s")
         if self.usage.output_tokens is not None:
@@ -172,13 +177,12 @@ class Result:
         parts.append(f"{t.total_s:.2f}s")
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.4f}")
-        return " · ".join(parts)
+        return " ".join(plain(" · ".join(parts)).split())
 
     def _repr_markdown_(self) -> str:
-        tail = f"\n\n---\n*{self.footer()}*"
-        if self.error:
-            tail += f"\n\n**Stream interrupted:** {self.error}"
-        return self.text + tail
+        from .render import answer_markdown  # render imports this module
+
+        return answer_markdown(self)
 
     def __str__(self) -> str:
         return self.text

@@ -100,3 +100,30 @@ _TEXT = st.text(alphabet=st.characters(blacklist_characters="{}"), max_size=5)
 def test_json_documents_pass_through_unchanged(doc: object) -> None:
     text = json.dumps(doc)
     assert interpolate(text, {}) == text
+
+
+@pytest.mark.parametrize("text", [
+    "${HOME}", "echo ${PATH:-/bin}", r"\frac{a}{b}", r"\mathbf{x} + \sqrt{n}", "x^{n}",
+    "a_{ij}", r"\begin{align}", "}{topic}", r"$\frac{topic}{n}$",
+])
+def test_latex_and_shell_braces_are_text_even_when_the_name_exists(text: str) -> None:
+    # "topic" and "n" are defined: a reference here would be replaced, so this fails if
+    # LaTeX or shell syntax is read as a reference.
+    assert interpolate(text, NS) == text
+    assert references(text) == []
+
+
+def test_references_side_by_side_and_after_latex_still_resolve() -> None:
+    assert interpolate("{n}{topic}", NS) == "3JSON"
+    assert interpolate(r"$x^{n}$ for {topic}", NS) == r"$x^{n}$ for JSON"
+
+
+def test_str_that_raises_is_an_interpolation_error_naming_the_reference() -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise ValueError("no text for you")
+
+    with pytest.raises(InterpolationError) as info:
+        interpolate("show {u}", {"u": Unprintable()})
+    message = str(info.value)
+    assert "{u}" in message and "Unprintable" in message and "no text for you" in message

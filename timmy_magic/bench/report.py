@@ -2,14 +2,15 @@
 
 Display only: the numbers come from ``metrics.summarize``. The best value of each column is
 highlighted among the providers measured at the same concurrency level (comparing TTFT at
-c=1 with TTFT at c=16 would always crown c=1).
+c=1 with TTFT at c=16 would always crown c=1). Provider and model names, errors, prompts
+and notes come from the config and the servers: the HTML writes each through
+``markup.html``, the text through ``markup.plain``.
 """
 
 from __future__ import annotations
 
 import base64
 import csv
-import html
 import io
 import json
 import sys
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from ..markup import html, plain
 from .metrics import Timeline, peak_streams, summarize
 
 if TYPE_CHECKING:
@@ -214,7 +216,7 @@ def _cell_text(record: dict[str, Any], col: Column) -> str:
     if isinstance(v, float):
         text = f"{v:,.{col.digits}f}"
     else:
-        text = str(v)
+        text = " ".join(str(v).split())  # a name with a newline must not break a row
     if col.token_based and record.get("tokens_estimated"):
         text = "~" + text
     return text
@@ -243,7 +245,7 @@ def render_text(result: BenchResult) -> str:
     parts.append("\n".join(footer_lines(result)))
     if recs and best_cells(recs):
         parts[-1] += "\n* best among providers at the same concurrency"
-    return "\n\n".join(parts)
+    return plain("\n\n".join(parts))
 
 
 def _ms(v: float | None) -> str:
@@ -271,13 +273,14 @@ def footer_lines(result: BenchResult) -> list[str]:
     if s:
         prompts = s.get("prompts") or []
         first = prompts[0] if prompts else ""
-        shown = first if len(first) <= 60 else first[:57] + "..."
+        first = " ".join(first.split())  # one line; escaped where it is rendered
+        shown = first if len(first) <= 80 else first[:79] + "…"
         lines.append(
             f"settings: n={s.get('n')} requests per level (at least the concurrency), "
             f"concurrency {', '.join(map(str, s.get('concurrency', [])))}, "
             f"max_tokens={s.get('max_tokens')}, warm-up {s.get('warmup')} per provider, "
             f"temperature={s.get('temperature') if s.get('temperature') is not None else 'server default'}, "
-            f"{len(prompts)} prompt(s): {shown!r}")
+            f"{len(prompts)} prompt(s): “{shown}”")
     lines.append("metrics as in vLLM's benchmark_serving, measured on this client through "
                  "the router. " + ITL_NOTE)
     cpu = [r["client_cpu_ms_per_chunk"] for r in result.records
@@ -305,7 +308,7 @@ _CSS = ("<style>.tm-bench td,.tm-bench th{padding:2px 8px;text-align:right}"
 def render_html(result: BenchResult) -> str:
     recs = result.records
     best = best_cells(recs)
-    head = "".join(f"<th class='{'l' if j < 2 else ''}'>{html.escape(c.header)}</th>"
+    head = "".join(f"<th class='{'l' if j < 2 else ''}'>{html(c.header)}</th>"
                    for j, c in enumerate(COLUMNS))
     rows = []
     for i, r in enumerate(recs):
@@ -317,17 +320,17 @@ def render_html(result: BenchResult) -> str:
             if c.key in ("errors", "incomplete") and r.get(c.key):
                 cls.append("bad")
             attr = f" class='{' '.join(cls)}'" if cls else ""
-            cells.append(f"<td{attr}>{html.escape(_cell_text(r, c))}</td>")
+            cells.append(f"<td{attr}>{html(_cell_text(r, c))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     table = (f"<table class='tm-bench'><thead><tr>{head}</tr></thead>"
              f"<tbody>{''.join(rows)}</tbody></table>" if recs else
              "<p>(no finished runs)</p>")
     parts = [_CSS, table]
     if result.warmup:
-        parts.append(f"<p class='tm-bench-foot'>{html.escape(_warmup_text(result.warmup))}</p>")
+        parts.append(f"<p class='tm-bench-foot'>{html(_warmup_text(result.warmup))}</p>")
     foot = footer_lines(result) + (["bold: best among providers at the same concurrency"]
                                    if best else [])
-    parts.append("<p class='tm-bench-foot'>" + "<br>".join(html.escape(x) for x in foot)
+    parts.append("<p class='tm-bench-foot'>" + "<br>".join(html(x) for x in foot)
                  + "</p>")
     if len({r["concurrency"] for r in recs}) >= 2:
         png = chart_png(recs)
