@@ -78,7 +78,7 @@ def safe_repr(value: object, max_chars: int = 300) -> str:
     """``repr(value)`` cut to ``max_chars``; ``<repr failed: ...>`` if it raises."""
     try:
         text = repr(value)
-    except Exception as exc:  # a user __repr__ may raise anything
+    except Exception as exc:  # noqa: BLE001 - a user __repr__ may raise anything
         return f"<repr failed: {type(exc).__name__}: {_first_line(str_or_blank(exc))}>"
     if not isinstance(text, str):
         return "<repr failed: __repr__ returned a non-string>"
@@ -88,7 +88,7 @@ def safe_repr(value: object, max_chars: int = 300) -> str:
 def str_or_blank(value: object) -> str:
     try:
         return str(value)
-    except Exception:  # str() of an exception may itself raise
+    except Exception:  # noqa: BLE001 - str() of an exception may itself raise
         return ""
 
 
@@ -103,8 +103,12 @@ def _attempt(fn: Callable[[], str], what: str) -> str:
     """One section of a summary: its text, or one line saying why it is missing."""
     try:
         return fn()
-    except Exception as exc:  # the value's own library may raise anything
+    except Exception as exc:  # noqa: BLE001 - the value's own library may raise anything
         return f"({what} failed: {type(exc).__name__}: {_first_line(str_or_blank(exc))})"
+
+
+def _s(n: int) -> str:
+    return "" if n == 1 else "s"
 
 
 def type_name(value: object) -> str:
@@ -119,7 +123,7 @@ def summarize(value: object, *, max_chars: int = DEFAULT_MAX_CHARS) -> str:
     """A readable summary of ``value``, at most ``max_chars`` characters. Never raises."""
     try:
         text = _summary(value, max_chars)
-    except Exception as exc:  # a summary must never break the cell
+    except Exception as exc:  # noqa: BLE001 - a summary must never break the cell
         text = f"{type_name(value)}: <summary failed: {type(exc).__name__}>"
     return cut(text, max_chars)
 
@@ -150,7 +154,7 @@ def _summary(value: object, max_chars: int) -> str:
 
 def _dataframe(df: Any) -> str:
     rows, cols = df.shape
-    parts = [f"pandas DataFrame: {rows:,} rows × {cols:,} columns"]
+    parts = [f"pandas DataFrame: {rows:,} row{_s(rows)} × {cols:,} column{_s(cols)}"]
     parts.append("dtypes:\n" + _attempt(lambda: _dtypes(df), "dtypes"))
     parts.append(f"head({HEAD_ROWS}):\n" + _attempt(
         lambda: df.head(HEAD_ROWS).to_string(max_cols=MAX_COLUMNS, max_colwidth=40),
@@ -218,7 +222,7 @@ def _container(value: dict[Any, Any] | list[Any] | tuple[Any, ...] | set[Any]
     head = f"{type_name(value)} of {len(value):,} {noun}"
     try:
         body = r.repr(value)
-    except Exception as exc:  # a key's __hash__/__eq__ or an item's repr may raise
+    except Exception as exc:  # noqa: BLE001 - a key's __hash__/__eq__ or an item's repr may raise
         body = f"<repr failed: {type(exc).__name__}: {_first_line(str_or_blank(exc))}>"
     return f"{head}: {cut(body, max(80, max_chars - len(head) - 2))}"
 
@@ -264,7 +268,7 @@ def image_size(value: Any, kind: str) -> tuple[int, int]:
     """Width and height in pixels (a Figure: at its dpi, as ``savefig`` would draw it)."""
     if kind == "matplotlib":
         w, h = value.get_size_inches() * value.dpi
-        return int(round(w)), int(round(h))
+        return round(w), round(h)
     if kind == "pil":
         return int(value.size[0]), int(value.size[1])
     size = png_size(value.data or b"")
