@@ -35,7 +35,9 @@ aside as ``<name>.corrupt-<timestamp>`` with one warning, and a fresh cache is m
 cache that cannot be opened at all (read-only directory, a directory at the path) is
 ``available == False``: every lookup is a miss, nothing is stored, one warning says why.
 Every later SQLite error (locked past the timeout, disk full) is a warning and a miss.
-A SQLite file that is some other program's database is left alone (cache off).
+A SQLite file that is some other program's database is left alone (cache off). A cache
+file we may read but not write (a replay file in a read-only checkout) is opened read-only:
+answers are served, none recorded.
 
 **Size.** ``max_mb`` caps the stored entries (key and value bytes); past it the least
 recently used entries are evicted down to 90% of the cap. A hit refreshes the entry's
@@ -413,9 +415,13 @@ class CacheStats:
     max_mb: float
     ttl_days: float | None
     problem: str | None = None
+    read_only: bool = False
 
     def lines(self) -> list[str]:
-        state = "available" if self.available else f"unavailable ({self.problem})"
+        state = ("unavailable" if not self.available else
+                 "read-only" if self.read_only else "available")
+        if self.problem:
+            state += f" ({self.problem})"
         out = [f"cache {self.path}: {state}",
                (f"{self.entries} answers, {self.bytes / 1e6:.2f} MB of {self.max_mb:g} MB "
                 f"({self.file_bytes / 1e6:.2f} MB on disk)"),
@@ -446,6 +452,8 @@ class AnswerCache:
         self.clock, self.busy_timeout_s = clock, busy_timeout_s
         self.hits = self.misses = 0
         self.problem: str | None = None
+        self.read_only = False
+        """Opened read-only (no write access): answers are served, none stored."""
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = self._open()
 
@@ -469,12 +477,40 @@ class AnswerCache:
             why = "the file is another program's SQLite database"
         except sqlite3.OperationalError as exc:
             why = str(exc)
+            conn = self._read_only_fallback(why)
+            if conn is not None:
+                return conn
         except sqlite3.DatabaseError as exc:
             return self._recover(exc)
         except OSError as exc:
             why = exc.strerror or str(exc)
         self._unavailable(why)
         return None
+
+    def _read_only_fallback(self, why: str) -> sqlite3.Connection | None:
+        """A cache we may read but not write (a replay file in a read-only checkout):
+        answers are served, none recorded."""
+        if not self.path.is_file():
+            return None
+        try:
+            conn = self._connect_read_only()
+        except (sqlite3.Error, _NotOurs):
+            return None
+        self.read_only, self.problem = True, f"read-only: {why}"
+        log.warning("answer cache %s is read-only (%s): recorded answers are served, new "
+                    "ones are not stored", self.path, why)
+        return conn
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        try:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                raise _NotOurs()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
 
     def _recover(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection | None:
         """The file is damaged or not SQLite: move it aside and start afresh."""
@@ -605,7 +641,7 @@ class AnswerCache:
             log.warning("answer cache %s: an unreadable entry was dropped (%s)", self.path, exc)
             self._delete(conn, key)
             return None
-        if now - last_used >= TOUCH_EVERY_S:
+        if now - last_used >= TOUCH_EVERY_S and not self.read_only:
             self._touch(conn, key, now)
         return answer
 
@@ -624,7 +660,8 @@ class AnswerCache:
 
     def put(self, key: str, answer: CachedAnswer) -> bool:
         """Record ``answer`` (redacted) under ``key``; evict past ``max_mb``. False when
-        nothing was stored (cache unavailable, an error, an answer larger than the cap)."""
+        nothing was stored (cache unavailable or read-only, an error, an answer larger than
+        the cap)."""
         value = answer.redacted().to_json()
         size = len(key.encode()) + len(value.encode("utf-8", "surrogatepass"))
         if size > self._cap_bytes():
@@ -633,7 +670,7 @@ class AnswerCache:
             return False
         stored = False
         with self._db("writing") as conn:
-            if conn is not None:
+            if conn is not None and not self.read_only:
                 self._put(conn, key, value, size)
                 stored = True
         return stored
@@ -672,7 +709,7 @@ class AnswerCache:
         """Delete every entry; returns how many there were (0 on any error)."""
         count = 0
         with self._db("clearing") as conn:
-            if conn is not None:
+            if conn is not None and not self.read_only:
                 with self._write(conn):
                     count = conn.execute("DELETE FROM answers").rowcount
                 conn.execute("PRAGMA incremental_vacuum")
@@ -691,7 +728,8 @@ class AnswerCache:
         return CacheStats(path=self.path, available=self.available, entries=entries,
                           bytes=size, file_bytes=self._file_bytes(), hits=self.hits,
                           misses=self.misses, oldest=oldest, newest=newest,
-                          max_mb=self.max_mb, ttl_days=self.ttl_days, problem=self.problem)
+                          max_mb=self.max_mb, ttl_days=self.ttl_days, problem=self.problem,
+                          read_only=self.read_only)
 
     def _file_bytes(self) -> int:
         total = 0
