@@ -9,7 +9,9 @@ prints ``PORT <n>`` (and ``HANG <p1,p2,...>`` with ``--hang``: K extra ports tha
 connections and never answer), then serves on 127.0.0.1 until its stdin closes (so it
 never outlives the benchmark that started it).
 
-Routes: ``GET /health`` -> ``{"status": "ok"}``; ``GET /v1/models``; ``POST
+Routes: ``GET /health`` -> ``{"status": "ok"}``; ``GET /stats`` -> ``{"connections": N}``
+(TCP connections accepted so far: a client that reuses its connections opens few);
+``GET /v1/models``; ``POST
 /v1/chat/completions``, streaming (SSE, chunked, ``stream_options.include_usage``
 honoured) or not, with usage. The model name sets the answer: ``fast`` (any name) is a
 short fixed completion of 8 tokens; ``NAME:N`` has N tokens (fewer if ``max_tokens`` says
@@ -87,8 +89,10 @@ SSE_HEAD = http_head("200 OK", "text/event-stream", None)
 
 class Http(asyncio.Protocol):
     cache: ClassVar[dict[tuple[Any, ...], Any]] = {}
+    connections: ClassVar[int] = 0
 
     def connection_made(self, transport: Any) -> None:
+        Http.connections += 1
         self.t = transport
         self.buf = bytearray()
         self.busy: asyncio.Task[None] | None = None
@@ -117,7 +121,9 @@ class Http(asyncio.Protocol):
             self.handle(method, target.split("?")[0], body)
 
     def handle(self, method: str, path: str, body: bytes) -> None:
-        if path.endswith("/health"):
+        if path == "/stats":
+            self.t.write(json_response({"connections": Http.connections}))
+        elif path.endswith("/health"):
             self.t.write(json_response({"status": "ok"}))
         elif path.endswith("/models"):
             self.t.write(json_response(MODELS))

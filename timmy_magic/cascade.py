@@ -9,19 +9,26 @@ decision after a failed attempt is the retry policy's (``RetryPolicy.decide``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from . import servers
 from .attempt import attempt
-from .core import Core, log
+from .core import Core, log, shown_url
 from .errors import NoProviderAvailable, PinnedProviderFailed, ProviderError
 from .health import Endpoint, ProviderState
 from .launch import LaunchError
 from .planner import Plan, ProviderView, pick_endpoint, plan_route
 from .providers.base import map_error
-from .types import Attempt, ChatRequest, Done, Event, RouteTrace, Trying
+from .types import Attempt, ChatRequest, Done, Event, HealthState, RouteTrace, Trying
+
+
+@dataclass(frozen=True, slots=True)
+class _Health:
+    state: HealthState
+    models: frozenset[str]
+    detail: str
 
 
 class Cascade:
@@ -30,21 +37,42 @@ class Cascade:
         self._recheck = recheck
         """``async (names) -> ...``: probe these providers now (the health monitor)."""
         self._quota_refresh: asyncio.Future[Any] | None = None
+        self._healths: dict[str, tuple[tuple[Any, ...], _Health]] = {}
 
     # ------------------------------------------------------------ planning
 
-    def _view(self, st: ProviderState, now: float) -> ProviderView:
-        report = self.core.report(st, now)
+    def _health(self, st: ProviderState, now: float) -> _Health:
+        """What planning needs of the provider's health report. The report is rebuilt
+        only when something it reads has changed: its config, a probe, a circuit, a
+        misconfiguration (compared by identity, so a hit costs a tuple compare).
+        Providers with managed servers or API keys (whose state can change without
+        touching these) are always rebuilt."""
         eps = st.endpoints
-        models = frozenset(m.name for m in st.cfg.models) | frozenset(report.models)
+        key: tuple[Any, ...] | None = None
+        if not st.cfg.kind.needs_key and all(ep.launcher is None for ep in eps):
+            key = (st.cfg, st.misconfigured,
+                   *[(ep.probe, ep.breaker.state(now)) for ep in eps])
+            hit = self._healths.get(st.name)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+        report = self.core.report(st, now)
+        health = _Health(report.state if report.state != "circuit_open" else "unknown",
+                         frozenset(m.name for m in st.cfg.models) | frozenset(report.models),
+                         report.last_error or report.hint or "")
+        if key is not None:
+            self._healths[st.name] = (key, health)
+        return health
+
+    def _view(self, st: ProviderState, now: float) -> ProviderView:
+        health = self._health(st, now)
+        eps = st.endpoints
         return ProviderView(
-            st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud,
-            report.state if report.state != "circuit_open" else "unknown",
+            st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud, health.state,
             any(ep.breaker.available(now) for ep in eps),
             min(ep.breaker.retry_in(now) for ep in eps),
             any(ep.launcher is not None and ep.launcher.held for ep in eps),
             any(ep.breaker.state(now) == "half_open" for ep in eps),
-            models, report.last_error or report.hint or "")
+            health.models, health.detail)
 
     def plan(self, pin: str | None = None, model: str | None = None) -> Plan:
         now = self.core.clock()
@@ -68,8 +96,10 @@ class Cascade:
 
     # ------------------------------------------------------------ one request
 
-    async def stream(self, req: ChatRequest) -> AsyncIterator[Event]:
-        """Trying/Status/Delta events and one Done; RoutingError if no first token."""
+    async def stream(self, req: ChatRequest,
+                     whole: bool = False) -> AsyncGenerator[Event, None]:
+        """Trying/Status/Delta events and one Done; RoutingError if no first token.
+        ``whole``: ask each adapter for the answer in one body where it can (``attempt``)."""
         core = self.core
         t0 = core.clock()
         deadline = t0 + core.config.cascade.timeout_seconds
@@ -85,11 +115,15 @@ class Cascade:
         attempts: list[Attempt] = []
         for i, name in enumerate(plan.order):
             others_left = i < len(plan.order) - 1
+            done = False
+            # read to its end (it ends right after Done): a generator left open is
+            # closed later by a task the loop creates for it
             async for ev in self._provider(core.providers[name], req, t0, deadline, attempts,
-                                           plan, pin, others_left):
+                                           plan, pin, others_left, whole):
+                done = done or isinstance(ev, Done)
                 yield ev
-                if isinstance(ev, Done):
-                    return
+            if done:
+                return
             if core.clock() >= deadline:
                 break
         trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
@@ -102,7 +136,8 @@ class Cascade:
 
     async def _provider(self, st: ProviderState, req: ChatRequest, t0: float,
                         deadline: float, attempts: list[Attempt], plan: Plan,
-                        pin: str | None, others_left: bool) -> AsyncIterator[Event]:
+                        pin: str | None, others_left: bool,
+                        whole: bool = False) -> AsyncIterator[Event]:
         """Attempts on one provider, with retries, each under a breaker permit."""
         core = self.core
         retry_no = 0
@@ -113,14 +148,15 @@ class Cascade:
             if ep is None or permit is None:
                 return
             number = len(attempts) + 1
+            shown = shown_url(ep)
 
-            def failed(why: str, started: float | None = None, url: str = ep.shown_url,
+            def failed(why: str, started: float | None = None, url: str = shown,
                        number: int = number) -> None:
                 took = core.clock() - started if started is not None else 0.0
                 attempts.append(Attempt(st.name, url, number, "failed", why, took))
 
             try:
-                yield Trying(st.name, ep.shown_url, number)
+                yield Trying(st.name, shown, number)
                 if (why := self._prepare(st, ep)) is not None:
                     failed(why)
                     core.notify("health")
@@ -130,11 +166,12 @@ class Cascade:
                         yield status
                 started = core.clock()
                 try:
-                    async for ev in attempt(core, st, ep, permit, req, t0, deadline, started):
+                    async for ev in attempt(core, st, ep, permit, req, t0, deadline, started,
+                                            whole):
                         if isinstance(ev, Done):
                             outcome: Literal["answered", "broken"] = \
                                 "broken" if ev.result.error else "answered"
-                            attempts.append(Attempt(st.name, ep.shown_url, number, outcome,
+                            attempts.append(Attempt(st.name, shown, number, outcome,
                                                     ev.result.error, core.clock() - started))
                             trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts),
                                                pin)

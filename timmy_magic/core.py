@@ -28,10 +28,23 @@ from .launch import Launcher
 from .providers.base import Backend, Probe, Timeouts
 from .retry import RetryPolicy
 from .runner import Runner
-from .secrets import get_logger
+from .secrets import REDACT, get_logger
 from .types import HealthReport
 
 log = get_logger("timmy_magic.router")
+_SHOWN: dict[tuple[str, Any], str] = {}
+
+
+def shown_url(ep: Endpoint) -> str:
+    """``ep.shown_url`` (credentials masked), worked out once per URL: every request
+    names its endpoint in its events and trace."""
+    key = (ep.url, REDACT._table[0])  # a secret registered since changes the pattern
+    shown = _SHOWN.get(key)
+    if shown is None:
+        if len(_SHOWN) > 1024:
+            _SHOWN.clear()
+        shown = _SHOWN[key] = ep.shown_url
+    return shown
 ChangeKind = Literal["health", "metrics", "pin", "gate", "config"]
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import random
+import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from contextlib import aclosing
 from typing import Any, TypeVar
 
 from . import gate as gate_mod
@@ -164,15 +166,65 @@ class Router:
             return self.runner.iterate(lambda: self._cascade.stream(req))
         return self.runner.iterate(lambda: with_ticks(self._cascade.stream(req), tick_every))
 
-    # Both read the stream to its end (Done is the last event) rather than returning at
-    # Done: leaving it early makes the bridge cancel the finished pump and wait for that
-    # (a thread round trip), which doubled the sync call's cost (docs/performance.md).
-    async def acomplete(self, request: ChatRequest | str, **kw: Any) -> Result:
-        return _result([ev async for ev in self.astream(request, **kw)
-                        if isinstance(ev, Done)])
+    # One answer, one hop: the whole request runs on the loop and only its Result comes
+    # back (a thread hand-off per event cost more CPU than the router's own work:
+    # docs/performance.md). An interrupt cancels it and waits for its clean-up (permits,
+    # metrics, connections), so the caller sees them settled, as ``stream`` does.
+    async def acomplete(self, request: ChatRequest | str, *, stream: bool = True,
+                        **kw: Any) -> Result:
+        """The answer to one request (see ``complete``)."""
+        req = ChatRequest.of(request, **kw)
+        runner = self.runner
+        if runner.on_loop():
+            return await self._answer(req, whole=not stream)
+        return await asyncio.wrap_future(runner.submit(self._answer(req, whole=not stream)))
 
-    def complete(self, request: ChatRequest | str, **kw: Any) -> Result:
-        return _result([ev for ev in self.stream(request, **kw) if isinstance(ev, Done)])
+    def complete(self, request: ChatRequest | str, *, stream: bool = True,
+                 **kw: Any) -> Result:
+        """The answer to one request, for synchronous code. Raises RoutingError when no
+        provider produced a first token.
+
+        ``stream=False`` asks servers that can (the OpenAI-compatible ones) for the answer
+        in one JSON body instead of a stream: less client CPU per request. The difference
+        shows only when a server fails midway: streamed, the text so far is kept in the
+        Result with the error; in one body nothing arrived yet, so the cascade fails over
+        to the next provider. The first-token deadline then covers the whole body."""
+        req = ChatRequest.of(request, **kw)
+        runner = self.runner
+        if runner.on_loop():
+            raise RuntimeError("Router.complete called on the router's own loop "
+                               "(would deadlock): await acomplete instead")
+        settled = threading.Event()
+
+        async def answer() -> Result:
+            try:
+                return await self._answer(req, whole=not stream)
+            finally:
+                settled.set()
+
+        fut = runner.submit(answer())
+        try:
+            while True:  # in short waits: a kernel interrupt lands between two of them
+                try:
+                    return fut.result(timeout=0.25)
+                except concurrent.futures.TimeoutError:
+                    continue
+        except BaseException:
+            if not fut.done():
+                fut.cancel()
+                settled.wait(5)
+            raise
+
+    async def _answer(self, req: ChatRequest, whole: bool) -> Result:
+        """Run one request to its end (Done is the last event) on this loop."""
+        result: Result | None = None
+        async with aclosing(self._cascade.stream(req, whole)) as events:
+            async for ev in events:
+                if isinstance(ev, Done):
+                    result = ev.result
+        if result is None:  # pragma: no cover - every stream ends with Done or raises
+            raise AssertionError("stream ended without Done")
+        return result
 
     # ------------------------------------------------------------ health
 
@@ -270,7 +322,3 @@ class Router:
                 f"{', pinned ' + pinned if pinned else ''}>")
 
 
-def _result(done: list[Done]) -> Result:
-    if not done:  # pragma: no cover - every stream ends with Done or raises
-        raise AssertionError("stream ended without Done")
-    return done[-1].result

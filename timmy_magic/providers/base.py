@@ -228,6 +228,10 @@ async def post_stream(http: httpx.AsyncClient, url: str, *, payload: dict[str, A
         yield r
 
 
+MAX_BODY_BYTES = 32 << 20
+"""Largest non-streamed answer body read (the longest answer kept, JSON-escaped, fits)."""
+
+
 class Body:
     """A streamed response body, decoded by ``wire``: ``sse()`` or ``ndjson()`` yield its
     events; ``drain()`` then reads what is left after the end marker."""
@@ -261,6 +265,17 @@ class Body:
         for line in lines.close():
             if line.strip():
                 yield loads(line)
+
+    async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The whole body (a non-streamed answer), at most ``limit`` bytes."""
+        parts: list[bytes] = []
+        seen = 0
+        async for data in self._reads:
+            seen += len(data)
+            if seen > limit:
+                raise WireError(f"a body larger than {limit} bytes")
+            parts.append(data)
+        return b"".join(parts)
 
     async def drain(self, limit: int = 1 << 16) -> None:
         """Read what is left after the end marker (``[DONE]``, ``done: true``), up to

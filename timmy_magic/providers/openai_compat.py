@@ -127,10 +127,13 @@ class OpenAICompatBackend:
             "no model configured and the server lists none: set `models:` "
             "in providers.yaml or pass -m", provider=self.provider)
 
-    def _payload(self, request: ChatRequest, model: str) -> dict[str, Any]:
+    def _payload(self, request: ChatRequest, model: str, stream: bool = True
+                 ) -> dict[str, Any]:
         payload: dict[str, Any] = {
-            "model": model, "stream": True, "stream_options": {"include_usage": True},
+            "model": model, "stream": stream,
             "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+        if stream:
+            payload["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
             payload["temperature"] = request.temperature
         if request.max_tokens is not None:
@@ -146,6 +149,48 @@ class OpenAICompatBackend:
                                    content_type="text/event-stream") as r:
                 async for chunk in self._chunks(r):
                     yield chunk
+
+    async def complete(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
+        """The answer in one JSON body (``stream: false``): the model, the text, a note,
+        the usage, as ``stream`` yields them. One body costs the client far less than an
+        SSE event per token (docs/performance.md); used by ``Router.complete(stream=False)``."""
+        with mapped_errors(self.provider):
+            payload = self._payload(request, await self._model(model), stream=False)
+            async with post_stream(self._http, self._base + "/chat/completions",
+                                   payload=payload, headers=self._headers,
+                                   provider=self.provider,
+                                   content_type="application/json") as r:
+                raw = await Body(r).read()
+            for chunk in self._whole(raw):
+                yield chunk
+
+    def _whole(self, raw: bytes) -> list[Chunk]:
+        """A ``chat.completion`` object -> Chunks, every server value checked (``wire``)."""
+        obj = loads(raw.decode("utf-8", "replace"))
+        if not isinstance(obj, dict):
+            raise WireError(f"the answer is {type(obj).__name__}, not an object")
+        if obj.get("error"):
+            raise ProviderProtocolError(f"server error: {error_text(obj['error'])}",
+                                        provider=self.provider)
+        choices = obj.get("choices")
+        choice = choices[0] if isinstance(choices, list) and choices else None
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise WireError("the answer has no choices[0].message object")
+        out = [Chunk(model=model_name(obj.get("model")))]
+        joiner = TextJoiner()
+        if text := joiner.push(content_text(message.get("content"))) + joiner.flush():
+            out.append(Chunk(text=text))
+        thought = message.get("reasoning_content") or message.get("reasoning")
+        calls = message.get("tool_calls")
+        if note := extras_note(len(thought) if isinstance(thought, str) else 0,
+                               len(calls) if isinstance(calls, list) else 0):
+            out.append(Chunk(note=note))
+        usage = obj.get("usage")
+        if isinstance(usage, dict) and usage:
+            out.append(Chunk(usage=usage_of(usage.get("prompt_tokens"),
+                                            usage.get("completion_tokens"))))
+        return out
 
     async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
         """Chat completion chunks -> Chunks. Plain dicts, no SDK models: building a
