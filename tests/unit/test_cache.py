@@ -263,7 +263,7 @@ def test_schema_key_order_and_layout_do_not_matter() -> None:
 ])
 def test_every_field_that_changes_the_answer_changes_the_key(change: dict) -> None:
     base = {"model": "gemma", "temperature": 0.2, "max_tokens": 32, "format": "markdown",
-                "api_mode": "chat"}
+            "api_mode": "chat"}
     assert request_key(fields(**base)) != request_key(fields(**{**base, **change}))
 
 
