@@ -60,7 +60,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any, Literal, Self, TypeGuard, cast
 
-from .errors import TimmyError
+from .errors import InvalidRequest, TimmyError
 from .secrets import REDACT, get_logger
 from .types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
@@ -73,6 +73,8 @@ FILE_NAME = "answers.sqlite3"
 DEFAULT_MAX_MB = 200.0
 BUSY_TIMEOUT_S = 5.0
 SUMMARY_CHARS = 200
+MISS_CHARS = 80
+"""How much of the prompt a replay miss shows."""
 TOUCH_EVERY_S = 60.0
 """A hit rewrites the entry's last-used time only when it is older than this."""
 EVICT_TO = 0.9
@@ -101,16 +103,19 @@ class CacheSettingError(TimmyError, ValueError):
 class ReplayMiss(TimmyError):
     """Replay mode found no recorded answer for this request: nothing was sent."""
 
-    def __init__(self, summary: str, provider: str | None, model: str | None) -> None:
+    def __init__(self, summary: str, provider: str | None, model: str | None, *,
+                 problem: str | None = None) -> None:
         self.summary, self.provider, self.model = summary, provider, model
+        shown = summary if len(summary) <= MISS_CHARS else summary[: MISS_CHARS - 1] + "…"
         target = f"provider {provider or 'cascade'}, model {model or 'default'}"
+        why = f"; the cache is unavailable ({problem})" if problem else ""
         super().__init__(
-            f"replay: no recorded answer for {summary!r} ({target}); to record it, run "
+            f"replay: no recorded answer for {shown!r} ({target}){why}; to record it, run "
             f"`%llm cache on` (or set {ENV_VAR}=on) and run the cell once")
 
     @classmethod
-    def for_request(cls, fields: RequestFields) -> ReplayMiss:
-        return cls(fields.summary(), fields.provider, fields.model)
+    def for_request(cls, fields: RequestFields, *, problem: str | None = None) -> ReplayMiss:
+        return cls(fields.summary(), fields.provider, fields.model, problem=problem)
 
 
 # ---------------------------------------------------------------- settings
@@ -237,8 +242,6 @@ def request_key(fields: RequestFields) -> str:
     try:
         text = canonical_json(fields.canonical())
     except (TypeError, ValueError) as exc:
-        from .errors import InvalidRequest
-
         raise InvalidRequest(f"request cannot be cached: {exc}") from None
     return sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -656,7 +659,8 @@ class AnswerCache:
             log.debug("answer cache: last-used not updated (%s)", exc)
 
     def _delete(self, conn: sqlite3.Connection, key: str) -> None:
-        conn.execute("DELETE FROM answers WHERE key = ?", (key,))
+        if not self.read_only:
+            conn.execute("DELETE FROM answers WHERE key = ?", (key,))
 
     def put(self, key: str, answer: CachedAnswer) -> bool:
         """Record ``answer`` (redacted) under ``key``; evict past ``max_mb``. False when
@@ -749,7 +753,8 @@ class AnswerCache:
             return None
         answer = self.get(request_key(fields), ignore_ttl=mode == "replay")
         if answer is None and mode == "replay":
-            raise ReplayMiss.for_request(fields)
+            raise ReplayMiss.for_request(fields, problem=None if self.available
+                                         else self.problem)
         return answer
 
     def record(self, fields: RequestFields, result: Result, mode: CacheMode) -> bool:

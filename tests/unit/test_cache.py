@@ -372,7 +372,9 @@ def test_a_replay_miss_says_what_and_how(cache: AnswerCache) -> None:
                  "%llm cache on", "TIMMY_CACHE_MODE=on"):
         assert part in msg
     cascade = str(ReplayMiss.for_request(fields("q")))
-    assert "cascade" in cascade
+    assert "cascade" in cascade and "unavailable" not in msg
+    long = str(ReplayMiss.for_request(fields("word " * 100)))
+    assert "word " * 15 in long and "word " * 17 not in long and "…" in long
 
 
 def test_a_hit_as_a_result() -> None:
@@ -472,7 +474,7 @@ def test_a_cache_that_cannot_open_is_off(tmp_path: Path, where: str,
         assert c.get("k") is None and not c.put("k", answer()) and c.clear() == 0
         s = c.stats()
         assert not s.available and "unavailable" in s.lines()[0]
-        with pytest.raises(ReplayMiss):
+        with pytest.raises(ReplayMiss, match="the cache is unavailable"):
             c.lookup(fields(), "replay")
         assert c.lookup(fields(), "on") is None
     assert len(cache_warnings(warnings)) == 1
@@ -555,3 +557,12 @@ def test_a_full_disk_is_a_warning(cache: AnswerCache,
     assert any("full" in w for w in cache_warnings(warnings))
     assert cache.get("small") == answer()
     assert cache.get("big") is None
+
+
+def test_from_settings_and_a_value_with_no_counts(tmp_path: Path) -> None:
+    s = CacheSettings(path=tmp_path / "c.sqlite3", mode="on", ttl_days=1.5, max_mb=3)
+    with AnswerCache.from_settings(s) as c:
+        assert (c.path, c.ttl_days, c.max_mb) == (s.path, 1.5, 3)
+        bare = answer("Les trois couleurs : 红, 蓝 et jaune.", provider=None, model=None,
+                      usage=Usage(), timings=Timings(None, 0.0, None))
+        assert c.put("k", bare) and c.get("k") == bare
