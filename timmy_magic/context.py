@@ -366,7 +366,7 @@ def cells_from_history(shell: Any, spec: str | int, *, include_llm: bool = False
     """Code cells of this session before the running one, oldest first (see the module
     docstring for the spec, and which cells are left out)."""
     last, start, stop = parse_cells_spec(spec)
-    current = int(shell.execution_count)  # the running cell's number, or the next one
+    current = running_cell(shell)
     end = current - 1 if stop is None else min(stop, current - 1)
     first = 1 if start is None else start
     if end < first:
@@ -377,6 +377,15 @@ def cells_from_history(shell: Any, spec: str | int, *, include_llm: bool = False
     if last is not None:
         keep = keep[-last:] if last else []
     return [CellItem.of(n, src, out) for n, src, out in keep]
+
+
+def running_cell(shell: Any) -> int:
+    """The execution count of the cell running now (while a cell runs IPython keeps its
+    ExecutionResult on the display hook; IPython 9 has already moved ``execution_count``
+    on to the next number by then), else of the next cell."""
+    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
+    number = getattr(result, "execution_count", None)
+    return number if isinstance(number, int) else int(shell.execution_count)
 
 
 def _history(shell: Any, first: int, last: int) -> list[tuple[int, str, str | None]]:
