@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import rendered
 from tests.support.servers import free_port
 
 from .conftest import (
@@ -46,7 +47,10 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
     assert errors(nb) == []
     assert any(WIDGET in o.get("data", {}) for o in find(nb, "%llm panel").outputs)
     first_status = cell_text(find(nb, "%llm status"))
-    assert first_status.startswith("*cloud gate: open · spent today $0.0000 of $0.01")
+    # money reads as written, never as math (JupyterLab would typeset a raw "$...$")
+    seen = rendered.text_of(rendered.render(first_status))
+    assert seen.startswith("cloud gate: open · spent today $0.0000 of $0.01"), seen
+    assert rendered.math(first_status) == []
     assert "| 🟢 gemma | healthy |" in first_status
     assert "| 💤 cloud ☁ | stopped |" in first_status
 
