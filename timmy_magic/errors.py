@@ -23,11 +23,7 @@ most ``MAX_MESSAGE`` characters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .types import RouteTrace
-
+from .trace import RouteTrace
 
 MAX_MESSAGE = 500
 

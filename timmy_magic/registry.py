@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .providers.base import Backend
@@ -31,8 +31,6 @@ class ProviderKind:
     """``"module:callable"`` taking (ProviderConfig, endpoint_url, redact) -> Backend;
     imported on first use so heavy SDKs load only when a provider of the type is used."""
     key_env: str | None = None
-    install_hint: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def load_factory(self) -> Callable[..., Backend]:
         mod, _, attr = self.factory.partition(":")

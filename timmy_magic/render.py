@@ -2,7 +2,7 @@
 terminal fallback that prints tokens as they arrive, and the final render per format (the
 block shown when no answer could be had is in ``failures``).
 
-Pure parts (``Throttle``, ``Collector``, ``Final``) take the time and the data as
+Pure parts (``Throttle``, ``AnswerCollector``, ``Final``) take the time and the data as
 arguments; the views do the I/O (``display`` / stdout). The answer text is the model's
 Markdown, shown as Markdown on purpose; every other string in a bundle (provider, model,
 errors, notes, statuses, the route) goes through ``markup``.
@@ -77,7 +77,7 @@ class Throttle:
 
 
 @dataclass
-class Collector:
+class AnswerCollector:
     """What a stream delivered so far; builds the partial Result on an interrupt."""
 
     t0: float
@@ -371,7 +371,7 @@ def rich_frontend(shell: Any) -> bool:
     return pub is not None and type(pub) is not DisplayPublisher
 
 
-def consume(events: Iterable[Event | Tick], view: View, got: Collector,
+def consume(events: Iterable[Event | Tick], view: View, got: AnswerCollector,
             clock: Any) -> Result:
     """Feed a stream of router events to ``view``; return the Done event's result."""
     for ev in events:

@@ -41,7 +41,8 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
     return "\n".join(md_rows), "\n".join(text)
 
 
-def _secs(value: float | None) -> str:
+def secs(value: float | None) -> str:
+    """A duration as shown in tables and the panel: "850 ms", "2.4 s", "—"."""
     return "—" if value is None else f"{value * 1000:.0f} ms" if value < 1 else f"{value:.1f} s"
 
 
@@ -70,7 +71,7 @@ def status_bundle(reports: Mapping[str, HealthReport],
         reqs = f"{m.successes}/{m.requests}" if m and m.requests else "—"
         note = _short(plain(r.hint or r.last_error or ""), NOTE_CHARS)
         label = name + (" (pinned)" if name == pinned else "") + (" ☁" if r.is_cloud else "")
-        rows.append([label, r.state.replace("_", " "), _secs(r.latency_s), _models(r.models),
+        rows.append([label, r.state.replace("_", " "), secs(r.latency_s), _models(r.models),
                      r.circuit.replace("_", "-"), reqs, note])
     budget = f" of ${budget_usd:.2f}" if budget_usd is not None else ""
     gate = "open" if gate_open else f"closed ({gate_reason})"

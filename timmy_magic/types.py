@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from .errors import InvalidRequest
+from .trace import Attempt as Attempt  # re-exported: the trace is part of a Result
+from .trace import RouteTrace as RouteTrace
+from .trace import Skip as Skip
+from .trace import SkipReason as SkipReason
 
 Role = Literal["system", "user", "assistant"]
 HealthState = Literal[
@@ -74,66 +78,7 @@ class Timings:
 
 
 # ---------------------------------------------------------------- route trace
-
-SkipReason = Literal[
-    "pinned_elsewhere", "disabled", "not_configured", "not_installed", "circuit_open",
-    "cloud_gate", "unhealthy", "misconfigured", "no_model", "stopped",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class Skip:
-    provider: str
-    reason: SkipReason
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.provider} skipped ({self.reason.replace('_', ' ')}"\
-            f"{': ' + self.detail if self.detail else ''})"
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    provider: str
-    endpoint: str
-    number: int
-    outcome: Literal["answered", "failed", "broken"]
-    error: str | None = None
-    elapsed_s: float = 0.0
-
-    def __str__(self) -> str:
-        tag = f"{self.provider}#{self.number}"
-        if self.outcome == "answered":
-            return f"{tag} answered ({self.elapsed_s:.2f}s)"
-        return f"{tag} {self.outcome}: {self.error}"
-
-
-@dataclass(frozen=True, slots=True)
-class RouteTrace:
-    """Providers considered, skipped (and why), tried, failed (and why), and who answered."""
-
-    considered: tuple[str, ...] = ()
-    skipped: tuple[Skip, ...] = ()
-    attempts: tuple[Attempt, ...] = ()
-    pinned: str | None = None
-
-    @property
-    def answered_by(self) -> str | None:
-        for a in self.attempts:
-            if a.outcome != "failed":
-                return a.provider
-        return None
-
-    def lines(self) -> list[str]:
-        out = [f"considered: {', '.join(self.considered) or '(none)'}"
-               + (f"  [pinned: {self.pinned}]" if self.pinned else "")]
-        out += [str(s) for s in self.skipped]
-        out += [str(a) for a in self.attempts]
-        return out
-
-    def __str__(self) -> str:
-        return " | ".join(self.lines())
-
+# (in trace.py, which errors.py can import without importing this module)
 
 # ---------------------------------------------------------------- results & events
 

@@ -554,6 +554,38 @@ def test_help_unknown_and_future_commands(ok_shell: InteractiveShell) -> None:
     assert "usage: %llm stop NAME" in cap.stderr
 
 
+@pytest.mark.parametrize("line, says", [
+    ("%llm status --bogus", "%llm status: unrecognized arguments: --bogus (usage: %llm "
+                            "status [--cached])"),
+    ("%llm pin alpha beta", "%llm pin: unrecognized arguments: beta (usage: %llm pin NAME)"),
+    ("%llm local-only maybe", "invalid choice: 'maybe'"),
+    ("%llm reload a b", "%llm reload: unrecognized arguments: b"),
+    ("%llm trust --lst", "%llm trust: unrecognized arguments: --lst"),
+    ("%llm 'unclosed", "%llm: cannot parse"),
+])
+def test_every_command_has_a_parser_whose_errors_name_it(ok_shell: InteractiveShell,
+                                                         line: str, says: str) -> None:
+    res, cap = run(ok_shell, line)
+    assert isinstance(res.error_in_exec, UsageError), (line, res.error_in_exec)
+    assert says in cap.stderr and "Traceback" not in cap.stderr, cap.stderr
+    assert cap.stderr.count("\n") <= 1  # one line
+
+
+def test_help_lists_every_command_aligned_and_each_has_its_own_help(
+        ok_shell: InteractiveShell) -> None:
+    from timmy_magic.magics import extension
+
+    _, cap = run(ok_shell, "%llm help")
+    rows = [ln for ln in cap.stdout.splitlines() if ln.startswith("  %")]
+    names = extension().commands.commands()
+    assert {r.split()[1] for r in rows[1:]} == set(names) and rows[0].startswith("  %%llm")
+    gaps = {len(r) - len(r[2:].split("  ", 1)[1].lstrip()) for r in rows}
+    assert len(gaps) == 1, rows  # the descriptions start in one column
+    for name in ("status", "pin", "trust", "start"):
+        res, cap = run(ok_shell, f"%llm {name} --help")
+        assert res.error_in_exec is None and cap.stdout.startswith(f"usage: %llm {name}")
+
+
 def test_config_lists_the_traits(ok_shell: InteractiveShell) -> None:
     _, cap = run(ok_shell, "%config TimmyMagics")
     for trait in ("default_provider", "default_model", "default_format", "updates_per_second",
@@ -637,7 +669,7 @@ def test_views_show_progress_events_before_the_first_token(
         shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     import itertools
 
-    from timmy_magic.render import Collector, NotebookView, TerminalView, consume
+    from timmy_magic.render import AnswerCollector, NotebookView, TerminalView, consume
     from timmy_magic.types import Delta, Done, RouteTrace, Status, Timings, Trying, Usage
     from timmy_magic.types import Result as R
 
@@ -648,11 +680,11 @@ def test_views_show_progress_events_before_the_first_token(
         view = NotebookView(per_second=1000)
         view.start(0.0)
         clock = itertools.count(1.0).__next__
-        assert consume(iter(events), view, Collector(0.0), clock) is done
+        assert consume(iter(events), view, AnswerCollector(0.0), clock) is done
     assert [o.data["text/plain"] for o in cap.outputs] == [
         "waiting for an answer…", "asking g…", "g: starting the server…", "hi"]
     term = TerminalView()
-    consume(iter(events), term, Collector(0.0), itertools.count(1.0).__next__)
+    consume(iter(events), term, AnswerCollector(0.0), itertools.count(1.0).__next__)
     out = capsys.readouterr()
     assert out.err == "[g: starting the server…]\n" and out.out == "hi"
 

@@ -16,7 +16,7 @@ from timmy_magic.formats import (
     fenced_block,
     parse_json,
 )
-from timmy_magic.render import Collector, Final, Throttle
+from timmy_magic.render import AnswerCollector, Final, Throttle
 from timmy_magic.runner import TICK, with_ticks
 from timmy_magic.types import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 
@@ -171,7 +171,7 @@ def test_gate_key_model_and_empty_config_hints() -> None:
 
 
 def test_collector_builds_a_partial_result_on_interrupt() -> None:
-    got = Collector(t0=10.0)
+    got = AnswerCollector(t0=10.0)
     got.trying(Trying("a", "http://x", 1), 10.1)
     got.delta("Hel", 10.5)
     got.delta("lo", 11.0)
@@ -180,7 +180,7 @@ def test_collector_builds_a_partial_result_on_interrupt() -> None:
     assert r.timings.ttft_s == pytest.approx(0.5) and r.timings.total_s == pytest.approx(2.5)
     assert r.usage.output_tokens == 2 and r.usage.estimated
     assert r.trace.attempts[0].outcome == "broken"
-    assert Collector(0.0).partial("x", None, 1.0).trace.considered == ()
+    assert AnswerCollector(0.0).partial("x", None, 1.0).trace.considered == ()
 
 
 def test_with_ticks_interleaves_ticks_while_quiet_and_closes_the_source() -> None:

@@ -8,7 +8,7 @@ import typing
 import pytest
 
 from timmy_magic.metrics import MetricsSnapshot
-from timmy_magic.panel import (
+from timmy_magic.widget import (
     AUTO,
     AUTO_VALUE,
     Coalescer,
@@ -83,7 +83,7 @@ def test_every_health_state_has_a_tone() -> None:
     assert {tone_of(s) for s in typing.get_args(HealthState)} <= {
         "green", "amber", "red", "grey", "neutral"}
     assert set(typing.get_args(HealthState)) <= set(__import__(
-        "timmy_magic.panel", fromlist=["TONES"]).TONES)
+        "timmy_magic.widget", fromlist=["TONES"]).TONES)
 
 
 def test_badge_colours_and_checking_marker() -> None:

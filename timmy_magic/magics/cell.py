@@ -1,7 +1,7 @@
-"""``%%llm`` (ask) and ``%llm`` (commands): the notebook surface of the router (issue 3).
+"""``%%llm``: parse the options, interpolate, ask through the router, show the answer.
 
-One ``TimmyMagics`` per shell owns the router (built from providers.yaml at load, health
-checks in the background), the conversation memory and the last result. Magics stay
+One ``TimmyMagics`` per shell owns the router (built by ``extension.load``), the
+conversation memory and the last result; ``%llm`` lines go to ``commands``. Magics stay
 synchronous: streams are consumed from the router's loop thread through
 ``Runner.iterate``; a kernel interrupt stops the stream, closes the connection and keeps
 the partial answer.
@@ -13,7 +13,6 @@ import keyword
 import math
 import shlex
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -24,15 +23,13 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
-from .commands import LineCommands
-from .config import Config, find_config, found_by_search, load_config
-from .errors import ConfigError, InvalidRequest, RoutingError, UnknownProvider
-from .failures import describe_failure
-from .formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
-from .history import Conversation, Turn, source_key
-from .interpolate import InterpolationError, interpolate
-from .render import (
-    Collector,
+from ..errors import InvalidRequest, RoutingError, UnknownProvider
+from ..failures import describe_failure
+from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
+from ..history import Conversation, Turn, source_key
+from ..interpolate import InterpolationError, interpolate
+from ..render import (
+    AnswerCollector,
     Final,
     NotebookView,
     TerminalView,
@@ -40,9 +37,10 @@ from .render import (
     consume,
     rich_frontend,
 )
-from .router import Router
-from .runner import Tick
-from .types import ChatRequest, Event, Message, Result
+from ..router import Router
+from ..runner import Tick
+from ..types import ChatRequest, Event, Message, Result
+from .commands import LineCommands
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -65,8 +63,6 @@ def argument(*names: str, **kw: Any) -> _Decorator:
 
 
 INTERRUPTED = "interrupted by the user"
-_EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
-"""The one extension instance per shell."""
 
 
 class StreamInterrupted(KeyboardInterrupt):
@@ -120,7 +116,7 @@ class TimmyMagics(Magics):
         self.conversation = Conversation()
         self.last_result: Result | None = None
         self._cell_id: str | None = None
-        self.active: Collector | None = None
+        self.active: AnswerCollector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
         self._panels: list[Any] = []
         self.commands = LineCommands(self)
@@ -148,8 +144,8 @@ class TimmyMagics(Magics):
         Cell:  %%llm [options]  then the prompt; {name}, {obj.attr}, {seq[0]} are replaced
                by kernel variables ({{ and }} for literal braces).
         Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
-               reload [PATH] | history | reset | start NAME | stop NAME | panel |
-               bench ... | help
+               reload [PATH] | trust [PATH] | untrust [PATH] | history | reset |
+               start NAME | stop NAME | panel | bench ... | help (%llm COMMAND --help)
         """
         if cell is None:
             return self.commands.run(line)
@@ -253,7 +249,7 @@ class TimmyMagics(Magics):
                 view: View) -> tuple[Result, bool]:
         """Stream the answer into ``view``; on KeyboardInterrupt, the partial answer."""
         clock = time.monotonic
-        got = self.active = Collector(clock())
+        got = self.active = AnswerCollector(clock())
         view.start(got.t0)
         events = self._events(req, opts.stream and isinstance(view, NotebookView))
         try:
@@ -320,7 +316,7 @@ class TimmyMagics(Magics):
     # ------------------------------------------------------------------ objects
 
     def panel(self) -> Any:
-        from .panel import panel as make_panel
+        from ..widget import panel as make_panel
 
         widget = make_panel(self.router)
         self._panels.append(widget)
@@ -347,78 +343,3 @@ class TimmyMagics(Magics):
                 widget.close()
         self._panels.clear()
         self.router.close()
-
-
-
-
-# ---------------------------------------------------------------------- load / unload
-
-
-def _build_router() -> tuple[Router, str]:
-    """The router from providers.yaml; a bad file gives an empty router and one line."""
-    path = find_config()
-    try:
-        with found_by_search():  # found, not named: trusted only if trusted otherwise
-            config = load_config(path)
-    except ConfigError as exc:
-        return Router(Config(source=str(path))), (
-            f"timmy-magic: {exc} (loaded with no providers: fix it, then %llm reload)")
-    enabled = sum(p.enabled for p in config.providers)
-    warn = f", {len(config.warnings)} warnings" if config.warnings else ""
-    held = f"\ntimmy-magic: {config.held_back_line}" if config.held_back else ""
-    return Router(config), (f"timmy-magic: {len(config.providers)} providers ({enabled} "
-                            f"enabled{warn}) from {config.source} (health checks running "
-                            f"in background){held}")
-
-
-def load(ip: InteractiveShell) -> TimmyMagics:
-    old = _EXTENSIONS.pop(ip, None)
-    if old is not None:
-        old.close()
-    router, message = _build_router()
-    ext = TimmyMagics(ip, router)
-    ip.register_magics(ext)
-    ip.events.register("pre_run_cell", ext._pre_run_cell)
-    ip.events.register("post_run_cell", ext._post_run_cell)
-    _EXTENSIONS[ip] = ext
-    router.start_health_loop()
-    print(message)
-    return ext
-
-
-def unload(ip: InteractiveShell) -> None:
-    ext = _EXTENSIONS.pop(ip, None)
-    if ext is not None:
-        ext.close()
-
-
-def extension(ip: Any = None) -> TimmyMagics:
-    """The extension loaded in ``ip`` (default: the running shell)."""
-    if ip is None:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-    ext = _EXTENSIONS.get(ip) if ip is not None else None
-    if ext is None:
-        raise RuntimeError("timmy_magic is not loaded here: run %load_ext timmy_magic")
-    return ext
-
-
-def last() -> Result | None:
-    """The last %%llm result of this shell (partial if it was interrupted), or None."""
-    return extension().last_result
-
-
-def router() -> Router:
-    """The router shared by %%llm, the panel and %llm bench."""
-    return extension().router
-
-
-get_router = router
-"""``timmy_magic.get_router()``: ``timmy_magic.router`` is the router module's name."""
-
-
-def panel() -> Any:
-    """A provider panel (ipywidgets) over this shell's router."""
-    return extension().panel()
-

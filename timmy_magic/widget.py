@@ -20,10 +20,8 @@ import asyncio
 import concurrent.futures
 import html
 import json
-import sys
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,12 +31,13 @@ import ipywidgets as w
 from .errors import UnknownProvider
 from .metrics import MetricsSnapshot
 from .secrets import REDACT, get_logger
+from .tables import secs as _secs
 from .types import HealthReport
 
 if TYPE_CHECKING:
     from .router import Router
 
-log = get_logger("timmy_magic.panel")
+log = get_logger("timmy_magic.widget")
 
 AUTO = "Auto (cascade)"
 AUTO_VALUE = ""  # the pin control's value for "no pin" (provider names are never empty)
@@ -122,12 +121,6 @@ def badge_html(name: str, state: str, checking: bool = False) -> str:
 
 def _esc(text: object) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _secs(value: float | None) -> str:
-    if value is None:
-        return "—"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _value(v: Any, limit: int = 80) -> str:
@@ -448,19 +441,3 @@ def _close_tree(widget: w.Widget) -> None:
 def panel(router: Router, **kw: Any) -> Panel:
     """A live panel over ``router``. Several panels on one router stay in sync."""
     return Panel(router, **kw)
-
-
-class _CallableModule(types.ModuleType):
-    """``timmy_magic.panel()`` must work whether that name resolves to the function in
-    ``timmy_magic/__init__`` or, once imported, to this submodule (which then shadows it)."""
-
-    def __call__(self, router: Router | None = None, **kw: Any) -> Panel:
-        if router is None:
-            from .magics import panel as extension_panel
-
-            return extension_panel()  # type: ignore[no-any-return]
-        return panel(router, **kw)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-

@@ -1,0 +1,98 @@
+"""Loading and unloading the extension, and the accessors of the loaded one.
+
+``%load_ext timmy_magic`` builds the router from providers.yaml (a bad or untrusted file
+is one line, never a failed load), registers one ``TimmyMagics`` per shell and starts the
+background health checks; loading again replaces the previous instance cleanly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..config import Config, find_config, found_by_search, load_config
+from ..errors import ConfigError
+from ..router import Router
+from ..types import Result
+from .cell import TimmyMagics
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+_EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
+"""The one extension instance per shell."""
+
+
+def _build_router() -> tuple[Router, str]:
+    """The router from providers.yaml; a bad file gives an empty router and one line."""
+    path = find_config()
+    try:
+        with found_by_search():  # found, not named: trusted only if trusted otherwise
+            config = load_config(path)
+    except ConfigError as exc:
+        return Router(Config(source=str(path))), (
+            f"timmy-magic: {exc} (loaded with no providers: fix it, then %llm reload)")
+    enabled = sum(p.enabled for p in config.providers)
+    warn = f", {len(config.warnings)} warnings" if config.warnings else ""
+    held = f"\ntimmy-magic: {config.held_back_line}" if config.held_back else ""
+    return Router(config), (f"timmy-magic: {len(config.providers)} providers ({enabled} "
+                            f"enabled{warn}) from {config.source} (health checks running "
+                            f"in background){held}")
+
+
+def load(ip: InteractiveShell) -> TimmyMagics:
+    old = _EXTENSIONS.pop(ip, None)
+    if old is not None:
+        old.close()
+    built, message = _build_router()
+    ext = TimmyMagics(ip, built)
+    ip.register_magics(ext)
+    ip.events.register("pre_run_cell", ext._pre_run_cell)
+    ip.events.register("post_run_cell", ext._post_run_cell)
+    _EXTENSIONS[ip] = ext
+    built.start_health_loop()
+    print(message)
+    return ext
+
+
+def unload(ip: InteractiveShell) -> None:
+    ext = _EXTENSIONS.pop(ip, None)
+    if ext is not None:
+        ext.close()
+
+
+def extension(ip: Any = None) -> TimmyMagics:
+    """The extension loaded in ``ip`` (default: the running shell)."""
+    if ip is None:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    ext = _EXTENSIONS.get(ip) if ip is not None else None
+    if ext is None:
+        raise RuntimeError("timmy_magic is not loaded here: run %load_ext timmy_magic")
+    return ext
+
+
+def last() -> Result | None:
+    """The last %%llm result of this shell (partial if it was interrupted), or None."""
+    return extension().last_result
+
+
+def get_router() -> Router:
+    """The router shared by %%llm, the panel and %llm bench (``timmy_magic.get_router()``;
+    ``timmy_magic.router`` is the module)."""
+    return extension().router
+
+
+router = get_router
+"""``timmy_magic.magics.router()``: the same accessor, by its older name."""
+
+
+def panel(router: Router | None = None, **kw: Any) -> Any:
+    """A provider panel (ipywidgets) over this shell's router, or over ``router``."""
+    if router is None:
+        return extension().panel()
+    from ..widget import panel as make_panel
+
+    return make_panel(router, **kw)
+

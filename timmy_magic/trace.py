@@ -1,0 +1,67 @@
+"""The route trace: which providers were considered, skipped (and why), tried (and how
+it went). Imported by ``errors`` (a routing error carries its trace) and ``types``; it
+imports neither, so there is no cycle between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+SkipReason = Literal[
+    "pinned_elsewhere", "disabled", "not_configured", "not_installed", "circuit_open",
+    "cloud_gate", "unhealthy", "misconfigured", "no_model", "stopped",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    provider: str
+    reason: SkipReason
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.provider} skipped ({self.reason.replace('_', ' ')}"\
+            f"{': ' + self.detail if self.detail else ''})"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    provider: str
+    endpoint: str
+    number: int
+    outcome: Literal["answered", "failed", "broken"]
+    error: str | None = None
+    elapsed_s: float = 0.0
+
+    def __str__(self) -> str:
+        tag = f"{self.provider}#{self.number}"
+        if self.outcome == "answered":
+            return f"{tag} answered ({self.elapsed_s:.2f}s)"
+        return f"{tag} {self.outcome}: {self.error}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTrace:
+    """Providers considered, skipped (and why), tried, failed (and why), and who answered."""
+
+    considered: tuple[str, ...] = ()
+    skipped: tuple[Skip, ...] = ()
+    attempts: tuple[Attempt, ...] = ()
+    pinned: str | None = None
+
+    @property
+    def answered_by(self) -> str | None:
+        for a in self.attempts:
+            if a.outcome != "failed":
+                return a.provider
+        return None
+
+    def lines(self) -> list[str]:
+        out = [f"considered: {', '.join(self.considered) or '(none)'}"
+               + (f"  [pinned: {self.pinned}]" if self.pinned else "")]
+        out += [str(s) for s in self.skipped]
+        out += [str(a) for a in self.attempts]
+        return out
+
+    def __str__(self) -> str:
+        return " | ".join(self.lines())
