@@ -447,18 +447,23 @@ def test_a_key_echoed_in_an_in_stream_error_is_masked(server: ScriptServer,
         assert key not in text
 
 
-@pytest.mark.parametrize("dialect", DIALECTS)
-def test_connections_are_reused(server: ScriptServer, dialect: str) -> None:
-    """Each body is read to its end (past [DONE]), so httpx keeps the connection."""
+def _answer_a(dialect: str) -> tuple[list[bytes], str]:
+    """A whole answer "a" in ``dialect``, and its content type."""
     ctype = "application/x-ndjson" if dialect == "ollama" else "text/event-stream"
-    reads = {
+    return {
         "openai_compatible": [_chunk("a"), STOP],
         "anthropic": [sse({"type": "message_start", "message": {"model": "m"}}),
                       sse({"type": "content_block_delta",
                            "delta": {"type": "text_delta", "text": "a"}}),
                       sse({"type": "message_stop"})],
         "ollama": [json.dumps({"message": {"content": "a"}, "done": True}).encode() + b"\n"],
-    }[dialect]
+    }[dialect], ctype
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_connections_are_reused(server: ScriptServer, dialect: str) -> None:
+    """Each body is read to its end (past [DONE]), so httpx keeps the connection."""
+    reads, ctype = _answer_a(dialect)
     with _router(server, dialect) as r:
         server.script(reads, content_type=ctype)
         r.complete("warm up")
@@ -466,3 +471,24 @@ def test_connections_are_reused(server: ScriptServer, dialect: str) -> None:
         for _ in range(10):
             assert r.complete("hi").text == "a"
         assert server.connections - before == 0
+
+
+@pytest.mark.parametrize("type_", DIALECTS)
+def test_a_kept_alive_connection_the_server_closed_is_sent_again_on_a_fresh_one(
+        type_: str) -> None:
+    """A server that hangs up on the second request of a kept-alive connection (as one
+    that closed an idle connection looks to the client): every answer still arrives, the
+    dropped request went out again on a new connection, and no failure is counted."""
+    with ScriptServer() as srv:
+        srv.drop_reused = True
+        srv.script(*_answer_a(type_))
+        r = _router(srv, type_)
+        try:
+            texts = [r.complete("hi").text for _ in range(4)]
+            snap = r.metrics()["p"]
+        finally:
+            r.close()
+    assert texts == ["a"] * 4
+    assert srv.dropped >= 1 and srv.connections == 1 + srv.dropped, (srv.dropped,
+                                                                     srv.connections)
+    assert snap.failures == 0 and snap.successes == 4

@@ -37,6 +37,10 @@ class ScriptServer(_LoopServer):
         self.chats = 0
         self.connections = 0
         self.sent = 0
+        self.drop_reused = False
+        """Hang up, without a byte of answer, on the second chat request of a kept-alive
+        connection (what a server that closed an idle connection looks like)."""
+        self.dropped = 0
 
     def script(self, reads: list[bytes], content_type: str = "text/event-stream",
                status: int = 200, pause: float = 0.0, endless: bytes | None = None) -> None:
@@ -44,6 +48,7 @@ class ScriptServer(_LoopServer):
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        chats_here = 0
         while True:  # keep-alive: one connection may carry many requests
             req = await _read_request(reader)
             if req is None:
@@ -61,6 +66,11 @@ class ScriptServer(_LoopServer):
                     body = {"models": []}
                 await out.send_json(200, body)
                 continue
+            chats_here += 1
+            if self.drop_reused and chats_here > 1:
+                self.dropped += 1
+                writer.close()
+                return
             self.chats += 1
             sc = self.current
             await out.start_chunked(sc.status, sc.content_type)

@@ -212,13 +212,34 @@ def model_ids(body: Any) -> tuple[str, ...]:
     return tuple(str(m.get("id")) for m in data if isinstance(m, dict))
 
 
+_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+"""How a kept-alive connection the server has meanwhile closed fails: the request is
+written into a closed socket, or the server hangs up without a byte of response."""
+
+
+async def _open(stack: contextlib.AsyncExitStack, http: httpx.AsyncClient, url: str,
+                payload: dict[str, Any], headers: dict[str, str] | None) -> httpx.Response:
+    """Send the POST and wait for the response head. A connection from the pool may have
+    been closed by the server while it sat idle (a keep-alive timeout, a request cap per
+    connection): that failure, before any response byte, is sent once more on a fresh
+    connection, as urllib3 and aiohttp do. The server answered nothing, so nothing is
+    repeated; a second failure is the server's and goes to the retry policy."""
+    try:
+        return await stack.enter_async_context(
+            http.stream("POST", url, json=payload, headers=headers))
+    except _STALE:
+        return await stack.enter_async_context(
+            http.stream("POST", url, json=payload, headers=headers))
+
+
 @contextlib.asynccontextmanager
 async def post_stream(http: httpx.AsyncClient, url: str, *, payload: dict[str, Any],
                       headers: dict[str, str] | None, provider: str,
                       content_type: str | None) -> AsyncIterator[httpx.Response]:
     """POST and open the streamed answer; a non-200 status becomes our error (with the
     server's message), and so does a body that is not ``content_type``."""
-    async with http.stream("POST", url, json=payload, headers=headers) as r:
+    async with contextlib.AsyncExitStack() as stack:
+        r = await _open(stack, http, url, payload, headers)
         if r.status_code != 200:
             raise status_error(provider, r.status_code, r.headers, json_or_text(await r.aread()))
         ctype = r.headers.get("content-type", "")
