@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, urlunsplit
 
 HIDDEN = "***"
@@ -189,6 +190,23 @@ class RedactingFilter(logging.Filter):
 
 
 _FILTER = RedactingFilter()
+_REDACTED_LOGGERS = ("timmy_magic", "httpx", "httpcore")
+_base_factory = logging.getLogRecordFactory()
+
+
+def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Every record of our loggers and of the HTTP client's, however the logger was made
+    (``logging.getLogger("timmy_magic.x")`` too), is redacted where it is created: a
+    logger's filter would miss records its children propagate."""
+    record = _base_factory(*args, **kwargs)
+    if record.name.startswith(_REDACTED_LOGGERS):
+        record.msg = REDACT(record.getMessage())
+        record.args = ()
+    return record
+
+
+if getattr(_base_factory, "__name__", "") != "_redacting_factory":  # not twice on reload
+    logging.setLogRecordFactory(_redacting_factory)
 
 
 def get_logger(name: str) -> logging.Logger:
