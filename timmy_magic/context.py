@@ -11,6 +11,10 @@ returns values; it sends nothing and displays nothing. The magic wires it up::
     request = ChatRequest(messages=ctx.as_messages(), ...)
     ctx.note()                               # "context: 3 cells, 1 var, ~1.2k tokens ..."
 
+Modules: ``context_items`` (the items, the token estimate), ``notebook`` (reading the
+shell), ``masking`` (secrets), ``summaries`` (values). This one is the API: ``Context``,
+``build_context``, the fix/explain prompts, and the others' public names re-exported.
+
 Decisions, so the wiring need not make them:
 
 - **Tokens** are estimated at 4 characters a token (``CHARS_PER_TOKEN``), an image at
@@ -36,511 +40,55 @@ Decisions, so the wiring need not make them:
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import linecache
-import math
-import os
 import re
-import sys
-import sysconfig
-import traceback
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from . import secrets as _secrets
-from .errors import TimmyError
-from .formats import fenced_block
-from .interpolate import InterpolationError, resolve
-from .markup import md, md_code
-from .summaries import (
-    DEFAULT_MAX_CHARS,
-    image_bytes,
-    image_kind,
-    image_size,
-    safe_repr,
-    str_or_blank,
-    summarize,
-    type_name,
+from .context_items import (
+    CHARS_PER_TOKEN,
+    CellItem,
+    ContextError,
+    ContextItem,
+    ErrorItem,
+    Frame,
+    ImageItem,
+    Kind,
+    VarItem,
+    cut_middle,
+    estimate_tokens,
+    fence,
+    short_count,
 )
+from .formats import fenced_block
+from .markup import md, md_code
+from .masking import MASK, mask_item, mask_secrets, secret_env_values
+from .notebook import (
+    cells_from_history,
+    image_item,
+    is_llm_cell,
+    last_error,
+    parse_cells_spec,
+    running_cell,
+    var_items,
+)
+from .summaries import DEFAULT_MAX_CHARS, summarize
 from .types import Message
 
-CHARS_PER_TOKEN = 4
-"""Token estimate: about 4 characters a token (English text and code, BPE tokenizers)."""
-MAX_CELL_CHARS = 4000
-MAX_OUTPUT_CHARS = 1500
-MAX_IMAGE_BYTES = 5 * 1024 * 1024
+__all__ = [
+    "CHARS_PER_TOKEN", "CellItem", "Context", "ContextError", "ContextItem", "ErrorItem",
+    "Frame", "ImageItem", "Kind", "VarItem", "build_context", "cells_from_history",
+    "cut_middle", "error_context", "estimate_tokens", "explain_request", "fence",
+    "fix_request", "image_item", "is_llm_cell", "last_error", "mask_item", "mask_secrets",
+    "masked_context", "parse_cells_spec", "running_cell", "secret_env_values",
+    "short_count", "split_fix", "summarize", "var_items",
+]
+
 MIN_CUT_CHARS = 200
 """A value is never shortened below this: dropping it is then more honest."""
-MASK = _secrets.HIDDEN
-SECRET_ENV_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
-MIN_ENV_SECRET = 8
-Kind = Literal["cell", "var", "error", "image"]
 _ORDER: dict[str, int] = {"cell": 0, "var": 1, "error": 2, "image": 3}
-_T = TypeVar("_T")
 
-
-class ContextError(TimmyError):
-    """What was asked for is not in the kernel (an unknown variable, no error yet, a bad
-    ``--cells`` spec); the message is one line for the user."""
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def short_count(n: int) -> str:
-    """850 -> ``850``, 1234 -> ``1.2k``, 12345 -> ``12k``."""
-    if n < 1000:
-        return str(n)
-    return f"{n / 1000:.1f}k" if n < 10_000 else f"{round(n / 1000)}k"
-
-
-def cut_middle(text: str, max_chars: int) -> str:
-    """Keep the start (2/3) and the end (1/3) of ``text`` around a marker."""
-    if len(text) <= max_chars:
-        return text
-    marker = f"\n… [{len(text) - max_chars:,} characters cut] …\n"
-    keep = max(0, max_chars - len(marker))
-    head = keep * 2 // 3
-    return text[:head] + marker + text[len(text) - (keep - head):]
-
-
-# ---------------------------------------------------------------- items
-
-@dataclass(frozen=True, kw_only=True)
-class ContextItem:
-    """One thing sent as context. ``text`` is exactly what the model reads under the
-    item's heading; ``cut`` says it was shortened (or, in ``Context.dropped``, left out)."""
-
-    kind: Kind
-    name: str
-    text: str
-    cut: bool = False
-
-    @property
-    def heading(self) -> str:
-        return f"{self.kind} {self.name}"
-
-    @property
-    def lang(self) -> str:
-        return "text"
-
-    @property
-    def characters(self) -> int:
-        return len(self.text)
-
-    @property
-    def tokens(self) -> int:
-        return estimate_tokens(self.block())
-
-    def block(self) -> str:
-        """The item as the prompt carries it: a heading and the text in a fence."""
-        return f"### {self.heading}\n{fence(self.text, self.lang)}"
-
-    def shortened(self, max_chars: int) -> ContextItem:
-        if len(self.text) <= max_chars:
-            return self
-        return dataclasses.replace(self, text=cut_middle(self.text, max_chars), cut=True)
-
-    def row(self, *, dropped: bool = False) -> dict[str, Any]:
-        """For ``Result.context``: kind, name, characters, estimated tokens, cut."""
-        return {"kind": self.kind, "name": self.name, "characters": self.characters,
-                "tokens": 0 if dropped else self.tokens, "cut": self.cut or dropped,
-                "dropped": dropped}
-
-
-@dataclass(frozen=True, kw_only=True)
-class CellItem(ContextItem):
-    kind: Kind = "cell"
-    number: int
-    source: str
-    output: str | None = None
-
-    @property
-    def heading(self) -> str:
-        return f"Cell In[{self.number}]"
-
-    @property
-    def lang(self) -> str:
-        return "python"
-
-    @classmethod
-    def of(cls, number: int, source: str, output: str | None) -> CellItem:
-        src = cut_middle(source.rstrip("\n"), MAX_CELL_CHARS)
-        out = None if output is None else cut_middle(output, MAX_OUTPUT_CHARS)
-        text = src if out is None else f"{src}\n# Out[{number}]:\n" + _comment(out)
-        return cls(name=f"In[{number}]", text=text, number=number, source=source,
-                   output=output, cut=src != source.rstrip("\n") or out != output)
-
-
-def _comment(text: str) -> str:
-    return "\n".join(f"# {line}" if line else "#" for line in text.splitlines())
-
-
-@dataclass(frozen=True, kw_only=True)
-class VarItem(ContextItem):
-    kind: Kind = "var"
-    type_name: str = ""
-
-    @property
-    def heading(self) -> str:
-        return f"Variable `{self.name}`"
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One traceback frame in user code: ``In[5]`` or a short path, line, function."""
-
-    where: str
-    lineno: int | None
-    function: str
-    line: str
-
-    def __str__(self) -> str:
-        at = f"{self.where}, line {self.lineno}" if self.lineno else self.where
-        return f"  {at}, in {self.function}" + (f"\n    {self.line}" if self.line else "")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ErrorItem(ContextItem):
-    kind: Kind = "error"
-    type: str
-    message: str
-    cell_number: int | None = None
-    cell_source: str | None = None
-    frames: tuple[Frame, ...] = ()
-    library_frames: int = 0
-
-    @property
-    def heading(self) -> str:
-        where = f" in In[{self.cell_number}]" if self.cell_number is not None else ""
-        return f"Last error: {self.type}{where}"
-
-    def traceback_text(self) -> str:
-        lines = [str(f) for f in self.frames]
-        if self.library_frames:
-            lines.append(f"  ({self.library_frames} library frame"
-                         f"{'s' if self.library_frames != 1 else ''} not shown)")
-        head = "Traceback (user code only, most recent call last):"
-        return "\n".join([head, *lines]) if lines else ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ImageItem(ContextItem):
-    """An image for a vision model; ``text`` is what a text-only model reads instead."""
-
-    kind: Kind = "image"
-    data: bytes = field(repr=False)
-    mime: str
-    width: int | None = None
-    height: int | None = None
-
-    @property
-    def heading(self) -> str:
-        return f"Image `{self.name}`"
-
-    @property
-    def tokens(self) -> int:
-        if self.width and self.height:
-            return min(1600, max(1, self.width * self.height // 750))
-        return 1000
-
-    def data_url(self) -> str:
-        return f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"
-
-    def shortened(self, max_chars: int) -> ContextItem:
-        return self
-
-
-def fence(text: str, lang: str = "text") -> str:
-    """``text`` in a backtick fence longer than any run of backticks inside it."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{lang}\n{text.rstrip(chr(10))}\n{ticks}"
-
-
-# ---------------------------------------------------------------- secrets
-
-def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
-    """Values (>= 8 characters) of environment variables whose names look secret."""
-    env = os.environ if environ is None else environ
-    return [v for k, v in env.items()
-            if SECRET_ENV_NAME.search(k) and len(v) >= MIN_ENV_SECRET]
-
-
-def _registered_secrets() -> list[str]:
-    """Every form of every secret a loaded config registered with ``secrets.REDACT``."""
-    return list(_secrets.REDACT._table[1])
-
-
-def mask_secrets(text: str, extra_secrets: Iterable[str] = (), *,
-                 environ: Mapping[str, str] | None = None) -> tuple[str, int]:
-    """``text`` with every secret replaced by ``***``, and how many were replaced."""
-    values = {s for s in extra_secrets if s and len(s) >= 4}
-    values.update(_registered_secrets(), secret_env_values(environ))
-    n = 0
-    if values:
-        pattern = re.compile("|".join(map(re.escape, sorted(values, key=len, reverse=True))))
-        text, n = pattern.subn(MASK, text)
-    text, g = _mask_credentials(text)
-    return text, n + g
-
-
-def _mask_credentials(text: str) -> tuple[str, int]:
-    """``secrets``' generic patterns (sk- keys, Bearer/Basic, URL passwords) except
-    ``name=value``, which in code is an argument, not a secret."""
-    if not _secrets._may_hold_credential(text):
-        return text, 0
-    count = 0
-
-    def one(m: re.Match[str]) -> str:
-        nonlocal count
-        if m.group("value") is not None:
-            return m.group()
-        out = _secrets._generic(m)
-        count += out != m.group()
-        return out
-
-    return _secrets._GENERIC.sub(one, text), count
-
-
-def _mask_value(value: _T, secrets: Sequence[str], environ: Mapping[str, str] | None
-                ) -> tuple[_T, int]:
-    """Mask every string in a value: a str, a tuple of them, a dataclass's fields."""
-    if isinstance(value, str):
-        masked, n = mask_secrets(value, secrets, environ=environ)
-        return masked, n  # type: ignore[return-value]
-    if isinstance(value, tuple):
-        pairs = [_mask_value(v, secrets, environ) for v in value]
-        return tuple(p[0] for p in pairs), sum(p[1] for p in pairs)  # type: ignore[return-value]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes: dict[str, Any] = {}
-        total = 0
-        for f in dataclasses.fields(value):
-            old = getattr(value, f.name)
-            new, n = _mask_value(old, secrets, environ)
-            if n:
-                changes[f.name], total = new, total + n
-        return (dataclasses.replace(value, **changes) if changes else value), total
-    return value, 0
-
-
-def mask_item(item: _T, extra_secrets: Sequence[str] = (), *,
-              environ: Mapping[str, str] | None = None) -> tuple[_T, int]:
-    """An item (or any dataclass, string or tuple) with every string field masked. The
-    count is of the text sent (a secret in both ``text`` and ``source`` counts once)."""
-    masked, _ = _mask_value(item, extra_secrets, environ)
-    text = getattr(item, "text", item if isinstance(item, str) else "")
-    return masked, mask_secrets(text, extra_secrets, environ=environ)[1]
-
-
-# ---------------------------------------------------------------- cells
-
-def parse_cells_spec(spec: str | int) -> tuple[int | None, int | None, int | None]:
-    """``"3"`` -> (3, None, None): the last 3; ``"2:5"`` -> (None, 2, 5); ``"2:"`` ->
-    (None, 2, None); ``":5"`` -> (None, 1, 5). ContextError for anything else."""
-    text = str(spec).strip()
-    m = re.fullmatch(r"(\d+)|(\d*):(\d*)", text)
-    if m is None or text == ":":
-        raise ContextError(f"--cells takes N (the previous N cells) or A:B (execution "
-                           f"counts A to B), not {text!r}")
-    if m.group(1) is not None:
-        return int(m.group(1)), None, None
-    a, b = int(m.group(2) or 1), (int(m.group(3)) if m.group(3) else None)
-    if b is not None and b < a:
-        raise ContextError(f"--cells {text}: the range is empty ({b} < {a})")
-    return None, max(a, 1), b
-
-
-def is_llm_cell(source: str) -> bool:
-    """A cell that is a ``%%llm`` prompt or ``%llm`` command (not the user's code)."""
-    first = next((line.strip() for line in source.splitlines() if line.strip()), "")
-    return bool(re.match(r"%%?llm\b", first))
-
-
-def cells_from_history(shell: Any, spec: str | int, *, include_llm: bool = False
-                       ) -> list[CellItem]:
-    """Code cells of this session before the running one, oldest first (see the module
-    docstring for the spec, and which cells are left out)."""
-    last, start, stop = parse_cells_spec(spec)
-    current = running_cell(shell)
-    end = current - 1 if stop is None else min(stop, current - 1)
-    first = 1 if start is None else start
-    if end < first:
-        return []
-    entries = _history(shell, first, end)
-    keep = [(n, src, out) for n, src, out in entries
-            if src.strip() and (include_llm or not is_llm_cell(src))]
-    if last is not None:
-        keep = keep[-last:] if last else []
-    return [CellItem.of(n, src, out) for n, src, out in keep]
-
-
-def running_cell(shell: Any) -> int:
-    """The execution count of the cell running now (while a cell runs IPython keeps its
-    ExecutionResult on the display hook; IPython 9 has already moved ``execution_count``
-    on to the next number by then), else of the next cell."""
-    result = getattr(getattr(shell, "displayhook", None), "exec_result", None)
-    number = getattr(result, "execution_count", None)
-    return number if isinstance(number, int) else int(shell.execution_count)
-
-
-def _history(shell: Any, first: int, last: int) -> list[tuple[int, str, str | None]]:
-    """(number, raw source, text output) of this session's cells ``first..last``."""
-    hm = shell.history_manager
-    rows = []
-    for _session, number, entry in hm.get_range(0, first, last + 1, raw=True, output=True):
-        source, output = entry if isinstance(entry, tuple) else (entry, None)
-        if output is None and number in getattr(hm, "output_hist", {}):
-            output = safe_repr(hm.output_hist[number], MAX_OUTPUT_CHARS)
-        rows.append((int(number), str(source), None if output is None else str(output)))
-    return rows
-
-
-# ---------------------------------------------------------------- the last error
-
-def _library_roots() -> tuple[str, ...]:
-    paths = sysconfig.get_paths()
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix,
-             *(paths.get(k, "") for k in ("stdlib", "platstdlib", "purelib", "platlib")),
-             str(Path(__file__).resolve().parent)}
-    return tuple(os.path.join(os.path.realpath(r), "") for r in roots if r)
-
-
-def _is_library(filename: str) -> bool:
-    if filename.startswith("<"):
-        return True  # <frozen ...>, <string>: not a cell (cells are checked first)
-    real = os.path.realpath(filename)
-    return ("site-packages" in real or "dist-packages" in real
-            or real.startswith(_library_roots()))
-
-
-def _cell_map(shell: Any) -> dict[str, int]:
-    compiler = getattr(shell, "compile", None)
-    mapping = getattr(compiler, "_filename_map", None)
-    return dict(mapping) if isinstance(mapping, dict) else {}
-
-
-def _short_path(filename: str) -> str:
-    parts = Path(filename).parts
-    return str(Path(*parts[-2:])) if len(parts) > 2 else filename
-
-
-def _last_exception() -> BaseException | None:
-    exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    return exc if isinstance(exc, BaseException) else None
-
-
-def last_error(shell: Any) -> ErrorItem | None:
-    """The exception IPython last showed, with its cell and user-code frames; None if
-    there was none."""
-    exc = _last_exception()
-    if exc is None:
-        return None
-    cells = _cell_map(shell)
-    tb = exc.__traceback__ or getattr(sys, "last_traceback", None)
-    frames, library, outer_cell = _user_frames(traceback.extract_tb(tb), cells)
-    if isinstance(exc, SyntaxError) and exc.filename in cells:
-        outer_cell = outer_cell or cells[exc.filename]
-        frames.append(Frame(f"In[{cells[exc.filename]}]", exc.lineno, "<module>",
-                            (exc.text or "").rstrip()))
-    source = _cell_source(shell, outer_cell, cells) if outer_cell is not None else None
-    return _error_item(exc, outer_cell, source, tuple(frames), library)
-
-
-def _user_frames(summary: traceback.StackSummary, cells: dict[str, int]
-                 ) -> tuple[list[Frame], int, int | None]:
-    frames: list[Frame] = []
-    library = 0
-    outer: int | None = None
-    for fs in summary:
-        if fs.filename in cells:
-            outer = cells[fs.filename] if outer is None else outer
-            frames.append(Frame(f"In[{cells[fs.filename]}]", fs.lineno, fs.name,
-                                (fs.line or "").strip()))
-        elif _is_library(fs.filename):
-            library += 1
-        else:
-            frames.append(Frame(_short_path(fs.filename), fs.lineno, fs.name,
-                                (fs.line or "").strip()))
-    return frames, library, outer
-
-
-def _cell_source(shell: Any, number: int, cells: dict[str, int]) -> str | None:
-    raw = getattr(shell.history_manager, "input_hist_raw", [])
-    if 0 < number < len(raw) and raw[number].strip():
-        return str(raw[number]).rstrip("\n")
-    for name, n in cells.items():
-        if n == number and name in linecache.cache:
-            return "".join(linecache.getlines(name)).rstrip("\n")
-    return None
-
-
-def _error_item(exc: BaseException, cell: int | None, source: str | None,
-                frames: tuple[Frame, ...], library: int) -> ErrorItem:
-    etype = type_name(exc)
-    message = str_or_blank(exc) or safe_repr(exc)
-    lines = [f"{etype}: {message}"]
-    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if cause is not None:
-        lines.append(f"(raised while handling {type_name(cause)}: {str_or_blank(cause)})")
-    if source is not None:
-        lines += [f"\nThe failing cell, In[{cell}]:", source]
-    item = ErrorItem(name=type(exc).__name__, text="", type=etype, message=message,
-                     cell_number=cell, cell_source=source, frames=frames,
-                     library_frames=library)
-    tb_text = item.traceback_text()
-    text = "\n".join(lines + ([f"\n{tb_text}"] if tb_text else []))
-    return dataclasses.replace(item, text=text)
-
-
-# ---------------------------------------------------------------- variables
-
-def var_items(shell: Any, names: Iterable[str], *, max_chars: int = DEFAULT_MAX_CHARS
-              ) -> list[ContextItem]:
-    """One item per name (``df``, ``obj.attr``, ``d["k"]``): an image as an ImageItem,
-    anything else summarised. ContextError naming an unknown or failing name."""
-    items: list[ContextItem] = []
-    for name in names:
-        name = name.strip()
-        if not name:
-            continue
-        try:
-            value = resolve(name, shell.user_ns)
-        except InterpolationError as exc:
-            raise ContextError(f"--vars {name}: " + str(exc).split(": ", 1)[-1]
-                               .split(" (write {{")[0]) from None
-        items.append(image_item(name, value) or VarItem(
-            name=name, text=summarize(value, max_chars=max_chars), type_name=type_name(value)))
-    return items
-
-
-def image_item(name: str, value: object) -> ImageItem | None:
-    """An ImageItem for a matplotlib Figure, PIL image or IPython Image; None otherwise,
-    and ContextError when it is an image that cannot be turned into bytes."""
-    kind = image_kind(value)
-    if kind is None:
-        return None
-    try:
-        data, mime = image_bytes(value, kind)
-    except Exception as exc:  # noqa: BLE001 - savefig / PIL may raise anything
-        raise ContextError(f"--vars {name}: the image could not be encoded "
-                           f"({type(exc).__name__}: {str_or_blank(exc)})") from None
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ContextError(f"--vars {name}: the image is {len(data):,} bytes, over the "
-                           f"{MAX_IMAGE_BYTES:,}-byte limit")
-    try:
-        width, height = image_size(value, kind)
-    except Exception:  # noqa: BLE001 - size is only for the estimate
-        width = height = None  # type: ignore[assignment]
-    text = f"{summarize(value)} (attached as an image, {mime}, {len(data):,} bytes)"
-    return ImageItem(name=name, text=text, data=data, mime=mime, width=width, height=height)
-
-
-# ---------------------------------------------------------------- the context
 
 INTRO = ("Context from the user's Jupyter notebook kernel follows (secrets are masked "
          f"as {MASK}).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import re
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def test_env_secrets_are_masked_with_a_count(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("DB_PASSWORD", "hunter2hunter2")
     monkeypatch.setenv("GH_TOKEN", "short")  # < 8 characters: not masked
     monkeypatch.setenv("HOME_DIR_NAME", "canary-not-a-secret")
-    output = str(dict(C.os.environ))  # what print(os.environ) shows
+    output = str(dict(os.environ))  # what print(os.environ) shows
     masked, n = mask_secrets(output)
     assert "canary-openai-0123456789" not in masked and "hunter2hunter2" not in masked
     assert "'OPENAI_API_KEY': '***'" in masked
