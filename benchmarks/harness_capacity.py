@@ -5,7 +5,8 @@
 
 The fast server (benchmarks/fastserver.py, its own process) answers every stream at once
 with ``--tokens`` tokens (one SSE event each, usage at the end). The harness
-(``timmy_magic.bench.run``, the code behind ``%llm bench``) sends ``--n`` requests at
+(``timmy_magic.bench.run``, the code behind ``%llm bench``), once per HTTP transport of
+the router's clients (``--transport``: httpx's own, and ``httpx_aiohttp``), sends ``--n`` requests at
 concurrency 256, closed-loop, through the router. Figures per round: output tokens/s
 (completed tokens / wall time, the harness's own figure), and client CPU per token: the
 harness's (its loop thread, ``time.thread_time``) and this whole process's
@@ -91,26 +92,38 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=1024, help="requests per round (>= 256)")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per answer")
+    ap.add_argument("--transport", default="httpx,aiohttp",
+                    help="the router's HTTP transports to compare (providers.base)")
     args = ap.parse_args()
     _kit.header("harness capacity: 256 concurrent streams through timmy_magic.bench",
                 ("python benchmarks/harness_capacity.py " + " ".join(sys.argv[1:])).strip())
-    runs: dict[str, list[dict[str, float]]] = {"timmy_magic.bench": [], "raw openai SDK": []}
+    from timmy_magic.providers import base
+
+    transports = args.transport.split(",")
+    runs: dict[str, list[dict[str, float]]] = {f"bench, {t}": [] for t in transports}
+    runs["raw openai SDK"] = []
     with _kit.fast_server() as srv:
         SERVER = srv
-        router = _kit.make_router([_kit.provider("fast", srv.url,
-                                                 model=f"fast:{args.tokens}")])
+        routers = {}
+        for t in transports:  # each router's clients are built with its transport
+            base.HTTP_TRANSPORT = t
+            routers[t] = _kit.make_router([_kit.provider("fast", srv.url,
+                                                         model=f"fast:{args.tokens}")])
+            harness(routers[t], CONCURRENCY, args.tokens)  # warm-up: imports, connections
+        base.HTTP_TRANSPORT = "httpx"
         try:
-            harness(router, CONCURRENCY, args.tokens)  # warm-up: imports, connections
             for r in range(args.rounds):
                 ways: list[tuple[str, Callable[[], dict[str, float]]]] = [
-                    ("timmy_magic.bench", lambda: harness(router, args.n, args.tokens)),
-                    ("raw openai SDK", lambda: raw(args.n, args.tokens))]
+                    (f"bench, {t}", lambda t=t: harness(routers[t], args.n, args.tokens))
+                    for t in transports]
+                ways.append(("raw openai SDK", lambda: raw(args.n, args.tokens)))
                 for name, fn in ways if r % 2 == 0 else ways[::-1]:
                     runs[name].append(fn())
                 print(f"   round {r + 1}/{args.rounds} done (load {_kit.loadavg()})",
                       flush=True)
         finally:
-            router.close()
+            for router in routers.values():
+                router.close()
     report(args, runs)
 
 
@@ -123,11 +136,13 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) ->
     rows = [[name, *(med([x[k] for x in rs]) for k in keys)] for name, rs in runs.items()]
     print(_kit.table(["driver", "out tok/s", "loop CPU us/tok", "process CPU us/tok",
                       "server CPU us/tok", "TTFT p50 ms", "wall s"], rows))
-    peak = max(x["peak"] for x in runs["timmy_magic.bench"])
-    ours = med([x["tok_s"] for x in runs["timmy_magic.bench"]])
     theirs = med([x["tok_s"] for x in runs["raw openai SDK"]])
-    print(f"   peak requests in flight (harness): {peak}; harness/raw throughput: "
-          f"{ours / theirs:.2f}x")
+    for name in (n for n in runs if n.startswith("bench")):
+        peak = max(x["peak"] for x in runs[name])
+        ours = med([x["tok_s"] for x in runs[name]])
+        us = med([x["harness_cpu_us_tok"] for x in runs[name]])
+        print(f"   {_kit.verdict(us <= 30):6} {name}: {us:.1f} us of loop CPU per token "
+              f"(<= 30); peak in flight {peak}; throughput {ours / theirs:.2f}x the raw SDK's")
     print(f"   load average at the end: {_kit.loadavg()}")
 
 

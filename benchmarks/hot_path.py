@@ -257,7 +257,7 @@ def cell(args: argparse.Namespace, srv: _kit.FastServer) -> None:
     from IPython.display import Markdown, display
     from IPython.utils.capture import capture_output
 
-    from timmy_magic.magics import extension
+    from timmy_magic.magics.extension import extension
 
     path = Path(tempfile.mkdtemp(prefix="timmy-bench-")) / "providers.yaml"
     path.write_text(_kit.router_yaml([_kit.provider("bench", srv.url)]))

@@ -194,26 +194,39 @@ class Router:
         if runner.on_loop():
             raise RuntimeError("Router.complete called on the router's own loop "
                                "(would deadlock): await acomplete instead")
-        settled = threading.Event()
+        # A bare lock and one call_soon_threadsafe: run_coroutine_threadsafe's future
+        # chaining cost a third of the hop (0.08 of 0.22 ms CPU, no I/O).
+        settled = threading.Lock()
+        settled.acquire()
+        box: list[Any] = []
+        task: list[asyncio.Task[None]] = []
 
-        async def answer() -> Result:
+        async def answer() -> None:
             try:
-                return await self._answer(req, whole=not stream)
-            finally:
-                settled.set()
+                box.append(await self._answer(req, whole=not stream))
+            except BaseException as exc:  # handed to the caller, re-raised there
+                box.append(_Raised(exc))
+                if not isinstance(exc, Exception):
+                    raise
 
-        fut = runner.submit(answer())
+        def start() -> None:  # on the loop
+            task.append(loop.create_task(answer()))
+            task[0].add_done_callback(lambda _: settled.release())  # even if never run
+
+        loop = runner.loop
+        loop.call_soon_threadsafe(start)
         try:
-            while True:  # in short waits: a kernel interrupt lands between two of them
-                try:
-                    return fut.result(timeout=0.25)
-                except concurrent.futures.TimeoutError:
-                    continue
+            # in short waits: a kernel interrupt lands between two of them
+            while not settled.acquire(timeout=0.25):
+                pass
         except BaseException:
-            if not fut.done():
-                fut.cancel()
-                settled.wait(5)
+            loop.call_soon_threadsafe(lambda: task and task[0].cancel())
+            settled.acquire(timeout=5)  # its clean-up: permits, metrics, connections
             raise
+        out = box[0]
+        if isinstance(out, _Raised):
+            raise out.exc
+        return out  # type: ignore[no-any-return]
 
     async def _answer(self, req: ChatRequest, whole: bool) -> Result:
         """Run one request to its end (Done is the last event) on this loop."""
@@ -322,3 +335,10 @@ class Router:
                 f"{', pinned ' + pinned if pinned else ''}>")
 
 
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc

@@ -8,9 +8,13 @@ Two levels:
 
 2. Same measurement, within a tolerance: both clients measure the same vllm-mlx server
    (continuous batching, tiny model) with the same prompt, max_tokens and concurrency,
-   taking turns for 7 rounds per level (benchmarks/bench_agreement.py). Tolerance:
+   taking turns for 7 rounds per level (benchmarks/bench_agreement.py). TTFT p50, the
+   mean chunk gap (our ITL mean = bench_serve's ``tpot_ms``) and E2E mean must agree
+   within 5 % (issue 12). Every other figure:
    - output tokens per request: within 1 token (both read the server's usage);
-   - every timing and throughput figure: ours/theirs within [0.5, 2.0].
+   - every other timing and throughput figure: ours/theirs within [0.5, 2.0]
+     (throughput is computed differently: ours over the run's wall time, theirs over
+     the longest E2E of the batch).
    Why that wide: the two clients never measure the same requests, and this machine has
    2 cores shared by the server, the client and other jobs (backends.md: treat speeds as
    +-30%). Runs of the same comparison here (5-7 rounds) gave ratios of 0.91-1.12 on a
@@ -67,12 +71,33 @@ def test_same_definitions_as_bench_serve(bench_serve: ModuleType) -> None:
             (stats["mean"], stats["p50"], stats["p95"], stats["p99"]), abs=1e-9)
 
 
-@pytest.mark.integration
-def test_same_server_same_settings_agree(vllm_mlx_cb_server: ManagedServer,
-                                         bench_serve: ModuleType) -> None:
-    rows = bench_agreement.compare(vllm_mlx_cb_server.base_url, vllm_mlx_cb_server.model,
+@pytest.fixture(scope="module")
+def side_by_side(vllm_mlx_cb_server: ManagedServer,
+                 bench_serve: ModuleType) -> list[bench_agreement.Row]:
+    """Both clients on the same server, taking turns: 7 rounds per level."""
+    return bench_agreement.compare(vllm_mlx_cb_server.base_url, vllm_mlx_cb_server.model,
                                    concurrency=(1, 4), max_tokens=16, rounds=7,
                                    bench_serve=bench_serve)
+
+
+@pytest.mark.integration
+def test_ttft_p50_itl_mean_and_e2e_mean_agree_within_5_percent(
+        side_by_side: list[bench_agreement.Row]) -> None:
+    """The same requests' own timings, not a speed: both clients time the same server
+    events (first chunk, chunk arrivals, end of stream). Before connections were reused
+    (issue 12), TTFT at concurrency 1 read 1.1-1.5 ms high: a new TCP connection per
+    request."""
+    table = bench_agreement.format_rows(side_by_side)
+    print("\n" + table)
+    pinned = [r for r in side_by_side if r.figure in bench_agreement.AGREE]
+    assert len(pinned) == 2 * len(bench_agreement.AGREE), table
+    for r in pinned:
+        assert r.ratio is not None and abs(r.ratio - 1) <= 0.05, f"{r}\n{table}"
+
+
+@pytest.mark.integration
+def test_same_server_same_settings_agree(side_by_side: list[bench_agreement.Row]) -> None:
+    rows = side_by_side
     table = bench_agreement.format_rows(rows)
     print("\n" + table)
     compared = [r for r in rows if r.theirs is not None]
