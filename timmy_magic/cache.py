@@ -327,7 +327,9 @@ class CachedAnswer:
         """A Result with the recorded text, usage and timings, and ``note()`` as a note."""
         return Result(text=self.text, provider=self.provider, model=self.model,
                       usage=self.usage, timings=self.timings, trace=trace or RouteTrace(),
-                      notes=(self.note(),))
+                      notes=(f"answered from the cache: recorded {self.created[:16]} UTC "
+                             f"from {self.provider or 'an unknown provider'}",),
+                      cached=True)
 
     def redacted(self) -> CachedAnswer:
         return CachedAnswer(

@@ -367,9 +367,31 @@ class ProviderConfig(_Model):
         return self.api_key.get_secret_value() if self.api_key else None
 
 
+def _cache_mode(value: object) -> str:
+    """off | on | replay. YAML 1.1 reads a bare ``off`` / ``on`` as false / true: those
+    mean what was written."""
+    if value is False or value is True:
+        return "on" if value else "off"
+    if isinstance(value, str) and value.strip().lower() in ("off", "on", "replay"):
+        return value.strip().lower()
+    raise ValueError("must be off, on or replay")
+
+
+class CacheConfig(_Model):
+    """The answer cache (``cache.py``): off by default; ``$TIMMY_CACHE_MODE`` overrides
+    ``mode`` and ``$TIMMY_CACHE_PATH`` ``path``."""
+
+    path: Arg | None = None
+    mode: Annotated[Literal["off", "on", "replay"], PlainValidator(_cache_mode)] = "off"
+    ttl_days: Annotated[float | None, _number(0.0001, 36_500, unit=" days",
+                                              optional=True)] = None
+    max_mb: Annotated[float, _number(0.01, 1_000_000, unit=" MB")] = 200.0
+
+
 class Config(_Model):
     cascade: CascadeConfig = CascadeConfig()
     cloud_gate: GateConfig = Field(default=GateConfig(), alias="metabolic")
+    cache: CacheConfig = CacheConfig()
     providers: list[ProviderConfig] = []
     source: str = "<defaults>"
     warnings: tuple[str, ...] = ()

@@ -99,6 +99,9 @@ class Result:
     notes: tuple[str, ...] = ()
     """What the reader should know besides the text (reasoning or tool calls not shown,
     an empty answer), one line each."""
+    cached: bool = False
+    """Answered from the answer cache: no request was sent (the timings are those of the
+    recorded answer, a note says when and from where)."""
 
     @property
     def ok(self) -> bool:
@@ -112,6 +115,8 @@ class Result:
 
         t = self.timings
         parts = [f"{self.provider or '(no provider)'} · {self.model or '(model unknown)'}"]
+        if self.cached:
+            parts[0] = "cached · " + parts[0]
         if t.ttft_s is not None:
             parts.append(f"TTFT {t.ttft_s:.2f}s")
         if self.usage.output_tokens is not None:
@@ -119,7 +124,7 @@ class Result:
             parts.append(f"{est}{self.usage.output_tokens} tok")
         if t.output_tokens_per_s is not None:
             parts.append(f"{t.output_tokens_per_s:.1f} tok/s")
-        parts.append(f"{t.total_s:.2f}s")
+        parts.append(f"{t.total_s:.2f}s total")
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.4f}")
         return " ".join(plain(" · ".join(parts)).split())

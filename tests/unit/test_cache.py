@@ -380,7 +380,10 @@ def test_a_replay_miss_says_what_and_how(cache: AnswerCache) -> None:
 def test_a_hit_as_a_result() -> None:
     r = answer().to_result()
     assert r.ok and r.text == answer().text and r.provider == "local-gemma"
-    assert r.usage == answer().usage and r.notes == ("cached · local-gemma · 2025-06-15",)
+    assert r.usage == answer().usage and r.cached
+    assert r.notes == ("answered from the cache: recorded 2025-06-15T"
+                       + answer().created[11:16] + " UTC from local-gemma",)
+    assert r.footer().startswith("cached · local-gemma · ")
 
 
 # ---------------------------------------------------------------- secrets

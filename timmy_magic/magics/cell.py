@@ -24,7 +24,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from ..errors import InvalidRequest, RoutingError, UnknownProvider
-from ..failures import describe_failure
+from ..cache import ReplayMiss
+from ..failures import ErrorBlock, describe_failure
 from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from ..history import Conversation, Turn, source_key
 from ..interpolate import InterpolationError, interpolate
@@ -40,6 +41,7 @@ from ..render import (
 from ..router import Router
 from ..runner import Tick
 from ..types import ChatRequest, Event, Message, Result
+from .cached import REPLAY_HINTS, CellCache
 from .commands import LineCommands
 
 if TYPE_CHECKING:
@@ -87,6 +89,8 @@ class CellOptions:
     new: bool
     interpolate: bool
     trace: bool
+    cache: bool | None = None
+    """--cache (True) / --no-cache (False) / neither (None: the session's cache mode)."""
 
 
 @magics_class
@@ -120,6 +124,7 @@ class TimmyMagics(Magics):
         """What the stream in progress has delivered so far (None between cells)."""
         self._panels: list[Any] = []
         self.commands = LineCommands(self)
+        self.answers = CellCache(self)
 
     # ------------------------------------------------------------------ %%llm
 
@@ -137,6 +142,10 @@ class TimmyMagics(Magics):
     @argument("--new", action="store_true", help="start a new conversation with this cell")
     @argument("--no-interpolate", action="store_true", help="send {braces} as written")
     @argument("--trace", action="store_true", help="show the route trace")
+    @argument("--cache", dest="cache", action="store_const", const=True, default=None,
+              help="answer from the answer cache if recorded, else ask and record")
+    @argument("--no-cache", dest="cache", action="store_const", const=False,
+              help="ask live, whatever the cache mode (even replay)")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> Any:
         """Ask a model, or run a command.
@@ -187,7 +196,8 @@ class TimmyMagics(Magics):
         return CellOptions(provider, source, args.model or self.default_model, temperature,
                            max_tokens, fmt, args.out,
                            not args.no_stream, args.chat or args.new, args.new,
-                           not args.no_interpolate, args.trace or self.show_trace), args
+                           not args.no_interpolate, args.trace or self.show_trace,
+                           args.cache), args
 
     def _prompt(self, text: str, opts: CellOptions) -> str:
         if not opts.interpolate:
@@ -215,6 +225,17 @@ class TimmyMagics(Magics):
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
+        fields, mode = self.answers.fields(req, opts)
+        try:
+            hit = self.answers.lookup(fields, mode)
+        except ReplayMiss as exc:
+            view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
+            return
+        if hit is not None:
+            self._keep(hit, opts, key, prompt)
+            view.finish(Final(hit, opts.fmt, self._format_notes(hit, opts) + hit.notes,
+                              opts.trace))
+            return
         try:
             result, interrupted = self._answer(req, opts, view)
         except RoutingError as exc:
@@ -224,6 +245,8 @@ class TimmyMagics(Magics):
                                        model=opts.model))
             return
         self._keep(result, opts, key, prompt)
+        if not interrupted:
+            self.answers.record(fields, result, mode)
         view.finish(Final(result, opts.fmt, self._format_notes(result, opts) + result.notes,
                            opts.trace))
         if interrupted:
@@ -342,4 +365,5 @@ class TimmyMagics(Magics):
             with suppress(Exception):
                 widget.close()
         self._panels.clear()
+        self.answers.close()
         self.router.close()

@@ -81,6 +81,10 @@ class LineCommands:
         t.add_argument("--list", action="store_true", help="the trusted files")
         add("untrust", self._untrust, "forget a trusted file").add_argument(
             "path", nargs="?", metavar="PATH", help="default: the file in use")
+        add("cache", self._cache, "the answer cache: on, off, replay (answers only from "
+            "it), clear, stats").add_argument(
+                "action", nargs="?", choices=("on", "off", "replay", "clear", "stats"),
+                default="stats", metavar="on|off|replay|clear|stats")
         add("history", self._history, "the --chat conversation")
         add("reset", self._reset, "clear the --chat conversation")
         add("start", self._start, "start a managed local server (launch: in providers.yaml)"
@@ -227,6 +231,22 @@ class LineCommands:
             raise UsageError(f"%llm {command}: {path} is not a file (the config in use comes "
                              f"from {self.ext.router.config.source})")
         return path
+
+    def _cache(self, args: argparse.Namespace) -> None:
+        answers = self.ext.answers
+        if args.action in ("on", "off", "replay"):
+            answers.session_mode = args.action
+            print(f"Answer cache: {args.action} for this session "
+                  f"({answers.cache().path if args.action != 'off' else 'nothing read or stored'})"
+                  + (": cells are answered only from recorded answers, never live"
+                     if args.action == "replay" else "") + ".")
+            return
+        cache = answers.cache()
+        if args.action == "clear":
+            print(f"Answer cache cleared: {cache.clear()} answers removed ({cache.path}).")
+            return
+        print(f"Answer cache mode: {answers.mode()}")
+        print("\n".join(cache.stats().lines()))
 
     def _history(self, args: argparse.Namespace) -> None:
         display(self.ext.conversation)

@@ -1,0 +1,101 @@
+"""The answer cache as a cell uses it: which mode is in force, which file, and the
+request fields that make the key.
+
+The mode: ``%llm cache on|off|replay`` for this session, else ``$TIMMY_CACHE_MODE``, else
+``cache.mode`` in providers.yaml (off by default); ``--cache`` / ``--no-cache`` change it
+for one cell. The file: ``$TIMMY_CACHE_PATH``, else ``cache.path``, else the user cache
+dir. The cache is opened on first use (``%load_ext`` stays fast) and opened again when a
+reload names another file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from IPython.core.error import UsageError
+
+from ..cache import (
+    AnswerCache,
+    CacheMode,
+    CacheSettingError,
+    CacheSettings,
+    RequestFields,
+    cell_mode,
+)
+from ..types import ChatRequest, Result
+
+if TYPE_CHECKING:
+    from .cell import CellOptions, TimmyMagics
+
+PATH_VAR = "TIMMY_CACHE_PATH"
+REPLAY_HINTS = (
+    "Replay answers only from the cache, so a notebook runs offline and the same: this "
+    "request was never recorded (or was asked with other options).",
+    "Record it: `%llm cache on` (or `TIMMY_CACHE_MODE=on`), run the cell once, then replay.",
+    "Ask live just this once: add `--no-cache` to the cell.",
+)
+
+
+class CellCache:
+    def __init__(self, ext: TimmyMagics) -> None:
+        self.ext = ext
+        self.session_mode: CacheMode | None = None
+        """Set by ``%llm cache on|off|replay``: wins over the environment and the file."""
+        self._cache: AnswerCache | None = None
+
+    def settings(self) -> CacheSettings:
+        c = self.ext.router.config.cache
+        path = os.environ.get(PATH_VAR) or c.path
+        try:
+            return CacheSettings(Path(path).expanduser() if path else None, c.mode,
+                                 c.ttl_days, c.max_mb)
+        except CacheSettingError as exc:
+            raise UsageError(str(exc)) from None
+
+    def mode(self) -> CacheMode:
+        if self.session_mode is not None:
+            return self.session_mode
+        try:
+            return self.settings().resolve_mode()
+        except CacheSettingError as exc:  # a bad $TIMMY_CACHE_MODE: one line, no answer
+            raise UsageError(str(exc)) from None
+
+    def cache(self) -> AnswerCache:
+        settings = self.settings()
+        path = settings.resolved_path()
+        if self._cache is None or self._cache.path != path:
+            self.close()
+            self._cache = AnswerCache.from_settings(settings)
+        return self._cache
+
+    def fields(self, req: ChatRequest,
+               opts: CellOptions) -> tuple[RequestFields | None, CacheMode]:
+        mode = cell_mode(self.mode(), opts.cache)
+        if mode == "off":
+            return None, mode
+        return RequestFields.of(req, model=req.model or self._default_model(req),
+                                format=opts.fmt), mode
+
+    def _default_model(self, req: ChatRequest) -> str | None:
+        """A pinned cell asks the provider's default model: that model is in the key."""
+        if req.provider is None:
+            return None
+        return self.ext.router.provider(req.provider).cfg.default_model
+
+    def lookup(self, fields: RequestFields | None, mode: CacheMode) -> Result | None:
+        """The recorded answer as a Result, or None (ask live). ReplayMiss in replay."""
+        if fields is None:
+            return None
+        hit = self.cache().lookup(fields, mode)
+        return hit.to_result() if hit is not None else None
+
+    def record(self, fields: RequestFields | None, result: Result, mode: CacheMode) -> None:
+        if fields is not None:
+            self.cache().record(fields, result, mode)
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
