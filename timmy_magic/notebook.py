@@ -131,15 +131,36 @@ def _short_path(filename: str) -> str:
     return str(Path(*parts[-2:])) if len(parts) > 2 else filename
 
 
-def _last_exception() -> BaseException | None:
+_NOT_USER_ERRORS = ("UsageError", "StreamInterrupted")
+_REMEMBERED = "_timmy_last_error"
+
+
+def _user_error(exc: object) -> bool:
+    """An exception of the user's code: not a magic's usage error, not an interrupt."""
+    return (isinstance(exc, BaseException) and not isinstance(exc, KeyboardInterrupt)
+            and type(exc).__name__ not in _NOT_USER_ERRORS)
+
+
+def remember_error(shell: Any, exc: BaseException | None) -> None:
+    """Called after each cell (the extension's post_run_cell hook): the last exception of
+    user code, kept on the shell, so a mistyped ``%llm`` line in between does not
+    replace it (``sys.last_value`` would hold the UsageError)."""
+    if _user_error(exc):
+        setattr(shell, _REMEMBERED, exc)
+
+
+def _last_exception(shell: Any) -> BaseException | None:
+    kept = getattr(shell, _REMEMBERED, None)
+    if _user_error(kept):
+        return kept
     exc = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
-    return exc if isinstance(exc, BaseException) else None
+    return exc if _user_error(exc) else None
 
 
 def last_error(shell: Any) -> ErrorItem | None:
-    """The exception IPython last showed, with its cell and user-code frames; None if
-    there was none."""
-    exc = _last_exception()
+    """The exception of user code IPython last showed, with its cell and user-code
+    frames; None if there was none."""
+    exc = _last_exception(shell)
     if exc is None:
         return None
     cells = _cell_map(shell)

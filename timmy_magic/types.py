@@ -99,6 +99,9 @@ class Result:
     notes: tuple[str, ...] = ()
     """What the reader should know besides the text (reasoning or tool calls not shown,
     an empty answer), one line each."""
+    context: tuple[dict[str, Any], ...] = ()
+    """What went with the prompt (``--cells``, ``--vars``, ``--error``): one row per item,
+    kind, name, characters, estimated tokens, cut or dropped."""
     cached: bool = False
     """Answered from the answer cache: no request was sent (the timings are those of the
     recorded answer, a note says when and from where)."""

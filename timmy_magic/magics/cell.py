@@ -9,6 +9,7 @@ the partial answer.
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import math
 import shlex
@@ -23,8 +24,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
-from ..errors import InvalidRequest, RoutingError, UnknownProvider
 from ..cache import ReplayMiss
+from ..context import Context, ContextError, build_context
+from ..notebook import remember_error
+from ..errors import InvalidRequest, RoutingError, UnknownProvider
 from ..failures import ErrorBlock, describe_failure
 from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from ..history import Conversation, Turn, source_key
@@ -36,6 +39,7 @@ from ..render import (
     TerminalView,
     View,
     consume,
+    display,
     rich_frontend,
 )
 from ..router import Router
@@ -91,6 +95,10 @@ class CellOptions:
     trace: bool
     cache: bool | None = None
     """--cache (True) / --no-cache (False) / neither (None: the session's cache mode)."""
+    cells: str | None = None
+    names: tuple[str, ...] = ()
+    error: bool = False
+    show_context: bool = False
 
 
 @magics_class
@@ -142,6 +150,13 @@ class TimmyMagics(Magics):
     @argument("--new", action="store_true", help="start a new conversation with this cell")
     @argument("--no-interpolate", action="store_true", help="send {braces} as written")
     @argument("--trace", action="store_true", help="show the route trace")
+    @argument("--cells", metavar="N|A:B", help="the previous N code cells (or execution "
+              "counts A to B), with their outputs, as context")
+    @argument("--vars", metavar="a,b", help="summaries of these kernel variables as context "
+              "(DataFrames, arrays, figures...)")
+    @argument("--error", action="store_true", help="the last exception as context")
+    @argument("--show-context", action="store_true", help="show what would be sent; send "
+              "nothing")
     @argument("--cache", dest="cache", action="store_const", const=True, default=None,
               help="answer from the answer cache if recorded, else ask and record")
     @argument("--no-cache", dest="cache", action="store_const", const=False,
@@ -166,7 +181,7 @@ class TimmyMagics(Magics):
         """The argparse parser of %%llm (made by magic_arguments)."""
         return vars(TimmyMagics)["llm"].parser
 
-    def _options(self, line: str) -> tuple[CellOptions, Any]:
+    def options(self, line: str) -> tuple[CellOptions, Any]:
         try:
             argv = shlex.split(line)
         except ValueError as exc:
@@ -197,7 +212,9 @@ class TimmyMagics(Magics):
                            max_tokens, fmt, args.out,
                            not args.no_stream, args.chat or args.new, args.new,
                            not args.no_interpolate, args.trace or self.show_trace,
-                           args.cache), args
+                           args.cache, args.cells,
+                           tuple(n.strip() for n in (args.vars or "").split(",") if n.strip()),
+                           args.error, args.show_context), args
 
     def _prompt(self, text: str, opts: CellOptions) -> str:
         if not opts.interpolate:
@@ -208,50 +225,90 @@ class TimmyMagics(Magics):
             raise UsageError(str(exc)) from None
 
     def _ask(self, line: str, cell: str) -> None:
-        opts, args = self._options(line)
+        opts, args = self.options(line)
         prompt = self._prompt(cell, opts).strip()
         if not prompt:
             raise UsageError("the cell has no prompt: write it below the %%llm line")
         system = self._prompt(args.system, opts) if args.system else None
-        key = self._cell_key(line, cell)
+        try:
+            ctx = build_context(self.ip, prompt, cells=opts.cells, names=opts.names,
+                                error=opts.error, system=system)
+        except ContextError as exc:
+            raise UsageError(str(exc)) from None
+        self.ask(ctx, opts, self._cell_key(line, cell), prompt)
+
+    def ask(self, ctx: Context, opts: CellOptions, key: str, prompt: str,
+            then: Callable[[Result], tuple[str, ...]] | None = None) -> Result | None:
+        """Send ``ctx`` (the prompt with its context, masked) as ``opts`` say, show the
+        answer, keep it. ``then`` may act on a complete answer and return notes."""
+        ctx = self._fit(ctx, opts)
+        if opts.show_context:
+            display({"text/markdown": ctx.render_markdown(), "text/plain": ctx.prompt_text()},
+                    raw=True)
+            return None
         if opts.new:
             self.conversation.reset()
         earlier = self.conversation.context(key) if opts.chat else ()
-        messages = ((Message("system", system),) if system else ()) + earlier + (
-            Message("user", prompt),)
+        messages = tuple(m for m in ctx.as_messages() if m.role == "system") + earlier + (
+            Message("user", ctx.prompt_text()),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
                               opts.provider)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
+        notes: tuple[str, ...] = (ctx.note(),) if ctx.note() else ()
         fields, mode = self.answers.fields(req, opts)
         try:
             hit = self.answers.lookup(fields, mode)
         except ReplayMiss as exc:
             view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
-            return
-        if hit is not None:
-            self._keep(hit, opts, key, prompt)
-            view.finish(Final(hit, opts.fmt, self._format_notes(hit, opts) + hit.notes,
-                              opts.trace))
-            return
-        try:
-            result, interrupted = self._answer(req, opts, view)
-        except RoutingError as exc:
-            view.fail(describe_failure(exc, pin_source=opts.pin_source,
-                                       gate_reason=self.router.gate().reason,
-                                       config_source=self.router.config.source,
-                                       model=opts.model))
-            return
+            return None
+        interrupted = False
+        if hit is None:
+            try:
+                result, interrupted = self._answer(req, opts, view)
+            except RoutingError as exc:
+                view.fail(describe_failure(exc, pin_source=opts.pin_source,
+                                           gate_reason=self.router.gate().reason,
+                                           config_source=self.router.config.source,
+                                           model=opts.model))
+                return None
+        else:
+            result = hit
+        result = dataclasses.replace(result, context=tuple(ctx.rows()))
         self._keep(result, opts, key, prompt)
-        if not interrupted:
+        if hit is None and not interrupted:
             self.answers.record(fields, result, mode)
-        view.finish(Final(result, opts.fmt, self._format_notes(result, opts) + result.notes,
-                           opts.trace))
+        if then is not None and result.ok and not interrupted:
+            notes += then(result)
+        view.finish(Final(result, opts.fmt,
+                          self._format_notes(result, opts) + notes + result.notes, opts.trace))
         if interrupted:
             raise StreamInterrupted(f"{INTERRUPTED}; the partial answer ({len(result.text)} "
                                     "chars) is kept: timmy_magic.last()")
+        return result
+
+    def _fit(self, ctx: Context, opts: CellOptions) -> Context:
+        """Cut the context to the model's window (its ``context_window`` in providers.yaml)
+        minus the answer's room; no cut when no window is known."""
+        window = self._window(opts)
+        if window is None or not ctx.items:
+            return ctx
+        room = opts.max_tokens or self.router.config.cascade.default_max_tokens or 0
+        return ctx.fit(max(window - room, 256))
+
+    def _window(self, opts: CellOptions) -> int | None:
+        """The pinned provider's model window, else the smallest window of the enabled
+        providers' default models (the cascade may end on any of them)."""
+        cfgs = ([self.router.provider(opts.provider).cfg] if opts.provider else
+                [p for p in self.router.config.providers if p.enabled])
+        windows = []
+        for cfg in cfgs:
+            mc = cfg.model(opts.model or cfg.default_model)
+            if mc is not None and mc.context_window:
+                windows.append(mc.context_window)
+        return min(windows) if windows else None
 
     def _view(self, opts: CellOptions) -> View:
         mode = self.display_mode
@@ -323,6 +380,7 @@ class TimmyMagics(Magics):
 
     def _post_run_cell(self, result: Any = None) -> None:
         self._cell_id = None
+        remember_error(self.ip, getattr(result, "error_in_exec", None))
 
     def _cell_key(self, line: str, cell: str) -> str:
         """Which cell is running: its Jupyter cell id if the front end sent one (so an

@@ -8,20 +8,22 @@ import argparse
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from IPython.core.error import UsageError
 
 from .. import trust
 from ..config import find_config, found_by_search, load_config, trust_reason
+from ..context import Context, ContextError, error_context, split_fix
 from ..errors import ConfigError, UnknownProvider
 from ..failures import ErrorBlock
 from ..launch import LaunchError
 from ..render import display
 from ..tables import providers_bundle, status_bundle
+from ..types import Result
 
 if TYPE_CHECKING:
-    from .cell import TimmyMagics
+    from .cell import CellOptions, TimmyMagics
 
 START_HINT = "`%llm status` shows its state; check its `launch:` section in providers.yaml."
 
@@ -85,6 +87,12 @@ class LineCommands:
             "it), clear, stats").add_argument(
                 "action", nargs="?", choices=("on", "off", "replay", "clear", "stats"),
                 default="stats", metavar="on|off|replay|clear|stats")
+        fix = add("fix", self._fix, "propose a fix of the last failing cell, as a new cell "
+                  "below")
+        fix.add_argument("options", nargs=argparse.REMAINDER,
+                         help="%%llm options (-p, -m, -t, --max-tokens, --show-context...)")
+        explain = add("explain", self._explain, "explain the last error (no code)")
+        explain.add_argument("options", nargs=argparse.REMAINDER, help="%%llm options")
         add("history", self._history, "the --chat conversation")
         add("reset", self._reset, "clear the --chat conversation")
         add("start", self._start, "start a managed local server (launch: in providers.yaml)"
@@ -247,6 +255,40 @@ class LineCommands:
             return
         print(f"Answer cache mode: {answers.mode()}")
         print("\n".join(cache.stats().lines()))
+
+    def _fix(self, args: argparse.Namespace) -> None:
+        """The failing cell and its traceback go to the model, which answers one line of
+        explanation and the corrected cell; the cell is proposed below (as -f code)."""
+        ext = self.ext
+        opts = self._error_options(args, "fix")
+        ctx = self._error_context("fix")
+
+        def propose(result: Result) -> tuple[str, ...]:
+            explanation, code = split_fix(result.text)
+            if code is None:
+                return ("the answer holds no code block: no cell was inserted",)
+            ext.ip.set_next_input(code, replace=False)
+            return (f"fix proposed in a new cell below: {explanation or 'see above'}",)
+
+        ext.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=propose)
+
+    def _explain(self, args: argparse.Namespace) -> None:
+        ctx = self._error_context("explain")
+        self.ext.ask(ctx, self._error_options(args, "explain"), f"explain:{id(ctx)}",
+                     "%llm explain")
+
+    def _error_options(self, args: argparse.Namespace, command: str) -> CellOptions:
+        opts, _ = self.ext.options(shlex.join(args.options))
+        if opts.chat or opts.cells or opts.names or opts.error or opts.fmt != "markdown":
+            raise UsageError(f"%llm {command}: --chat, --cells, --vars, --error and -f do not "
+                             "apply (the last error is the context)")
+        return opts
+
+    def _error_context(self, command: Literal["fix", "explain"]) -> Context:
+        try:
+            return error_context(self.ext.ip, command)
+        except ContextError as exc:
+            raise UsageError(str(exc)) from None
 
     def _history(self, args: argparse.Namespace) -> None:
         display(self.ext.conversation)
