@@ -120,6 +120,10 @@ class LineCommands:
                              "with %%llm.")
         if argv[0] == "bench":  # its own parser: every argument goes to it as written
             return self._bench_line(line.strip().removeprefix("bench").strip())
+        if argv[0] in ("fix", "explain") and "-h" not in argv and "--help" not in argv:
+            # the %%llm options, parsed by the %%llm parser
+            return self._subparsers().choices[argv[0]].get_default("handler")(
+                argparse.Namespace(options=argv[1:]))
         try:  # the command's own parser: its errors name it and its usage
             args = self._subparsers().choices[argv[0]].parse_args(argv[1:])
         except _HelpShown:

@@ -12,9 +12,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import (
     ProviderAuthError,
@@ -28,6 +26,9 @@ from ..retry import parse_retry_after
 from ..secrets import redact_http_logs
 from ..types import ChatRequest, Usage
 from .wire import LineSplitter, SSEDecoder, WireError, count, loads
+
+if TYPE_CHECKING:  # imported when the first backend is built, not by %load_ext
+    import httpx
 
 redact_http_logs()  # httpx logs request URLs (a password, a key in the query) at INFO
 
@@ -96,6 +97,8 @@ class Backend(Protocol):
 def http_timeout(t: Timeouts) -> httpx.Timeout:
     # The router enforces the first-token, idle and whole-request deadlines itself (they
     # name the phase that stalled); httpx's read timeout is only a backstop behind them.
+    import httpx
+
     backstop = max(t.idle, t.first_token) + 1.0
     return httpx.Timeout(connect=t.connect, read=backstop, write=backstop, pool=t.connect)
 
@@ -111,6 +114,8 @@ read as a connect timeout), so the router keeps httpx's own by default."""
 
 def make_http_client(t: Timeouts, **kw: Any) -> httpx.AsyncClient:
     """One client per endpoint; all share one SSL context (building one costs ~10 ms)."""
+    import httpx
+
     global _SSL
     if _SSL is None:
         import ssl
@@ -157,22 +162,34 @@ def status_error(provider: str, status: int, headers: Any, body: Any) -> Provide
 
 
 # Foreign exception class -> (our class, message prefix). Most specific first: the table
-# is read top to bottom, as httpx's own ``map_httpcore_exceptions``.
-_MAPPING: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
-                      type[ProviderError], str], ...] = (
-    (httpx.ConnectTimeout, ProviderTimeout, "connect timed out"),
-    (httpx.ConnectError, ProviderConnectError, "cannot connect"),
-    ((httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout), ProviderTimeout,
-     "no data within the idle timeout"),
-    ((httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError),
-     ProviderConnectError, "connection dropped"),
-    ((httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol,
-      httpx.LocalProtocolError, httpx.DecodingError), ProviderProtocolError, "bad HTTP"),
-    (TimeoutError, ProviderTimeout, "timed out"),
-    (WireError, ProviderProtocolError, "unreadable answer"),
-    ((ValueError, KeyError, TypeError, AttributeError, IndexError, LookupError,
-      RecursionError, UnicodeError), ProviderProtocolError, "unreadable answer"),
-)
+# is read top to bottom, as httpx's own ``map_httpcore_exceptions``. Built on first use,
+# so importing this module does not import httpx (~80 ms of %load_ext: docs/performance.md).
+_Mapping = tuple[tuple[type[BaseException] | tuple[type[BaseException], ...],
+                       type[ProviderError], str], ...]
+_MAPPING: _Mapping = ()
+
+
+def _mapping() -> _Mapping:
+    global _MAPPING
+    if not _MAPPING:
+        import httpx
+
+        _MAPPING = (
+            (httpx.ConnectTimeout, ProviderTimeout, "connect timed out"),
+            (httpx.ConnectError, ProviderConnectError, "cannot connect"),
+            ((httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout), ProviderTimeout,
+             "no data within the idle timeout"),
+            ((httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError),
+             ProviderConnectError, "connection dropped"),
+            ((httpx.TooManyRedirects, httpx.InvalidURL, httpx.UnsupportedProtocol,
+              httpx.LocalProtocolError, httpx.DecodingError), ProviderProtocolError,
+             "bad HTTP"),
+            (TimeoutError, ProviderTimeout, "timed out"),
+            (WireError, ProviderProtocolError, "unreadable answer"),
+            ((ValueError, KeyError, TypeError, AttributeError, IndexError, LookupError,
+              RecursionError, UnicodeError), ProviderProtocolError, "unreadable answer"),
+        )
+    return _MAPPING
 
 
 def map_error(exc: BaseException, provider: str) -> ProviderError:
@@ -182,7 +199,9 @@ def map_error(exc: BaseException, provider: str) -> ProviderError:
         if not exc.provider:
             exc.provider = provider
         return exc
-    for types, cls, prefix in _MAPPING:
+    import httpx
+
+    for types, cls, prefix in _mapping():
         if isinstance(exc, types):
             detail = str(exc)
             if isinstance(exc, httpx.TimeoutException | TimeoutError) or not detail:
@@ -222,9 +241,12 @@ def model_ids(body: Any) -> tuple[str, ...]:
     return tuple(str(m.get("id")) for m in data if isinstance(m, dict))
 
 
-_STALE = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
-"""How a kept-alive connection the server has meanwhile closed fails: the request is
-written into a closed socket, or the server hangs up without a byte of response."""
+def _stale() -> tuple[type[Exception], ...]:
+    """How a kept-alive connection the server has meanwhile closed fails: the request is
+    written into a closed socket, or the server hangs up without a byte of response."""
+    import httpx
+
+    return (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 async def _open(stack: contextlib.AsyncExitStack, http: httpx.AsyncClient, url: str,
@@ -237,7 +259,7 @@ async def _open(stack: contextlib.AsyncExitStack, http: httpx.AsyncClient, url: 
     try:
         return await stack.enter_async_context(
             http.stream("POST", url, json=payload, headers=headers))
-    except _STALE:
+    except _stale():
         return await stack.enter_async_context(
             http.stream("POST", url, json=payload, headers=headers))
 
@@ -334,6 +356,8 @@ async def get_json(client: httpx.AsyncClient, url: str, timeout: float,
 
 
 def probe_error(exc: BaseException, provider: str, timeout: float) -> Probe:
+    import httpx
+
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return Probe("down", error=f"health check timed out after {timeout:g}s")
     return Probe("down", error=str(map_error(exc, provider)))
