@@ -208,8 +208,7 @@ class Context:
         if not self.items and not self.dropped and not self.masked:
             return ""
         if not self.items and not self.dropped:
-            return (f"{_plural(self.masked, 'secret')} masked in the prompt before it was "
-                    "sent")
+            return f"{_plural(self.masked, 'secret')} masked in the prompt"
         parts = [_plural(n, kind) for kind, n in _sorted_counts(self.counts())]
         head = "context: " + ", ".join(parts + [f"~{short_count(self.context_tokens)} tokens"])
         extra = []

@@ -108,6 +108,9 @@ class LineCommands:
         return root
 
     def run(self, line: str) -> Any:
+        name, _, rest = line.strip().partition(" ")
+        if name == "bench":  # its own parser: every argument goes to it as written
+            return self._bench_line(rest.strip())
         try:
             argv = shlex.split(line)
         except ValueError as exc:
@@ -118,8 +121,6 @@ class LineCommands:
             raise UsageError(f"unknown command '{argv[0]}'; commands: "
                              f"{', '.join(self.commands())}. To ask a model, start a cell "
                              "with %%llm.")
-        if argv[0] == "bench":  # its own parser: every argument goes to it as written
-            return self._bench_line(line.strip().removeprefix("bench").strip())
         if argv[0] in ("fix", "explain") and "-h" not in argv and "--help" not in argv:
             # the %%llm options, parsed by the %%llm parser
             return self._subparsers().choices[argv[0]].get_default("handler")(
