@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from contextlib import aclosing
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import gate as gate_mod
 from . import servers
@@ -32,7 +32,8 @@ from .monitor import Monitor
 from .planner import Plan
 from .retry import RetryPolicy
 from .runner import TICK, Runner, Tick
-from .types import ChatRequest, Done, Event, HealthReport, Result
+from .errors import RoutingError
+from .types import ChatRequest, Done, Event, Failed, HealthReport, Result
 
 __all__ = ["ChangeKind", "Router"]
 T = TypeVar("T")
@@ -177,6 +178,46 @@ class Router:
         if runner.on_loop():
             return await self._answer(req, whole=not stream)
         return await asyncio.wrap_future(runner.submit(self._answer(req, whole=not stream)))
+
+    def stream_many(self, requests: list[ChatRequest], *, tick_every: float | None = None
+                    ) -> Iterator[tuple[int, Event | Failed] | Tick]:
+        """Several requests at once (side by side): ``(column, event)`` pairs as they
+        come, each column's events in order. A column that gets no answer yields
+        ``(column, Failed(error))`` and the others go on. Closing the iterator cancels
+        every column and waits for their clean-up."""
+        merged = cast(AsyncGenerator[Event, None], self._merged(list(requests)))
+        return cast(Iterator[tuple[int, Event | Failed] | Tick],
+                    _bridge(self.runner, merged, tick_every))  # the bridge passes items as is
+
+    async def _merged(self, requests: list[ChatRequest]
+                      ) -> AsyncGenerator[tuple[int, Event | Failed], None]:
+        q: asyncio.Queue[tuple[int, Event | Failed | None]] = asyncio.Queue()
+
+        async def column(i: int, req: ChatRequest) -> None:
+            try:
+                async with aclosing(self._cascade.stream(req)) as events:
+                    async for ev in events:
+                        q.put_nowait((i, ev))
+            except RoutingError as exc:
+                q.put_nowait((i, Failed(exc)))
+            finally:
+                q.put_nowait((i, None))
+
+        tasks = [asyncio.create_task(column(i, r)) for i, r in enumerate(requests)]
+        try:
+            open_columns = len(tasks)
+            while open_columns:
+                i, ev = await q.get()
+                if ev is None:
+                    open_columns -= 1
+                    continue
+                yield i, ev
+            for t in tasks:  # a column's own bug surfaces here, not lost in a task
+                t.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def complete(self, request: ChatRequest | str, *, stream: bool = True,
                  **kw: Any) -> Result:

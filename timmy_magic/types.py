@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, RoutingError
 from .trace import Attempt as Attempt  # re-exported: the trace is part of a Result
 from .trace import RouteTrace as RouteTrace
 from .trace import Skip as Skip
@@ -205,3 +205,10 @@ class HealthReport:
     hint: str | None = None
     checking: bool = False
     """A health check of this provider is in flight right now."""
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A side-by-side column got no answer (``Router.stream_many``): its error."""
+
+    error: RoutingError
+
+

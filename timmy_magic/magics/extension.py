@@ -19,6 +19,8 @@ from .cell import TimmyMagics
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from ..compare import Comparison
+
 _EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
 """The one extension instance per shell."""
 
@@ -73,8 +75,9 @@ def extension(ip: Any = None) -> TimmyMagics:
     return ext
 
 
-def last() -> Result | None:
-    """The last %%llm result of this shell (partial if it was interrupted), or None."""
+def last() -> Result | Comparison | None:
+    """The last %%llm result of this shell (partial if it was interrupted; a Comparison
+    after a side-by-side cell), or None."""
     return extension().last_result
 
 
