@@ -12,6 +12,7 @@ must be gone once its kernel has exited: ``servers_on`` finds any that are left 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,7 @@ def answers(nb: Any) -> list[str]:
 def footer_provider(markdown: str) -> str | None:
     """The provider named by an answer's footer (``*NAME · model · ...*``), or None."""
     tail = markdown.rpartition("\n---\n*")[2]
+    tail = re.sub(r"<[^>]+>", "", tail)  # a footer holding "$" is in a no-math span
     return tail.partition(" · ")[0] if tail and tail != markdown else None
 
 
