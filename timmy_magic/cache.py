@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeGuard, cast
 
 from .errors import InvalidRequest, TimmyError
+from .providers.parts import openai_content
 from .secrets import REDACT, get_logger
 from .types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
@@ -254,7 +255,9 @@ def _canonical_schema(schema: Mapping[str, Any] | str | None) -> Any:
 
 def _canonical_message(m: Message | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(m, Message):
-        return {"role": m.role, "content": m.content}
+        if isinstance(m.content, str):
+            return {"role": m.role, "content": m.content}
+        return {"role": m.role, "content": _canonical_content(openai_content(m))}
     return {"role": m.get("role"), "content": _canonical_content(m.get("content"))}
 
 
@@ -286,7 +289,10 @@ def summarize(messages: Sequence[Message | Mapping[str, Any]]) -> str:
         msg = _canonical_message(m)
         if msg["role"] == "user":
             content = msg["content"]
-            text = content if isinstance(content, str) else canonical_json(content)
+            text = content if isinstance(content, str) else " ".join(
+                str(p.get("text", "")) if p.get("type") == "text" else f"[{p.get('type')}]"
+                for p in content if isinstance(p, dict)) if isinstance(
+                content, list) else canonical_json(content)
     line = " ".join(text.split())
     if len(line) > SUMMARY_CHARS:
         line = line[: SUMMARY_CHARS - 1] + "…"

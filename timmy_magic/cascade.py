@@ -63,23 +63,35 @@ class Cascade:
             self._healths[st.name] = (key, health)
         return health
 
-    def _view(self, st: ProviderState, now: float) -> ProviderView:
+    def _view(self, st: ProviderState, now: float, model: str | None = None,
+              max_tokens: int | None = None) -> ProviderView:
         health = self._health(st, now)
         eps = st.endpoints
+        asked = st.model_for(model)
+        mc = st.cfg.model(asked)
+        room = max_tokens or (mc.max_tokens if mc else None) \
+            or self.core.config.cascade.default_max_tokens or 0
         return ProviderView(
             st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud, health.state,
             any(ep.breaker.available(now) for ep in eps),
             min(ep.breaker.retry_in(now) for ep in eps),
             any(ep.launcher is not None and ep.launcher.held for ep in eps),
             any(ep.breaker.state(now) == "half_open" for ep in eps),
-            health.models, health.detail)
+            health.models, health.detail, asked,
+            mc is not None and "vision" in mc.capabilities, st.context_window(model), room)
 
-    def plan(self, pin: str | None = None, model: str | None = None) -> Plan:
+    def plan(self, pin: str | None = None, model: str | None = None,
+             request: ChatRequest | None = None) -> Plan:
+        """The route for a request now. With ``request``, providers whose model cannot
+        see its images or whose window cannot hold it are skipped (``planner``)."""
         now = self.core.clock()
         decision = self.core.gate()
-        return plan_route([self._view(st, now) for st in self.core.providers.values()],
-                          pin=pin, model=model, cloud_open=decision.open,
-                          cloud_reason=decision.reason)
+        max_tokens = request.max_tokens if request is not None else None
+        return plan_route(
+            [self._view(st, now, model, max_tokens) for st in self.core.providers.values()],
+            pin=pin, model=model, cloud_open=decision.open, cloud_reason=decision.reason,
+            needs_vision=request is not None and request.needs_vision,
+            input_tokens=request.input_tokens if request is not None else 0)
 
     async def _refresh_quota(self) -> None:
         """Read a stale quota signal in a worker thread (a command or user code may block
@@ -107,11 +119,11 @@ class Cascade:
         if pin is not None:
             core.provider(pin)
         await self._refresh_quota()
-        plan = self.plan(pin, req.model)
+        plan = self.plan(pin, req.model, req)
         if not plan.order and plan.skipped_for("unhealthy"):
             # last known health says down: look again now (one health timeout) before failing
             await self._recheck(plan.skipped_for("unhealthy"))
-            plan = self.plan(pin, req.model)
+            plan = self.plan(pin, req.model, req)
         attempts: list[Attempt] = []
         for i, name in enumerate(plan.order):
             others_left = i < len(plan.order) - 1
@@ -128,8 +140,11 @@ class Cascade:
                 break
         trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
         if pin is not None:
-            why = attempts[-1].error if attempts else next(
-                (str(s) for s in plan.skipped if s.provider == pin), "not tried")
+            skip = next((s for s in plan.skipped if s.provider == pin), None)
+            if not attempts and skip is not None and skip.reason == "no_vision":
+                raise PinnedProviderFailed(f"pinned provider '{pin}' cannot see images: "
+                                           f"{skip.detail}", trace)
+            why = attempts[-1].error if attempts else str(skip) if skip else "not tried"
             raise PinnedProviderFailed(f"pinned provider '{pin}' failed: {why}", trace)
         raise NoProviderAvailable(_no_provider_message(
             plan, attempts, core.config.cascade.timeout_seconds), trace)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import TimmyError
+from .types import ImagePart, image_tokens
 
 CHARS_PER_TOKEN = 4
 """Token estimate: about 4 characters a token (English text and code, BPE tokenizers)."""
@@ -184,9 +185,11 @@ class ImageItem(ContextItem):
 
     @property
     def tokens(self) -> int:
-        if self.width and self.height:
-            return min(1600, max(1, self.width * self.height // 750))
-        return 1000
+        return image_tokens(self.width, self.height)
+
+    def part(self) -> ImagePart:
+        """The image as a message part (for a provider whose model has ``vision``)."""
+        return ImagePart.of(self.data, self.mime, self.width, self.height)
 
     def data_url(self) -> str:
         return f"data:{self.mime};base64,{base64.b64encode(self.data).decode()}"

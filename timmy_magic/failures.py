@@ -92,6 +92,16 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
     if "no_model" in skipped:
         hints.append(f"No provider serves model '{literal(model)}': check `-m` or "
                      "`TimmyMagics.default_model`.")
+    if "no_vision" in skipped:
+        hints.append(f"{', '.join(skipped['no_vision'])}: the model cannot see images. Give "
+                     "a model with vision `capabilities: [vision]` in providers.yaml (and "
+                     "`%llm reload`), pin a provider that has one, or leave the image out "
+                     "of `--vars`.")
+    if "context_window" in skipped:
+        hints.append(f"{', '.join(skipped['context_window'])}: the request does not fit the "
+                     "model's context window. Send less context (`--cells`, `--vars`), "
+                     "lower `--max-tokens`, or pin one provider (its context is then cut "
+                     "to fit).")
     if "circuit_open" in skipped:
         hints.append(f"{', '.join(skipped['circuit_open'])}: circuit open after repeated "
                      "failures; it is tried again after the recovery timeout.")
@@ -100,7 +110,7 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
         undo = {"option": f"drop `-p {pin}`", "session": "run `%llm unpin`",
                 "default": "`%config TimmyMagics.default_provider = None`"}.get(
                     pin_source or "", "unpin it")
-        check = "" if "cloud_gate" in skipped else \
+        check = "" if {"cloud_gate", "no_vision"} & skipped.keys() else \
             f"Check that {pin} is running (`%llm status`), or "
         hints.append(f"{check}{undo[0].upper() if not check else undo[0]}{undo[1:]} to let "
                      "the cascade choose.")

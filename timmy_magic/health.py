@@ -48,10 +48,41 @@ class ProviderState:
     misconfigured: str | None = None
     checking: bool = False
     rr: int = 0
+    windows: dict[str, int] = field(default_factory=dict)
+    """Context windows the servers reported (health checks), by model: kept when a
+    server goes down, replaced (never mutated: other threads read it) when one reports."""
 
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def model_for(self, model: str | None) -> str | None:
+        """The model a request for ``model`` is asked of here (None: the server's own)."""
+        return model or self.cfg.default_model
+
+    def context_window(self, model: str | None) -> int | None:
+        """The window of ``model`` (None: the default) here: its ``context_window`` in
+        providers.yaml, else what a server reported for it (a server that reported one
+        model's window serves that one model), else None."""
+        name = self.model_for(model)
+        mc = self.cfg.model(name)
+        if mc is not None and mc.context_window:
+            return mc.context_window
+        known = self.windows
+        if not known:
+            return None
+        if name is not None:
+            for key in (name, f"{name}:latest"):  # Ollama: no tag means :latest
+                if key in known:
+                    return known[key]
+        if name is None or len(known) == 1:
+            return min(known.values())
+        return None
+
+    def capabilities(self, model: str | None) -> frozenset[str]:
+        """What ``model`` (None: the default) declares here (``capabilities:``)."""
+        mc = self.cfg.model(self.model_for(model))
+        return frozenset(mc.capabilities) if mc is not None else frozenset()
 
 
 def build_report(st: ProviderState, now: float) -> HealthReport:

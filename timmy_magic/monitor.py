@@ -58,6 +58,8 @@ class Monitor:
             probe = Probe("degraded", probe.latency_s, probe.models, probe.detail,
                           f"{probe.error} while serving {ep.outstanding} request(s)")
         ep.probe, ep.checked_at = probe, self.core.clock()
+        if probe.windows and any(st.windows.get(m) != n for m, n in probe.windows.items()):
+            st.windows = {**st.windows, **probe.windows}  # rebound: read from other threads
 
     def start(self, interval: float | None = None) -> None:
         """Probe everything now and then every ``health_interval_seconds``."""

@@ -31,6 +31,16 @@ class ProviderView:
     models: frozenset[str] = frozenset()
     """Models this provider declares or serves (empty: unknown, accept any)."""
     detail: str = ""
+    model: str | None = None
+    """The model this request would be asked of here (the request's, else the default)."""
+    vision: bool = False
+    """That model declares ``capabilities: [vision]``."""
+    window: int | None = None
+    """That model's context window in tokens (providers.yaml, else what the server
+    reported), None if unknown."""
+    output_tokens: int = 0
+    """The room the answer takes there: the request's max_tokens, else the model's, else
+    the cascade's default."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +61,18 @@ _CONFIG_STATES: dict[HealthState, SkipReason] = {
 
 
 def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: str | None = None,
-               cloud_open: bool = True, cloud_reason: str = "") -> Plan:
+               cloud_open: bool = True, cloud_reason: str = "", needs_vision: bool = False,
+               input_tokens: int = 0) -> Plan:
     """Order candidates by (priority, file order); skip with a reason each one that cannot
     be used now. A pinned provider is the only candidate: it is tried even when disabled or
-    last seen down (the user asked for it), but never past an open circuit or a closed gate.
+    last seen down (the user asked for it), but never past an open circuit or a closed gate,
+    and never with an image its model cannot see.
+
+    ``needs_vision``: the request holds an image; a provider whose model does not declare
+    ``vision`` is skipped (``no_vision``). ``input_tokens``: the request's estimate; a
+    provider whose known window cannot hold it and the answer's room is skipped
+    (``context_window``), unless pinned: the estimate is rough (4 characters a token), the
+    caller has cut the context to that window, and the server has the last word.
     """
     ordered = sorted(enumerate(views), key=lambda iv: (iv[1].priority, iv[0]))
     order: list[str] = []
@@ -63,6 +81,8 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
         pinned = pin is not None and v.name == pin
         reason, detail = _skip_reason(v, pin=pin, pinned=pinned, model=model,
                                       cloud_open=cloud_open, cloud_reason=cloud_reason)
+        if reason is None:
+            reason, detail = _capability(v, pinned, needs_vision, input_tokens)
         if reason is None:
             order.append(v.name)
         else:
@@ -90,6 +110,28 @@ def _skip_reason(v: ProviderView, *, pin: str | None, pinned: bool, model: str |
     if model and v.models and model not in v.models and not pinned:
         return "no_model", f"does not serve {model}"
     return None, ""
+
+
+def _capability(v: ProviderView, pinned: bool, needs_vision: bool,
+                input_tokens: int) -> tuple[SkipReason | None, str]:
+    """Whether this provider's model can take this request (after every state check: a
+    provider that is down says so first)."""
+    if needs_vision and not v.vision:
+        what = f"model {v.model}" if v.model else "no model configured;"
+        return "no_vision", f"{what} lacks capabilities: [vision]"
+    need = input_tokens + v.output_tokens
+    if v.window is not None and need > v.window and not pinned:
+        return "context_window", f"{short_count(need)} tokens > {short_count(v.window)}"
+    return None, ""
+
+
+def short_count(n: int) -> str:
+    """850 -> ``850``, 5120 -> ``5.1k``, 4000 -> ``4k``, 131072 -> ``131k``."""
+    if n < 1000:
+        return str(n)
+    if n < 10_000:
+        return f"{n / 1000:.1f}".removesuffix(".0") + "k"
+    return f"{round(n / 1000)}k"
 
 
 def pick_endpoint(outstanding: Sequence[int], available: Sequence[bool],

@@ -148,8 +148,21 @@ class Router:
 
     # ------------------------------------------------------------ asking
 
-    def plan(self, pin: str | None = None, model: str | None = None) -> Plan:
-        return self._cascade.plan(pin, model)
+    def plan(self, pin: str | None = None, model: str | None = None,
+             request: ChatRequest | None = None) -> Plan:
+        """The route a request would take now (with ``request``: also skipping providers
+        that cannot see its images or hold it in their window)."""
+        return self._cascade.plan(pin, model, request)
+
+    def context_window(self, provider: str, model: str | None = None) -> int | None:
+        """The context window (tokens) of ``model`` (None: the default) on ``provider``:
+        ``context_window`` in providers.yaml, else what its server reported at the last
+        health check; None while unknown. No I/O."""
+        return self.provider(provider).context_window(model)
+
+    def capabilities(self, provider: str, model: str | None = None) -> frozenset[str]:
+        """What ``model`` (None: the default) declares on ``provider`` (``vision``...)."""
+        return self.provider(provider).capabilities(model)
 
     async def astream(self, request: ChatRequest | str,
                       **kw: Any) -> AsyncGenerator[Event, None]:
@@ -165,19 +178,6 @@ class Router:
         whenever no event came for that long (a live display's chance to redraw)."""
         req = ChatRequest.of(request, **kw)
         return _bridge(self.runner, self._cascade.stream(req), tick_every)
-
-    # One answer, one hop: the whole request runs on the loop and only its Result comes
-    # back (a thread hand-off per event cost more CPU than the router's own work:
-    # docs/performance.md). An interrupt cancels it and waits for its clean-up (permits,
-    # metrics, connections), so the caller sees them settled, as ``stream`` does.
-    async def acomplete(self, request: ChatRequest | str, *, stream: bool = True,
-                        **kw: Any) -> Result:
-        """The answer to one request (see ``complete``)."""
-        req = ChatRequest.of(request, **kw)
-        runner = self.runner
-        if runner.on_loop():
-            return await self._answer(req, whole=not stream)
-        return await asyncio.wrap_future(runner.submit(self._answer(req, whole=not stream)))
 
     def stream_many(self, requests: list[ChatRequest], *, tick_every: float | None = None
                     ) -> Iterator[tuple[int, Event | Failed] | Tick]:
@@ -218,6 +218,19 @@ class Router:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    # One answer, one hop: the whole request runs on the loop and only its Result comes
+    # back (a thread hand-off per event cost more CPU than the router's own work:
+    # docs/performance.md). An interrupt cancels it and waits for its clean-up (permits,
+    # metrics, connections), so the caller sees them settled, as ``stream`` does.
+    async def acomplete(self, request: ChatRequest | str, *, stream: bool = True,
+                        **kw: Any) -> Result:
+        """The answer to one request (see ``complete``)."""
+        req = ChatRequest.of(request, **kw)
+        runner = self.runner
+        if runner.on_loop():
+            return await self._answer(req, whole=not stream)
+        return await asyncio.wrap_future(runner.submit(self._answer(req, whole=not stream)))
 
     def complete(self, request: ChatRequest | str, *, stream: bool = True,
                  **kw: Any) -> Result:

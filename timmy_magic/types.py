@@ -6,7 +6,10 @@ router's loop thread and the kernel thread without locks.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -25,10 +28,151 @@ HealthState = Literal[
 CircuitState = Literal["closed", "open", "half_open"]
 
 
+IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+"""What every vision dialect takes (Anthropic's list; OpenAI and Ollama take these too)."""
+MAX_IMAGE_BYTES = 20 << 20
+"""Largest image accepted (OpenAI's limit; Anthropic's is smaller and it says so)."""
+
+
+def image_tokens(width: int | None, height: int | None) -> int:
+    """Estimated tokens of an image: ``width × height / 750`` capped at 1,600 (Anthropic's
+    rule; OpenAI's tiles come out close), 1,000 when its size is unknown."""
+    if width and height:
+        return min(1600, max(1, width * height // 750))
+    return 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    """Text in a message made of parts."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ImagePart:
+    """An image in a user message, for a model with ``capabilities: [vision]``: its bytes
+    as base64 and its MIME type. Checked (``content_parts``) when a Message holds it."""
+
+    data: str
+    """Base64 (standard alphabet, padded), no ``data:`` prefix."""
+    mime: str = "image/png"
+    width: int | None = None
+    height: int | None = None
+
+    @classmethod
+    def of(cls, raw: bytes, mime: str = "image/png", width: int | None = None,
+           height: int | None = None) -> ImagePart:
+        return cls(base64.b64encode(raw).decode("ascii"), mime, width, height)
+
+    @classmethod
+    def from_data_url(cls, url: Any) -> ImagePart:
+        """``data:image/png;base64,...`` (InvalidRequest for anything else: an http URL
+        cannot be sent to every dialect, so it is not taken)."""
+        m = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
+        if m is None:
+            shown = url[:40] + "…" if isinstance(url, str) and len(url) > 40 else url
+            raise InvalidRequest(f"an image must be a base64 data URL "
+                                 f"(data:image/png;base64,...), not {shown!r}")
+        return cls(m.group(2), m.group(1).lower())
+
+    @property
+    def data_url(self) -> str:
+        return f"data:{self.mime};base64,{self.data}"
+
+    @property
+    def tokens(self) -> int:
+        return image_tokens(self.width, self.height)
+
+    def __repr__(self) -> str:  # never the bytes (a log, an error, a repr in a notebook)
+        size = f", {self.width}x{self.height}" if self.width and self.height else ""
+        return f"ImagePart({self.mime}, {len(self.data) * 3 // 4:,} bytes{size})"
+
+
+Part = Union[TextPart, ImagePart]
+Content = Union[str, tuple[Part, ...]]
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
+
+
+def content_parts(value: Any, role: str = "user") -> Content:
+    """The one check of message content: a string stays; a sequence of parts (``TextPart``
+    / ``ImagePart``, a plain string, or OpenAI-style dicts: ``{"type": "text", "text"}``,
+    ``{"type": "image_url", "image_url": {"url": "data:..."}}``) becomes a tuple of typed
+    parts, each image checked (MIME type, base64, size, only in user messages). Parts that
+    are all text are joined into one string, as every dialect reads them."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, (list, tuple)):
+        raise InvalidRequest(f"message content must be text or a list of parts, not "
+                             f"{type(value).__name__}")
+    parts = tuple(_part(p) for p in value)
+    if not parts:
+        raise InvalidRequest("message content is an empty list of parts")
+    if all(isinstance(p, TextPart) for p in parts):
+        return "".join(p.text for p in parts if isinstance(p, TextPart))
+    for p in parts:
+        if isinstance(p, ImagePart):
+            _check_image(p, role)
+    return parts
+
+
+def _part(p: Any) -> Part:
+    if isinstance(p, (TextPart, ImagePart)):
+        return p
+    if isinstance(p, str):
+        return TextPart(p)
+    if isinstance(p, dict):
+        kind = p.get("type", "text" if "text" in p else None)
+        if kind == "text" and isinstance(p.get("text"), str):
+            return TextPart(p["text"])
+        if kind == "image_url":
+            url = p.get("image_url")
+            return ImagePart.from_data_url(url.get("url") if isinstance(url, dict) else url)
+        if kind == "image" and isinstance(src := p.get("source"), dict) \
+                and src.get("type") == "base64":  # Anthropic's block
+            return ImagePart(str(src.get("data", "")), str(src.get("media_type", "")))
+        raise InvalidRequest(f"unknown content part type {str(kind)[:40]!r} (text, "
+                             f"image_url)")
+    raise InvalidRequest(f"a content part must be text or an image, not {type(p).__name__}")
+
+
+def _check_image(p: ImagePart, role: str) -> None:
+    if role != "user":
+        raise InvalidRequest(f"images go in user messages only, not in a {role} message")
+    if p.mime not in IMAGE_MIMES:
+        raise InvalidRequest(f"image type {p.mime[:40]!r} is not one of "
+                             f"{', '.join(sorted(IMAGE_MIMES))}")
+    if not isinstance(p.data, str) or not p.data:
+        raise InvalidRequest("an image part holds no data")
+    if len(p.data) * 3 // 4 > MAX_IMAGE_BYTES:
+        raise InvalidRequest(f"an image is larger than {MAX_IMAGE_BYTES >> 20} MB")
+    try:
+        binascii.a2b_base64(p.data, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("an image's data is not valid base64") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: Role
-    content: str
+    content: Content
+    """Text, or a tuple of parts (text and images): ``content_parts`` checks it."""
+
+    def __post_init__(self) -> None:
+        if type(self.content) is not str:
+            object.__setattr__(self, "content", content_parts(self.content, self.role))
+
+    @property
+    def text(self) -> str:
+        """The message's text (its text parts joined)."""
+        c = self.content
+        return c if isinstance(c, str) else "".join(
+            p.text for p in c if isinstance(p, TextPart))
+
+    @property
+    def images(self) -> tuple[ImagePart, ...]:
+        c = self.content
+        return () if isinstance(c, str) else tuple(p for p in c if isinstance(p, ImagePart))
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,10 +192,23 @@ class ChatRequest:
             raise InvalidRequest(f"temperature must be a finite number, not {self.temperature}")
         for i, m in enumerate(self.messages):
             try:
-                m.content.encode("utf-8")
+                m.text.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raise InvalidRequest(f"{m.role} message {i + 1} is not valid Unicode text "
                                      f"(lone surrogate at position {exc.start})") from None
+
+    # What planning needs (planner.py): estimated when asked, never stored.
+    @property
+    def needs_vision(self) -> bool:
+        """A message holds an image: only providers whose model has ``vision`` can take it."""
+        return any(type(m.content) is tuple and m.images for m in self.messages)
+
+    @property
+    def input_tokens(self) -> int:
+        """Estimated tokens of the messages: about 4 characters a token
+        (``context_items.CHARS_PER_TOKEN``), each image by its size (``image_tokens``)."""
+        chars = sum(len(m.text) for m in self.messages)
+        return -(-chars // 4) + sum(p.tokens for m in self.messages for p in m.images)
 
     @classmethod
     def of(cls, prompt: str | ChatRequest, *, system: str | None = None,
@@ -173,6 +330,13 @@ class Status:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A side-by-side column got no answer (``Router.stream_many``): its error."""
+
+    error: RoutingError
+
+
 Event = Union[Delta, Trying, Status, Done]
 
 
@@ -205,10 +369,3 @@ class HealthReport:
     hint: str | None = None
     checking: bool = False
     """A health check of this provider is in flight right now."""
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """A side-by-side column got no answer (``Router.stream_many``): its error."""
-
-    error: RoutingError
-
-

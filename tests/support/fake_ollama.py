@@ -6,6 +6,7 @@ Endpoints (``docs/api.md`` of ollama/ollama):
 - ``GET /api/version``: ``{"version": "..."}``;
 - ``GET /api/tags``: ``{"models": [{name, model, modified_at, size, digest, details}]}``;
 - ``GET /api/ps``: loaded models, each also with ``expires_at`` and ``size_vram``;
+- ``POST /api/show``: ``model_info`` (``llama.context_length``), ``parameters``;
 - ``POST /api/chat``: with ``stream`` absent or true, ``application/x-ndjson``
   lines ``{"model","created_at","message":{"role":"assistant","content":...},"done":false}``
   then a final line with ``done: true``, ``done_reason: "stop"`` and
@@ -68,6 +69,10 @@ class FakeOllama(_HttpServer):
         self.token_delay = token_delay
         self.text = text
         self.version = version
+        self.context_lengths: dict[str, int] = {}
+        """``/api/show`` ``model_info`` context length by full model name (else 131072)."""
+        self.num_ctx: dict[str, int] = {}
+        """``/api/show`` ``num_ctx`` parameter by full model name (else none)."""
         self._faults: list[tuple[str, int | None, str | None]] = []  # (path, code|None=hang, error)
         self._faults_lock = threading.Lock()
 
@@ -154,8 +159,34 @@ class FakeOllama(_HttpServer):
             await out.send_json(200, {"models": loaded})
         elif route == ("POST", "/api/chat"):
             await self._chat(out, rec)
+        elif route == ("POST", "/api/show"):
+            await self._show(out, rec)
         else:
             await out.send(404, b"404 page not found", "text/plain")
+
+    async def _show(self, out: Responder, rec: RecordedRequest) -> None:
+        """``POST /api/show``: ``model_info["llama.context_length"]`` (``context_lengths``,
+        else 131072) and, if ``num_ctx`` names the model, ``num_ctx`` in ``parameters``."""
+        body = rec.json if isinstance(rec.json, dict) else {}
+        name = _full_name(str(body.get("model") or body.get("name") or ""))
+        if name not in {_full_name(m) for m in self.models}:
+            await out.send_json(404, {"error": f"model '{name}' not found"})
+            return
+        params = 'stop                           "<|eot_id|>"'
+        if name in self.num_ctx:
+            params += f"\nnum_ctx                        {self.num_ctx[name]}"
+        await out.send_json(200, {
+            "modelfile": f"FROM {name}\n",
+            "parameters": params,
+            "template": "{{ .Prompt }}",
+            "details": self._model_entry(name)["details"],
+            "model_info": {"general.architecture": "llama",
+                           "general.parameter_count": 3212749888,
+                           "llama.context_length": self.context_lengths.get(name, 131072),
+                           "llama.embedding_length": 3072},
+            "capabilities": ["completion"],
+            "modified_at": "2025-01-01T00:00:00.000000000Z",
+        })
 
     async def _chat(self, out: Responder, rec: RecordedRequest) -> None:
         body = rec.json

@@ -851,7 +851,9 @@ class FaultServer(_HttpServer):
       (JSON ``{"status": "unhealthy"}``), or never answer if ``hang``;
     - ``loaded=0``: health says ``model_loaded: false``;
     - ``model``: model name reported by health, models and (if the request has
-      none) answers.
+      none) answers;
+    - ``max_model_len``: ``/v1/models`` reports it (as vLLM does);
+    - ``n_ctx``: ``/props`` answers ``default_generation_settings.n_ctx`` (llama-server).
     """
 
     def __init__(self, *, cap: float = DEFAULT_CAP) -> None:
@@ -906,7 +908,12 @@ class FaultServer(_HttpServer):
                 "created": 0,
                 "owned_by": "fault-server",
             }
+            if "max_model_len" in params:
+                model["max_model_len"] = params.getint("max_model_len", 0)
             await self._health(out, params, {"object": "list", "data": [model]})
+        elif endpoint == "props" and rec.method == "GET" and "n_ctx" in params:
+            await out.send_json(200, {"default_generation_settings": {
+                "n_ctx": params.getint("n_ctx", 0)}, "total_slots": 1})
         elif endpoint in _DIALECTS and rec.method == "POST":
             await asyncio.sleep(params.getfloat("delay_headers", 0.0))
             await handler(_Exchange(out, rec, params, _DIALECTS[endpoint], self))

@@ -148,7 +148,7 @@ async def measure(router: Router, request: ChatRequest) -> Timeline:
     start = clock()
     chunks: list[float] = []
     attempts = 0
-    prompt_chars = sum(len(m.content) for m in request.messages)
+    prompt_chars = sum(len(m.text) for m in request.messages)
     try:
         stream = router.astream(request)
         async with aclosing(stream) as events:  # finalised here, not later by the GC

@@ -44,12 +44,14 @@ from ..render import (
 )
 from ..router import Router
 from ..runner import Tick
-from ..types import ChatRequest, Event, Message, Result
+from ..types import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from .cached import REPLAY_HINTS, CellCache
 from .commands import LineCommands
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
+
+    from ..compare import Comparison
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MA: Any = _magic_arguments  # untyped in IPython
@@ -99,6 +101,10 @@ class CellOptions:
     names: tuple[str, ...] = ()
     error: bool = False
     show_context: bool = False
+    providers: tuple[str, ...] = ()
+    """-p a,b,c: several providers side by side (``provider`` is then None)."""
+    models: tuple[str, ...] = ()
+    """-m x,y: several models side by side (``model`` is then None)."""
 
 
 @magics_class
@@ -126,7 +132,8 @@ class TimmyMagics(Magics):
         self.ip = shell
         self.router = router
         self.conversation = Conversation()
-        self.last_result: Result | None = None
+        self.last_result: Result | Comparison | None = None
+        """The last answer (a ``Comparison`` after a side-by-side cell)."""
         self._cell_id: str | None = None
         self.active: AnswerCollector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
@@ -198,6 +205,20 @@ class TimmyMagics(Magics):
         max_tokens = args.max_tokens if args.max_tokens is not None else self.max_tokens
         if max_tokens is not None and max_tokens < 1:
             raise UsageError(f"--max-tokens {max_tokens}: must be at least 1")
+        providers = _names(args.provider)
+        models = _names(args.model)
+        if len(providers) > 1 and len(models) > 1:
+            raise UsageError("side by side: give several providers (-p a,b) or several "
+                             "models (-m x,y), not both")
+        for name in providers if len(providers) > 1 else ():
+            try:
+                self.router.provider(name)
+            except UnknownProvider as exc:
+                raise UsageError(str(exc)) from None
+        if len(providers) > 1:
+            args.provider = None
+        if len(models) > 1:
+            args.model = None
         provider, source = ((args.provider, "option") if args.provider else
                             (self.default_provider, "default") if self.default_provider else
                             (self.router.pinned, "session") if self.router.pinned else
@@ -213,8 +234,9 @@ class TimmyMagics(Magics):
                            not args.no_stream, args.chat or args.new, args.new,
                            not args.no_interpolate, args.trace or self.show_trace,
                            args.cache, args.cells,
-                           tuple(n.strip() for n in (args.vars or "").split(",") if n.strip()),
-                           args.error, args.show_context), args
+                           _names(args.vars), args.error, args.show_context,
+                           providers if len(providers) > 1 else (),
+                           models if len(models) > 1 else ()), args
 
     def _prompt(self, text: str, opts: CellOptions) -> str:
         if not opts.interpolate:
@@ -241,7 +263,11 @@ class TimmyMagics(Magics):
             then: Callable[[Result], tuple[str, ...]] | None = None) -> Result | None:
         """Send ``ctx`` (the prompt with its context, masked) as ``opts`` say, show the
         answer, keep it. ``then`` may act on a complete answer and return notes."""
-        ctx = self._fit(ctx, opts)
+        vision = self._vision(ctx, opts) and not (opts.providers or opts.models)
+        ctx = self._fit(ctx, opts, vision)
+        if (opts.providers or opts.models) and not opts.show_context:
+            self._side_by_side(ctx, opts, key, prompt)
+            return None
         if opts.show_context:
             display({"text/markdown": ctx.render_markdown(), "text/plain": ctx.prompt_text()},
                     raw=True)
@@ -250,14 +276,14 @@ class TimmyMagics(Magics):
             self.conversation.reset()
         earlier = self.conversation.context(key) if opts.chat else ()
         messages = tuple(m for m in ctx.as_messages() if m.role == "system") + earlier + (
-            Message("user", ctx.prompt_text()),)
+            Message("user", self._user_content(ctx, vision)),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
                               opts.provider)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
-        notes: tuple[str, ...] = (ctx.note(),) if ctx.note() else ()
+        notes = self._context_notes(ctx, opts, vision)
         fields, mode = self.answers.fields(req, opts)
         try:
             hit = self.answers.lookup(fields, mode)
@@ -289,26 +315,133 @@ class TimmyMagics(Magics):
                                     "chars) is kept: timmy_magic.last()")
         return result
 
-    def _fit(self, ctx: Context, opts: CellOptions) -> Context:
-        """Cut the context to the model's window (its ``context_window`` in providers.yaml)
-        minus the answer's room; no cut when no window is known."""
-        window = self._window(opts)
+    def _side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str) -> None:
+        """One prompt to several providers or models at once, in columns."""
+        from ..compare import BlocksView, Column, Comparison, GridView, run_columns
+
+        if opts.fmt not in ("markdown", "text"):
+            raise UsageError(f"-f {opts.fmt} does not apply side by side (markdown or text)")
+        columns = (tuple(Column(p, p, opts.model) for p in opts.providers) if opts.providers
+                   else tuple(Column(m, opts.provider, m) for m in opts.models))
+        if opts.new:
+            self.conversation.reset()
+        earlier = self.conversation.context(key) if opts.chat else ()
+        messages = tuple(m for m in ctx.as_messages() if m.role == "system") + earlier + (
+            Message("user", ctx.prompt_text()),)
+        try:
+            reqs = [ChatRequest(messages, c.model, opts.temperature, opts.max_tokens,
+                                c.provider) for c in columns]
+        except InvalidRequest as exc:
+            raise UsageError(str(exc)) from None
+        rich = self.display_mode == "rich" or (self.display_mode == "auto"
+                                               and rich_frontend(self.ip))
+        view = (GridView(columns, self.updates_per_second, live=opts.stream) if rich
+                else BlocksView(columns, live=False))
+        keyed = [self.answers.fields(r, opts) for r in reqs]
+        hits: dict[int, Result] = {}
+        try:
+            for i, (fields, mode) in enumerate(keyed):
+                hit = self.answers.lookup(fields, mode)
+                if hit is not None:
+                    hits[i] = hit
+        except ReplayMiss as exc:
+            view.start(time.monotonic())
+            display(ErrorBlock("replay: no recorded answer", str(exc), (),
+                               REPLAY_HINTS).bundle(), raw=True)
+            return
+        live = [i for i in range(len(columns)) if i not in hits]
+        clock = time.monotonic
+        t0 = clock()
+        view.start(t0)
+        for i, hit in hits.items():
+            view.done(i, hit)
+        got: list[Result] = []
+        errors: dict[str, str] = {}
+        interrupted = False
+        if live:
+            events = self.router.stream_many([reqs[i] for i in live],
+                                             tick_every=0.05 if opts.stream else None)
+            try:
+                got, errors, interrupted = run_columns(
+                    events, _Remap(view, live), tuple(columns[i] for i in live), clock, t0)
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+        by_index = dict(zip(live, got))
+        results = [hits[i] if i in hits else by_index[i] for i in range(len(columns))]
+        for i in live:
+            if not interrupted and results[i].ok:
+                self.answers.record(keyed[i][0], results[i], keyed[i][1])
+
+        def keep_turn(res: Result) -> None:
+            self.conversation.record(Turn(key, prompt, res.text, res.provider))
+
+        comparison = Comparison(columns, results, errors,
+                                keep_turn=keep_turn if opts.chat else None)
+        self.last_result = comparison
+        if opts.out:
+            self.ip.user_ns[opts.out] = comparison
+        notes: tuple[str, ...] = (ctx.note(),) if ctx.note() else ()
+        if opts.chat:
+            notes += ("--chat: continue with one answer: "
+                      f"{opts.out or 'timmy_magic.last()'}.keep('{columns[0].label}')",)
+        view.finish(comparison, notes)
+        if interrupted:
+            raise StreamInterrupted(f"{INTERRUPTED}; the partial answers are kept: "
+                                    "timmy_magic.last()")
+
+    def _fit(self, ctx: Context, opts: CellOptions, vision: bool = False) -> Context:
+        """Cut the context to the model's window (``context_window`` in providers.yaml,
+        else what its server reported) minus the answer's room; no cut when no window is
+        known. ``vision``: images go as images (they count by their size)."""
+        window = self._window(opts, vision)
         if window is None or not ctx.items:
             return ctx
         room = opts.max_tokens or self.router.config.cascade.default_max_tokens or 0
-        return ctx.fit(max(window - room, 256))
+        return ctx.fit(max(window - room, 256), vision=vision)
 
-    def _window(self, opts: CellOptions) -> int | None:
+    def _window(self, opts: CellOptions, vision: bool = False) -> int | None:
         """The pinned provider's model window, else the smallest window of the enabled
-        providers' default models (the cascade may end on any of them)."""
-        cfgs = ([self.router.provider(opts.provider).cfg] if opts.provider else
-                [p for p in self.router.config.providers if p.enabled])
-        windows = []
-        for cfg in cfgs:
-            mc = cfg.model(opts.model or cfg.default_model)
-            if mc is not None and mc.context_window:
-                windows.append(mc.context_window)
+        providers' models (the cascade may end on any of them; with ``vision``, only on
+        those that can see images)."""
+        names = [opts.provider] if opts.provider else [
+            p.name for p in self.router.config.providers if p.enabled and (
+                not vision or "vision" in self.router.capabilities(p.name, opts.model))]
+        windows = [w for n in names if (w := self.router.context_window(n, opts.model))]
         return min(windows) if windows else None
+
+    def _vision(self, ctx: Context, opts: CellOptions) -> bool:
+        """Send the context's images as images? Pinned: yes (a provider whose model cannot
+        see them is then a clear error); else if some provider the cascade may use has a
+        model with ``vision`` (the others are skipped). Otherwise each image goes as its
+        text description."""
+        if not ctx.needs_vision:
+            return False
+        if opts.provider:
+            return True
+        local_only = self.router.local_only
+        return any("vision" in self.router.capabilities(p.name, opts.model)
+                   for p in self.router.config.providers
+                   if p.enabled and not (local_only and p.is_cloud))
+
+    @staticmethod
+    def _user_content(ctx: Context, vision: bool) -> str | tuple[TextPart | ImagePart, ...]:
+        if not vision:
+            return ctx.prompt_text()
+        return (TextPart(ctx.prompt_text(vision=True)), *(i.part() for i in ctx.images))
+
+    def _context_notes(self, ctx: Context, opts: CellOptions, vision: bool) -> tuple[str, ...]:
+        notes = [ctx.note()] if ctx.note() else []
+        if ctx.images and not vision:
+            notes.append(f"{len(ctx.images)} image(s) sent as a text description: no "
+                         "provider here has a model with capabilities: [vision]")
+        cut = ctx.dropped or any(i.cut for i in ctx.items)
+        if cut and ctx.budget is not None and opts.provider:
+            window = self.router.context_window(opts.provider, opts.model)
+            notes.append(f"context cut to fit {opts.provider}'s context window "
+                         f"({window:,} tokens, less the answer's room)")
+        return tuple(notes)
 
     def _view(self, opts: CellOptions) -> View:
         mode = self.display_mode
@@ -425,3 +558,26 @@ class TimmyMagics(Magics):
         self._panels.clear()
         self.answers.close()
         self.router.close()
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    """``a,b , c`` -> ("a", "b", "c"); None or "" -> ()."""
+    return tuple(n.strip() for n in (value or "").split(",") if n.strip())
+
+
+class _Remap:
+    """A GridView seen by ``run_columns`` over only the columns that stream live: its
+    column ``j`` is the grid's column ``live[j]`` (cached columns are filled already)."""
+
+    def __init__(self, view: Any, live: list[int]) -> None:
+        self.view, self.live = view, live
+
+    def event(self, j: int, ev: Any, now: float) -> None:
+        self.view.event(self.live[j], ev, now)
+
+    def done(self, j: int, result: Result) -> None:
+        self.view.done(self.live[j], result)
+
+    def tick(self, now: float) -> None:
+        self.view.tick(now)
+

@@ -34,6 +34,7 @@ from .base import (
     usage_of,
 )
 from .openai_compat import strip_v1
+from .parts import anthropic_content
 from .wire import TextJoiner, WireError, content_text, count, loads, model_name
 
 if TYPE_CHECKING:
@@ -53,11 +54,11 @@ class AnthropicBackend:
         self.served_models: tuple[str, ...] = ()
 
     def _payload(self, request: ChatRequest, model: str) -> dict[str, Any]:
-        system = "\n\n".join(m.content for m in request.messages if m.role == "system")
+        system = "\n\n".join(m.text for m in request.messages if m.role == "system")
         payload: dict[str, Any] = {
             "model": model, "stream": True,
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": [{"role": m.role, "content": m.content}
+            "messages": [{"role": m.role, "content": anthropic_content(m)}
                          for m in request.messages if m.role != "system"]}
         if system:
             payload["system"] = system

@@ -74,6 +74,8 @@ class Probe:
     models: tuple[str, ...] = ()
     detail: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    windows: dict[str, int] = field(default_factory=dict)
+    """Context windows (tokens) the server reported, by model name (empty: none known)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +241,16 @@ def model_ids(body: Any) -> tuple[str, ...]:
     if not isinstance(data, list):
         return ()
     return tuple(str(m.get("id")) for m in data if isinstance(m, dict))
+
+
+def listed_windows(body: Any) -> dict[str, int]:
+    """``max_model_len`` of each model of an OpenAI-style list (vLLM reports it), checked
+    as a count; models without one are left out."""
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return {}
+    return {str(m.get("id")): n for m in data if isinstance(m, dict)
+            and (n := count(m.get("max_model_len")))}
 
 
 def _stale() -> tuple[type[Exception], ...]:

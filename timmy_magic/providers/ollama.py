@@ -5,6 +5,8 @@ See https://github.com/ollama/ollama/blob/main/docs/api.md
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +29,14 @@ from .base import (
     usage_of,
 )
 from .openai_compat import strip_v1
-from .wire import TextJoiner, WireError, content_text, model_name
+from .parts import ollama_message
+from .wire import TextJoiner, WireError, content_text, count, model_name
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
+
+SHOW_PER_PASS = 8
+"""Most models asked about (``/api/show``) in one health pass; the rest in later ones."""
 
 
 class OllamaBackend:
@@ -40,6 +46,8 @@ class OllamaBackend:
         self._http = make_http_client(timeouts, headers=cfg.headers)
         self._timeout = timeouts.health
         self.served_models: tuple[str, ...] = ()
+        self._shown: dict[str, int | None] = {}
+        """Windows from /api/show by model (None: it reported none)."""
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
         name = model or await self._first_model()
@@ -49,8 +57,7 @@ class OllamaBackend:
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
         payload = {"model": name, "stream": True, "options": options,
-                   "messages": [{"role": m.role, "content": m.content}
-                                for m in request.messages]}
+                   "messages": [ollama_message(m) for m in request.messages]}
         with mapped_errors(self.provider):
             async with post_stream(self._http, self._root + "/api/chat", payload=payload,
                                    headers=None, provider=self.provider,
@@ -106,6 +113,7 @@ class OllamaBackend:
         raise ProviderProtocolError("stream ended before done:true", provider=self.provider)
 
     async def probe(self, timeout: float) -> Probe:
+        t0 = time.monotonic()
         try:
             status, body, latency = await get_json(self._http, self._root + "/api/tags", timeout)
             if status != 200:
@@ -118,7 +126,44 @@ class OllamaBackend:
         loaded = [m.get("name") for m in (ps or {}).get("models", [])] if ps_status == 200 else []
         if models:
             self.served_models = models
-        return Probe("healthy", latency, models, {"loaded_models": loaded})
+        windows = await self._windows(models, timeout - (time.monotonic() - t0))
+        return Probe("healthy", latency, models, {"loaded_models": loaded}, windows=windows)
+
+    async def _windows(self, models: tuple[str, ...], timeout: float) -> dict[str, int]:
+        """Each model's window from ``POST /api/show``: the ``num_ctx`` its Modelfile sets
+        (what the server runs it with), else ``model_info["<arch>.context_length"]``.
+        Asked once per model (at most ``SHOW_PER_PASS`` per health pass, concurrently); a
+        failure never makes the probe fail."""
+        ask = [m for m in models if m not in self._shown][:SHOW_PER_PASS]
+        if ask and timeout > 0.05:  # what is left of the health pass's one deadline
+            got = await asyncio.gather(*(self._show(m, timeout - 0.05) for m in ask),
+                                       return_exceptions=True)
+            for name, n in zip(ask, got, strict=True):
+                if not isinstance(n, BaseException):
+                    self._shown[name] = n
+        return {m: n for m in models if (n := self._shown.get(m))}
+
+    async def _show(self, model: str, timeout: float) -> int | None:
+        async with asyncio.timeout(timeout):
+            r = await self._http.post(self._root + "/api/show", json={"model": model},
+                                      timeout=timeout)
+        if r.status_code != 200:
+            raise ValueError(f"/api/show answered HTTP {r.status_code}")
+        body = r.json()
+        if not isinstance(body, dict):
+            return None
+        params = body.get("parameters")
+        if isinstance(params, str):
+            for line in params.splitlines():
+                key, _, value = line.strip().partition(" ")
+                if key == "num_ctx" and value.strip().isdigit():
+                    return count(int(value.strip())) or None
+        info = body.get("model_info")
+        if isinstance(info, dict):
+            for key, value in info.items():
+                if isinstance(key, str) and key.endswith(".context_length"):
+                    return count(value) or None
+        return None
 
     async def aclose(self) -> None:
         await self._http.aclose()
