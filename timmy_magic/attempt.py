@@ -226,7 +226,7 @@ def settle_usage(st: ProviderState, usage: Usage | None, req: ChatRequest, text:
     if out is None:
         out = max(chunks, -(-len(text) // 4)) if text else 0
     if inp is None and st.cfg.is_cloud:
-        inp = -(-sum(len(m.content) for m in req.messages) // 4)
+        inp = req.input_tokens
     return Usage(inp, out, estimated=True)
 
 

@@ -38,6 +38,7 @@ CELLS = [
     # keeps the kernel busy while the router's own thread probes: the panel must update live
     ("import time\nfrom timmy_magic.magics import router\n"
      "router().runner.submit(router().acheck_health())\ntime.sleep(8)"),
+    "%%llm -p vllm-mlx,backup --max-tokens 8\nSay hello, side by side.",
 ]
 
 
@@ -155,3 +156,14 @@ def _scenario(stack: Stack, page: Page) -> None:
     expect(busy).to_contain_text("[*]")  # still running: the update did not wait for idle
     shot(page, "04-live-while-busy.png")
     run_cell(page, 6, timeout_s=30)  # let it finish before the server goes away
+
+    # side by side (issue 16): two columns in one grid, each with its footer, no math
+    grid = run_cell(page, 7, timeout_s=60)
+    expect(grid.locator(".tm-grid .tm-col")).to_have_count(2, timeout=30_000)
+    expect(grid.locator(".tm-foot").nth(0)).to_contain_text("vllm-mlx · tiny · TTFT",
+                                                           timeout=30_000)
+    expect(grid.locator(".tm-foot").nth(1)).to_contain_text("backup · fault-model · TTFT")
+    expect(grid.locator(".tm-foot b")).not_to_have_count(0)  # the best figures in bold
+    expect(grid.locator("mjx-container, .MathJax")).to_have_count(0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    grid.screenshot(path=str(ARTIFACTS / "05-side-by-side.png"))

@@ -19,6 +19,7 @@ URL rules (kept from the original cascade router):
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -35,6 +36,7 @@ from .base import (
     error_text,
     extras_note,
     get_json,
+    listed_windows,
     make_http_client,
     mapped_errors,
     model_ids,
@@ -42,7 +44,8 @@ from .base import (
     probe_error,
     usage_of,
 )
-from .wire import TextJoiner, WireError, content_text, loads, model_name
+from .parts import openai_content
+from .wire import TextJoiner, WireError, content_text, count, loads, model_name
 
 if TYPE_CHECKING:
     from ..config import ProviderConfig
@@ -101,6 +104,8 @@ class OpenAICompatBackend:
             self._headers["Authorization"] = f"Bearer {key}"
         self._http = make_http_client(timeouts)
         self.served_models: tuple[str, ...] = ()
+        self._windows_for: tuple[str, ...] = ()
+        self._known_windows: dict[str, int] = {}
 
     async def _model(self, model: str | None) -> str:
         """The model to ask for: the requested one, else what the server says it serves
@@ -131,7 +136,8 @@ class OpenAICompatBackend:
                  ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "model": model, "stream": stream,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+            "messages": [{"role": m.role, "content": openai_content(m)}
+                         for m in request.messages]}
         if stream:
             payload["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
@@ -254,6 +260,7 @@ class OpenAICompatBackend:
             await body.drain()
 
     async def probe(self, timeout: float) -> Probe:
+        t0 = time.monotonic()
         try:
             status, body, latency = await get_json(self._http, self._health_url, timeout,
                                                    self._headers)
@@ -263,7 +270,39 @@ class OpenAICompatBackend:
             return probe_error(exc, self.provider, timeout)
         if models:
             self.served_models = models
-        return Probe(state, latency, models, detail, error)  # type: ignore[arg-type]
+        left = timeout - (time.monotonic() - t0) - 0.05  # of the health pass's deadline
+        windows = await self._windows(body, models, left) if state != "down" else {}
+        return Probe(state, latency, models, detail, error,  # type: ignore[arg-type]
+                     windows)
+
+    async def _windows(self, health_body: Any, models: tuple[str, ...],
+                       timeout: float) -> dict[str, int]:
+        """The context windows the server reports: vLLM's ``max_model_len`` in its model
+        list, llama-server's ``/props`` (``default_generation_settings.n_ctx``: one
+        request's share of the KV cache). Asked again only when the served models
+        change; a failure here never makes the probe fail."""
+        found = listed_windows(health_body)
+        if found or not models or models == self._windows_for or timeout <= 0:
+            return found or self._known_windows
+        try:
+            if self.type == "llama_cpp":
+                status, body, _ = await get_json(self._http, strip_v1(self.url) + "/props",
+                                                 timeout, self._headers)
+                settings = body.get("default_generation_settings") \
+                    if isinstance(body, dict) else None
+                n = count(settings.get("n_ctx")) if isinstance(settings, dict) else None
+                found = {m: n for m in models} if n else {}
+            elif self.type == "vllm_mlx":  # vllm-mlx 0.6 lists no max_model_len (yet)
+                status, body, _ = await get_json(self._http, self._base + "/models",
+                                                 timeout, self._headers)
+                found = listed_windows(body)
+            else:
+                return {}
+        except Exception:
+            return self._known_windows
+        if status == 200:
+            self._windows_for, self._known_windows = models, found
+        return found
 
     async def _models(self, health_body: Any, timeout: float) -> tuple[str, ...]:
         if model_ids(health_body):
