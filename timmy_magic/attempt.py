@@ -101,11 +101,13 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     deadline then covers the whole body."""
     cas = core.config.cascade
     model = req.model or st.cfg.default_model
+    asked = st.cfg.model(model)
     if req.max_tokens is None:
-        mc = st.cfg.model(model)
-        cap = (mc.max_tokens if mc else None) or cas.default_max_tokens
+        cap = (asked.max_tokens if asked else None) or cas.default_max_tokens
         if cap is not None:
             req = replace(req, max_tokens=cap)
+    if req.temperature is None and asked is not None and asked.temperature is not None:
+        req = replace(req, temperature=asked.temperature)
     parts: list[str] = []
     size = 0
     usage: Usage | None = None
@@ -206,7 +208,9 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     elif cost:
         st.metrics.add_cost(cost)
     if not text and error is None and not notes:
-        notes.append("the model returned an empty answer")
+        notes.append("the model returned an empty answer" + (
+            " (it continues the prompt's text: write the start of the answer, e.g. "
+            "'A list comprehension is')" if asked and asked.mode == "completion" else ""))
     core.notify("metrics")
     yield Done(Result(text, st.name, served_model or model, usage,
                       Timings(ttft, total, tok_s), RouteTrace(),

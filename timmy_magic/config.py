@@ -276,6 +276,76 @@ class GateConfig(_Model):
     quota: QuotaConfig | None = None
 
 
+def _api_mode(value: object) -> str:
+    if isinstance(value, str) and value.strip() in ("chat", "completion"):
+        return value.strip()
+    raise ValueError("must be chat or completion")
+
+
+MAX_STOPS = 16
+
+
+def _stops(value: object) -> tuple[str, ...]:
+    """One stop string or a list of them: each 1 to 64 characters, no NUL (newlines are
+    allowed: "\n\n" is the usual stop of a base model)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not 1 <= len(items) <= MAX_STOPS:
+        raise ValueError(f"must be a string or a list of 1 to {MAX_STOPS} strings")
+    for item in items:
+        if not isinstance(item, str) or not 1 <= len(item) <= 64 or "\0" in item:
+            raise ValueError(f"must hold strings of 1 to 64 characters without NUL (got "
+                             f"{_shown_input(item)})")
+    return tuple(str(i) for i in items)
+
+
+_PARAM_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_OWN_FIELD = {"temperature", "stop", "max_tokens", "max_completion_tokens"}
+_ROUTER_SET = {"model", "prompt", "messages", "stream", "stream_options", "n"}
+MAX_PARAMS = 32
+
+
+def _param_value(key: str, value: object) -> Any:
+    if isinstance(value, _Expanded):
+        value = _read_number(value, False)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or abs(value) > 1e15:
+            raise ValueError(f"'{key}' must be a finite number (got {value!r})")
+        return value
+    if isinstance(value, str):
+        if len(value) > 4096 or "\0" in value:
+            raise ValueError(f"'{key}' must be text of at most 4096 characters, no NUL")
+        return str(value)
+    raise ValueError(f"'{key}' must be a number, text, true/false, null or a list of "
+                     f"them, not {_KINDS.get(type(value), type(value).__name__)}")
+
+
+def _params(value: object) -> dict[str, Any]:
+    """Extra fields for the request body of an OpenAI-compatible server, as the server
+    names them (llama-server ``repeat_penalty``, vLLM ``repetition_penalty``, ``top_k``,
+    ``min_p``, ``seed``...): JSON scalars or short lists of them, nothing nested."""
+    if not isinstance(value, dict):
+        raise ValueError("must be a mapping of body fields (repeat_penalty: 1.1, ...)")
+    if len(value) > MAX_PARAMS:
+        raise ValueError(f"has more than {MAX_PARAMS} fields")
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _PARAM_KEY.fullmatch(key):
+            raise ValueError(f"{_shown_input(key)} is not a field name (letters, digits, _)")
+        if key in _OWN_FIELD:
+            raise ValueError(f"'{key}' has its own field: set {key} on the model instead")
+        if key in _ROUTER_SET:
+            raise ValueError(f"'{key}' is set by the router, not by params")
+        if isinstance(item, list):
+            if len(item) > 64:
+                raise ValueError(f"'{key}' is a list of more than 64 items")
+            out[key] = [_param_value(key, i) for i in item]
+        else:
+            out[key] = _param_value(key, item)
+    return out
+
+
 class ModelConfig(_Model):
     name: Text
     default: Flag = False
@@ -285,6 +355,17 @@ class ModelConfig(_Model):
     price_per_1k_output: Price = 0.0
     max_tokens: Tokens = None
     """Default output cap for this model when a request sets none."""
+    mode: Annotated[Literal["chat", "completion"], PlainValidator(_api_mode)] = "chat"
+    """``chat``: asked through the chat API (messages). ``completion``: through the plain
+    completions API (``/v1/completions``, a prompt): a base model with no chat template
+    (the embedded Gemma 3 270M) answers well only this way. The name LiteLLM uses."""
+    temperature: Annotated[float | None, _number(0, 2, optional=True)] = None
+    """Default temperature for this model when a request sets none."""
+    stop: Annotated[tuple[str, ...], PlainValidator(_stops)] = ()
+    """Stop strings sent with every request to this model (OpenAI-compatible types)."""
+    params: Annotated[dict[str, Any], PlainValidator(_params)] = {}
+    """Extra request-body fields for an OpenAI-compatible server, under the server's own
+    names (``repeat_penalty: 1.1`` for llama-server); other types ignore them."""
 
 
 def _env_name(name: str) -> str:

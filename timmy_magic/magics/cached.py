@@ -75,14 +75,24 @@ class CellCache:
         mode = cell_mode(self.mode(), opts.cache)
         if mode == "off":
             return None, mode
-        return RequestFields.of(req, model=req.model or self._default_model(req),
-                                format=opts.fmt), mode
+        model = req.model or self._default_model(req)
+        return RequestFields.of(req, model=model, format=opts.fmt,
+                                api_mode=self._api_mode(req, model)), mode
 
     def _default_model(self, req: ChatRequest) -> str | None:
         """A pinned cell asks the provider's default model: that model is in the key."""
         if req.provider is None:
             return None
         return self.ext.router.provider(req.provider).cfg.default_model
+
+    def _api_mode(self, req: ChatRequest, model: str | None) -> str | None:
+        """A pinned cell's model is asked as chat or as a plain completion (its ``mode``):
+        the same prompt answers differently each way, so ``completion`` is in the key
+        (chat, the default, leaves it None: answers recorded before modes existed hold)."""
+        if req.provider is None:
+            return None
+        mc = self.ext.router.provider(req.provider).cfg.model(model)
+        return "completion" if mc is not None and mc.mode == "completion" else None
 
     def lookup(self, fields: RequestFields | None, mode: CacheMode) -> Result | None:
         """The recorded answer as a Result, or None (ask live). ReplayMiss in replay."""

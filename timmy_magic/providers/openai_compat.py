@@ -1,6 +1,13 @@
 """OpenAI Chat Completions over SSE, over httpx: openai, openai_compatible, vllm_mlx, mlx_lm
 and llama_cpp. They differ only in URL rules, keys and health checks.
 
+A model with ``mode: completion`` in providers.yaml is asked through the plain completions
+API instead (``POST /v1/completions``, a ``prompt``, ``choices[0].text`` in each chunk:
+llama-server, vLLM, vllm-mlx and mlx-lm serve it): the prompt as written, with a system
+prompt and earlier turns as a plain transcript before it (``completion_prompt``). A base
+model with no chat template (the embedded Gemma 3 270M) answers well only this way. The
+model's ``stop`` and ``params`` go into the body in both modes.
+
 Wire format: https://platform.openai.com/docs/api-reference/chat-streaming — ``data:``
 events holding ``chat.completion.chunk`` objects, the usage in a last chunk with empty
 ``choices`` (``stream_options.include_usage``), then ``data: [DONE]``; an object with an
@@ -20,14 +27,14 @@ URL rules (kept from the original cascade router):
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
 
 from ..errors import ProviderProtocolError, ProviderTimeout
-from ..types import ChatRequest
+from ..types import ChatRequest, Message
 from .base import (
     Body,
     Chunk,
@@ -45,10 +52,18 @@ from .base import (
     usage_of,
 )
 from .parts import openai_content
-from .wire import TextJoiner, WireError, content_text, count, loads, model_name
+from .wire import (
+    TextJoiner,
+    WireError,
+    completion_text,
+    content_text,
+    count,
+    loads,
+    model_name,
+)
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from ..config import ModelConfig, ProviderConfig
 
 _ROOT_HEALTH = {"vllm_mlx", "mlx_lm", "llama_cpp"}
 # mlx_lm.server answers with its loaded model only for these names (others hit the hub).
@@ -75,6 +90,31 @@ def health_url(type_name: str, url: str) -> str:
     return client_base(type_name, url) + "/models"
 
 
+def _text_of(m: Message) -> str:
+    """A message's text (a completion prompt is text: image parts are left out)."""
+    c = m.content
+    return c if isinstance(c, str) else "".join(
+        t for p in c if isinstance(t := getattr(p, "text", None), str))
+
+
+TRANSCRIPT_STOP = "\nUser:"
+
+
+def completion_prompt(messages: Sequence[Message]) -> tuple[str, tuple[str, ...]]:
+    """(prompt, extra stop strings) for a completion-mode model. One user message is the
+    prompt as written; a system prompt goes before it, a blank line between; earlier turns
+    (``--chat``) go before it as a plain transcript (``User: ...`` / ``Assistant: ...``),
+    and then ``TRANSCRIPT_STOP`` keeps the model from writing the next turn itself."""
+    *before, last = messages or (Message("user", ""),)
+    parts = [_text_of(m) for m in before if m.role == "system"]
+    turns = [f"{'User' if m.role == 'user' else 'Assistant'}: {_text_of(m)}"
+             for m in before if m.role != "system"]
+    if turns:
+        parts.append("\n".join(turns))
+    prompt = "\n\n".join([*parts, _text_of(last)])
+    return prompt, ((TRANSCRIPT_STOP,) if turns else ())
+
+
 def _parse_health(type_name: str, status: int, body: Any) -> tuple[str, dict[str, Any], str | None]:
     """(state, server detail, error) from a health answer."""
     detail = body if isinstance(body, dict) else {}
@@ -95,6 +135,7 @@ def _parse_health(type_name: str, status: int, body: Any) -> tuple[str, dict[str
 class OpenAICompatBackend:
     def __init__(self, cfg: ProviderConfig, url: str, timeouts: Timeouts) -> None:
         self.provider, self.type, self.url = cfg.name, cfg.type, url
+        self._cfg = cfg
         self._base = client_base(cfg.type, url)
         self._timeouts = timeouts
         self._health_url = health_url(cfg.type, url)
@@ -134,6 +175,11 @@ class OpenAICompatBackend:
 
     def _payload(self, request: ChatRequest, model: str, stream: bool = True
                  ) -> dict[str, Any]:
+        """The body: ``messages`` (chat), or ``prompt`` for a completion-mode model (then
+        sent to ``/completions``: see ``_path``); the model's ``stop`` and ``params``."""
+        mc = self._cfg.model(model)
+        if mc is not None and mc.mode == "completion":
+            return self._completion_payload(request, model, mc, stream)
         payload: dict[str, Any] = {
             "model": model, "stream": stream,
             "messages": [{"role": m.role, "content": openai_content(m)}
@@ -144,16 +190,41 @@ class OpenAICompatBackend:
             payload["temperature"] = request.temperature
         if request.max_tokens is not None:
             payload["max_tokens"] = request.max_tokens
+        if mc is not None:
+            self._model_fields(payload, mc, ())
         return payload
+
+    def _completion_payload(self, request: ChatRequest, model: str, mc: ModelConfig,
+                            stream: bool) -> dict[str, Any]:
+        prompt, stops = completion_prompt(request.messages)
+        payload: dict[str, Any] = {"model": model, "stream": stream, "prompt": prompt}
+        if stream:
+            payload["stream_options"] = {"include_usage": True}
+        if request.temperature is not None:
+            payload["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            payload["max_tokens"] = request.max_tokens
+        self._model_fields(payload, mc, stops)
+        return payload
+
+    @staticmethod
+    def _model_fields(payload: dict[str, Any], mc: ModelConfig, stops: tuple[str, ...]
+                      ) -> None:
+        if stop := tuple(dict.fromkeys((*mc.stop, *stops))):
+            payload["stop"] = list(stop)
+        payload.update(mc.params)  # checked at load: none is a field set above
+
+    def _path(self, payload: dict[str, Any]) -> str:
+        return self._base + ("/completions" if "prompt" in payload else "/chat/completions")
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
         with mapped_errors(self.provider):
             payload = self._payload(request, await self._model(model))
-            async with post_stream(self._http, self._base + "/chat/completions",
+            async with post_stream(self._http, self._path(payload),
                                    payload=payload, headers=self._headers,
                                    provider=self.provider,
                                    content_type="text/event-stream") as r:
-                async for chunk in self._chunks(r):
+                async for chunk in self._chunks(r, "prompt" in payload):
                     yield chunk
 
     async def complete(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
@@ -162,16 +233,17 @@ class OpenAICompatBackend:
         SSE event per token (docs/performance.md); used by ``Router.complete(stream=False)``."""
         with mapped_errors(self.provider):
             payload = self._payload(request, await self._model(model), stream=False)
-            async with post_stream(self._http, self._base + "/chat/completions",
+            async with post_stream(self._http, self._path(payload),
                                    payload=payload, headers=self._headers,
                                    provider=self.provider,
                                    content_type="application/json") as r:
                 raw = await Body(r).read()
-            for chunk in self._whole(raw):
+            for chunk in self._whole(raw, "prompt" in payload):
                 yield chunk
 
-    def _whole(self, raw: bytes) -> list[Chunk]:
-        """A ``chat.completion`` object -> Chunks, every server value checked (``wire``)."""
+    def _whole(self, raw: bytes, completion: bool = False) -> list[Chunk]:
+        """A ``chat.completion`` (or, ``completion``, a ``text_completion``) object ->
+        Chunks, every server value checked (``wire``)."""
         obj = loads(raw.decode("utf-8", "replace"))
         if not isinstance(obj, dict):
             raise WireError(f"the answer is {type(obj).__name__}, not an object")
@@ -181,8 +253,11 @@ class OpenAICompatBackend:
         choices = obj.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices else None
         message = choice.get("message") if isinstance(choice, dict) else None
+        if completion and isinstance(choice, dict):
+            message = {"content": completion_text(choice.get("text"))}
         if not isinstance(message, dict):
-            raise WireError("the answer has no choices[0].message object")
+            raise WireError("the answer has no choices[0]"
+                            f"{'' if completion else '.message'} object")
         out = [Chunk(model=model_name(obj.get("model")))]
         joiner = TextJoiner()
         if text := joiner.push(content_text(message.get("content"))) + joiner.flush():
@@ -198,9 +273,11 @@ class OpenAICompatBackend:
                                             usage.get("completion_tokens"))))
         return out
 
-    async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
-        """Chat completion chunks -> Chunks. Plain dicts, no SDK models: building a
-        pydantic model per chunk cost more CPU than the rest of the router together.
+    async def _chunks(self, r: httpx.Response, completion: bool = False
+                      ) -> AsyncIterator[Chunk]:
+        """Chat completion chunks (or, ``completion``, plain completion chunks: the text in
+        ``choices[0].text``) -> Chunks. Plain dicts, no SDK models: building a pydantic
+        model per chunk cost more CPU than the rest of the router together.
         Every value a server controls is checked here (``wire``) before it goes on."""
         finished = done = False
         first = True
@@ -226,8 +303,13 @@ class OpenAICompatBackend:
             if choices:
                 choice = choices[0] if isinstance(choices, list) else None
                 delta = choice.get("delta") if isinstance(choice, dict) else None
+                if completion and isinstance(choice, dict):
+                    delta = None  # a plain completion: the text is choices[0].text
+                    if text := joiner.push(completion_text(choice.get("text"))):
+                        yield Chunk(text=text)
                 if not isinstance(choice, dict) or not isinstance(delta, dict | None):
-                    raise WireError("choices[0].delta is not an object")
+                    raise WireError(f"choices[0]{'' if completion else '.delta'} "
+                                    "is not an object")
                 if delta:
                     text = joiner.push(content_text(delta.get("content")))
                     if text:

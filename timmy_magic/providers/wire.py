@@ -197,6 +197,15 @@ def content_text(value: Any) -> str:
                     f"{_preview(json.dumps(value))}")
 
 
+def completion_text(value: Any) -> str:
+    """``choices[0].text`` of a plain completion (``/v1/completions``): a string or None
+    (no text). Anything else is a ``WireError``."""
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise WireError(f"text is {type(value).__name__}, not a string: "
+                    f"{_preview(json.dumps(value, default=str))}")
+
+
 def fix_surrogates(text: str) -> str:
     """``text`` with surrogate pairs joined and lone surrogates replaced by U+FFFD."""
     if text.isascii() or _SURROGATE.search(text) is None:
