@@ -131,6 +131,17 @@ EXPECT: dict[str, tuple[str | None, str | None, str]] = {
     "url_javascript.yaml": ("local", "base_url", "must be an http:// or https:// URL"),
     "url_no_host.yaml": ("local", "base_url", "must name a host"),
     "url_space.yaml": ("local", "base_url", "without spaces or control characters"),
+    # issue 15: a model's mode, temperature, stop and params
+    "model_mode_unknown.yaml": ("local", "models.0.mode",
+                                "must be chat or completion (got 'completions')"),
+    "model_temperature_too_high.yaml": ("local", "models.0.temperature",
+                                        "must be from 0 to 2 (got 5)"),
+    "model_stop_not_text.yaml": ("local", "models.0.stop", "strings of 1 to 64 characters"),
+    "model_params_nested.yaml": ("local", "models.0.params",
+                                 "'grammar' must be a number, text, true/false, null or a list"),
+    "model_params_router_field.yaml": ("local", "models.0.params",
+                                       "'stream' is set by the router"),
+    "model_params_inf.yaml": ("local", "models.0.params", "'top_k' must be a finite number"),
 }
 VALID_WITH_WARNING = "priority_collision.yaml"
 LABELS = ("files", "one-line errors naming file/provider/field", "tracebacks",

@@ -41,6 +41,8 @@ class ScriptServer(_LoopServer):
         """Hang up, without a byte of answer, on the second chat request of a kept-alive
         connection (what a server that closed an idle connection looks like)."""
         self.dropped = 0
+        self.last_post: tuple[str, dict[str, object]] | None = None
+        """The path and JSON body of the last POST (what the adapter asked)."""
 
     def script(self, reads: list[bytes], content_type: str = "text/event-stream",
                status: int = 200, pause: float = 0.0, endless: bytes | None = None) -> None:
@@ -53,7 +55,7 @@ class ScriptServer(_LoopServer):
             req = await _read_request(reader)
             if req is None:
                 return
-            method, target, _headers, _body = req
+            method, target, _headers, raw = req
             out = Responder(reader, writer, self.cap)
             path = target.split("?")[0]
             if method == "GET":
@@ -66,6 +68,10 @@ class ScriptServer(_LoopServer):
                     body = {"models": []}
                 await out.send_json(200, body)
                 continue
+            try:
+                self.last_post = (path, json.loads(raw or b"{}"))
+            except ValueError:
+                self.last_post = (path, {})
             chats_here += 1
             if self.drop_reused and chats_here > 1:
                 self.dropped += 1
