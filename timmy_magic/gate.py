@@ -24,6 +24,15 @@ TIERS: tuple[Tier, ...] = ("burst", "active", "resting")
 log = get_logger("timmy_magic.gate")
 
 
+def money(usd: float) -> str:
+    """An amount of dollars, one format everywhere (status, panel, gate): cents
+    ("$0.00", "$5.00", "$0.05"), and four decimals only for a non-zero amount under a cent
+    ("$0.0004"), which cents would show as nothing."""
+    if not math.isfinite(usd):
+        return f"${usd}"
+    return f"${usd:.4f}" if 0 < abs(usd) < 0.005 else f"${usd:.2f}"
+
+
 @dataclass(frozen=True, slots=True)
 class GateDecision:
     open: bool
@@ -36,7 +45,7 @@ def decide(*, local_only: bool, spent_usd: float, budget_usd: float | None,
     if local_only:
         return GateDecision(False, "local-only mode")
     if budget_usd is not None and not (spent_usd < budget_usd):  # NaN spent: closed
-        return GateDecision(False, f"daily budget spent (${spent_usd:.4f} of ${budget_usd:.2f})")
+        return GateDecision(False, f"daily budget spent ({money(spent_usd)} of {money(budget_usd)})")
     if tier is not None and tier in closed_tiers:
         return GateDecision(False, f"quota tier '{tier}'")
     return GateDecision(True)

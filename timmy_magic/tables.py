@@ -9,30 +9,55 @@ through ``markup.plain``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 from .config import Config
+from .gate import money
 from .markup import md, plain
 from .metrics import MetricsSnapshot
 from .types import HealthReport
 
-BADGES = {
-    "healthy": "🟢", "degraded": "🟡", "down": "🔴", "circuit_open": "⛔",
-    "misconfigured": "⚠️", "disabled": "⚪", "not_configured": "🔑", "not_installed": "📦",
-    "unknown": "❔", "stopped": "💤", "starting": "⏳",  # managed (launch:) servers
+Tone = Literal["green", "amber", "red", "grey", "neutral"]
+TONES: dict[str, Tone] = {
+    "healthy": "green", "degraded": "amber",
+    "down": "red", "circuit_open": "red", "misconfigured": "red",
+    "disabled": "grey", "not_configured": "grey", "not_installed": "grey",
+    "stopped": "grey",  # a managed (launch:) server, started on first need: not an error
+    "not_running": "grey",  # a local server that has not answered in this session
+    "unknown": "neutral", "checking": "neutral", "starting": "neutral",
 }
+"""The colour of each health state, in the tables and the panel's badges."""
+TONE_COLOURS: dict[Tone, str] = {
+    "green": "#1a7f37", "amber": "#bf8700", "red": "#cf222e", "grey": "#8c959f",
+    "neutral": "#8c959f",
+}
+
+
+def tone_of(state: str) -> Tone:
+    return TONES.get(state, "neutral")
+
+
+def state_badge(state: str) -> str:
+    """The Markdown state cell: a dot in the state's colour (a plain "●", in every font; no
+    colour emoji, which show as empty boxes without an emoji font) and the state in words."""
+    dot = "○" if tone_of(state) == "neutral" else "●"
+    return (f'<span class="timmy-state" data-state="{state}" '
+            f'style="color:{TONE_COLOURS[tone_of(state)]}">{dot}</span> '
+            + state.replace("_", " "))
+
+
 NOTE_CHARS = 100
 Bundle = dict[str, str]
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-           badges: Sequence[str] = ()) -> tuple[str, str]:
-    """(Markdown, plain) of one table of raw cell texts; ``badges`` prefix the first
-    Markdown cell of each row (they are ours, not escaped)."""
-    marks = list(badges) or [""] * len(rows)
+           states: Sequence[str] = ()) -> tuple[str, str]:
+    """(Markdown, plain) of one table of raw cell texts; with ``states``, the second
+    Markdown cell of each row is that state's badge (ours, not escaped)."""
     md_rows = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    md_rows += ["| " + " | ".join([(mark + " " if mark else "") + md(row[0])]
-                                  + [md(c) for c in row[1:]]) + " |"
-                for mark, row in zip(marks, rows)]
+    md_rows += ["| " + " | ".join(
+        [md(c) if not (states and i == 1) else state_badge(states[n])
+         for i, c in enumerate(row)]) + " |" for n, row in enumerate(rows)]
     cells = [[plain(" ".join(c.split())) for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
               for i, h in enumerate(headers)]
@@ -73,15 +98,14 @@ def status_bundle(reports: Mapping[str, HealthReport],
         label = name + (" (pinned)" if name == pinned else "") + (" ☁" if r.is_cloud else "")
         rows.append([label, r.state.replace("_", " "), secs(r.latency_s), _models(r.models),
                      r.circuit.replace("_", "-"), reqs, note])
-    budget = f" of ${budget_usd:.2f}" if budget_usd is not None else ""
+    budget = f" of {money(budget_usd)}" if budget_usd is not None else ""
     gate = "open" if gate_open else f"closed ({gate_reason})"
-    head = (f"cloud gate: {gate} · spent today ${spent_usd:.4f}{budget} · "
+    head = (f"cloud gate: {gate} · spent today {money(spent_usd)}{budget} · "
             f"pinned: {pinned or 'none (cascade)'}")
     if not rows:
         return {"text/markdown": f"*{md(head)}*\n\n*No providers configured.*",
                 "text/plain": f"{plain(head)}\nNo providers configured."}
-    badges = [BADGES.get(r.state, "") for r in reports.values()]  # only in the Markdown
-    md_table, text_table = _table(headers, rows, badges)
+    md_table, text_table = _table(headers, rows, [r.state for r in reports.values()])
     return {"text/markdown": f"*{md(head)}*\n\n{md_table}",
             "text/plain": f"{plain(head)}\n{text_table}"}
 

@@ -24,13 +24,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
 from .errors import UnknownProvider
+from .gate import money
 from .metrics import MetricsSnapshot
 from .secrets import REDACT, get_logger
+from .tables import Tone, tone_of
 from .tables import secs as _secs
 from .types import HealthReport
 
@@ -43,14 +45,6 @@ AUTO = "Auto (cascade)"
 AUTO_VALUE = ""  # the pin control's value for "no pin" (provider names are never empty)
 AUTO_REFRESH_CHOICES: tuple[tuple[str, float], ...] = (
     ("off", 0.0), ("every 5 s", 5.0), ("every 15 s", 15.0), ("every 60 s", 60.0))
-Tone = Literal["green", "amber", "red", "grey", "neutral"]
-TONES: dict[str, Tone] = {
-    "healthy": "green", "degraded": "amber",
-    "down": "red", "circuit_open": "red", "misconfigured": "red",
-    "disabled": "grey", "not_configured": "grey", "not_installed": "grey",
-    "stopped": "grey",  # a managed (launch:) server, started on first need: not an error
-    "unknown": "neutral", "checking": "neutral", "starting": "neutral",
-}
 _TONE_STYLE: dict[Tone, str] = {
     "green": "background:#1a7f37;color:#fff;border:1px solid #1a7f37",
     "amber": "background:#d4a72c;color:#1f2328;border:1px solid #bf8700",
@@ -104,10 +98,6 @@ def thread_timer(delay: float, fn: Callable[[], None]) -> Callable[[], None]:
 
 
 # ------------------------------------------------------------------ rendering (pure)
-
-
-def tone_of(state: str) -> Tone:
-    return TONES.get(state, "neutral")
 
 
 def badge_html(name: str, state: str, checking: bool = False) -> str:
@@ -213,10 +203,11 @@ def gate_html(open_: bool, reason: str, spent: float, budget: float | None) -> s
     verdict = ("<b style=\"color:#1a7f37\">cloud open</b>" if open_ else
                f"<b style=\"color:#cf222e\">cloud closed</b>: {_esc(reason)}")
     if budget is None:
-        money = f"spent today ${spent:.4f} (no daily budget)"
+        spending = f"spent today {money(spent)} (no daily budget)"
     else:
-        money = f"budget ${spent:.4f} used of ${budget:.2f}, ${max(0.0, budget - spent):.4f} left"
-    return f'<span class="timmy-gate">{verdict} · {money}</span>'
+        spending = (f"daily budget: {money(spent)} used of {money(budget)}, "
+                    f"{money(max(0.0, budget - spent))} left")
+    return f'<span class="timmy-gate">{verdict} · {spending}</span>'
 
 
 def budget_percent(spent: float, budget: float | None) -> int:
@@ -282,9 +273,14 @@ class Panel(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.local_only = w.Checkbox(value=False, description="local only", indent=False,
                                      layout=w.Layout(width="auto"))
         self.local_only.observe(self._on_local_only, names="value")
-        self.budget = w.IntProgress(value=0, min=0, max=100, layout=w.Layout(width="120px"))
+        # the share of the daily budget used, after the text that says so (hidden when
+        # there is no budget: an empty bar alone says nothing)
+        self.budget = w.IntProgress(value=0, min=0, max=100, description="used",
+                                    style={"description_width": "auto"},
+                                    layout=w.Layout(width="160px", margin="0 0 0 8px"))
         self.gate = w.HTML()
-        self.gate_row = w.HBox([self.local_only, self.budget, self.gate])
+        self.gate_row = w.HBox([self.local_only, self.gate, self.budget],
+                               layout=w.Layout(align_items="center"))
         self.status = w.HTML()
 
     # ---------------------------------------------------------- router -> widgets

@@ -22,6 +22,7 @@ import timmy_magic
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
 from timmy_magic import magics
 from timmy_magic.render import Final
+from timmy_magic.tables import state_badge
 
 from .conftest import WriteProviders, local, thread_names, wait_for
 
@@ -513,10 +514,10 @@ def test_status_table_after_a_fresh_check(ok_shell: InteractiveShell) -> None:
     res, cap = run(ok_shell, "%llm status")
     assert res.error_in_exec is None
     plain = cap.outputs[0].data["text/plain"].splitlines()
-    assert plain[0] == "cloud gate: open · spent today $0.0000 · pinned: none (cascade)"
+    assert plain[0] == "cloud gate: open · spent today $0.00 · pinned: none (cascade)"
     rows = {ln.split()[0]: ln.split()[1] for ln in plain[2:]}
     assert rows == {"alpha": "healthy", "beta": "healthy", "broken": "healthy"}
-    assert "| 🟢 alpha |" in cap.outputs[0].data["text/markdown"]
+    assert f"| alpha | {state_badge('healthy')} |" in cap.outputs[0].data["text/markdown"]
     res, cap = run(ok_shell, "%llm status --cached")
     assert res.error_in_exec is None and len(cap.outputs) == 1
     res, cap = run(ok_shell, "%llm status --bogus")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.servers import ManagedServer
+from timmy_magic.tables import state_badge
 
 from .conftest import WriteProviders
 
@@ -67,7 +68,7 @@ def test_quickstart_runs_to_the_expected_final_state(gemma_providers: Path,
     assert _text(by_source["answer.provider, answer.model, answer.ok"].outputs[0]) == \
         "('local-gemma', 'gemma-3-270m', True)"
     assert _text(by_source["%llm pin local-gemma"].outputs[0]).startswith("Pinned to local-gemma")
-    assert "| 🟢 local-gemma (pinned) | healthy |" in _text(by_source["%llm status"].outputs[0])
+    assert f"| local-gemma (pinned) | {state_badge('healthy')} |" in _text(by_source["%llm status"].outputs[0])
     assert _text(by_source["import timmy_magic"].outputs[0]) == "2"
     assert _text(by_source["last = timmy_magic.last()"].outputs[0]) == "('local-gemma', None)"
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import free_port
+from timmy_magic.tables import state_badge
 
 from .conftest import (
     NOTEBOOKS,
@@ -47,8 +48,8 @@ def test_pin_or_cascade_final_state(tmp_path: Path) -> None:
     assert footer_provider(cascade) == "gemma-a", cascade
     assert footer_provider(pinned_cell) == "gemma-b", pinned_cell
     assert footer_provider(pinned_session) == "gemma-b", pinned_session
-    assert "| 🟢 gemma-a | healthy |" in cell_text(find(nb, "%llm status"))
-    assert "| 💤 gemma-b | stopped |" in cell_text(find(nb, "%llm status"))
+    assert f"| gemma-a | {state_badge('healthy')} |" in cell_text(find(nb, "%llm status"))
+    assert f"| gemma-b | {state_badge('stopped')} |" in cell_text(find(nb, "%llm status"))
     # gemma-a stopped: the failed attempt is in the trace, gemma-b answered
     assert footer_provider(failover) == "gemma-b", failover
     assert "gemma-a#1 failed: cannot connect" in failover
@@ -64,8 +65,8 @@ def test_pin_or_cascade_final_state(tmp_path: Path) -> None:
     assert footer_provider(pinned_down) is None and "gemma-b · " not in pinned_down
     assert "drop `-p gemma-a`" in pinned_down
     final_status = cell_text(find(nb, "%llm status", 1))
-    assert "| ⛔ gemma-a | circuit open |" in final_status
-    assert "| 🟢 gemma-b | healthy |" in final_status
+    assert f"| gemma-a | {state_badge('circuit_open')} |" in final_status
+    assert f"| gemma-b | {state_badge('healthy')} |" in final_status
     assert cell_text(find(nb, "%llm stop gemma-b")) == "Stopped gemma-b.\n"
 
 

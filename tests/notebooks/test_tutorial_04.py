@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import rendered
 from tests.support.servers import free_port
+from timmy_magic.tables import state_badge
 
 from .conftest import (
     NOTEBOOKS,
@@ -49,10 +50,10 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
     first_status = cell_text(find(nb, "%llm status"))
     # money reads as written, never as math (JupyterLab would typeset a raw "$...$")
     seen = rendered.text_of(rendered.render(first_status))
-    assert seen.startswith("cloud gate: open · spent today $0.0000 of $0.01"), seen
+    assert seen.startswith("cloud gate: open · spent today $0.00 of $0.01"), seen
     assert rendered.math(first_status) == []
-    assert "| 🟢 gemma | healthy |" in first_status
-    assert "| 💤 cloud ☁ | stopped |" in first_status
+    assert f"| gemma | {state_badge('healthy')} |" in first_status
+    assert f"| cloud ☁ | {state_badge('stopped')} |" in first_status
 
     gated_pin, local_only, cloud_answer, nothing_left, recovered = answers(nb)
     for md in (gated_pin, local_only, cloud_answer, nothing_left, recovered):
@@ -73,7 +74,7 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
     assert "cloud skipped (cloud gate: daily budget spent ($0." in nothing_left
     open_status = cell_text(find(nb, "%llm status", 1))
     assert open_status.startswith("*cloud gate: closed (daily budget spent ($0.")
-    assert "| ⛔ gemma | circuit open |" in open_status
+    assert f"| gemma | {state_badge('circuit_open')} |" in open_status
     # recovered: the half-open trial answered and closed the circuit
     assert footer_provider(recovered) == "gemma"
     assert cell_text(find(nb, "states.append(circuit())\nprint")) == \

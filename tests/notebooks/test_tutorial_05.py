@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.servers import ManagedServer
+from timmy_magic.tables import state_badge
 
 from .conftest import (
     NOTEBOOKS,
@@ -45,7 +46,7 @@ def test_vllm_mlx_final_state(vllm_mlx_server: ManagedServer, tmp_path: Path) ->
     assert cell_text(find(nb, "%llm start vllm-mlx")) == "vllm-mlx: running\n"
     assert cell_text(find(nb, "import timmy_magic")) == "'already running: adopted'"
     status = cell_text(find(nb, "%llm status"))
-    assert "| 🟢 vllm-mlx | healthy |" in status and f"| {vllm_mlx_server.model} |" in status
+    assert f"| vllm-mlx | {state_badge('healthy')} |" in status and f"| {vllm_mlx_server.model} |" in status
     assert cell_text(find(nb, 'report = router.health()["vllm-mlx"]')) == \
         f"{{'status': 'healthy', 'model_loaded': True, 'model_name': '{vllm_mlx_server.model}'}}"
     assert cell_text(find(nb, "provider = ")) == "(False, None)"

@@ -83,7 +83,7 @@ def test_every_health_state_has_a_tone() -> None:
     assert {tone_of(s) for s in typing.get_args(HealthState)} <= {
         "green", "amber", "red", "grey", "neutral"}
     assert set(typing.get_args(HealthState)) <= set(__import__(
-        "timmy_magic.widget", fromlist=["TONES"]).TONES)
+        "timmy_magic.tables", fromlist=["TONES"]).TONES)
 
 
 def test_badge_colours_and_checking_marker() -> None:
@@ -142,11 +142,11 @@ def test_pin_options_put_auto_first() -> None:
 
 
 def test_gate_text_and_budget_bar() -> None:
-    assert re.search(r"cloud open.*\$0\.5000 used of \$2\.00, \$1\.5000 left",
+    assert re.search(r"cloud open.*daily budget: \$0\.50 used of \$2\.00, \$1\.50 left",
                      gate_html(True, "", 0.5, 2.0))
     closed = gate_html(False, "local-only mode", 0.0, None)
     assert "cloud closed" in closed and "local-only mode" in closed and "no daily budget" in closed
-    assert "$0.0000 left" in gate_html(False, "spent", 3.0, 2.0)
+    assert "$3.00 used of $2.00, $0.00 left" in gate_html(False, "spent", 3.0, 2.0)
     assert budget_percent(0.5, 2.0) == 25
     assert budget_percent(3.0, 2.0) == 100
     assert budget_percent(1.0, None) == 0

@@ -139,7 +139,9 @@ def test_metrics_refresh_after_every_request(mixed: Router, timers: ManualTimers
 def test_gate_toggle_and_budget(mixed: Router, timers: ManualTimers, clock: FakeClock) -> None:
     p = open_panel(mixed, timers, clock)
     assert p.local_only.value is False and "cloud open" in p.gate.value
-    assert "$0.0000 used of $2.00, $2.0000 left" in p.gate.value and p.budget.value == 0
+    assert "daily budget: $0.00 used of $2.00, $2.00 left" in p.gate.value
+    assert p.budget.value == 0 and p.budget.description == "used"  # labelled, after the text
+    assert list(p.gate_row.children).index(p.budget) > list(p.gate_row.children).index(p.gate)
     p.local_only.value = True  # click
     assert mixed.local_only is True and not mixed.gate().open
     timers.run()
@@ -148,7 +150,7 @@ def test_gate_toggle_and_budget(mixed: Router, timers: ManualTimers, clock: Fake
     mixed.ledger.add(0.5)
     timers.run()
     assert p.local_only.value is False and "cloud open" in p.gate.value
-    assert "$0.5000 used of $2.00, $1.5000 left" in p.gate.value and p.budget.value == 25
+    assert "$0.50 used of $2.00, $1.50 left" in p.gate.value and p.budget.value == 25
     p.close()
 
 
