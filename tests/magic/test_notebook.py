@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.support.servers import ManagedServer
+from timmy_magic.config import load_config, packaged_default
 from timmy_magic.tables import state_badge
 
 from .conftest import WriteProviders
@@ -29,9 +30,14 @@ NOTEBOOK = ROOT / "notebooks" / "01-quickstart.ipynb"
 
 @pytest.fixture
 def gemma_providers(llama_server: ManagedServer, write_providers: WriteProviders) -> Path:
+    # the shipped local-gemma's model: a completion-mode model with its defaults (#15)
+    shipped = load_config(packaged_default()).provider("local-gemma")
+    assert shipped is not None
+    m = shipped.models[0]
+    model = {"name": m.name, "default": True, "mode": m.mode, "temperature": m.temperature,
+             "stop": list(m.stop), "params": m.params, "max_tokens": m.max_tokens}
     return write_providers([{"name": "local-gemma", "type": "llama_cpp",
-                             "base_url": llama_server.base_url,
-                             "models": [{"name": "gemma-3-270m", "default": True}]}],
+                             "base_url": llama_server.base_url, "models": [model]}],
                            cascade={"first_token_timeout_seconds": 60,
                                     "timeout_seconds": 120})
 
