@@ -352,7 +352,8 @@ class TimmyMagics(Magics):
         live = [i for i in range(len(columns)) if i not in hits]
         clock = time.monotonic
         t0 = clock()
-        view.start(t0)
+        if live:  # all from the cache: one display, the final one (no placeholder)
+            view.start(t0)
         for i, hit in hits.items():
             view.done(i, hit)
         got: list[Result] = []
