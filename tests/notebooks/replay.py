@@ -21,9 +21,21 @@ they ask differs from the recording (nbclient counts as a kernel does); they sta
 unchecked, as in the live run. ``%llm fix`` / ``explain`` likewise."""
 
 
+def shipped_gemma_model() -> dict[str, object]:
+    """The model of the shipped ``local-gemma`` (completion mode and its defaults), so a
+    tutorial answers as a newcomer's default set-up does."""
+    from timmy_magic.config import load_config, packaged_default
+
+    shipped = load_config(packaged_default()).provider("local-gemma")
+    assert shipped is not None
+    m = shipped.models[0]
+    return {"name": m.name, "default": True, "mode": m.mode, "temperature": m.temperature,
+            "stop": list(m.stop), "params": dict(m.params), "max_tokens": m.max_tokens}
+
+
 def _gemma_config(name: str, window: int | None = None) -> Callable[[str, Path], str]:
     def write(url: str, work: Path) -> str:
-        model: dict[str, object] = {"name": "gemma-3-270m", "default": True}
+        model = shipped_gemma_model()
         if window:
             model["context_window"] = window
         doc = {"cascade": {"first_token_timeout_seconds": 60, "timeout_seconds": 120},

@@ -12,6 +12,7 @@ import pytest
 from tests.support.servers import ManagedServer
 
 from .conftest import NOTEBOOKS, answers, cell_text, code_cells, errors, execute, find, run_nbval
+from .replay import REPLAYED
 
 pytestmark = pytest.mark.integration
 NOTEBOOK = NOTEBOOKS / "06-notebook-context.ipynb"
@@ -19,13 +20,9 @@ NOTEBOOK = NOTEBOOKS / "06-notebook-context.ipynb"
 
 @pytest.fixture
 def env(llama_server: ManagedServer, tmp_path: Path) -> dict[str, str]:
-    cfg = tmp_path / "providers.yaml"
-    cfg.write_text(
-        "cascade: {first_token_timeout_seconds: 60, timeout_seconds: 120}\n"
-        "providers:\n"
-        f"  - {{name: local-gemma, type: llama_cpp, base_url: '{llama_server.base_url}',\n"
-        "      models: [{name: gemma-3-270m, default: true, context_window: 2048}]}\n")
-    return {"TIMMY_PROVIDERS": str(cfg), "TIMMY_CACHE_MODE": "off"}
+    # the set-up the answers in notebooks/answers/ were recorded with (test_replay.py)
+    live = REPLAYED["06"].env({"llama": llama_server.base_url}, tmp_path)
+    return {**live, "TIMMY_CACHE_MODE": "off"}
 
 
 def test_notebook_context_final_state(env: dict[str, str], tmp_path: Path) -> None:

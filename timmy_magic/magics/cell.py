@@ -309,7 +309,7 @@ class TimmyMagics(Magics):
         if then is not None and result.ok and not interrupted:
             notes += then(result)
         view.finish(Final(result, opts.fmt,
-                          self._format_notes(result, opts) + notes + result.notes, opts.trace))
+                          self._format_notes(result, opts) + notes, opts.trace))  # + result.notes: render
         if interrupted:
             raise StreamInterrupted(f"{INTERRUPTED}; the partial answer ({len(result.text)} "
                                     "chars) is kept: timmy_magic.last()")
