@@ -117,3 +117,27 @@ def test_cache_section_in_providers_yaml(shell: InteractiveShell, fault: FaultSe
     run(shell, "%%llm\nhello")
     run(shell, "%%llm\nhello")
     assert path.is_file() and chats(fault) == 1
+
+
+def test_a_changed_model_setting_misses_instead_of_replaying(
+        cached_shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders,
+        tmp_path: Path) -> None:
+    def config(temperature: float, stop: list[str]) -> None:
+        write_providers([local("alpha", fault.base_url("ok", text="a recorded answer"),
+                               models=[{"name": "m", "temperature": temperature,
+                                        "stop": stop}])])
+        run(cached_shell, f"%llm reload {tmp_path / 'providers.yaml'}")
+
+    config(0.0, ["\n\n"])
+    run(cached_shell, "%llm cache on")
+    run(cached_shell, "%%llm -p alpha\nhello")
+    run(cached_shell, "%%llm -p alpha\nhello")
+    assert chats(fault) == 1
+    config(0.7, ["\n\n"])  # another temperature: asked again
+    run(cached_shell, "%%llm -p alpha\nhello")
+    config(0.7, ["END"])  # another stop: asked again
+    run(cached_shell, "%%llm -p alpha\nhello")
+    assert chats(fault) == 3
+    config(0.0, ["\n\n"])  # back as recorded: a hit
+    run(cached_shell, "%%llm -p alpha\nhello")
+    assert chats(fault) == 3

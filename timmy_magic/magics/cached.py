@@ -76,8 +76,27 @@ class CellCache:
         if mode == "off":
             return None, mode
         model = req.model or self._default_model(req)
-        return RequestFields.of(req, model=model, format=opts.fmt,
-                                api_mode=self._api_mode(req, model)), mode
+        temperature, options = self._sampling(req, model)
+        return RequestFields.of(req, model=model, format=opts.fmt, temperature=temperature,
+                                api_mode=self._api_mode(req, model), options=options), mode
+
+    def _sampling(self, req: ChatRequest, model: str | None
+                  ) -> tuple[float | None, dict[str, object]]:
+        """A pinned cell's model settings change its answer too: the temperature it gets
+        when the cell sets none, its ``stop`` and ``params`` (a changed providers.yaml
+        then misses instead of replaying an answer asked another way)."""
+        if req.provider is None:
+            return req.temperature, {}
+        mc = self.ext.router.provider(req.provider).cfg.model(model)
+        if mc is None:
+            return req.temperature, {}
+        temperature = req.temperature if req.temperature is not None else mc.temperature
+        options: dict[str, object] = {}
+        if mc.stop:
+            options["stop"] = list(mc.stop)
+        if mc.params:
+            options["params"] = dict(mc.params)
+        return temperature, options
 
     def _default_model(self, req: ChatRequest) -> str | None:
         """A pinned cell asks the provider's default model: that model is in the key."""
