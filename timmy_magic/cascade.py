@@ -56,7 +56,10 @@ class Cascade:
             if hit is not None and hit[0] == key:
                 return hit[1]
         report = self.core.report(st, now)
-        health = _Health(report.state if report.state != "circuit_open" else "unknown",
+        # planning knows a not-running server as down (skipped unless pinned)
+        state: HealthState = ("unknown" if report.state == "circuit_open" else
+                              "down" if report.state == "not_running" else report.state)
+        health = _Health(state,
                          frozenset(m.name for m in st.cfg.models) | frozenset(report.models),
                          report.last_error or report.hint or "")
         if key is not None:

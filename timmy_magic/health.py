@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .breaker import CircuitBreaker
 from .config import ProviderConfig
@@ -29,6 +30,9 @@ class Endpoint:
     launcher: Launcher | None = None
     retired: bool = False
     """Replaced by a reload: closed once its last running stream ends."""
+    answered: bool = False
+    """A health check got an answer from it in this session (then "down" means it went
+    away; before, a local one that refuses connections is just "not running")."""
 
     @property
     def shown_url(self) -> str:
@@ -85,10 +89,53 @@ class ProviderState:
         return frozenset(mc.capabilities) if mc is not None else frozenset()
 
 
+REFUSED = "cannot connect"
+"""How ``map_error`` starts the message of a connection nobody accepted."""
+START_COMMANDS = {
+    "llama_cpp": "llama-server -m MODEL.gguf --port {port}",
+    "ollama": "ollama serve",
+    "vllm_mlx": "vllm-mlx serve MODEL --port {port}",
+    "mlx_lm": "mlx_lm.server --model MODEL --port {port}",
+}
+
+
+def is_loopback(url: str) -> bool:
+    """A URL on this machine (where "nothing listening" means "not started")."""
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    return host in ("localhost", "::1", "0.0.0.0") or host.startswith("127.") \
+        or host.endswith(".localhost")
+
+
+def start_hint(cfg: ProviderConfig, url: str) -> str:
+    """How to start a local server that is not running."""
+    try:
+        port = urlsplit(url).port
+    except ValueError:
+        port = None
+    how = START_COMMANDS.get(cfg.type, "")
+    how = how.format(port=port) if how and (port or "{port}" not in how) else ""
+    where = display_url(url)
+    return (f"nothing listening at {where}: start it ({how}) or set enabled: false" if how
+            else f"nothing listening at {where}: start its server or set enabled: false")
+
+
+def _not_running(st: ProviderState, probes: list[Probe]) -> bool:
+    """A local provider none of whose servers has answered in this session, all refusing
+    connections: not started, which is not an error (grey "not running", not red "down")."""
+    return (not st.cfg.is_cloud and len(probes) == len(st.endpoints)
+            and not any(ep.answered or ep.launcher is not None for ep in st.endpoints)
+            and all(is_loopback(ep.url) for ep in st.endpoints)
+            and all(p.state == "down" and (p.error or "").startswith(REFUSED) for p in probes))
+
+
 def build_report(st: ProviderState, now: float) -> HealthReport:
     """The health of one provider: configuration states first (disabled, not configured,
-    not installed, misconfigured), then the circuit, then the endpoints' probes, refined by
-    its managed servers (stopped, starting, crashed)."""
+    not installed, misconfigured), then the circuit, then the endpoints' probes (a local
+    one that has never answered and refuses connections: not running), refined by its
+    managed servers (stopped, starting, crashed)."""
     cfg = st.cfg
     launchers = [ep.launcher for ep in st.endpoints if ep.launcher is not None]
     eps = tuple(EndpointHealth(
@@ -127,6 +174,9 @@ def build_report(st: ProviderState, now: float) -> HealthReport:
         states = {p.state for p in probes}
         state = ("healthy" if states == {"healthy"} and len(probes) == len(eps) else
                  "down" if states == {"down"} and len(probes) == len(eps) else "degraded")
+        if state == "down" and _not_running(st, probes):
+            state = "not_running"
+            hint = start_hint(cfg, st.endpoints[0].url)
     crashes = [c for c in (lc.crashed for lc in launchers) if c]
     if crashes and state not in ("disabled", "not_configured", "not_installed"):
         state = "down" if state in ("down", "unknown", "healthy") else state

@@ -58,6 +58,7 @@ class Monitor:
             probe = Probe("degraded", probe.latency_s, probe.models, probe.detail,
                           f"{probe.error} while serving {ep.outstanding} request(s)")
         ep.probe, ep.checked_at = probe, self.core.clock()
+        ep.answered = ep.answered or probe.state != "down"
         if probe.windows and any(st.windows.get(m) != n for m, n in probe.windows.items()):
             st.windows = {**st.windows, **probe.windows}  # rebound: read from other threads
 

@@ -24,6 +24,7 @@ HealthState = Literal[
     "healthy", "degraded", "down", "circuit_open", "misconfigured",
     "disabled", "not_configured", "not_installed", "unknown",
     "stopped", "starting",  # managed (launch:) servers: started on first need
+    "not_running",  # a local server that has not answered in this session: not started
 ]
 CircuitState = Literal["closed", "open", "half_open"]
 

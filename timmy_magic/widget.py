@@ -199,6 +199,19 @@ def pin_options(names: list[str]) -> tuple[tuple[str, str], ...]:
     return ((AUTO, AUTO_VALUE), *((n, n) for n in names))
 
 
+CANNOT_ANSWER = frozenset({"disabled", "not_configured", "not_installed", "misconfigured",
+                           "not_running"})
+"""States the pin control leaves out: nothing pinned there could answer until the user
+changes something (the config, a key, a server to start). Down and circuit-open stay:
+they answered before and come back by themselves; stopped and starting are started on
+the first request."""
+
+
+def pinnable(reports: Mapping[str, HealthReport], pinned: str | None) -> list[str]:
+    """The providers the pin control offers (the pinned one always, to show the pin)."""
+    return [n for n, r in reports.items() if r.state not in CANNOT_ANSWER or n == pinned]
+
+
 def gate_html(open_: bool, reason: str, spent: float, budget: float | None) -> str:
     verdict = ("<b style=\"color:#1a7f37\">cloud open</b>" if open_ else
                f"<b style=\"color:#cf222e\">cloud closed</b>: {_esc(reason)}")
@@ -306,7 +319,7 @@ class Panel(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
                 return
             reports, metrics = r.health(), r.metrics()
             checking = {n: self._is_checking(n) for n in reports}
-            self._sync_pin(list(reports), r.pinned)
+            self._sync_pin(pinnable(reports, r.pinned), r.pinned)
             self.table.value = table_html(reports, metrics, r.pinned, checking,
                                           r.config.source)
             shown = self.show_details.value

@@ -93,7 +93,7 @@ def test_without_names_only_healthy_providers(fault: FaultServer,
 
 def test_nothing_to_bench_and_unknown_names(make_router: MakeRouter) -> None:
     router = make_router([provider("down", f"http://127.0.0.1:{closed_port()}/v1")])
-    with pytest.raises(NothingToBench, match="no healthy provider.*down down"):
+    with pytest.raises(NothingToBench, match="no healthy provider.*down not running"):
         bench.run(router, progress="none")
     with pytest.raises(UnknownProvider, match="unknown provider nope; configured: down"):
         bench.run(router, ["nope"], progress="none")

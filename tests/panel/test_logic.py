@@ -72,7 +72,8 @@ def test_a_storm_of_notifications_becomes_a_bounded_number_of_flushes() -> None:
 @pytest.mark.parametrize("state,tone", [
     ("healthy", "green"), ("degraded", "amber"), ("down", "red"), ("circuit_open", "red"),
     ("misconfigured", "red"), ("disabled", "grey"), ("not_configured", "grey"),
-    ("not_installed", "grey"), ("stopped", "grey"), ("unknown", "neutral"),
+    ("not_installed", "grey"), ("stopped", "grey"), ("not_running", "grey"),
+    ("unknown", "neutral"),
     ("checking", "neutral"), ("starting", "neutral"),
 ])
 def test_tone_of_every_state(state: str, tone: str) -> None:

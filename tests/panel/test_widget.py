@@ -72,11 +72,18 @@ def test_badges_follow_a_real_health_pass(mixed: Router, timers: ManualTimers,
     mixed.check_health()
     assert time.monotonic() - t0 < 0.5 + 1.5  # one health deadline for the whole pass
     timers.run()
+    # "refused" never answered (a local server not started): grey "not running", with how
+    # to start it; "hangs" accepts connections but its health check times out: red "down"
     assert badges(p) == {"fast": "healthy", "second": "healthy", "hangs": "down",
-                         "refused": "down", "spare": "disabled", "cloud": "not_configured"}
+                         "refused": "not_running", "spare": "disabled",
+                         "cloud": "not_configured"}
     fast = row(p, "fast")
     assert "model_loaded: True" in fast and "model_name: fault-model" in fast  # hover text
-    assert "timed out" in row(p, "hangs") and "#cf222e" in row(p, "refused")
+    assert "timed out" in row(p, "hangs") and "#cf222e" in row(p, "hangs")
+    assert "#8c959f" in row(p, "refused") and "hint: nothing listening at http://127.0.0.1:" \
+        in row(p, "refused") and "not running" in row(p, "refused")
+    # the pin control offers what can answer: not the disabled, keyless or not running
+    assert [v for _, v in p.pin_control.options] == [AUTO_VALUE, "fast", "second", "hangs"]
     assert "hint: set NO_SUCH_KEY" in row(p, "cloud") and "#8c959f" in row(p, "cloud")
     p.close()
 
@@ -101,8 +108,8 @@ def test_pin_is_bound_both_ways_and_routes_the_next_request(mixed: Router,
                                                             timers: ManualTimers,
                                                             clock: FakeClock) -> None:
     p = open_panel(mixed, timers, clock)
-    labels = [label for label, _ in p.pin_control.options]
-    assert labels == ["Auto (cascade)", "fast", "second", "hangs", "refused", "spare", "cloud"]
+    labels = [label for label, _ in p.pin_control.options]  # not checked yet: all but the
+    assert labels == ["Auto (cascade)", "fast", "second", "hangs", "refused"]  # off and keyless
     assert p.pin_control.value == AUTO_VALUE
     assert mixed.complete("hi").provider == "fast"
     p.pin_control.value = "second"  # what a click in the front end does
@@ -132,7 +139,12 @@ def test_metrics_refresh_after_every_request(mixed: Router, timers: ManualTimers
     with pytest.raises(PinnedProviderFailed):
         mixed.complete("hi", provider="refused")
     timers.run()
-    assert "1" in cells(p, "refused")[5] and badges(p)["refused"] == "down"
+    assert "1" in cells(p, "refused")[5] and badges(p)["refused"] == "not_running"
+    assert [v for _, v in p.pin_control.options] == [AUTO_VALUE, "fast", "second", "hangs"]
+    mixed.pin("refused")  # pinned all the same (%llm pin): shown, so the pin is visible
+    timers.run()
+    assert p.pin_control.value == "refused" and "refused" in [v for _, v in
+                                                              p.pin_control.options]
     p.close()
 
 
@@ -207,13 +219,13 @@ def test_twelve_providers_all_down(timers: ManualTimers, clock: FakeClock) -> No
     p = open_panel(r, timers, clock)
     r.check_health()
     timers.run()
-    assert badges(p) == {n: "down" for n in names}
-    assert [v for _, v in p.pin_control.options] == [AUTO_VALUE, *names]
+    assert badges(p) == {n: "not_running" for n in names}  # local, never answered
+    assert [v for _, v in p.pin_control.options] == [AUTO_VALUE]
     assert p.table.value.count('class="timmy-row"') == 12
     with pytest.raises(NoProviderAvailable):
         r.complete("hi")
     timers.run()
-    assert all(b == "down" for b in badges(p).values())
+    assert all(b == "not_running" for b in badges(p).values())
     p.close()
     r.close()
 

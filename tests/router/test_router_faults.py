@@ -274,7 +274,7 @@ def test_health_pass_is_concurrent_under_one_deadline(srv):
     states = {n: rep.state for n, rep in reports.items()}
     assert len(states) == 12
     assert all(states[f"ok{i}"] == "healthy" for i in range(4))
-    assert all(states[f"refused{i}"] == "down" for i in range(4))
+    assert all(states[f"refused{i}"] == "not_running" for i in range(4))  # never answered
     assert all(states[f"silent{i}"] == "down" for i in range(4))
     assert "timed out after 0.5s" in reports["silent0"].last_error
     assert reports["ok0"].detail["model_loaded"] is True and reports["ok0"].models

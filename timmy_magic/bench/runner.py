@@ -107,7 +107,7 @@ def choose_providers(router: Router, names: Sequence[str] | None = None
                                   f"{', '.join(router.names) or '(none)'}")
         chosen = list(dict.fromkeys(names))
         reports = router.check_health(chosen)
-        down = [f"{n} ({reports[n].state})" for n in chosen
+        down = [f"{n} ({reports[n].state.replace('_', ' ')})" for n in chosen
                 if n in reports and reports[n].state != "healthy"]
         return chosen, ([f"not healthy before the run: {', '.join(down)}"] if down else [])
     reports = router.check_health()
@@ -120,7 +120,8 @@ def choose_providers(router: Router, names: Sequence[str] | None = None
         if cloud:
             notes.append(f"skipped {', '.join(cloud)}: cloud gate closed ({gate.reason})")
     if not healthy:
-        states = ", ".join(f"{n} {r.state}" for n, r in reports.items()) or "none checked"
+        states = ", ".join(f"{n} {r.state.replace('_', ' ')}"
+                           for n, r in reports.items()) or "none checked"
         raise NothingToBench(f"no healthy provider to benchmark ({states}); start a server "
                              "or name providers with -p")
     return healthy, notes
