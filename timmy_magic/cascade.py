@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from . import servers
 from .attempt import attempt
 from .core import Core, log, shown_url
-from .errors import NoProviderAvailable, PinnedProviderFailed, ProviderError
+from .errors import NoProviderAvailable, PinnedProviderFailed, ProviderError, RoutingError
 from .health import Endpoint, ProviderState
 from .launch import LaunchError
 from .planner import Plan, ProviderView, pick_endpoint, plan_route
 from .providers.base import map_error
-from .types import Attempt, ChatRequest, Done, Event, HealthState, RouteTrace, Trying
+from .types import Attempt, ChatRequest, Done, Event, Failed, HealthState, RouteTrace, Trying
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +240,39 @@ class Cascade:
             return None
         st.rr = (i + 1) % len(eps)
         return eps[i]
+
+    async def stream_many(self, requests: list[ChatRequest]
+                          ) -> AsyncGenerator[tuple[int, Event | Failed], None]:
+        """The requests' streams at once: ``(column, event)`` as they come; a column that
+        gets no answer gives ``(column, Failed(error))`` and the others go on."""
+        q: asyncio.Queue[tuple[int, Event | Failed | None]] = asyncio.Queue()
+
+        async def column(i: int, req: ChatRequest) -> None:
+            try:
+                async with aclosing(self.stream(req)) as events:
+                    async for ev in events:
+                        q.put_nowait((i, ev))
+            except RoutingError as exc:
+                q.put_nowait((i, Failed(exc)))
+            finally:
+                q.put_nowait((i, None))
+
+        tasks = [asyncio.create_task(column(i, r)) for i, r in enumerate(requests)]
+        try:
+            open_columns = len(tasks)
+            while open_columns:
+                i, ev = await q.get()
+                if ev is None:
+                    open_columns -= 1
+                    continue
+                yield i, ev
+            for t in tasks:  # a column's own bug surfaces here, not lost in a task
+                t.result()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
 
 
 def _no_provider_message(plan: Plan, attempts: list[Attempt], timeout: float) -> str:

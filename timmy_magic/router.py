@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import queue
 import random
 import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from contextlib import aclosing
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from . import gate as gate_mod
 from . import servers
@@ -31,8 +30,7 @@ from .metrics import MetricsSnapshot
 from .monitor import Monitor
 from .planner import Plan
 from .retry import RetryPolicy
-from .runner import TICK, Runner, Tick
-from .errors import RoutingError
+from .runner import Runner, Tick, _Raised, bridge
 from .types import ChatRequest, Done, Event, Failed, HealthReport, Result
 
 __all__ = ["ChangeKind", "Router"]
@@ -177,7 +175,7 @@ class Router:
         """``astream`` for synchronous code. With ``tick_every``, a ``Tick`` comes
         whenever no event came for that long (a live display's chance to redraw)."""
         req = ChatRequest.of(request, **kw)
-        return _bridge(self.runner, self._cascade.stream(req), tick_every)
+        return bridge(self.runner, self._cascade.stream(req), tick_every)
 
     def stream_many(self, requests: list[ChatRequest], *, tick_every: float | None = None
                     ) -> Iterator[tuple[int, Event | Failed] | Tick]:
@@ -185,39 +183,7 @@ class Router:
         come, each column's events in order. A column that gets no answer yields
         ``(column, Failed(error))`` and the others go on. Closing the iterator cancels
         every column and waits for their clean-up."""
-        merged = cast(AsyncGenerator[Event, None], self._merged(list(requests)))
-        return cast(Iterator[tuple[int, Event | Failed] | Tick],
-                    _bridge(self.runner, merged, tick_every))  # the bridge passes items as is
-
-    async def _merged(self, requests: list[ChatRequest]
-                      ) -> AsyncGenerator[tuple[int, Event | Failed], None]:
-        q: asyncio.Queue[tuple[int, Event | Failed | None]] = asyncio.Queue()
-
-        async def column(i: int, req: ChatRequest) -> None:
-            try:
-                async with aclosing(self._cascade.stream(req)) as events:
-                    async for ev in events:
-                        q.put_nowait((i, ev))
-            except RoutingError as exc:
-                q.put_nowait((i, Failed(exc)))
-            finally:
-                q.put_nowait((i, None))
-
-        tasks = [asyncio.create_task(column(i, r)) for i, r in enumerate(requests)]
-        try:
-            open_columns = len(tasks)
-            while open_columns:
-                i, ev = await q.get()
-                if ev is None:
-                    open_columns -= 1
-                    continue
-                yield i, ev
-            for t in tasks:  # a column's own bug surfaces here, not lost in a task
-                t.result()
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        return bridge(self.runner, self._cascade.stream_many(list(requests)), tick_every)
 
     # One answer, one hop: the whole request runs on the loop and only its Result comes
     # back (a thread hand-off per event cost more CPU than the router's own work:
@@ -386,97 +352,3 @@ class Router:
         pinned = self._core.pinned
         return (f"<Router {len(self._core.providers)} providers from {self.config.source}"
                 f"{', pinned ' + pinned if pinned else ''}>")
-
-
-
-
-class _Raised:
-    __slots__ = ("exc",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_END = object()
-
-
-def _bridge(runner: Runner, events: AsyncGenerator[Event, None],
-            tick_every: float | None, poll: float = 0.05) -> Iterator[Event | Tick]:
-    """``events`` (run on the loop) as a plain generator for this thread.
-
-    Events travel in batches: the loop side hands over what it has once the stream
-    waits for the network (a ``call_soon`` flush), so a burst of events read at once
-    wakes this thread once, not once per event (each wake-up is a GIL hand-over between
-    two busy threads: docs/performance.md). Ticks come from this side: a wait longer
-    than ``tick_every`` yields a ``Tick`` (a live display's chance to redraw), with no
-    task or timer on the loop. Closing this generator early (``break``, an exception, a
-    kernel interrupt) cancels the stream and waits for its clean-up (permits, metrics,
-    connections), so the caller sees them settled."""
-    loop = runner.loop
-    q: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
-    batch: list[Any] = []
-    flushing = False
-    settled = threading.Event()
-    task: list[asyncio.Task[None]] = []
-
-    def flush() -> None:
-        nonlocal batch, flushing
-        flushing = False
-        if batch:
-            q.put(batch)
-            batch = []
-
-    async def pump() -> None:
-        nonlocal flushing
-        try:
-            async with aclosing(events) as evs:
-                async for ev in evs:
-                    batch.append(ev)
-                    if not flushing:
-                        flushing = True
-                        loop.call_soon(flush)
-        except BaseException as exc:  # re-raised to the consumer
-            batch.append(_Raised(exc))
-            flush()
-            if not isinstance(exc, Exception):
-                raise
-        else:
-            batch.append(_END)
-            flush()
-
-    def start() -> None:  # on the loop
-        task.append(loop.create_task(pump()))
-        task[0].add_done_callback(lambda _: settled.set())  # even if it never ran
-
-    loop.call_soon_threadsafe(start)
-    wait = poll if tick_every is None else tick_every
-    over = False  # the stream ended or raised: it was closed before it said so
-    try:
-        while True:
-            got = _next_batch(q, wait)
-            if got is None:
-                if tick_every is not None:
-                    yield TICK
-                continue
-            for item in got:
-                if item is _END:
-                    over = True
-                    return
-                if isinstance(item, _Raised):
-                    over = True
-                    raise item.exc
-                yield item
-    finally:
-        if not over and not settled.is_set():
-            loop.call_soon_threadsafe(lambda: task and task[0].cancel())
-            settled.wait(5)
-
-
-def _next_batch(q: queue.SimpleQueue[list[Any]], timeout: float) -> list[Any] | None:
-    """The next batch, or None after ``timeout``. A plain function, not inline in the
-    generator: on CPython 3.11 a KeyboardInterrupt raised at a loop jump inside a
-    generator can skip its ``finally`` (runner.py's ``_get`` says the same)."""
-    try:
-        return q.get(timeout=timeout)
-    except queue.Empty:
-        return None

@@ -12,8 +12,8 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import suppress
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import aclosing, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -226,3 +226,88 @@ async def with_ticks(events: AsyncIterator[T], every: float) -> AsyncIterator[T 
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+# ---------------------------------------------------------------- the sync bridge
+
+
+def bridge(runner: Runner, events: AsyncGenerator[T, None],
+           tick_every: float | None, poll: float = 0.05) -> Iterator[T | Tick]:
+    """``events`` (run on the loop) as a plain generator for this thread.
+
+    Events travel in batches: the loop side hands over what it has once the stream
+    waits for the network (a ``call_soon`` flush), so a burst of events read at once
+    wakes this thread once, not once per event (each wake-up is a GIL hand-over between
+    two busy threads: docs/performance.md). Ticks come from this side: a wait longer
+    than ``tick_every`` yields a ``Tick`` (a live display's chance to redraw), with no
+    task or timer on the loop. Closing this generator early (``break``, an exception, a
+    kernel interrupt) cancels the stream and waits for its clean-up (permits, metrics,
+    connections), so the caller sees them settled."""
+    loop = runner.loop
+    q: queue.SimpleQueue[list[Any]] = queue.SimpleQueue()
+    batch: list[Any] = []
+    flushing = False
+    settled = threading.Event()
+    task: list[asyncio.Task[None]] = []
+
+    def flush() -> None:
+        nonlocal batch, flushing
+        flushing = False
+        if batch:
+            q.put(batch)
+            batch = []
+
+    async def pump() -> None:
+        nonlocal flushing
+        try:
+            async with aclosing(events) as evs:
+                async for ev in evs:
+                    batch.append(ev)
+                    if not flushing:
+                        flushing = True
+                        loop.call_soon(flush)
+        except BaseException as exc:  # re-raised to the consumer
+            batch.append(_Raised(exc))
+            flush()
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            batch.append(_END)
+            flush()
+
+    def start() -> None:  # on the loop
+        task.append(loop.create_task(pump()))
+        task[0].add_done_callback(lambda _: settled.set())  # even if it never ran
+
+    loop.call_soon_threadsafe(start)
+    wait = poll if tick_every is None else tick_every
+    over = False  # the stream ended or raised: it was closed before it said so
+    try:
+        while True:
+            got = _next_batch(q, wait)
+            if got is None:
+                if tick_every is not None:
+                    yield TICK
+                continue
+            for item in got:
+                if item is _END:
+                    over = True
+                    return
+                if isinstance(item, _Raised):
+                    over = True
+                    raise item.exc
+                yield item
+    finally:
+        if not over and not settled.is_set():
+            loop.call_soon_threadsafe(lambda: task and task[0].cancel())
+            settled.wait(5)
+
+
+def _next_batch(q: queue.SimpleQueue[list[Any]], timeout: float) -> list[Any] | None:
+    """The next batch, or None after ``timeout``. A plain function, not inline in the
+    generator: on CPython 3.11 a KeyboardInterrupt raised at a loop jump inside a
+    generator can skip its ``finally`` (runner.py's ``_get`` says the same)."""
+    try:
+        return q.get(timeout=timeout)
+    except queue.Empty:
+        return None
