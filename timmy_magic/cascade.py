@@ -202,7 +202,8 @@ class Cascade:
                     retry_no += 1
                     decision = core.policy.decide(
                         err, retry_no, others_left=others_left, endpoints=len(st.endpoints),
-                        time_left=deadline - core.clock(), rand=core.rand)
+                        time_left=deadline - core.clock(), pinned=pin is not None,
+                        rand=core.rand)
                     if decision.action == "misconfigured":
                         st.misconfigured = str(err)
                         core.notify("health")

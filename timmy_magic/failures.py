@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PinnedProviderFailed, RoutingError
+from .health import REFUSED
 from .markup import LITERAL_TICK, md, md_code, md_spans, plain
+from .secrets import display_url
 from .types import RouteTrace
 
 
@@ -110,8 +112,14 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
         undo = {"option": f"drop `-p {pin}`", "session": "run `%llm unpin`",
                 "default": "`%config TimmyMagics.default_provider = None`"}.get(
                     pin_source or "", "unpin it")
+        tried = list(dict.fromkeys(display_url(a.endpoint) for a in trace.attempts
+                                   if a.provider == trace.pinned and a.endpoint))
+        where = f" at {', '.join(f'`{literal(u)}`' for u in tried)}" if tried else ""
+        refused = any(a.provider == trace.pinned and (a.error or "").startswith(REFUSED)
+                      for a in trace.attempts)
         check = "" if {"cloud_gate", "no_vision"} & skipped.keys() else \
-            f"Check that {pin} is running (`%llm status`), or "
+            (f"Nothing is listening{where}: start {pin} there (`%llm status` says how), or "
+             if refused else f"Check that {pin} is running{where} (`%llm status`), or ")
         hints.append(f"{check}{undo[0].upper() if not check else undo[0]}{undo[1:]} to let "
                      "the cascade choose.")
     elif trace.attempts or {"unhealthy", "disabled"} & skipped.keys() or not hints:

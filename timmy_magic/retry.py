@@ -50,19 +50,25 @@ class RetryPolicy:
         return self.backoff(retry_number, rand)
 
     def decide(self, error: ProviderError, retry_number: int, *, others_left: bool,
-               endpoints: int, time_left: float,
+               endpoints: int, time_left: float, pinned: bool = False,
                rand: Callable[[], float] = random.random) -> Decision:
         """The one place where a failed attempt's fate is decided.
 
         - 401/403: the provider is misconfigured (its key); retrying cannot help.
         - Nothing listening (connect refused) with another provider left and no other
           endpoint of this one: fail over at once (waiting is not free, failing over is).
+          Pinned (the user named this provider), the same: one attempt, and the error
+          block names the address and how to start it. A server is not started by
+          waiting 1.5 s, and three failures would count three errors and open its circuit
+          for one cell. As the cascade's last candidate it is still retried (a server
+          that is restarting gets its chance before the cell fails).
         - Otherwise ``delay_for``; no delay (not retryable, retries used up, Retry-After
           beyond the cap) or one that would pass the request's deadline: fail over.
         """
         if isinstance(error, ProviderAuthError):
             return Decision("misconfigured")
-        if isinstance(error, ProviderConnectError) and others_left and endpoints == 1:
+        if isinstance(error, ProviderConnectError) and (others_left or pinned) \
+                and endpoints == 1:
             return FAIL_OVER
         delay = self.delay_for(error, retry_number, rand)
         if delay is None or delay >= time_left:

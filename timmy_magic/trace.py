@@ -60,7 +60,10 @@ class RouteTrace:
     def lines(self) -> list[str]:
         out = [f"considered: {', '.join(self.considered) or '(none)'}"
                + (f"  [pinned: {self.pinned}]" if self.pinned else "")]
-        out += [str(s) for s in self.skipped]
+        elsewhere = [s.provider for s in self.skipped if s.reason == "pinned_elsewhere"]
+        if elsewhere:  # one line for all of them: the pin is the one reason
+            out.append(f"skipped (pinned to {self.pinned}): {', '.join(elsewhere)}")
+        out += [str(s) for s in self.skipped if s.reason != "pinned_elsewhere"]
         out += [str(a) for a in self.attempts]
         return out
 

@@ -462,6 +462,29 @@ def test_pinned_provider_down_is_one_readable_block(ok_shell: InteractiveShell) 
     assert "route:" in data[-1]["text/plain"]
 
 
+def test_pinned_to_a_server_that_is_not_running_is_one_attempt_naming_its_address(
+        shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders) -> None:
+    port = closed_port()
+    write_providers([local("a", fault.base_url("ok"), priority=1),
+                     local("b", fault.base_url("ok"), priority=2),
+                     local("c", fault.base_url("ok"), priority=3),
+                     local("gone", f"http://127.0.0.1:{port}", priority=4)])
+    load(shell)
+    res, cap = run(shell, "%%llm -p gone\nhi")
+    assert res.error_in_exec is None and "Traceback" not in cap.stdout + cap.stderr
+    data = assert_one_streamed_display(cap)
+    text = data[-1]["text/plain"]
+    assert "skipped (pinned to gone): a, b, c" in text  # one line, not one per provider
+    assert "pinned elsewhere" not in text
+    assert text.count("gone#") == 1  # refused: one attempt, not three
+    assert f"Nothing is listening at http://127.0.0.1:{port}: start gone there" in text
+    md = data[-1]["text/markdown"]
+    assert f"Nothing is listening at `http://127.0.0.1:{port}`: start gone there" in md
+    m = magics.router().metrics()["gone"]
+    assert (m.requests, m.failures) == (1, 1)
+    assert magics.router().health()["gone"].circuit == "closed"  # not opened by one cell
+
+
 def test_no_provider_healthy_is_one_readable_block(shell: InteractiveShell,
                                                    fault: FaultServer,
                                                    write_providers: WriteProviders) -> None:

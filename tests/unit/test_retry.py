@@ -50,3 +50,31 @@ def test_parse_retry_after_seconds_and_http_date():
     assert parse_retry_after(None, 0) is None
     date = email.utils.formatdate(1000 + 30, usegmt=True)
     assert abs(parse_retry_after(date, 1000) - 30) < 1
+
+
+def test_a_refused_connection_on_a_pinned_provider_is_not_retried():
+    """Pinned, it is the last candidate; a server is not started by waiting, and three
+    failures would count three errors and open its circuit for one cell."""
+    from timmy_magic.errors import ProviderConnectError
+    from timmy_magic.retry import RetryPolicy
+
+    err = ProviderConnectError("cannot connect: refused")
+    p = RetryPolicy()
+    assert p.decide(err, 1, others_left=False, endpoints=1, time_left=60,
+                    pinned=True).action == "fail_over"
+    # the cascade's last candidate still gets its retries (a server restarting)
+    assert p.decide(err, 1, others_left=False, endpoints=1, time_left=60).action == "retry"
+    # pinned with replicas: the next retry may pick another endpoint
+    assert p.decide(err, 1, others_left=False, endpoints=2, time_left=60,
+                    pinned=True).action == "retry"
+
+
+def test_route_trace_puts_the_providers_skipped_for_a_pin_on_one_line():
+    from timmy_magic.trace import Attempt, RouteTrace, Skip
+
+    t = RouteTrace(("a", "b", "c", "d"), (Skip("a", "pinned_elsewhere", "pinned to d"),
+                                          Skip("b", "pinned_elsewhere", "pinned to d"),
+                                          Skip("c", "disabled")),
+                   (Attempt("d", "http://127.0.0.1:1", 1, "failed", "cannot connect: x"),), "d")
+    assert t.lines() == ["considered: a, b, c, d  [pinned: d]", "skipped (pinned to d): a, b",
+                         "c skipped (disabled)", "d#1 failed: cannot connect: x"]
