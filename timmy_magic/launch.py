@@ -31,7 +31,8 @@ from .local import NotInstalled, check_installed, resolve_command
 from .secrets import get_logger
 
 log = get_logger("timmy_magic.launch")
-LaunchState = Literal["stopped", "starting", "running", "adopted", "failed", "not_installed"]
+LaunchState = Literal["stopped", "stopping", "starting", "running", "adopted", "failed",
+                      "not_installed"]
 _ALL: weakref.WeakSet[Launcher] = weakref.WeakSet()
 
 
@@ -178,6 +179,9 @@ class Launcher:
                 self.state, self.message = "stopped", "adopted server left running"
             return False
         if proc.poll() is None:
+            # stopping, not crashed: from here the exit is ours, whatever a health report
+            # reads while the process goes (it is reaped in another thread)
+            self.state, self.message = "stopping", "stopping"
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             if wait:
