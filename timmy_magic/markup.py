@@ -152,3 +152,8 @@ def html(text: object) -> str:
 def html_attr(text: object) -> str:
     """``text`` as the value of a quoted HTML attribute (MathJax does not read those)."""
     return _html.escape(clean(text), quote=True)
+
+
+def count(n: int, noun: str, plural: str | None = None) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 provider", "3 providers"."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

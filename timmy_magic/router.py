@@ -26,6 +26,7 @@ from .cascade import Cascade
 from .config import Config, load_config
 from .core import ChangeKind, Core, log
 from .health import ProviderState
+from .markup import count
 from .metrics import MetricsSnapshot
 from .monitor import Monitor
 from .planner import Plan
@@ -350,5 +351,5 @@ class Router:
 
     def __repr__(self) -> str:
         pinned = self._core.pinned
-        return (f"<Router {len(self._core.providers)} providers from {self.config.source}"
+        return (f"<Router {count(len(self._core.providers), 'provider')} from {self.config.source}"
                 f"{', pinned ' + pinned if pinned else ''}>")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from .config import Config
 from .gate import money
-from .markup import md, plain
+from .markup import count, md, plain
 from .metrics import MetricsSnapshot
 from .types import HealthReport
 
@@ -116,7 +116,7 @@ def providers_bundle(config: Config, pinned: str | None) -> Bundle:
              "yes" if p.enabled else "no", "cloud" if p.is_cloud else "local",
              ", ".join(p.urls), p.default_model or "(server's)"]
             for p in sorted(config.providers, key=lambda p: p.priority)]
-    head = f"{len(config.providers)} providers from {config.source}"
+    head = f"{count(len(config.providers), 'provider')} from {config.source}"
     if not rows:
         return {"text/markdown": f"*{md(head)}*", "text/plain": plain(head)}
     md_table, text_table = _table(headers, rows)

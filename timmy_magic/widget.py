@@ -30,6 +30,7 @@ import ipywidgets as w
 
 from .errors import UnknownProvider
 from .gate import money
+from .markup import count
 from .metrics import MetricsSnapshot
 from .secrets import REDACT, get_logger
 from .tables import Tone, tone_of
@@ -437,7 +438,7 @@ class Panel(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
 
     def __repr__(self) -> str:
         r = self._router
-        return (f"<timmy-magic panel: {len(r.names)} providers, "
+        return (f"<timmy-magic panel: {count(len(r.names), 'provider')}, "
                 f"pin: {r.pinned or 'auto'}{', closed' if self._closed else ''}>")
 
 

@@ -102,7 +102,7 @@ def test_bad_providers_yaml_loads_empty_with_one_line_then_reload_fixes_it(
     assert "No providers are configured" in cap.outputs[-1].data["text/markdown"]
     write_providers([local("alpha", fault.base_url("ok", text="fixed"))])
     res, cap = run(shell, "%llm reload")
-    assert cap.stdout == f"Reloaded 1 providers from {path}.\n"
+    assert cap.stdout == f"Reloaded 1 provider from {path}.\n"
     run(shell, "%%llm\nhello")
     assert timmy_magic.last().text == "fixed"
 
@@ -157,7 +157,7 @@ def test_loads_through_interactive_shell_app_extensions_in_a_terminal(
         env={**__import__("os").environ, "IPYTHONDIR": str(tmp_path / "ipy")})
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "timmy-magic: 1 providers (1 enabled)" in out
+    assert "timmy-magic: 1 provider (1 enabled)" in out
     assert "one two three four\n— alpha · fault-model · TTFT" in out
     assert "route:\n  considered: alpha" in out
     assert "Traceback" not in out + proc.stderr
@@ -445,7 +445,7 @@ def test_chat_memory_with_per_cell_turn_replacement(ok_shell: InteractiveShell,
     assert sent("%%llm --new\nfresh") == [("user", "fresh")]
     assert len(ext.conversation) == 1
     _, cap = run(ok_shell, "%llm reset")
-    assert cap.stdout == "Conversation cleared (1 turns).\n" and len(ext.conversation) == 0
+    assert cap.stdout == "Conversation cleared (1 turn).\n" and len(ext.conversation) == 0
 
 
 # ------------------------------------------------------------------ failures

@@ -62,7 +62,7 @@ def test_quickstart_runs_to_the_expected_final_state(gemma_providers: Path,
     errors = [o for c in cells for o in c.outputs if o["output_type"] == "error"]
     assert errors == []
     load = by_source["%load_ext timmy_magic"].outputs
-    assert _text(load[0]) == (f"timmy-magic: 1 providers (1 enabled) from {gemma_providers} "
+    assert _text(load[0]) == (f"timmy-magic: 1 provider (1 enabled) from {gemma_providers} "
                               "(health checks running in background)\n")
     streamed = [c for c in cells if c.source.startswith("%%llm")]
     assert len(streamed) == 5

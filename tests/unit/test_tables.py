@@ -7,9 +7,11 @@ import typing
 
 import pytest
 
+from timmy_magic.config import parse_config
 from timmy_magic.gate import money
+from timmy_magic.markup import count
 from timmy_magic.metrics import MetricsSnapshot
-from timmy_magic.tables import TONE_COLOURS, state_badge, status_bundle
+from timmy_magic.tables import TONE_COLOURS, providers_bundle, state_badge, status_bundle
 from timmy_magic.types import HealthReport, HealthState
 
 EMOJI = ("🟢", "🟡", "🔴", "⛔", "⚠", "⚪", "🔑", "📦", "❔", "💤", "⏳")
@@ -74,3 +76,13 @@ def test_status_head_uses_the_money_format() -> None:
     assert "spent today $0.00 of $5.00" in status("healthy")["text/plain"]
     assert "spent today $0.0004 ·" in status("healthy", budget=None, spent=0.0004)["text/plain"]
 
+
+
+def test_providers_head_counts_in_words() -> None:
+    one = parse_config("providers:\n  - {name: a, type: llama_cpp}", source="t.yaml", env={})
+    assert providers_bundle(one, None)["text/plain"].startswith("1 provider from t.yaml")
+
+
+def test_count_pluralises() -> None:
+    assert (count(0, "provider"), count(1, "provider"), count(2, "turn")) == \
+        ("0 providers", "1 provider", "2 turns")

@@ -18,6 +18,7 @@ from ..context import Context, ContextError, error_context, split_fix
 from ..errors import ConfigError, UnknownProvider
 from ..failures import ErrorBlock
 from ..launch import LaunchError
+from ..markup import count
 from ..render import display
 from ..tables import providers_bundle, status_bundle
 from ..types import Result
@@ -175,12 +176,12 @@ class LineCommands:
         except ConfigError as exc:
             old = self.ext.router.config
             display(ErrorBlock("reload failed; the previous config is kept", str(exc), (), (
-                f"Still using {len(old.providers)} providers from {old.source}.",
+                f"Still using {count(len(old.providers), 'provider')} from {old.source}.",
                 "Fix the file, then run `%llm reload` again.")).bundle(), raw=True)
             return
         self.ext.router.check_health_soon()
         warn = f"; {len(cfg.warnings)} warnings (%llm providers)" if cfg.warnings else ""
-        print(f"Reloaded {len(cfg.providers)} providers from {cfg.source}{warn}.")
+        print(f"Reloaded {count(len(cfg.providers), 'provider')} from {cfg.source}{warn}.")
         if cfg.held_back_line:
             print(cfg.held_back_line)
 
@@ -300,7 +301,7 @@ class LineCommands:
 
     def _reset(self, args: argparse.Namespace) -> None:
         n = self.ext.conversation.reset()
-        print(f"Conversation cleared ({n} turns).")
+        print(f"Conversation cleared ({count(n, 'turn')}).")
 
     def _panel(self, args: argparse.Namespace) -> None:
         display(self.ext.panel())

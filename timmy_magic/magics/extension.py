@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config, find_config, found_by_search, load_config
 from ..errors import ConfigError
+from ..markup import count
 from ..router import Router
 from ..types import Result
 from .cell import TimmyMagics
@@ -37,7 +38,7 @@ def _build_router() -> tuple[Router, str]:
     enabled = sum(p.enabled for p in config.providers)
     warn = f", {len(config.warnings)} warnings" if config.warnings else ""
     held = f"\ntimmy-magic: {config.held_back_line}" if config.held_back else ""
-    return Router(config), (f"timmy-magic: {len(config.providers)} providers ({enabled} "
+    return Router(config), (f"timmy-magic: {count(len(config.providers), 'provider')} ({enabled} "
                             f"enabled{warn}) from {config.source} (health checks running "
                             f"in background){held}")
 
