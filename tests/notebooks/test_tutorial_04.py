@@ -73,9 +73,11 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
     # circuit open + gate closed: nobody is left, and each reason is given
     assert nothing_left.startswith("**timmy-magic: no provider could answer**")
     assert "gemma skipped (circuit open: retry in" in nothing_left
-    assert "cloud skipped (cloud gate: daily budget spent ($0." in nothing_left
+    seen = rendered.text_of(rendered.render(nothing_left))  # money is escaped as "&#36;"
+    assert "cloud skipped (cloud gate: daily budget spent ($0." in seen, seen
     open_status = cell_text(find(nb, "%llm status", 1))
-    assert open_status.startswith("*cloud gate: closed (daily budget spent ($0.")
+    assert rendered.text_of(rendered.render(open_status)).startswith(
+        "cloud gate: closed (daily budget spent ($0.")
     assert f"| gemma | {state_badge('circuit_open')} |" in open_status
     # recovered: the half-open trial answered and closed the circuit
     assert footer_provider(recovered) == "gemma"
