@@ -32,27 +32,30 @@ CURSOR = "▌"
 
 class Throttle:
     """When may a live display be redrawn? At most ``per_second`` times a second, only
-    when something new is pending, and, once the text shown is long, only when it pays.
+    when something new is pending, and only while what was published stays within a
+    budget proportional to the text.
 
-    Every redraw re-sends the whole text, so at a fixed rate a long answer would publish
-    O(size²) bytes (an 800 KB answer streamed in 8 s: 104 MB). Up to ``small`` characters
-    a redraw is always worth it (a short answer updates ``per_second`` times a second);
-    beyond, one waits until the text has grown by ``growth`` of what is shown, so the
-    sizes shown grow geometrically and all of them add up to at most
-    ``size * (1 + 1/growth)`` (6x at 0.2), or until what is shown is ``stale``: older than
-    one second, or than ``shown / stale_rate`` seconds for a long text, so a slow stream
-    still moves at least once a second while a fast one costs at most about
-    ``stale_rate`` characters a second more. ``per_second <= 0`` never redraws.
+    Every redraw re-sends the whole text, so at a fixed rate a long answer publishes
+    O(size²) bytes (an 800 KB answer streamed in 8 s: 104 MB), and a slow one
+    O(size x duration). A redraw of the text as it is now is allowed only if everything
+    published so far plus this redraw stays within ``budget`` times the text's size (at
+    least ``floor`` characters, so the first words redraw freely): the update rate falls
+    by itself as the text grows or the stream slows, roughly whenever the text has grown
+    by a tenth, and what a streamed answer publishes stays within ``budget`` times its
+    final size (plus the final render). A status (``size`` 0) is always due.
+    ``per_second <= 0`` never redraws.
     """
 
-    def __init__(self, per_second: float, *, small: int = 8_000, growth: float = 0.2,
-                 stale_rate: float = 100_000.0) -> None:
+    def __init__(self, per_second: float, *, budget: float = 10.0,
+                 floor: int = 500) -> None:
         self.interval = 1.0 / per_second if per_second > 0 else math.inf
-        self.small, self.growth, self.stale_rate = small, growth, stale_rate
+        self.budget, self.floor = budget, floor
         self.pending = False
         self.size = 0
         """Characters pending to be shown (0: the size does not matter, e.g. a status)."""
         self.shown = 0
+        self.published = 0
+        """Characters of text published by redraws so far."""
         self._last: float | None = None
 
     def note(self, size: int = 0) -> None:
@@ -63,14 +66,15 @@ class Throttle:
             return False
         if self._last is None:
             return True
-        since = now - self._last
-        if since < self.interval:
+        if now - self._last < self.interval:
             return False
-        return (self.size <= self.small or self.size - self.shown >= self.growth * self.shown
-                or since >= max(1.0, self.shown / self.stale_rate))
+        if self.size == 0:  # a status line: nothing to budget
+            return True
+        return self.published + self.size <= self.budget * max(self.size, self.floor)
 
     def flushed(self, now: float) -> None:
         self._last, self.pending, self.shown = now, False, self.size
+        self.published += self.size
 
 
 # ------------------------------------------------------------------ collecting

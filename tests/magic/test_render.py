@@ -209,3 +209,46 @@ def test_with_ticks_interleaves_ticks_while_quiet_and_closes_the_source() -> Non
     seen = asyncio.run(asyncio.wait_for(main(), 5))
     assert seen[0] == 1 and seen[-1] == 2
     assert 2 <= seen.count(TICK) <= 5 and closed == [True]
+
+
+@pytest.mark.parametrize("size, seconds", [(800_000, 8.0), (200_000, 30.0), (20_000, 120.0),
+                                           (2_000, 1.0), (2_000, 60.0)])
+def test_a_live_display_publishes_linear_in_the_answer(size: int, seconds: float,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Every redraw re-sends the whole text: at a fixed 20 redraws a second an 800 KB
+    answer streamed in 8 s published 104 MB (issue 11). The throttle grows the gap with
+    the text, so what is published stays within 10x the final text, while a slow stream
+    still moves at least once a second."""
+    from timmy_magic.render import NotebookView
+
+    published: list[int] = []
+    times: list[float] = []
+    now = [0.0]
+
+    class Handle:
+        def update(self, data: dict[str, str], raw: bool = False) -> None:
+            published.append(sum(len(v.encode()) for v in data.values()))
+            times.append(now[0])
+
+    def display(data: dict[str, str], **kw: object) -> Handle:
+        published.append(sum(len(v.encode()) for v in data.values()))
+        times.append(now[0])
+        return Handle()
+
+    monkeypatch.setattr("timmy_magic.render.display", display)
+    view = NotebookView(per_second=20.0)
+    view.start(0.0)
+    chunk = "word " * 10  # 50 characters a delta
+    deltas = size // len(chunk)
+    for i in range(deltas):
+        now[0] = seconds * (i + 1) / deltas
+        view.delta(chunk, now[0])
+        view.tick(now[0])
+    final = len(chunk) * deltas
+    text_bytes = sum(published) - len(published) * 2_100  # the plain tail: 2,000 at most
+    assert text_bytes <= 10 * max(final, 500), (sum(published), final)
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    # the rate falls as the text grows, about every tenth of growth: never frozen for long
+    assert max(gaps) <= max(1.0, 0.15 * seconds), max(gaps)
+    assert len(published) >= 10
