@@ -150,11 +150,26 @@ def _notes(result: Result, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(getattr(result, "notes", ())) + extra
 
 
+USER_INTERRUPT = "interrupted by the user"
+"""A partial answer's error when the user interrupted the cell: the cell's own error line
+says so (it must, so that Run All stops), so the answer shows only a mark in its footer."""
+
+
+def _footer(result: Result) -> str:
+    mark = " · interrupted" if result.error == USER_INTERRUPT else ""
+    return result.footer() + mark
+
+
+def _why_partial(result: Result) -> str | None:
+    """The error to show under a partial answer (None: none, or the user's interrupt)."""
+    return result.error if result.error and result.error != USER_INTERRUPT else None
+
+
 def markdown_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
     """What follows the answer in Markdown: the footer, why it is partial, the notes."""
-    tail = f"\n\n---\n*{md(result.footer())}*"
-    if result.error:
-        tail += f"\n\n**Stream interrupted:** {md(result.error)}"
+    tail = f"\n\n---\n*{md(_footer(result))}*"
+    if why := _why_partial(result):
+        tail += f"\n\n**Stream interrupted:** {md(why)}"
     return tail + "".join(f"\n\n> {md(n)}" for n in _notes(result, notes))
 
 
@@ -167,15 +182,15 @@ def answer_markdown(result: Result, body: str | None = None,
 
 
 def plain_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
-    tail = f"\n\n— {plain(result.footer())}"
-    if result.error:
-        tail += f"\n[stream interrupted: {plain(result.error)}]"
+    tail = f"\n\n— {plain(_footer(result))}"
+    if why := _why_partial(result):
+        tail += f"\n[stream interrupted: {plain(why)}]"
     return tail + "".join(f"\n{plain(n)}" for n in _notes(result, notes))
 
 
 def html_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
-    footer = result.footer() + (f" · stream interrupted: {result.error}" if result.error
-                                else "")
+    why = _why_partial(result)
+    footer = _footer(result) + (f" · stream interrupted: {why}" if why else "")
     return (f"<hr><p><small><em>{html(footer)}</em></small></p>"
             + "".join(f"<p><em>{html(n)}</em></p>" for n in _notes(result, notes)))
 

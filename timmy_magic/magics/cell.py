@@ -26,13 +26,14 @@ from traitlets import Bool, Enum, Float, Int, Unicode
 
 from ..cache import ReplayMiss
 from ..context import Context, ContextError, build_context
-from ..notebook import remember_error
 from ..errors import InvalidRequest, RoutingError, UnknownProvider
 from ..failures import ErrorBlock, describe_failure
 from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from ..history import Conversation, Turn, source_key
 from ..interpolate import InterpolationError, interpolate
+from ..notebook import remember_error
 from ..render import (
+    USER_INTERRUPT,
     AnswerCollector,
     Final,
     NotebookView,
@@ -70,7 +71,7 @@ def argument(*names: str, **kw: Any) -> _Decorator:
     return _decorator(_MA.argument(*names, **kw))
 
 
-INTERRUPTED = "interrupted by the user"
+INTERRUPTED = USER_INTERRUPT
 
 
 class StreamInterrupted(KeyboardInterrupt):
