@@ -209,3 +209,13 @@ def test_make_progress_modes() -> None:
     assert isinstance(make_progress("widget"), WidgetProgress)
     # outside a kernel and without a terminal, "auto" stays quiet
     assert isinstance(make_progress("auto"), NullProgress)
+
+
+def test_chart_ticks_are_the_levels_and_axes_start_at_zero() -> None:
+    from timmy_magic.bench.report import make_chart
+
+    fig = make_chart(sample().records)
+    assert fig is not None
+    for ax in fig.axes:
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "4"]  # not 2⁰, 2²
+        assert ax.get_ylim()[0] == 0

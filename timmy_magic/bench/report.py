@@ -286,7 +286,8 @@ def footer_lines(result: BenchResult) -> list[str]:
     cpu = [r["client_cpu_ms_per_chunk"] for r in result.records
            if r.get("client_cpu_ms_per_chunk") is not None]
     if cpu:
-        lines.append(f"client CPU per chunk: {min(cpu):.3f}-{max(cpu):.3f} ms")
+        lines.append(f"this notebook's own CPU per streamed piece of text: "
+                     f"{min(cpu):.3f}-{max(cpu):.3f} ms (the measuring client's cost)")
     if any(r.get("tokens_estimated") for r in result.records):
         lines.append(EST_NOTE)
     for r in result.records:
@@ -299,7 +300,7 @@ def footer_lines(result: BenchResult) -> list[str]:
 
 
 _CSS = ("<style>.tm-bench td,.tm-bench th{padding:2px 8px;text-align:right}"
-        ".tm-bench td.l,.tm-bench th.l{text-align:left}"
+        ".tm-bench td.l,.tm-bench th.l{text-align:left;white-space:nowrap}"
         ".tm-bench td.best{font-weight:bold;background:#d9f2d9}"
         ".tm-bench td.bad{color:#b00020;font-weight:bold}"
         ".tm-bench-foot{font-size:85%;color:#555}</style>")
@@ -357,8 +358,12 @@ def make_chart(records: Sequence[dict[str, Any]]) -> Figure | None:
         tput.plot(xs, [r["output_tok_s"] or 0 for r in rows], marker="o", label=provider)
         ttft.plot(xs, [r["ttft_ms_p50"] if r["ttft_ms_p50"] is not None else float("nan")
                        for r in rows], marker="o", label=provider)
+    levels = sorted({r["concurrency"] for r in records})
     for ax, title in ((tput, "output tokens/s"), (ttft, "TTFT p50 (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])  # 1, 2, 4: not 2⁰, 2¹, 2²
+        ax.minorticks_off()
+        ax.set_ylim(bottom=0)  # from 0: an 8 % change must look like one
         ax.set_xlabel("concurrency")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
