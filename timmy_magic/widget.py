@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import html
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -115,8 +114,15 @@ def _esc(text: object) -> str:
 
 
 def _value(v: Any, limit: int = 80) -> str:
-    text = ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else (
-        json.dumps(v, default=str) if isinstance(v, dict) else str(v))
+    """A detail value as a person reads it: a mapping as ``key value, ...`` (None left
+    out), a list of them separated by ``;``, anything else as text."""
+    if isinstance(v, dict):
+        text = ", ".join(f"{k} {_value(x, limit)}" for k, x in v.items() if x is not None)
+    elif isinstance(v, (list, tuple)):
+        text = ("; " if any(isinstance(x, dict) for x in v) else ", ").join(
+            _value(x, limit) for x in v)
+    else:
+        text = str(v)
     text = REDACT(" ".join(text.split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -168,7 +174,7 @@ def row_html(report: HealthReport, snap: MetricsSnapshot | None, pinned: bool,
         f"${s.cost_usd:.4f}" if s and s.cost_usd else "—",
     ]
     title = _esc("\n".join(detail_lines(report, snap, checking)))
-    tds = "".join(f'<td style="padding:2px 8px">{c}</td>' for c in cells)
+    tds = "".join(f'<td style="padding:2px 8px;white-space:nowrap">{c}</td>' for c in cells)
     return f'<tr class="timmy-row" data-provider="{_esc(report.provider)}" title="{title}">{tds}</tr>'
 
 

@@ -152,3 +152,14 @@ def test_gate_text_and_budget_bar() -> None:
     assert budget_percent(3.0, 2.0) == 100
     assert budget_percent(1.0, None) == 0
     assert budget_percent(0.0, 0.0) == 100
+
+
+def test_details_read_as_words_not_python_and_cells_never_break_inside() -> None:
+    r = report(detail={"launch": [{"state": "adopted", "pid": None,
+                                   "message": "adopted server left running"}],
+                       "model_loaded": True})
+    lines = detail_lines(r)
+    assert "launch: state adopted, message adopted server left running" in lines
+    assert "model_loaded: True" in lines
+    assert not any("{" in ln or "None" in ln for ln in lines), lines
+    assert row_html(r, None, False).count("<td style=\"padding:2px 8px;white-space:nowrap\">") == 10
