@@ -177,3 +177,20 @@ def test_manual_stop_keeps_it_out_of_the_cascade_until_started(gemma_gguf, vllm_
         assert [(s.provider, s.reason) for s in res.trace.skipped] == [("gemma", "stopped")]
         r.start_server("gemma")
         assert r.complete("y", max_tokens=2).provider == "gemma"
+
+
+def test_bench_without_p_starts_a_managed_server_instead_of_dead_ending(gemma_gguf):
+    """Issue 17: a newcomer whose only usable provider is a managed one not started yet;
+    `%llm bench` without -p starts it (a note says so) and benchmarks it."""
+    from timmy_magic.bench import run
+
+    port = free_port()
+    with make(launch_yaml(gemma_gguf, port)) as r:
+        assert r.health()["gemma"].state == "stopped"
+        res = run(r, concurrency=(1,), n=1, max_tokens=4, warmup=0, progress="none")
+        assert [(x["provider"], x["completed"]) for x in res.records] == [("gemma", 1)]
+        assert any(n.startswith("started gemma for the benchmark") for n in res.notes), \
+            res.notes
+        pid = r.health()["gemma"].detail["launch"][0]["pid"]
+        assert pid and alive(pid)
+    assert not alive(pid), "close() stops what it started"

@@ -98,8 +98,9 @@ def choose_providers(router: Router, names: Sequence[str] | None = None
                      ) -> tuple[list[str], list[str]]:
     """(providers to bench, notes). Named ones must exist and are benched whatever their
     health (failures are counted); without names, every provider whose fresh health check
-    says healthy (cloud ones only while the cloud gate is open). Either way the providers
-    are probed first, which also tells the router the model each server has loaded."""
+    says healthy (cloud ones only while the cloud gate is open), managed servers that are
+    not running yet started first. Either way the providers are probed first, which also
+    tells the router the model each server has loaded."""
     if names:
         unknown = [n for n in names if n not in router.names]
         if unknown:
@@ -111,9 +112,20 @@ def choose_providers(router: Router, names: Sequence[str] | None = None
                 if n in reports and reports[n].state != "healthy"]
         return chosen, ([f"not healthy before the run: {', '.join(down)}"] if down else [])
     reports = router.check_health()
+    notes = []
+    startable = [n for n in router.names if n in reports and reports[n].state == "stopped"]
+    for name in startable:  # managed servers not started yet: start them, never dead-end
+        try:
+            progress = router.start_server(name)
+        except Exception as exc:  # noqa: BLE001 - a launch failure is a note, not the end
+            notes.append(f"could not start {name}: {exc}")
+            continue
+        notes.append(f"started {name} for the benchmark"
+                     + (f" ({progress[-1]})" if progress else ""))
+    if startable:
+        reports = {**reports, **router.check_health(startable)}
     healthy = [n for n in router.names if n in reports and reports[n].state == "healthy"]
     gate = router.gate()
-    notes = []
     if not gate.open:
         cloud = [n for n in healthy if reports[n].is_cloud]
         healthy = [n for n in healthy if n not in cloud]
