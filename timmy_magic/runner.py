@@ -13,7 +13,7 @@ import concurrent.futures
 import queue
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -169,63 +169,6 @@ class Tick:
 
 
 TICK = Tick()
-
-
-async def with_ticks(events: AsyncIterator[T], every: float) -> AsyncIterator[T | Tick]:
-    """``events``' items, plus a Tick whenever none came for ``every`` seconds. Closing or
-    cancelling this generator cancels the pending read and closes ``events``.
-
-    One task reads ``events`` into a queue and one timer, re-armed only when it fires,
-    adds the ticks: an item costs a queue put and get. (A task and an ``asyncio.wait``
-    per item cost about as much CPU as the whole router per token: docs/performance.md.)
-    """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    quiet_since = loop.time()
-
-    async def pump() -> None:
-        nonlocal quiet_since
-        try:
-            async for item in events:
-                queue.put_nowait(item)
-                quiet_since = loop.time()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - re-raised to the consumer
-            queue.put_nowait(_Raised(exc))
-        else:
-            queue.put_nowait(_END)
-
-    timer: asyncio.TimerHandle | None = None
-
-    def tick() -> None:
-        nonlocal quiet_since, timer
-        now = loop.time()
-        if now - quiet_since >= every:
-            queue.put_nowait(TICK)
-            quiet_since = now
-        timer = loop.call_at(quiet_since + every, tick)
-
-    reader = asyncio.ensure_future(pump())
-    timer = loop.call_at(quiet_since + every, tick)
-    try:
-        while True:
-            item = await queue.get()
-            if item is _END:
-                return
-            if isinstance(item, _Raised):
-                raise item.exc
-            yield item
-    finally:
-        if timer is not None:
-            timer.cancel()
-        if not reader.done():
-            reader.cancel()
-            with suppress(BaseException):
-                await reader
-        aclose = getattr(events, "aclose", None)
-        if aclose is not None:
-            await aclose()
 
 
 # ---------------------------------------------------------------- the sync bridge

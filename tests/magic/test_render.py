@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-
 import pytest
 
 from timmy_magic.errors import NoProviderAvailable, PinnedProviderFailed
@@ -17,7 +14,6 @@ from timmy_magic.formats import (
     parse_json,
 )
 from timmy_magic.render import AnswerCollector, Final, Throttle
-from timmy_magic.runner import TICK, with_ticks
 from timmy_magic.types import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 
 
@@ -181,34 +177,6 @@ def test_collector_builds_a_partial_result_on_interrupt() -> None:
     assert r.usage.output_tokens == 2 and r.usage.estimated
     assert r.trace.attempts[0].outcome == "broken"
     assert AnswerCollector(0.0).partial("x", None, 1.0).trace.considered == ()
-
-
-def test_with_ticks_interleaves_ticks_while_quiet_and_closes_the_source() -> None:
-    closed: list[bool] = []
-
-    async def slow() -> AsyncIterator[int]:
-        try:
-            yield 1
-            await asyncio.sleep(0.12)
-            yield 2
-            await asyncio.sleep(10)
-            yield 3
-        finally:
-            closed.append(True)
-
-    async def main() -> list[object]:
-        seen: list[object] = []
-        agen = with_ticks(slow(), 0.03)
-        async for item in agen:
-            seen.append(item)
-            if item == 2:
-                break
-        await agen.aclose()
-        return seen
-
-    seen = asyncio.run(asyncio.wait_for(main(), 5))
-    assert seen[0] == 1 and seen[-1] == 2
-    assert 2 <= seen.count(TICK) <= 5 and closed == [True]
 
 
 @pytest.mark.parametrize("size, seconds", [(800_000, 8.0), (200_000, 30.0), (20_000, 120.0),
