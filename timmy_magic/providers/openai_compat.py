@@ -178,12 +178,13 @@ class OpenAICompatBackend:
         """The body: ``messages`` (chat), or ``prompt`` for a completion-mode model (then
         sent to ``/completions``: see ``_path``); the model's ``stop`` and ``params``."""
         mc = self._cfg.model(model)
+        payload: dict[str, Any] = {"model": model, "stream": stream}
+        stops: tuple[str, ...] = ()
         if mc is not None and mc.mode == "completion":
-            return self._completion_payload(request, model, mc, stream)
-        payload: dict[str, Any] = {
-            "model": model, "stream": stream,
-            "messages": [{"role": m.role, "content": openai_content(m)}
-                         for m in request.messages]}
+            payload["prompt"], stops = completion_prompt(request.messages)
+        else:
+            payload["messages"] = [{"role": m.role, "content": openai_content(m)}
+                                   for m in request.messages]
         if stream:
             payload["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
@@ -191,20 +192,7 @@ class OpenAICompatBackend:
         if request.max_tokens is not None:
             payload["max_tokens"] = request.max_tokens
         if mc is not None:
-            self._model_fields(payload, mc, ())
-        return payload
-
-    def _completion_payload(self, request: ChatRequest, model: str, mc: ModelConfig,
-                            stream: bool) -> dict[str, Any]:
-        prompt, stops = completion_prompt(request.messages)
-        payload: dict[str, Any] = {"model": model, "stream": stream, "prompt": prompt}
-        if stream:
-            payload["stream_options"] = {"include_usage": True}
-        if request.temperature is not None:
-            payload["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            payload["max_tokens"] = request.max_tokens
-        self._model_fields(payload, mc, stops)
+            self._model_fields(payload, mc, stops)
         return payload
 
     @staticmethod
