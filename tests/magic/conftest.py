@@ -60,3 +60,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 
 def thread_names() -> list[str]:
     return sorted(t.name for t in threading.enumerate())
+
+
+def run_shown(shell: Any, source: str) -> tuple[Any, str]:
+    """Run a cell as a kernel would (kept in history): its result, and everything it
+    showed (stdout, stderr, every display's data) as one string."""
+    from IPython.utils.capture import capture_output
+
+    with capture_output() as cap:
+        res = shell.run_cell(source, store_history=True)
+    return res, cap.stdout + cap.stderr + "".join(repr(o.data) for o in cap.outputs)
+
+
+def sent(srv: FaultServer) -> list[dict[str, Any]]:
+    """The JSON bodies of the chat requests ``srv`` received, oldest first."""
+    return [r.json for r in srv.requests if r.path.endswith("chat/completions")]
+

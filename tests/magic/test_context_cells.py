@@ -6,27 +6,16 @@ model was really sent."""
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
 
-from tests.magic.conftest import WriteProviders, local
+from tests.magic.conftest import WriteProviders, local, sent
+from tests.magic.conftest import run_shown as run
 from tests.support.faultserver import FaultServer
 
 FIX = "Guard the division.\n```python\ntotal = 10\nprint(total / max(count, 1))\n```"
 TOKEN = "tok-CONTEXT-SECRET-5f2a9c81d7e3"
-
-
-def run(shell: InteractiveShell, source: str) -> tuple[Any, str]:
-    with capture_output() as cap:
-        res = shell.run_cell(source, store_history=True)
-    return res, cap.stdout + cap.stderr + "".join(repr(o.data) for o in cap.outputs)
-
-
-def sent(srv: FaultServer) -> list[dict[str, Any]]:
-    return [r.json for r in srv.requests if r.path.endswith("chat/completions")]
 
 
 @pytest.fixture

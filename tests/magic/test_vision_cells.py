@@ -8,28 +8,17 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any
 
 import matplotlib
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.utils.capture import capture_output
 
-from tests.magic.conftest import WriteProviders, local
+from tests.magic.conftest import WriteProviders, local, sent
+from tests.magic.conftest import run_shown as run
 from tests.support.faultserver import FaultServer
 
 matplotlib.use("Agg")
 EYES = [{"name": "eyes", "capabilities": ["vision"]}]
-
-
-def run(shell: InteractiveShell, source: str) -> tuple[Any, str]:
-    with capture_output() as cap:
-        res = shell.run_cell(source, store_history=True)
-    return res, cap.stdout + cap.stderr + "".join(repr(o.data) for o in cap.outputs)
-
-
-def sent(srv: FaultServer) -> list[dict[str, Any]]:
-    return [r.json for r in srv.requests if r.path.endswith("chat/completions")]
 
 
 def figure(shell: InteractiveShell) -> None:
@@ -99,7 +88,6 @@ def test_pinned_to_a_provider_without_vision_is_one_clear_block(
 def test_the_window_a_server_reported_cuts_the_context(
         shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders,
         pinned: bool) -> None:
-    import timmy_magic
 
     write_providers([local("small", fault.base_url("ok", text="ok", n_ctx=2048))])
     run(shell, "%load_ext timmy_magic")
