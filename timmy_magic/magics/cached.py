@@ -72,46 +72,32 @@ class CellCache:
 
     def fields(self, req: ChatRequest,
                opts: CellOptions) -> tuple[RequestFields | None, CacheMode]:
+        """The request as the cache keys it. A pinned cell also keys on what its model
+        config changes in the answer: the default model it asks, chat or completion mode
+        (``completion`` only: chat, the default, leaves it None so answers recorded before
+        modes existed hold), the temperature it gets when the cell sets none, its ``stop``
+        and ``params`` (a changed providers.yaml then misses instead of replaying an
+        answer asked another way)."""
         mode = cell_mode(self.mode(), opts.cache)
         if mode == "off":
             return None, mode
-        model = req.model or self._default_model(req)
-        temperature, options = self._sampling(req, model)
-        return RequestFields.of(req, model=model, format=opts.fmt, temperature=temperature,
-                                api_mode=self._api_mode(req, model), options=options), mode
-
-    def _sampling(self, req: ChatRequest, model: str | None
-                  ) -> tuple[float | None, dict[str, object]]:
-        """A pinned cell's model settings change its answer too: the temperature it gets
-        when the cell sets none, its ``stop`` and ``params`` (a changed providers.yaml
-        then misses instead of replaying an answer asked another way)."""
         if req.provider is None:
-            return req.temperature, {}
-        mc = self.ext.router.provider(req.provider).cfg.model(model)
-        if mc is None:
-            return req.temperature, {}
-        temperature = req.temperature if req.temperature is not None else mc.temperature
+            return RequestFields.of(req, format=opts.fmt), mode
+        cfg = self.ext.router.provider(req.provider).cfg
+        model = req.model or cfg.default_model
+        mc = cfg.model(model)
+        temperature = req.temperature
         options: dict[str, object] = {}
-        if mc.stop:
-            options["stop"] = list(mc.stop)
-        if mc.params:
-            options["params"] = dict(mc.params)
-        return temperature, options
-
-    def _default_model(self, req: ChatRequest) -> str | None:
-        """A pinned cell asks the provider's default model: that model is in the key."""
-        if req.provider is None:
-            return None
-        return self.ext.router.provider(req.provider).cfg.default_model
-
-    def _api_mode(self, req: ChatRequest, model: str | None) -> str | None:
-        """A pinned cell's model is asked as chat or as a plain completion (its ``mode``):
-        the same prompt answers differently each way, so ``completion`` is in the key
-        (chat, the default, leaves it None: answers recorded before modes existed hold)."""
-        if req.provider is None:
-            return None
-        mc = self.ext.router.provider(req.provider).cfg.model(model)
-        return "completion" if mc is not None and mc.mode == "completion" else None
+        if mc is not None:
+            if temperature is None:
+                temperature = mc.temperature
+            if mc.stop:
+                options["stop"] = list(mc.stop)
+            if mc.params:
+                options["params"] = dict(mc.params)
+        api_mode = "completion" if mc is not None and mc.mode == "completion" else None
+        return RequestFields.of(req, model=model, format=opts.fmt, temperature=temperature,
+                                api_mode=api_mode, options=options), mode
 
     def lookup(self, fields: RequestFields | None, mode: CacheMode) -> Result | None:
         """The recorded answer as a Result, or None (ask live). ReplayMiss in replay."""
