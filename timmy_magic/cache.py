@@ -447,6 +447,14 @@ class CacheStats:
 # ---------------------------------------------------------------- the store
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (SQLITE_BUSY / SQLITE_LOCKED)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 class _NotOurs(Exception):
     """The file is a SQLite database of some other program."""
 
@@ -483,7 +491,7 @@ class AnswerCache:
     def _open(self) -> sqlite3.Connection | None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            return self._connect()
+            return self._connect_waiting()
         except _NotOurs:
             why = "the file is another program's SQLite database"
         except sqlite3.OperationalError as exc:
@@ -550,6 +558,21 @@ class AnswerCache:
         self.problem = why
         log.warning("answer cache %s cannot be used (%s): caching is off for this session",
                     self.path, why)
+
+    def _connect_waiting(self) -> sqlite3.Connection:
+        """Connect, waiting out another kernel that is creating the file or switching it
+        to WAL right now: SQLite reports "database is locked" for those at once, without
+        calling the busy handler, so the busy timeout alone does not cover them."""
+        deadline = time.monotonic() + self.busy_timeout_s
+        pause = 0.005
+        while True:
+            try:
+                return self._connect()
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,

@@ -15,6 +15,7 @@ from timmy_magic.types import Timings, Usage
 
 WORKERS = 3
 PUTS = 150
+ROUNDS = 60
 
 
 def _answer(text: str) -> CachedAnswer:
@@ -88,3 +89,45 @@ def test_three_processes_write_and_read_one_file_at_once(tmp_path: Path) -> None
                 got = cache.get(f"{n}-{i}")
                 assert got is not None and got.text == f"answer {n}-{i}"
     assert not list(path.parent.glob("*.corrupt-*"))
+
+
+
+
+def _opener(root: str, n: int, barrier: Any, out: Any) -> None:
+    """One kernel opening a fresh file each round, when all the others do."""
+    handler = _Collect()
+    logging.getLogger("timmy_magic.cache").addHandler(handler)
+    failures: list[str] = []
+    try:
+        for round_ in range(ROUNDS):
+            barrier.wait(timeout=60)
+            with AnswerCache(Path(root) / f"r{round_}" / "answers.sqlite3") as cache:
+                if not cache.available or cache.read_only:
+                    failures.append(f"round {round_}: {cache.problem}")
+                elif not cache.put(f"{n}", _answer(f"{n}")):
+                    failures.append(f"round {round_}: put failed")
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        failures.append(f"{type(exc).__name__}: {exc}")
+    out.put({"n": n, "failures": failures, "warnings": handler.messages})
+
+
+def test_kernels_creating_one_file_at_the_same_instant_all_get_it(tmp_path: Path) -> None:
+    """Kernels opening a file that does not exist yet at the same instant: one creates it
+    and switches it to WAL, and SQLite may answer another's switch with "database is
+    locked" at once, without its busy handler (CI saw it: a kernel whose cache was off for
+    the session). Opening waits that out: every kernel, every round, gets the cache."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(WORKERS)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_opener, args=(str(tmp_path), n, barrier, out))
+             for n in range(WORKERS)]
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+    for r in reports:
+        assert r["failures"] == [] and r["warnings"] == [], r
+    for round_ in range(ROUNDS):
+        with AnswerCache(tmp_path / f"r{round_}" / "answers.sqlite3") as cache:
+            assert cache.stats().entries == WORKERS
