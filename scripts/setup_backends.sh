@@ -67,13 +67,15 @@ make_venv() {  # make_venv DIR
 # ---------------------------------------------------------------- vllm-mlx venv
 step "vllm-mlx venv ($B/vllm-mlx)"
 V="$B/vllm-mlx"
-if stamp_ok "$V/.ok" && [ -x "$V/bin/vllm-mlx" ]; then
+if stamp_ok "$V/.ok" && [ -x "$V/bin/vllm-mlx" ] \
+    && "$V/bin/python" -c 'import llguidance' >/dev/null 2>&1; then
   done_step "cached"
 else
   make_venv "$V"
   # Lean recipe: the server needs none of vllm-mlx's torch/vision/gradio deps.
   "$V/bin/pip" install "${PIP_FLAGS[@]}" 'mlx[cpu]' 'mlx-lm>=0.31.3,<0.32' uvicorn fastapi \
-    'starlette>=1.0.1' python-multipart jsonschema requests
+    'starlette>=1.0.1' python-multipart jsonschema requests \
+    llguidance  # vllm-mlx's constrained decoding of response_format json_schema
   "$V/bin/pip" install "${PIP_FLAGS[@]}" --no-deps 'vllm-mlx==0.6.0'
   [ -x "$V/bin/vllm-mlx" ] || die "vllm-mlx entry point missing in $V/bin"
   "$V/bin/python" -c 'import vllm_mlx, mlx.core, mlx_lm, uvicorn, fastapi, numpy, safetensors, tokenizers' \

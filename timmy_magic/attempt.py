@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
 
@@ -93,7 +93,7 @@ class Watchdog:
 
 async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
                   req: ChatRequest, t0: float, deadline: float,
-                  started: float, whole: bool = False) -> AsyncIterator[Event]:
+                  started: float, whole: bool = False) -> AsyncGenerator[Event, None]:
     """One attempt on one endpoint. Raises ProviderError before the first token; after
     it, ends with a Done carrying the partial text and the error. Settles ``permit``
     and the provider's metrics exactly once, whatever happens. ``whole``: ask for the

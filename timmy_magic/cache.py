@@ -209,7 +209,8 @@ class RequestFields:
         model, ``schema=``, ``format=``, ``api_mode=``, ``options=``)."""
         base = {"messages": req.messages, "model": req.model,
                 "temperature": req.temperature, "max_tokens": req.max_tokens,
-                "provider": req.provider}
+                "provider": req.provider,
+                "schema": req.schema.canonical() if req.schema is not None else None}
         return cls(**{**base, **kw})
 
     def canonical(self) -> dict[str, Any]:

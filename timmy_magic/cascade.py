@@ -22,7 +22,19 @@ from .health import Endpoint, ProviderState
 from .launch import LaunchError
 from .planner import Plan, ProviderView, pick_endpoint, plan_route
 from .providers.base import map_error
-from .types import Attempt, ChatRequest, Done, Event, Failed, HealthState, RouteTrace, Trying
+from .structured import InvalidAnswer, retry_request, with_instruction
+from .types import (
+    Attempt,
+    ChatRequest,
+    Discard,
+    Done,
+    Event,
+    Failed,
+    HealthState,
+    Result,
+    RouteTrace,
+    Trying,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,13 +141,17 @@ class Cascade:
             await self._recheck(plan.skipped_for("unhealthy"))
             plan = self.plan(pin, req.model, req)
         attempts: list[Attempt] = []
+        invalid: list[Result] = []
+        """Answers that did not match the schema: the last is the Result if none does."""
+        if req.schema is not None:
+            req = replace(req, messages=with_instruction(req.messages, req.schema))
         for i, name in enumerate(plan.order):
             others_left = i < len(plan.order) - 1
             done = False
             # read to its end (it ends right after Done): a generator left open is
             # closed later by a task the loop creates for it
             async for ev in self._provider(core.providers[name], req, t0, deadline, attempts,
-                                           plan, pin, others_left, whole):
+                                           plan, pin, others_left, whole, invalid):
                 done = done or isinstance(ev, Done)
                 yield ev
             if done:
@@ -143,6 +159,9 @@ class Cascade:
             if core.clock() >= deadline:
                 break
         trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts), pin)
+        if invalid:  # something answered, nothing matched: the last answer, its error
+            yield Done(replace(invalid[-1], trace=trace))
+            return
         if pin is not None:
             skip = next((s for s in plan.skipped if s.provider == pin), None)
             if not attempts and skip is not None and skip.reason == "no_vision":
@@ -156,10 +175,14 @@ class Cascade:
     async def _provider(self, st: ProviderState, req: ChatRequest, t0: float,
                         deadline: float, attempts: list[Attempt], plan: Plan,
                         pin: str | None, others_left: bool,
-                        whole: bool = False) -> AsyncIterator[Event]:
-        """Attempts on one provider, with retries, each under a breaker permit."""
+                        whole: bool = False, invalid: list[Result] | None = None
+                        ) -> AsyncIterator[Event]:
+        """Attempts on one provider, with retries, each under a breaker permit. With a
+        schema, an answer that does not match it is dropped (``Discard``), kept in
+        ``invalid``, and asked again with the error as the retry policy says."""
         core = self.core
-        retry_no = 0
+        retry_no = invalid_no = 0
+        sent = req
         while core.clock() < deadline:
             now = core.clock()
             ep = self._pick(st, now)
@@ -185,18 +208,40 @@ class Cascade:
                         yield status
                 started = core.clock()
                 try:
-                    async for ev in attempt(core, st, ep, permit, req, t0, deadline, started,
-                                            whole):
-                        if isinstance(ev, Done):
-                            outcome: Literal["answered", "broken"] = \
-                                "broken" if ev.result.error else "answered"
-                            attempts.append(Attempt(st.name, shown, number, outcome,
-                                                    ev.result.error, core.clock() - started))
-                            trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts),
-                                               pin)
-                            ev = Done(replace(ev.result, trace=trace))
-                        yield ev
-                    return
+                    async with aclosing(attempt(core, st, ep, permit, sent, t0, deadline,
+                                                started, whole)) as events:
+                        async for ev in events:
+                            if isinstance(ev, Done):
+                                result = ev.result
+                                took = core.clock() - started
+                                if req.schema is not None and result.error is None:
+                                    try:
+                                        result = replace(result,
+                                                         data=req.schema.validate(result.text))
+                                    except InvalidAnswer as bad:
+                                        attempts.append(Attempt(st.name, shown, number,
+                                                                "invalid", str(bad), took))
+                                        if invalid is not None:
+                                            invalid.append(replace(result, error=str(bad)))
+                                        yield Discard(st.name, str(bad))
+                                        break
+                                outcome: Literal["answered", "broken"] = \
+                                    "broken" if result.error else "answered"
+                                attempts.append(Attempt(st.name, shown, number, outcome,
+                                                        result.error, took))
+                                trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts),
+                                                   pin)
+                                ev = Done(replace(result, trace=trace))
+                            yield ev
+                        else:
+                            return
+                    invalid_no += 1
+                    if core.policy.decide_invalid(invalid_no).action != "retry":
+                        return
+                    last = invalid[-1] if invalid else None
+                    sent = replace(req, messages=retry_request(
+                        req.messages, last.text if last else "", attempts[-1].error or ""))
+                    continue
                 except ProviderError as err:
                     failed(str(err), started)
                     retry_no += 1

@@ -21,7 +21,7 @@ from typing import Any
 from .markup import html, plain
 from .render import AnswerCollector, Throttle, display
 from .runner import Tick
-from .types import Delta, Done, Event, Failed, Result, Status, Trying
+from .types import Delta, Discard, Done, Event, Failed, Result, Status, Trying
 
 CURSOR = "▌"
 
@@ -199,6 +199,10 @@ class GridView:
         elif isinstance(ev, Status):
             self.status[i] = f"{ev.provider}: {ev.message}"
             self.throttle.note()
+        elif isinstance(ev, Discard):
+            self.texts[i] = ""
+            self.status[i] = f"{ev.provider}: {ev.reason}; asking again…"
+            self.throttle.note()
         self.tick(now)
 
     def done(self, i: int, result: Result) -> None:
@@ -273,6 +277,8 @@ def run_columns(events: Iterable[tuple[int, Event | Failed] | Tick], view: Colum
                     got[i].trying(ev, now)
                 elif isinstance(ev, Delta):
                     got[i].delta(ev.text, now)
+                elif isinstance(ev, Discard):
+                    got[i].discard()
                 view.event(i, ev, now)
     except KeyboardInterrupt:
         interrupted = True

@@ -10,6 +10,7 @@ errors, notes, statuses, the route) goes through ``markup``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -22,7 +23,20 @@ from .failures import ErrorBlock
 from .formats import Format, JSONAnswerError, extract_html, parse_json
 from .markup import html, md, md_code, plain
 from .runner import Tick
-from .types import Attempt, Delta, Done, Event, Result, RouteTrace, Status, Timings, Trying, Usage
+from .structured import INVALID_PREFIX
+from .types import (
+    Attempt,
+    Delta,
+    Discard,
+    Done,
+    Event,
+    Result,
+    RouteTrace,
+    Status,
+    Timings,
+    Trying,
+    Usage,
+)
 
 CURSOR = "▌"
 
@@ -102,6 +116,11 @@ class AnswerCollector:
             self.ttft = now - self.t0
         self.parts.append(text)
 
+    def discard(self) -> None:
+        """The text so far was not the answer (it failed the schema): start over."""
+        self.parts.clear()
+        self.ttft = None
+
     @property
     def text(self) -> str:
         return "".join(self.parts)
@@ -160,6 +179,12 @@ def _footer(result: Result) -> str:
     return result.footer() + mark
 
 
+def _label(why: str) -> str:
+    """What went wrong, as the tail names it: a stream cut short, or an answer that came
+    whole but does not match the request's schema."""
+    return "not valid" if why.startswith(INVALID_PREFIX) else "stream interrupted"
+
+
 def _why_partial(result: Result) -> str | None:
     """The error to show under a partial answer (None: none, or the user's interrupt)."""
     return result.error if result.error and result.error != USER_INTERRUPT else None
@@ -169,28 +194,78 @@ def markdown_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
     """What follows the answer in Markdown: the footer, why it is partial, the notes."""
     tail = f"\n\n---\n*{md(_footer(result))}*"
     if why := _why_partial(result):
-        tail += f"\n\n**Stream interrupted:** {md(why)}"
+        tail += f"\n\n**{_label(why).capitalize()}:** {md(why)}"
     return tail + "".join(f"\n\n> {md(n)}" for n in _notes(result, notes))
 
 
 def answer_markdown(result: Result, body: str | None = None,
                     notes: tuple[str, ...] = ()) -> str:
-    """The Markdown of an answer (``body``: the answer text by default), shared by the
-    final render and ``Result._repr_markdown_``."""
+    """The Markdown of an answer (``body``: the answer text by default, or its validated
+    data as a table or pretty JSON), shared by the final render and
+    ``Result._repr_markdown_``."""
+    if body is None and result.data is not None:
+        body = data_markdown(result.data)
     text = result.text if body is None else body
     return close_fence(text) + markdown_tail(result, notes)
+
+
+# ------------------------------------------------------------------ structured data
+
+TABLE_ROWS = 50
+"""Most rows of a list shown as a table (the rest: "… N more"); the data holds them all."""
+
+
+def jsonable(data: Any) -> Any:
+    """Validated data as JSON values: pydantic models dumped, dataclasses as dicts."""
+    if hasattr(data, "model_dump"):
+        return data.model_dump(mode="json")
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return jsonable(dataclasses.asdict(data))
+    if isinstance(data, dict):
+        return {str(k): jsonable(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [jsonable(v) for v in data]
+    return data
+
+
+def _flat(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        not isinstance(v, (dict, list)) for v in value.values())
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def data_markdown(data: Any) -> str:
+    """Data as a reader wants it: one object of plain fields as a field | value table, a
+    list of such objects as a table with a column per field, anything else as pretty
+    JSON. Every value is escaped (``markup.md``): it came from a model."""
+    value = jsonable(data)
+    if _flat(value):
+        rows = [f"| {md(k)} | {md(_cell(v))} |" for k, v in value.items()]
+        return "\n".join(["| field | value |", "|---|---|", *rows])
+    if isinstance(value, list) and value and all(_flat(v) for v in value):
+        cols = list(dict.fromkeys(k for v in value for k in v))
+        out = ["| " + " | ".join(md(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(md(_cell(v.get(c, ""))) for c in cols) + " |"
+                for v in value[:TABLE_ROWS]]
+        if len(value) > TABLE_ROWS:
+            out.append(f"\n*… {len(value) - TABLE_ROWS} more rows (all in `.data`)*")
+        return "\n".join(out)
+    return md_code(json.dumps(value, indent=2, ensure_ascii=False), "json")
 
 
 def plain_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
     tail = f"\n\n— {plain(_footer(result))}"
     if why := _why_partial(result):
-        tail += f"\n[stream interrupted: {plain(why)}]"
+        tail += f"\n[{_label(why)}: {plain(why)}]"
     return tail + "".join(f"\n{plain(n)}" for n in _notes(result, notes))
 
 
 def html_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
     why = _why_partial(result)
-    footer = _footer(result) + (f" · stream interrupted: {why}" if why else "")
+    footer = _footer(result) + (f" · {_label(why)}: {why}" if why else "")
     return (f"<hr><p><small><em>{html(footer)}</em></small></p>"
             + "".join(f"<p><em>{html(n)}</em></p>" for n in _notes(result, notes)))
 
@@ -205,6 +280,8 @@ class Final:
     trace: bool = False
 
     def _json(self) -> str | None:
+        if self.result.data is not None:
+            return json.dumps(jsonable(self.result.data), indent=2, ensure_ascii=False)
         try:
             return json.dumps(parse_json(self.result.text), indent=2, ensure_ascii=False)
         except JSONAnswerError:
@@ -219,7 +296,8 @@ class Final:
             return {"text/html": extract_html(r.text) + html_tail(r, self.notes),
                     "text/plain": plain_text}
         pretty = self._json() if self.fmt == "json" else None
-        body = md_code(pretty, "json") if pretty is not None else None
+        body = (data_markdown(r.data) if r.data is not None else
+                md_code(pretty, "json") if pretty is not None else None)
         trace_md = ("\n\n<details><summary>route</summary>\n\n"
                     + md_code("\n".join(r.trace.lines())) + "\n</details>") if self.trace else ""
         return {"text/markdown": answer_markdown(r, body, self.notes) + trace_md,
@@ -247,6 +325,7 @@ class View(Protocol):
     def trying(self, ev: Trying, now: float) -> None: ...
     def status(self, ev: Status, now: float) -> None: ...
     def delta(self, text: str, now: float) -> None: ...
+    def discard(self, ev: Discard, now: float) -> None: ...
     def tick(self, now: float) -> None: ...
     def finish(self, final: Final) -> None: ...
     def fail(self, block: ErrorBlock) -> None: ...
@@ -290,6 +369,11 @@ class NotebookView:
         if not self._parts:
             self.throttle.note()
             self.tick(now)
+
+    def discard(self, ev: Discard, now: float) -> None:
+        self._parts.clear()
+        self._size = 0
+        self._show_status(f"{ev.provider}: {ev.reason}; asking again…", now)
 
     def delta(self, text: str, now: float) -> None:
         first = not self._parts
@@ -349,6 +433,14 @@ class TerminalView:
         sys.stderr.write(f"[{plain(ev.provider)}: {plain(ev.message)}]\n")
         sys.stderr.flush()
 
+    def discard(self, ev: Discard, now: float) -> None:
+        if self.live and self._printed:
+            sep = "" if "".join(self._printed).endswith("\n") else "\n"
+            self._write(sep)
+        self._printed.clear()
+        sys.stderr.write(f"[{plain(ev.provider)}: {plain(ev.reason)}; asking again]\n")
+        sys.stderr.flush()
+
     def delta(self, text: str, now: float) -> None:
         if self.live:
             self._write(text)
@@ -403,6 +495,9 @@ def consume(events: Iterable[Event | Tick], view: View, got: AnswerCollector,
             view.trying(ev, now)
         elif isinstance(ev, Status):
             view.status(ev, now)
+        elif isinstance(ev, Discard):
+            got.discard()
+            view.discard(ev, now)
         elif isinstance(ev, Done):
             got.result = ev.result
             return ev.result

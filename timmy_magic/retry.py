@@ -29,6 +29,8 @@ class RetryPolicy:
     base_delay: float = 0.5
     max_delay: float = 8.0
     retry_after_cap: float = 30.0
+    invalid_retries: int = 1
+    """Asks again on the same provider after an answer that did not match the schema."""
 
     def backoff(self, retry_number: int, rand: Callable[[], float] = random.random) -> float:
         """Delay before retry ``retry_number`` (1-based): exponential with "equal jitter",
@@ -74,6 +76,16 @@ class RetryPolicy:
         if delay is None or delay >= time_left:
             return FAIL_OVER
         return Decision("retry", delay)
+
+
+    def decide_invalid(self, invalid_number: int) -> Decision:
+        """After an answer that did not match the request's schema (``invalid_number`` of
+        them on this provider): ask it again at once, with the error fed back, up to
+        ``invalid_retries`` times (the server is fine; the model slipped, and told what was
+        wrong it usually mends it), then fail over. Pinned, failing over ends the route."""
+        if invalid_number <= self.invalid_retries:
+            return Decision("retry", 0.0)
+        return FAIL_OVER
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

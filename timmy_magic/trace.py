@@ -30,7 +30,8 @@ class Attempt:
     provider: str
     endpoint: str
     number: int
-    outcome: Literal["answered", "failed", "broken"]
+    outcome: Literal["answered", "failed", "broken", "invalid"]
+    """``invalid``: it answered, but not as the request's schema asks (``error`` says how)."""
     error: str | None = None
     elapsed_s: float = 0.0
 
@@ -38,6 +39,8 @@ class Attempt:
         tag = f"{self.provider}#{self.number}"
         if self.outcome == "answered":
             return f"{tag} answered ({self.elapsed_s:.2f}s)"
+        if self.outcome == "invalid":
+            return f"{tag} answered, {self.error}"
         return f"{tag} {self.outcome}: {self.error}"
 
 
@@ -53,7 +56,7 @@ class RouteTrace:
     @property
     def answered_by(self) -> str | None:
         for a in self.attempts:
-            if a.outcome != "failed":
+            if a.outcome in ("answered", "broken"):
                 return a.provider
         return None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from .errors import InvalidRequest, RoutingError
+from .structured import Schema
 from .trace import Attempt as Attempt  # re-exported: the trace is part of a Result
 from .trace import RouteTrace as RouteTrace
 from .trace import Skip as Skip
@@ -185,10 +186,15 @@ class ChatRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     provider: str | None = None
+    schema: Schema | None = None
+    """The answer must match it (``structured.Schema``; a pydantic class or a JSON-schema
+    dict is made into one): sent as each server's constrained decoding, checked here."""
 
     def __post_init__(self) -> None:
         """Reject what cannot be encoded as a JSON request (else every provider would
         fail on it in turn, and their circuit breakers would count it)."""
+        if self.schema is not None and type(self.schema) is not Schema:
+            object.__setattr__(self, "schema", Schema.of(self.schema))
         if self.temperature is not None and not math.isfinite(self.temperature):
             raise InvalidRequest(f"temperature must be a finite number, not {self.temperature}")
         for i, m in enumerate(self.messages):
@@ -263,6 +269,10 @@ class Result:
     cached: bool = False
     """Answered from the answer cache: no request was sent (the timings are those of the
     recorded answer, a note says when and from where)."""
+    data: Any = None
+    """With a schema: the validated answer (an instance of the pydantic class, or JSON
+    values for a JSON-schema dict). None without one, or when the answer was invalid
+    (``error`` then says why, ``text`` holds what the model wrote)."""
 
     @property
     def ok(self) -> bool:
@@ -332,13 +342,22 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class Discard:
+    """The text streamed since the last ``Trying`` is not the answer (it did not match the
+    request's schema): drop it; another attempt follows, or the final ``Done`` says why."""
+
+    provider: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """A side-by-side column got no answer (``Router.stream_many``): its error."""
 
     error: RoutingError
 
 
-Event = Union[Delta, Trying, Status, Done]
+Event = Union[Delta, Trying, Status, Discard, Done]
 
 
 # ---------------------------------------------------------------- health

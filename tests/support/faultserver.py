@@ -524,6 +524,14 @@ class _Anthropic:
 
     id_prefix = "msg_"
 
+    @staticmethod
+    def _tool(ex: _Exchange) -> str | None:
+        """The forced tool's name when the request forces one (structured output): the
+        answer then streams as that tool's input, as Anthropic's API does."""
+        choice = ex.body.get("tool_choice")
+        return choice.get("name") if isinstance(choice, dict) and choice.get("type") == "tool" \
+            else None
+
     def opening(self, ex: _Exchange) -> list[bytes]:
         message: dict[str, Any] = {
             "id": ex.id,
@@ -541,7 +549,9 @@ class _Anthropic:
                 {
                     "type": "content_block_start",
                     "index": 0,
-                    "content_block": {"type": "text", "text": ""},
+                    "content_block": {"type": "text", "text": ""} if not self._tool(ex) else
+                    {"type": "tool_use", "id": "toolu_fault", "name": self._tool(ex),
+                     "input": {}},
                 },
                 "content_block_start",
             ),
@@ -552,7 +562,8 @@ class _Anthropic:
         delta = {
             "type": "content_block_delta",
             "index": 0,
-            "delta": {"type": "text_delta", "text": text},
+            "delta": {"type": "text_delta", "text": text} if not self._tool(ex) else
+            {"type": "input_json_delta", "partial_json": text},
         }
         return _sse(delta, "content_block_delta")
 
@@ -787,8 +798,17 @@ async def sc_echo(ex: _Exchange) -> None:
         await _answer(ex, re.findall(r"\s*\S+\s*", echoed))
 
 
+async def sc_sequence(ex: _Exchange) -> None:
+    """The n-th request to this base URL gets the n-th of ``texts`` (a JSON list; the last
+    repeats): an answer that breaks a schema first, then one that keeps it."""
+    texts = json.loads(ex.params.get("texts", '[""]')) or [""]
+    text = str(texts[min(ex.server._flaky_hit(ex.rec), len(texts) - 1)])
+    await _answer(ex, re.findall(r"\s*\S+\s*", text) or [text])
+
+
 SCENARIOS: dict[str, Handler] = {
     "echo": sc_echo,
+    "sequence": sc_sequence,
     "ok": sc_ok,
     "health_status": sc_ok,  # same as ok; use with health=<code>|hang
     "status": sc_status,

@@ -11,6 +11,7 @@ reload names another file.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,9 +22,11 @@ from ..cache import (
     CacheMode,
     CacheSettingError,
     CacheSettings,
+    ReplayMiss,
     RequestFields,
     cell_mode,
 )
+from ..structured import InvalidAnswer, Schema
 from ..types import ChatRequest, Result
 
 if TYPE_CHECKING:
@@ -99,12 +102,26 @@ class CellCache:
         return RequestFields.of(req, model=model, format=opts.fmt, temperature=temperature,
                                 api_mode=api_mode, options=options), mode
 
-    def lookup(self, fields: RequestFields | None, mode: CacheMode) -> Result | None:
-        """The recorded answer as a Result, or None (ask live). ReplayMiss in replay."""
+    def lookup(self, fields: RequestFields | None, mode: CacheMode,
+               schema: Schema | None = None) -> Result | None:
+        """The recorded answer as a Result, or None (ask live). ReplayMiss in replay.
+        With ``schema``, its data is validated again (a recorded answer is text; one the
+        schema no longer takes is a miss)."""
         if fields is None:
             return None
         hit = self.cache().lookup(fields, mode)
-        return hit.to_result() if hit is not None else None
+        if hit is None:
+            return None
+        result = hit.to_result()
+        if schema is None:
+            return result
+        try:
+            return replace(result, data=schema.validate(result.text))
+        except InvalidAnswer:
+            if mode == "replay":
+                raise ReplayMiss.for_request(fields, problem="the recorded answer does not "
+                                             "match the schema now") from None
+            return None
 
     def record(self, fields: RequestFields | None, result: Result, mode: CacheMode) -> None:
         if fields is not None:

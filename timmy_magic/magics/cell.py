@@ -29,6 +29,7 @@ from ..context import Context, ContextError, build_context
 from ..errors import InvalidRequest, RoutingError, UnknownProvider
 from ..failures import ErrorBlock, describe_failure
 from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
+from ..structured import Schema
 from ..history import Conversation, Turn, source_key
 from ..interpolate import InterpolationError, interpolate
 from ..notebook import remember_error
@@ -106,6 +107,8 @@ class CellOptions:
     """-p a,b,c: several providers side by side (``provider`` is then None)."""
     models: tuple[str, ...] = ()
     """-m x,y: several models side by side (``model`` is then None)."""
+    schema: Schema | None = None
+    """--schema NAME: the answer must match it (``VAR.data`` holds the validated value)."""
 
 
 @magics_class
@@ -153,6 +156,9 @@ class TimmyMagics(Magics):
     @argument("-f", "--format", choices=FORMATS, metavar="FMT",
               help="markdown | text | code (into a new cell below) | json | html")
     @argument("-o", "--out", metavar="VAR", help="store the result object in VAR")
+    @argument("--schema", metavar="NAME", help="the answer must match NAME, a pydantic "
+              "model class or a JSON-schema dict in the kernel (implies -f json; VAR.data "
+              "holds the validated value)")
     @argument("--no-stream", action="store_true", help="show the answer only when complete")
     @argument("--chat", action="store_true", help="remember this exchange (conversation)")
     @argument("--new", action="store_true", help="start a new conversation with this cell")
@@ -229,7 +235,12 @@ class TimmyMagics(Magics):
                 self.router.provider(provider)
             except UnknownProvider as exc:
                 raise UsageError(str(exc)) from None
-        fmt = cast(Format, args.format or self.default_format)
+        schema = self._schema(args.schema)
+        if schema is not None and args.format not in (None, "json"):
+            raise UsageError(f"--schema {args.schema}: the answer is JSON, so -f "
+                             f"{args.format} does not apply (leave -f out, or -f json)")
+        fmt = cast(Format, "json" if schema is not None else
+                   args.format or self.default_format)
         return CellOptions(provider, source, args.model or self.default_model, temperature,
                            max_tokens, fmt, args.out,
                            not args.no_stream, args.chat or args.new, args.new,
@@ -237,7 +248,20 @@ class TimmyMagics(Magics):
                            args.cache, args.cells,
                            _names(args.vars), args.error, args.show_context,
                            providers if len(providers) > 1 else (),
-                           models if len(models) > 1 else ()), args
+                           models if len(models) > 1 else (), schema), args
+
+    def _schema(self, name: str | None) -> Schema | None:
+        """--schema NAME: the kernel variable NAME made into a Schema, or a one-line
+        UsageError naming what is wrong."""
+        if name is None:
+            return None
+        if name not in self.ip.user_ns:
+            raise UsageError(f"--schema {name}: no variable {name!r} in the kernel (define a "
+                             "pydantic model class or a JSON-schema dict first)")
+        try:
+            return Schema.of(self.ip.user_ns[name], name=name)
+        except InvalidRequest as exc:
+            raise UsageError(f"--schema {name}: {exc}") from None
 
     def _prompt(self, text: str, opts: CellOptions) -> str:
         if not opts.interpolate:
@@ -280,14 +304,14 @@ class TimmyMagics(Magics):
             Message("user", self._user_content(ctx, vision)),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
-                              opts.provider)
+                              opts.provider, opts.schema)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
         notes = self._context_notes(ctx, opts, vision)
         fields, mode = self.answers.fields(req, opts)
         try:
-            hit = self.answers.lookup(fields, mode)
+            hit = self.answers.lookup(fields, mode, req.schema)
         except ReplayMiss as exc:
             view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
             return None
@@ -320,7 +344,7 @@ class TimmyMagics(Magics):
         """One prompt to several providers or models at once, in columns."""
         from ..compare import BlocksView, Column, Comparison, GridView, run_columns
 
-        if opts.fmt not in ("markdown", "text"):
+        if opts.fmt not in ("markdown", "text") and opts.schema is None:
             raise UsageError(f"-f {opts.fmt} does not apply side by side (markdown or text)")
         columns = (tuple(Column(p, p, opts.model) for p in opts.providers) if opts.providers
                    else tuple(Column(m, opts.provider, m) for m in opts.models))
@@ -331,7 +355,7 @@ class TimmyMagics(Magics):
             Message("user", ctx.prompt_text()),)
         try:
             reqs = [ChatRequest(messages, c.model, opts.temperature, opts.max_tokens,
-                                c.provider) for c in columns]
+                                c.provider, opts.schema) for c in columns]
         except InvalidRequest as exc:
             raise UsageError(str(exc)) from None
         rich = self.display_mode == "rich" or (self.display_mode == "auto"
@@ -342,7 +366,7 @@ class TimmyMagics(Magics):
         hits: dict[int, Result] = {}
         try:
             for i, (fields, mode) in enumerate(keyed):
-                hit = self.answers.lookup(fields, mode)
+                hit = self.answers.lookup(fields, mode, reqs[i].schema)
                 if hit is not None:
                     hits[i] = hit
         except ReplayMiss as exc:
@@ -501,7 +525,7 @@ class TimmyMagics(Magics):
                 return ("the answer is incomplete: no cell was inserted",)
             self.ip.set_next_input(extract_code(result.text), replace=False)
             return ("code inserted into a new cell below",)
-        if opts.fmt == "json":
+        if opts.fmt == "json" and opts.schema is None:
             try:
                 parse_json(result.text)
             except JSONAnswerError as exc:

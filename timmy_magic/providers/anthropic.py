@@ -64,6 +64,15 @@ class AnthropicBackend:
             payload["system"] = system
         if request.temperature is not None:
             payload["temperature"] = request.temperature
+        schema = request.schema
+        if schema is not None and schema.json.get("type") == "object":
+            # Anthropic's structured output: one tool whose input is the answer, forced.
+            # Its input streams as input_json_delta, passed on as the answer's text. (A
+            # schema whose top is not an object cannot be a tool's input: those rely on
+            # the instruction in the system prompt and the kernel's validation.)
+            payload["tools"] = [{"name": schema.name, "input_schema": schema.json,
+                                 "description": "Give the answer in this structure."}]
+            payload["tool_choice"] = {"type": "tool", "name": schema.name}
         return payload
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
@@ -71,16 +80,21 @@ class AnthropicBackend:
         if not name:
             raise ProviderProtocolError("no model configured: set `models:` in providers.yaml "
                                         "or pass -m", provider=self.provider)
+        payload = self._payload(request, name)
+        forced = payload.get("tool_choice", {}).get("name")
         with mapped_errors(self.provider):
             async with post_stream(self._http, self._root + "/v1/messages",
-                                   payload=self._payload(request, name), headers=self._headers,
+                                   payload=payload, headers=self._headers,
                                    provider=self.provider,
                                    content_type="text/event-stream") as r:
-                async for chunk in self._chunks(r):
+                async for chunk in self._chunks(r, forced):
                     yield chunk
 
-    async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response, answer_tool: str | None = None
+                      ) -> AsyncIterator[Chunk]:
+        """``answer_tool``: the forced tool of a schema request, whose input is the answer."""
         input_tokens: int | None = None
+        answering = False
         started = False
         joiner = TextJoiner()
         reasoning = tools = 0
@@ -102,13 +116,21 @@ class AnthropicBackend:
                 yield Chunk(model=model_name(msg.get("model")))
             elif kind == "content_block_start":
                 block = obj.get("content_block")
-                tools += isinstance(block, dict) and block.get("type") == "tool_use"
+                if isinstance(block, dict) and block.get("type") == "tool_use":
+                    if block.get("name") == answer_tool:
+                        answering = True  # the forced tool: its input is the answer
+                    else:
+                        tools += 1
             elif kind == "content_block_delta":
                 delta = obj.get("delta")
                 if not isinstance(delta, dict):
                     raise WireError("content_block_delta without a delta object")
                 if delta.get("type") == "text_delta":
                     text = joiner.push(content_text(delta.get("text")))
+                    if text:
+                        yield Chunk(text=text)
+                elif delta.get("type") == "input_json_delta" and answering:
+                    text = joiner.push(content_text(delta.get("partial_json")))
                     if text:
                         yield Chunk(text=text)
                 elif delta.get("type") == "thinking_delta":

@@ -56,8 +56,11 @@ class OllamaBackend:
             options["temperature"] = request.temperature
         if request.max_tokens is not None:
             options["num_predict"] = request.max_tokens
-        payload = {"model": name, "stream": True, "options": options,
-                   "messages": [ollama_message(m) for m in request.messages]}
+        payload: dict[str, Any] = {
+            "model": name, "stream": True, "options": options,
+            "messages": [ollama_message(m) for m in request.messages]}
+        if request.schema is not None:
+            payload["format"] = request.schema.json  # Ollama's structured outputs
         with mapped_errors(self.provider):
             async with post_stream(self._http, self._root + "/api/chat", payload=payload,
                                    headers=None, provider=self.provider,

@@ -191,6 +191,11 @@ class OpenAICompatBackend:
             payload["temperature"] = request.temperature
         if request.max_tokens is not None:
             payload["max_tokens"] = request.max_tokens
+        if (schema := request.schema) is not None:
+            payload["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": schema.name, "schema": schema.json, "strict": schema.strict}}
+            if "prompt" in payload and self.type == "llama_cpp":
+                payload["json_schema"] = schema.json  # llama-server's completions read this
         if mc is not None:
             self._model_fields(payload, mc, stops)
         return payload
