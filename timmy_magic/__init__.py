@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
 
     from .config import Config, load_config  # noqa: F401
     from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
+    from .batch import MapResult, map, map_results  # noqa: F401
     from .router import Router  # noqa: F401
     from .types import (  # noqa: F401
         ChatRequest,  # noqa: F401
@@ -41,6 +42,7 @@ _LAZY = {
     "ChatRequest": "types", "Delta": "types", "Done": "types", "Message": "types",
     "Result": "types", "Status": "types", "Trying": "types",
     "last": "magics", "get_router": "magics", "panel": "magics",
+    "map": "batch", "map_results": "batch", "MapResult": "batch",
 }
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
 __version__ = "0.1.0"

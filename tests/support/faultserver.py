@@ -335,6 +335,9 @@ class _HttpServer(_LoopServer):
         super().__init__(cap=cap)
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self.in_flight = 0
+        self.peak_in_flight = 0
+        """Most POSTs being answered at once since the last ``reset``."""
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -354,6 +357,7 @@ class _HttpServer(_LoopServer):
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
+            self.peak_in_flight = self.in_flight
 
     def _record(self, rec: RecordedRequest) -> None:
         with self._lock:
@@ -378,7 +382,15 @@ class _HttpServer(_LoopServer):
                 method, path, scenario, dict(params), headers, body, parsed, time.monotonic()
             )
             self._record(rec)
-            await self._dispatch(Responder(reader, writer, self.cap), rec, params)
+            posted = method == "POST"
+            if posted:
+                self.in_flight += 1  # on the server's one loop: no lock needed
+                self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                await self._dispatch(Responder(reader, writer, self.cap), rec, params)
+            finally:
+                if posted:
+                    self.in_flight -= 1
             if headers.get("connection", "").lower() == "close":
                 return
 
@@ -806,8 +818,25 @@ async def sc_sequence(ex: _Exchange) -> None:
     await _answer(ex, re.findall(r"\s*\S+\s*", text) or [text])
 
 
+async def sc_prompt(ex: _Exchange) -> None:
+    """Answers with the last user message as written, after ``delay`` s times the length
+    of the message mod 3 (so answers finish out of order); a message holding ``FAIL``
+    gets HTTP 400 (not retryable), one holding ``SLOW`` waits ``slow`` s (10) first."""
+    msgs = [m for m in ex.body.get("messages", []) if isinstance(m, dict)
+            and m.get("role") == "user"]
+    text = str(msgs[-1].get("content", "")) if msgs else ""
+    if "FAIL" in text:
+        await ex.error(400, "this row is refused")
+        return
+    if "SLOW" in text:
+        await asyncio.sleep(ex.params.getfloat("slow", 10.0))
+    await asyncio.sleep(ex.params.getfloat("delay", 0.0) * (len(text) % 3))
+    await _answer(ex, re.findall(r"\s*\S+\s*", text) or [text])
+
+
 SCENARIOS: dict[str, Handler] = {
     "echo": sc_echo,
+    "prompt": sc_prompt,
     "sequence": sc_sequence,
     "ok": sc_ok,
     "health_status": sc_ok,  # same as ok; use with health=<code>|hang

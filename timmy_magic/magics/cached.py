@@ -30,7 +30,7 @@ from ..structured import InvalidAnswer, Schema
 from ..types import ChatRequest, Result
 
 if TYPE_CHECKING:
-    from .cell import CellOptions, TimmyMagics
+    from .cell import TimmyMagics
 
 PATH_VAR = "TIMMY_CACHE_PATH"
 REPLAY_HINTS = (
@@ -73,19 +73,19 @@ class CellCache:
             self._cache = AnswerCache.from_settings(settings)
         return self._cache
 
-    def fields(self, req: ChatRequest,
-               opts: CellOptions) -> tuple[RequestFields | None, CacheMode]:
+    def fields(self, req: ChatRequest, fmt: str,
+               flag: bool | None = None) -> tuple[RequestFields | None, CacheMode]:
         """The request as the cache keys it. A pinned cell also keys on what its model
         config changes in the answer: the default model it asks, chat or completion mode
         (``completion`` only: chat, the default, leaves it None so answers recorded before
         modes existed hold), the temperature it gets when the cell sets none, its ``stop``
         and ``params`` (a changed providers.yaml then misses instead of replaying an
         answer asked another way)."""
-        mode = cell_mode(self.mode(), opts.cache)
+        mode = cell_mode(self.mode(), flag)
         if mode == "off":
             return None, mode
         if req.provider is None:
-            return RequestFields.of(req, format=opts.fmt), mode
+            return RequestFields.of(req, format=fmt), mode
         cfg = self.ext.router.provider(req.provider).cfg
         model = req.model or cfg.default_model
         mc = cfg.model(model)
@@ -99,7 +99,7 @@ class CellCache:
             if mc.params:
                 options["params"] = dict(mc.params)
         api_mode = "completion" if mc is not None and mc.mode == "completion" else None
-        return RequestFields.of(req, model=model, format=opts.fmt, temperature=temperature,
+        return RequestFields.of(req, model=model, format=fmt, temperature=temperature,
                                 api_mode=api_mode, options=options), mode
 
     def lookup(self, fields: RequestFields | None, mode: CacheMode,

@@ -53,6 +53,7 @@ from .commands import LineCommands
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from ..batch import MapResult
     from ..compare import Comparison
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -136,8 +137,9 @@ class TimmyMagics(Magics):
         self.ip = shell
         self.router = router
         self.conversation = Conversation()
-        self.last_result: Result | Comparison | None = None
-        """The last answer (a ``Comparison`` after a side-by-side cell)."""
+        self.last_result: Result | Comparison | MapResult | None = None
+        """The last answer (a ``Comparison`` after a side-by-side cell, a ``MapResult``
+        after ``timmy_magic.map``)."""
         self._cell_id: str | None = None
         self.active: AnswerCollector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
@@ -309,7 +311,7 @@ class TimmyMagics(Magics):
             raise UsageError(str(exc)) from None
         view = self._view(opts)
         notes = self._context_notes(ctx, opts, vision)
-        fields, mode = self.answers.fields(req, opts)
+        fields, mode = self.answers.fields(req, opts.fmt, opts.cache)
         try:
             hit = self.answers.lookup(fields, mode, req.schema)
         except ReplayMiss as exc:
@@ -362,7 +364,7 @@ class TimmyMagics(Magics):
                                                and rich_frontend(self.ip))
         view = (GridView(columns, self.updates_per_second, live=opts.stream) if rich
                 else BlocksView(columns, live=False))
-        keyed = [self.answers.fields(r, opts) for r in reqs]
+        keyed = [self.answers.fields(r, opts.fmt, opts.cache) for r in reqs]
         hits: dict[int, Result] = {}
         try:
             for i, (fields, mode) in enumerate(keyed):

@@ -20,6 +20,7 @@ from .cell import TimmyMagics
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
+    from ..batch import MapResult
     from ..compare import Comparison
 
 _EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
@@ -76,7 +77,7 @@ def extension(ip: Any = None) -> TimmyMagics:
     return ext
 
 
-def last() -> Result | Comparison | None:
+def last() -> Result | Comparison | MapResult | None:
     """The last %%llm result of this shell (partial if it was interrupted; a Comparison
     after a side-by-side cell), or None."""
     return extension().last_result

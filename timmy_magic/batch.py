@@ -1,0 +1,643 @@
+"""``timmy_magic.map``: one prompt template over many rows, through the cascade.
+
+    res = timmy_magic.map("Classify: {review}", df, schema=Label, concurrency=8)
+    res.to_pandas()
+
+Each row fills the template (``{column}`` from the row, or ``{row[...]}``, escape-safe as in
+``%%llm``) and becomes one request; at most ``concurrency`` are in flight on the router's
+loop, so failover, breakers, the budget and the cloud gate apply to every row, and the
+cascade spreads them over replicas (least outstanding first). A failed row is kept as an
+error and never stops the others. Ctrl-C cancels what is in flight and keeps the finished
+rows (``timmy_magic.last()`` or the exception's ``.result``). With the extension loaded,
+the answer cache applies per row: a re-run sends only the rows not yet answered.
+
+Bigger than one kernel: ``export=`` writes the requests as OpenAI batch JSONL (what
+vLLM's ``run-batch`` and the OpenAI Batch API read) and sends nothing;
+``map_results(path)`` reads their output back into a ``MapResult``.
+
+Where things happen: the requests run on the router's loop thread; the kernel's thread
+waits in short steps (so an interrupt lands), draws the progress, and reads and writes the
+answer cache (SQLite stays off the loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequest, RoutingError, TimmyError
+from .interpolate import InterpolationError, interpolate, references
+from .markup import count, md, plain
+from .structured import Schema, with_instruction
+from .types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
+
+if TYPE_CHECKING:
+    from .router import Router
+
+PREVIEW_ROWS = 10
+"""Rows shown in a MapResult's table (all are in ``.results``)."""
+PROGRESS_EVERY = 0.25
+"""Seconds between two progress redraws."""
+NOT_RUN = "interrupted before it was answered"
+CLEANUP_S = 5.0
+"""Longest wait, after an interrupt, for the cancelled requests to settle."""
+
+
+class MapError(TimmyError, ValueError):
+    """The map cannot start (a bad template, no rows, a bad option); one line."""
+
+
+class MapInterrupted(KeyboardInterrupt):
+    """Ctrl-C during ``map``: the finished rows are kept in ``.result`` (and in
+    ``timmy_magic.last()`` when the extension is loaded). Shown as one line."""
+
+    def __init__(self, message: str, result: MapResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"MapInterrupted: {self}"]
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """A row that got no valid answer, and why."""
+
+    index: int
+    row: Any
+    error: str
+
+
+@dataclass
+class MapResult:
+    """One Result per input row, in input order."""
+
+    rows: list[Any]
+    results: list[Result]
+    schema: Schema | None = None
+    index: Any = None
+    """The DataFrame's index when the rows came from one (``to_pandas`` keeps it)."""
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[Result]:
+        return iter(self.results)
+
+    def __getitem__(self, i: int) -> Result:
+        return self.results[i]
+
+    @property
+    def data(self) -> list[Any]:
+        """Per row: the validated object (with a schema) or the answer's text; None for a
+        row that failed."""
+        if self.schema is not None:
+            return [r.data if r.ok else None for r in self.results]
+        return [r.text if r.ok else None for r in self.results]
+
+    @property
+    def errors(self) -> list[RowError]:
+        return [RowError(i, self.rows[i], r.error or "")
+                for i, r in enumerate(self.results) if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_pandas(self) -> Any:
+        """One row per input: its columns, then the answer (``answer``) or the data's
+        fields (an input column of the same name makes it ``answer_<field>``), then
+        ``provider``, ``model``, ``ttft_s``, ``cached`` and ``error``."""
+        import pandas as pd
+
+        from .render import jsonable
+
+        records = []
+        for row, res in zip(self.rows, self.results):
+            rec = dict(_fields(row))
+            if self.schema is None:
+                rec["answer"] = res.text if res.ok else None
+            else:
+                value = jsonable(res.data) if res.ok else None
+                if isinstance(value, dict):
+                    for k, v in value.items():
+                        rec[f"answer_{k}" if k in rec else k] = v
+                else:
+                    rec["answer"] = value
+            rec.update(provider=res.provider, model=res.model, ttft_s=res.timings.ttft_s,
+                       cached=res.cached, error=res.error)
+            records.append(rec)
+        return pd.DataFrame.from_records(records, index=self.index)
+
+    def summary(self) -> str:
+        """One line: rows, answered, errors, providers, time, rows/s."""
+        done = sum(r.ok for r in self.results)
+        by: dict[str, int] = {}
+        for r in self.results:
+            if r.ok and r.provider:
+                by[r.provider] = by.get(r.provider, 0) + 1
+        cached = sum(r.cached for r in self.results)
+        parts = [f"{count(len(self.results), 'row')}: {done} answered"]
+        if len(self.results) - done:
+            parts.append(count(len(self.results) - done, "error"))
+        if cached:
+            parts.append(f"{cached} from the cache")
+        if by:
+            parts.append(", ".join(f"{p} {n}" for p, n in sorted(by.items(),
+                                                                   key=lambda x: -x[1])))
+        if self.elapsed_s > 0:
+            parts.append(f"{self.elapsed_s:.1f}s, {len(self.results) / self.elapsed_s:.1f} "
+                         "rows/s")
+        if self.interrupted:
+            parts.append("interrupted")
+        return " · ".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        head = ["| # | answer | provider | error |", "|---|---|---|---|"]
+        for i, r in enumerate(self.results[:PREVIEW_ROWS]):
+            shown = _preview(r, self.schema)
+            head.append(f"| {i} | {md(shown)} | {md(r.provider or '')} | "
+                        f"{md(_cut(r.error or '', 80))} |")
+        more = len(self.results) - PREVIEW_ROWS
+        tail = f"\n\n*… {more} more rows: `.results`, `.to_pandas()`*" if more > 0 else ""
+        return f"*{md(self.summary())}*\n\n" + "\n".join(head) + tail
+
+    def __repr__(self) -> str:
+        return f"<MapResult {plain(self.summary())}>"
+
+
+# ---------------------------------------------------------------- the rows
+
+
+def _records(rows: Any) -> tuple[list[Any], Any]:
+    """(rows as a list, the DataFrame index or None). A DataFrame is recognised without
+    importing pandas (``to_dict`` and ``columns``), its rows become dicts."""
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns") and hasattr(rows, "index"):
+        return list(rows.to_dict("records")), rows.index
+    if isinstance(rows, (str, bytes, Mapping)):
+        raise MapError(f"map: rows must be an iterable of rows (dicts or objects) or a "
+                       f"DataFrame, not one {type(rows).__name__}")
+    if not isinstance(rows, Iterable):
+        raise MapError(f"map: rows must be an iterable or a DataFrame, not "
+                       f"{type(rows).__name__}")
+    return list(rows), None
+
+
+def _fields(row: Any) -> Mapping[str, Any]:
+    """A row as a namespace: a dict as it is, an object by its attributes (dataclass,
+    named tuple, plain object); ``row`` names the row itself."""
+    if isinstance(row, Mapping):
+        base: Mapping[str, Any] = row
+    elif dataclasses.is_dataclass(row) and not isinstance(row, type):
+        base = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+    elif hasattr(row, "_asdict"):
+        base = row._asdict()
+    elif hasattr(row, "__dict__"):
+        base = {k: v for k, v in vars(row).items() if not k.startswith("_")}
+    else:
+        base = {}
+    return base
+
+
+def _namespace(row: Any) -> Mapping[str, Any]:
+    return {**{str(k): v for k, v in _fields(row).items()}, "row": row}
+
+
+def _check_template(template: str, rows: list[Any]) -> None:
+    """A reference no row can fill is a mistake in the template, said before anything is
+    sent (a reference some rows lack makes only those rows errors)."""
+    if not isinstance(template, str) or not template.strip():
+        raise MapError("map: the template is empty")
+    names = {ref.split(".")[0].split("[")[0] for ref in references(template)}
+    known = set().union(*(_namespace(r).keys() for r in rows[:100])) if rows else set()
+    missing = sorted(names - known)
+    if missing:
+        cols = ", ".join(sorted(known - {"row"})[:12]) or "(none)"
+        raise MapError(f"map: {{{missing[0]}}} in the template is not a field of the rows "
+                       f"(fields: {cols}; {{row}} is the whole row)")
+
+
+# ---------------------------------------------------------------- running
+
+
+@dataclass
+class _Plan:
+    """The requests to send (index -> request) and the rows already settled."""
+
+    requests: dict[int, ChatRequest] = field(default_factory=dict)
+    settled: dict[int, Result] = field(default_factory=dict)
+    keys: dict[int, Any] = field(default_factory=dict)
+
+
+def _request(template: str, row: Any, *, system: str | None, model: str | None,
+             temperature: float | None, max_tokens: int | None, provider: str | None,
+             schema: Schema | None) -> ChatRequest:
+    prompt = interpolate(template, _namespace(row)).strip()
+    if not prompt:
+        raise InvalidRequest("the prompt is empty for this row")
+    messages = ((Message("system", system),) if system else ()) + (Message("user", prompt),)
+    return ChatRequest(messages, model, temperature, max_tokens, provider, schema)
+
+
+def _failed(error: str, trace: RouteTrace | None = None) -> Result:
+    return Result("", None, None, Usage(), Timings(None, 0.0, None), trace or RouteTrace(),
+                  error=error)
+
+
+async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: int,
+               out: queue.SimpleQueue[tuple[int, Result]], finished: threading.Event) -> None:
+    """Every request on this loop, at most ``concurrency`` at once; each outcome goes to
+    ``out`` as it comes. A row's own failure is its Result; a cancel cancels them all.
+    ``finished`` is set once every request has settled (permits, metrics, connections):
+    a cancelled concurrent future says done at once, before that."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(i: int, req: ChatRequest) -> None:
+        async with gate:
+            try:
+                res = await router.acomplete(req)
+            except RoutingError as exc:
+                res = _failed(str(exc), exc.trace)
+            except TimmyError as exc:
+                res = _failed(str(exc))
+        out.put((i, res))
+
+    tasks = [asyncio.ensure_future(one(i, r)) for i, r in requests.items()]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        finished.set()
+
+
+def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = None,
+        model: str | None = None, concurrency: int = 8, max_tokens: int | None = None,
+        system: str | None = None, temperature: float | None = None,
+        export: str | Path | None = None, cache: bool | None = None,
+        progress: bool = True, router: Router | None = None) -> Any:
+    """Ask ``template`` filled from each of ``rows`` (dicts, objects or a DataFrame) and
+    return a ``MapResult`` in input order (see the module's doc). ``schema``: a pydantic
+    class or JSON-schema dict each answer must match (``.data``). ``export``: write the
+    requests as OpenAI batch JSONL instead and return a ``BatchFile``. ``cache``: as
+    ``--cache`` / ``--no-cache`` (None: the session's cache mode). ``router``: default, the
+    extension's."""
+    items, index = _records(rows)
+    _check_options(concurrency, max_tokens, temperature)
+    spec = Schema.of(schema) if schema is not None else None
+    _check_template(template, items)
+    build = dict(system=system, model=model, temperature=temperature,
+                 max_tokens=max_tokens, provider=provider, schema=spec)
+    ext, router = _surface(router)
+    if provider is not None:
+        router.provider(provider)  # UnknownProvider names the others
+    if export is not None:
+        return _export(Path(export), template, items, router, build)
+    plan = _Plan()
+    answers = ext.answers if ext is not None else None
+    fmt = "json" if spec is not None else "markdown"
+    for i, row in enumerate(items):
+        try:
+            req = _request(template, row, **build)  # type: ignore[arg-type]
+        except (InterpolationError, InvalidRequest) as exc:
+            plan.settled[i] = _failed(str(exc))
+            continue
+        if answers is not None:
+            fields, mode = answers.fields(req, fmt, cache)
+            try:
+                hit = answers.lookup(fields, mode, spec)
+            except TimmyError as exc:  # a replay miss: nothing is sent for this row
+                plan.settled[i] = _failed(str(exc).splitlines()[0])
+                continue
+            if hit is not None:
+                plan.settled[i] = hit
+                continue
+            plan.keys[i] = (fields, mode)
+        plan.requests[i] = req
+    result = _gather(router, items, index, spec, plan, concurrency,
+                     _progress(len(items)) if progress else None, answers)
+    if ext is not None:
+        ext.last_result = result
+    if result.interrupted:
+        raise MapInterrupted(f"interrupted: {sum(r.ok for r in result.results)} of "
+                             f"{len(items)} rows answered, kept: timmy_magic.last()", result)
+    return result
+
+
+def _check_options(concurrency: int, max_tokens: int | None,
+                   temperature: float | None) -> None:
+    if not isinstance(concurrency, int) or concurrency < 1:
+        raise MapError(f"map: concurrency must be a whole number of at least 1, not "
+                       f"{concurrency!r}")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise MapError(f"map: max_tokens must be at least 1, not {max_tokens!r}")
+    if temperature is not None and not (isinstance(temperature, (int, float))
+                                        and math.isfinite(temperature) and temperature >= 0):
+        raise MapError(f"map: temperature must be a finite number ≥ 0, not {temperature!r}")
+
+
+def _surface(router: Router | None) -> tuple[Any, Router]:
+    """(the loaded extension or None, the router to use)."""
+    ext = None
+    try:
+        from .magics.extension import extension
+
+        ext = extension()
+    except (RuntimeError, ImportError):
+        pass
+    if router is not None:
+        return (ext if ext is not None and ext.router is router else None), router
+    if ext is None:
+        raise MapError("map: no router: run %load_ext timmy_magic first, or pass "
+                       "router=Router.from_config()")
+    return ext, ext.router
+
+
+def _gather(router: Router, items: list[Any], index: Any, spec: Schema | None,
+            plan: _Plan, concurrency: int, bar: _Progress | None,
+            answers: Any) -> MapResult:
+    results: list[Result | None] = [None] * len(items)
+    for i, res in plan.settled.items():
+        results[i] = res
+    t0 = time.monotonic()
+    tokens = 0
+    out: queue.SimpleQueue[tuple[int, Result]] = queue.SimpleQueue()
+    interrupted = False
+    finished = threading.Event()
+    fut = router.submit(_run(router, plan.requests, concurrency, out, finished)) \
+        if plan.requests else None
+
+    def take(i: int, res: Result) -> None:
+        nonlocal tokens
+        results[i] = res
+        tokens += res.usage.output_tokens or 0
+        if answers is not None and res.ok and i in plan.keys:
+            fields, mode = plan.keys[i]
+            answers.record(fields, res, mode)
+
+    def draw(final: bool = False) -> None:
+        if bar is not None:
+            done = [r for r in results if r is not None]
+            bar.draw(len(done), sum(not r.ok for r in done), tokens,
+                     time.monotonic() - t0, final)
+
+    draw()
+    try:
+        while fut is not None:
+            try:
+                i, res = out.get(timeout=PROGRESS_EVERY)
+                take(i, res)
+                while True:
+                    i, res = out.get_nowait()
+                    take(i, res)
+            except queue.Empty:
+                pass
+            draw()
+            if fut.done() and out.empty():
+                fut.result()  # a bug in the runner surfaces here
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        if fut is not None:
+            fut.cancel()
+            finished.wait(CLEANUP_S)  # the requests' clean-up, in short waits
+
+        while not out.empty():
+            take(*out.get_nowait())
+    elapsed = time.monotonic() - t0
+    final = [r if r is not None else _failed(NOT_RUN) for r in results]
+    draw(final=True)
+    return MapResult(items, final, spec, index, elapsed, interrupted)
+
+
+# ---------------------------------------------------------------- progress
+
+
+class _Progress:
+    """done/total, errors, tokens/s and ETA: an ipywidgets bar in a notebook, an HTML line
+    where widgets are missing, one rewritten line on stderr in a terminal."""
+
+    def __init__(self, total: int, show: Callable[[str, float, bool], None]) -> None:
+        self.total = total
+        self._show = show
+        self._last = (-1, -math.inf)
+
+    def draw(self, done: int, errors: int, tokens: int, elapsed: float,
+             final: bool = False) -> None:
+        """Redraw when a row finished, once a second otherwise (the ETA), and at the end."""
+        if not final and done == self._last[0] and elapsed - self._last[1] < 1.0:
+            return
+        self._last = (done, elapsed)
+        self._show(progress_line(done, self.total, errors, tokens, elapsed, final),
+                   done / self.total if self.total else 1.0, final)
+
+
+def progress_line(done: int, total: int, errors: int, tokens: int, elapsed: float,
+                  final: bool = False) -> str:
+    """``37/100 rows · 2 errors · 412 tok/s · ETA 0:42`` (pure, for tests)."""
+    parts = [f"{done}/{total} rows"]
+    if errors:
+        parts.append(count(errors, "error"))
+    if elapsed > 0 and tokens:
+        parts.append(f"{tokens / elapsed:.0f} tok/s")
+    if final:
+        parts.append(f"{elapsed:.1f}s")
+    elif done and done < total:
+        left = elapsed / done * (total - done)
+        parts.append(f"ETA {int(left // 60)}:{int(left % 60):02d}")
+    return " · ".join(parts)
+
+
+def _progress(total: int) -> _Progress:
+    from .render import display, rich_frontend
+
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    except ImportError:  # pragma: no cover - IPython is a dependency
+        shell = None
+    if shell is not None and rich_frontend(shell):
+        try:
+            import ipywidgets as w
+
+            bar = w.IntProgress(value=0, min=0, max=max(total, 1), description="map")
+            label = w.HTML()
+            box = w.HBox([bar, label])
+            display(box)
+
+            def show_widget(line: str, fraction: float, final: bool) -> None:
+                bar.value = round(fraction * max(total, 1))
+                label.value = f"<span>{md(line)}</span>"
+                if final:
+                    bar.bar_style = "success"
+
+            return _Progress(total, show_widget)
+        except ImportError:
+            handle = display({"text/plain": ""}, raw=True, display_id=True)
+
+            def show_html(line: str, fraction: float, final: bool) -> None:
+                handle.update({"text/plain": f"map: {line}"}, raw=True)
+
+            return _Progress(total, show_html)
+
+    def show_text(line: str, fraction: float, final: bool) -> None:
+        sys.stderr.write(f"\rmap: {line}\033[K" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+    return _Progress(total, show_text)
+
+
+# ---------------------------------------------------------------- batch files
+
+
+@dataclass(frozen=True)
+class BatchFile:
+    """Requests written as OpenAI batch JSONL (one ``custom_id`` per row: ``row-<n>``)."""
+
+    path: Path
+    rows: int
+    model: str
+    skipped: tuple[RowError, ...] = ()
+
+    def __repr__(self) -> str:
+        skipped = f", {count(len(self.skipped), 'row')} skipped" if self.skipped else ""
+        return (f"<BatchFile {self.path} · {count(self.rows, 'request')} for {self.model}"
+                f"{skipped}: run it with `vllm run-batch -i {self.path.name} -o "
+                f"results.jsonl --model {self.model}` or the OpenAI Batch API, then "
+                f"timmy_magic.map_results('results.jsonl')>")
+
+
+def _export(path: Path, template: str, items: list[Any], router: Router,
+            build: dict[str, Any]) -> BatchFile:
+    model = build["model"]
+    if model is None and build["provider"] is not None:
+        model = router.provider(build["provider"]).cfg.default_model
+    if not model:
+        raise MapError("map: export needs the model the batch will run on: pass model= "
+                       "(or provider= whose config names a default model)")
+    skipped: list[RowError] = []
+    lines: list[str] = []
+    for i, row in enumerate(items):
+        try:
+            req = _request(template, row, **build)
+        except (InterpolationError, InvalidRequest) as exc:
+            skipped.append(RowError(i, row, str(exc)))
+            continue
+        lines.append(json.dumps({"custom_id": f"row-{i}", "method": "POST",
+                                 "url": "/v1/chat/completions",
+                                 "body": batch_body(req, model)}, ensure_ascii=False))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    except OSError as exc:
+        raise MapError(f"map: cannot write {path}: {exc.strerror or exc}") from None
+    return BatchFile(path, len(lines), model, tuple(skipped))
+
+
+def batch_body(req: ChatRequest, model: str) -> dict[str, Any]:
+    """One request as the ``body`` of an OpenAI batch line (a chat completion)."""
+    messages: Sequence[Message] = req.messages
+    if req.schema is not None:
+        messages = with_instruction(messages, req.schema)
+    body: dict[str, Any] = {"model": model, "messages": [
+        {"role": m.role, "content": m.text} for m in messages]}
+    if req.max_tokens is not None:
+        body["max_tokens"] = req.max_tokens
+    if req.temperature is not None:
+        body["temperature"] = req.temperature
+    if (s := req.schema) is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": s.name, "schema": s.json, "strict": s.strict}}
+    return body
+
+
+def map_results(path: str | Path, rows: Any = None, *, schema: Any = None) -> MapResult:
+    """Read a batch output file (vLLM ``run-batch`` or the OpenAI Batch API: one
+    ``{"custom_id", "response": {"status_code", "body"}, "error"}`` per line) into a
+    MapResult, rows in ``custom_id`` order (``row-<n>``, as ``map(export=...)`` wrote
+    them). ``rows``: the input rows, for ``to_pandas``; ``schema``: validate each answer
+    into ``.data``. A row with no line in the file is an error row."""
+    spec = Schema.of(schema) if schema is not None else None
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MapError(f"map_results: cannot read {p}: {exc.strerror or exc}") from None
+    found: dict[int, Result] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            i = int(str(obj["custom_id"]).removeprefix("row-"))
+        except (ValueError, KeyError, TypeError):
+            raise MapError(f"map_results: {p.name} line {n} is not a batch result with a "
+                           f"custom_id row-<n>") from None
+        found[i] = _batch_result(obj, spec)
+    items, index = _records(rows) if rows is not None else (
+        [None] * (max(found) + 1 if found else 0), None)
+    results = [found.get(i) or _failed("no result for this row in the file")
+               for i in range(len(items))]
+    return MapResult(items, results, spec, index)
+
+
+def _batch_result(obj: Mapping[str, Any], spec: Schema | None) -> Result:
+    error = obj.get("error")
+    response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
+    body = response.get("body") if isinstance(response, dict) else None
+    status = response.get("status_code") if isinstance(response, dict) else None
+    if error or not isinstance(body, dict) or (status is not None and status != 200):
+        why = error.get("message") if isinstance(error, dict) else error
+        if not why and isinstance(body, dict) and isinstance(body.get("error"), dict):
+            why = body["error"].get("message")
+        return _failed(f"batch error: {_cut(str(why or f'HTTP {status}'), 200)}")
+    choices = body.get("choices")
+    message = choices[0].get("message") if isinstance(choices, list) and choices \
+        and isinstance(choices[0], dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(text, str):
+        return _failed("batch result without choices[0].message.content")
+    raw_usage = body.get("usage")
+    usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+    res = Result(text, "batch", str(body.get("model") or "") or None,
+                 Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))),
+                 Timings(None, 0.0, None), RouteTrace())
+    if spec is not None:
+        try:
+            return dataclasses.replace(res, data=spec.validate(text))
+        except ValueError as exc:
+            return dataclasses.replace(res, error=str(exc))
+    return res
+
+
+def _int(x: Any) -> int | None:
+    return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
+
+
+def _cut(text: str, n: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _preview(r: Result, schema: Schema | None) -> str:
+    if not r.ok:
+        return ""
+    if schema is not None and r.data is not None:
+        from .render import jsonable
+
+        return _cut(json.dumps(jsonable(r.data), ensure_ascii=False), 80)
+    return _cut(r.text, 80)
