@@ -9,9 +9,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from timmy_magic import ChatRequest
-
 from tests.integration.test_completion_mode import make, shipped_gemma
+from timmy_magic import ChatRequest
 
 pytestmark = pytest.mark.integration
 

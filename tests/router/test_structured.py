@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from tests.support.fake_ollama import FakeOllama
 from tests.support.faultserver import FaultServer
-from timmy_magic import ChatRequest, Router
+from timmy_magic import ChatRequest
 from timmy_magic.structured import Schema
 from timmy_magic.types import Delta, Discard, Done, Trying
 
