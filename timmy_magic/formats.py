@@ -40,9 +40,14 @@ class JSONAnswerError(ValueError):
     """The answer is not JSON; the message is one line."""
 
 
-def parse_json(text: str) -> Any:
+def _no_constant(name: str) -> Any:
+    raise JSONAnswerError(f"the answer is not valid JSON: {name} is not a JSON number")
+
+
+def parse_json(text: str, strict: bool = False) -> Any:
     """Parse the answer as JSON (a ```json block if present, else the first fenced block,
-    else the whole text). Raises JSONAnswerError with a one-line reason."""
+    else the whole text). Raises JSONAnswerError with a one-line reason. ``strict``:
+    ``NaN`` and ``Infinity`` (which Python's json takes) are not JSON either."""
     body = fenced_block(text, "json")
     if body is None:
         body = fenced_block(text)
@@ -50,7 +55,7 @@ def parse_json(text: str) -> Any:
     if not body:
         raise JSONAnswerError("the answer is not JSON: it is empty")
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant) if strict else json.loads(body)
     except json.JSONDecodeError as exc:
         raise JSONAnswerError(f"the answer is not valid JSON: {exc.msg} at line {exc.lineno}"
                               f" column {exc.colno}") from None

@@ -117,9 +117,22 @@ class Schema:
     # ------------------------------------------------------------ the answer
 
     def validate(self, text: str) -> Any:
-        """The answer's data, or InvalidAnswer saying in one line why not."""
+        """The answer's data, or InvalidAnswer saying in one line why not. Nothing else
+        escapes: the text comes from a server (JSON nested past the recursion limit), and
+        the schema may be the user's pydantic class, whose validators may raise anything."""
         try:
-            value = parse_json(text)
+            return self._validate(text)
+        except InvalidAnswer:
+            raise
+        except RecursionError:
+            raise InvalidAnswer(f"{INVALID_PREFIX} nested too deeply to check") from None
+        except Exception as exc:  # a user's validator, a jsonschema format checker...
+            raise InvalidAnswer(f"{INVALID_PREFIX} checking it raised {type(exc).__name__}: "
+                                f"{_one_line(exc)}") from None
+
+    def _validate(self, text: str) -> Any:
+        try:
+            value = parse_json(text, strict=True)
         except JSONAnswerError as exc:
             raise InvalidAnswer(f"{INVALID_PREFIX} {str(exc).removeprefix('the answer is ')}"
                                 ) from None

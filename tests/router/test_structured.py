@@ -203,3 +203,11 @@ def test_trying_after_discard_names_a_second_attempt(srv):
     with make_router(prov("a", url, 1)) as r:
         tries = [e.number for e in r.stream("x", schema=City) if isinstance(e, Trying)]
     assert tries == [1, 2]
+
+
+def test_a_hostile_answer_nested_past_the_recursion_limit_is_just_invalid(srv):
+    url = seq(srv, "", deep=5000, case="deep")
+    with make_router(prov("a", url, 1)) as r:
+        res = r.complete(ChatRequest.of("x", schema={"type": "array"}, provider="a"))
+        assert not res.ok and res.error == "invalid JSON: nested too deeply to check"
+        assert r.complete("still fine").ok

@@ -815,6 +815,8 @@ async def sc_sequence(ex: _Exchange) -> None:
     repeats): an answer that breaks a schema first, then one that keeps it."""
     texts = json.loads(ex.params.get("texts", '[""]')) or [""]
     text = str(texts[min(ex.server._flaky_hit(ex.rec), len(texts) - 1)])
+    if deep := ex.params.getint("deep", 0):  # JSON nested ``deep`` levels (too long a URL)
+        text = "[" * deep + "]" * deep
     await _answer(ex, re.findall(r"\s*\S+\s*", text) or [text])
 
 
