@@ -135,3 +135,18 @@ def test_map_rerun_with_the_cache_on_sends_only_new_rows(loaded: InteractiveShel
     rep = loaded.user_ns["rep"]
     assert chats(fault) == 4 and rep.data[:4] == again.data and rep.data[4] is None
     assert "replay" in rep.errors[0].error
+
+
+def test_side_by_side_sends_the_schema_to_every_column(
+        loaded: InteractiveShell, fault: FaultServer, write_providers: WriteProviders) -> None:
+    write_providers([local("a", fault.base_url("sequence", texts=json.dumps([GOOD]), case="sa")),
+                     local("b", fault.base_url("sequence", texts='["nope"]', case="sb"),
+                           priority=2)])
+    run(loaded, "%llm reload")
+    res, shown = run(loaded, "%%llm -p a,b --schema City -o cmp\nWhere is the Eiffel Tower?")
+    assert res.error_in_exec is None and "Traceback" not in shown
+    cmp = loaded.user_ns["cmp"]
+    assert cmp["a"].data.country == "France"
+    assert cmp["b"].data is None and cmp["b"].error.startswith("invalid JSON")
+    sent = [r.json for r in fault.requests if r.method == "POST"]
+    assert all("response_format" in body for body in sent) and len(sent) == 3
