@@ -8,6 +8,7 @@
     │   └── UnknownProvider .... a pin or a command names a provider that is not configured
     ├── InvalidRequest ......... the request itself cannot be sent (also a ValueError); no
     │                            provider is tried, so no breaker counts it
+    ├── structured.InvalidAnswer an answer does not match the request's schema (a ValueError)
     └── ProviderError .......... one backend failed one attempt (mapped once, at the boundary)
         ├── ProviderConnectError  could not connect (retryable)
         ├── ProviderTimeout ..... connect / first token / idle / whole request deadline (retryable)

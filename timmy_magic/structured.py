@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidRequest
+from .errors import InvalidRequest, TimmyError
 from .formats import JSONAnswerError, parse_json
 
 MAX_ERRORS_SHOWN = 3
@@ -38,9 +38,10 @@ INVALID_PREFIX = "invalid JSON:"
 _NAME = re.compile(r"[^A-Za-z0-9_-]+")
 
 
-class InvalidAnswer(ValueError):
+class InvalidAnswer(TimmyError, ValueError):
     """The answer is not JSON, or not JSON the schema accepts. One line, starting
-    ``invalid JSON:``, naming the first few errors by their path."""
+    ``invalid JSON:``, naming the first few errors by their path. A TimmyError, so its
+    message (which may quote what the server sent) passes the one redaction point."""
 
 
 @dataclass(frozen=True, eq=False)

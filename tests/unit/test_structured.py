@@ -108,3 +108,15 @@ def test_names_strictness_and_the_instruction() -> None:
     again = retry_request(msgs, "x" * 10_000, "invalid JSON: y: Field required")
     assert again[-2].role == "assistant" and len(again[-2].text) == 4_001
     assert "y: Field required" in again[-1].text
+
+
+def test_an_invalid_answer_quoting_a_secret_is_redacted() -> None:
+    from timmy_magic.secrets import REDACT
+
+    canary = "canary-secret-9f8e7d6c5b4a3210"  # not key-shaped: only registration hides it
+    REDACT.add([canary])
+    with pytest.raises(InvalidAnswer) as info:
+        Schema.of({"type": "object", "properties": {"n": {"type": "integer"}}}).validate(
+            f'{{"n": "{canary}"}}')
+    assert canary not in str(info.value)
+    assert str(info.value).startswith("invalid JSON: n: ")
