@@ -192,7 +192,11 @@ def _records(rows: Any) -> tuple[list[Any], Any]:
     if not isinstance(rows, Iterable):
         raise MapError(f"map: rows must be an iterable or a DataFrame, not "
                        f"{type(rows).__name__}")
-    return list(rows), None
+    try:
+        return list(rows), None
+    except Exception as exc:  # a generator of the user's may raise anything
+        raise MapError(f"map: reading the rows raised {type(exc).__name__}: "
+                       f"{_cut(str(exc), 200)} (nothing was sent)") from None
 
 
 def _fields(row: Any) -> Mapping[str, Any]:
@@ -262,19 +266,19 @@ async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: in
     ``out`` as it comes. A row's own failure is its Result; a cancel cancels them all.
     ``finished`` is set once every request has settled (permits, metrics, connections):
     a cancelled concurrent future says done at once, before that."""
-    gate = asyncio.Semaphore(concurrency)
+    todo = iter(requests.items())
 
-    async def one(i: int, req: ChatRequest) -> None:
-        async with gate:
+    async def worker() -> None:  # ``concurrency`` of these: memory flat in the rows
+        for i, req in todo:
             try:
                 res = await router.acomplete(req)
             except RoutingError as exc:
                 res = _failed(str(exc), exc.trace)
             except TimmyError as exc:
                 res = _failed(str(exc))
-        out.put((i, res))
+            out.put((i, res))
 
-    tasks = [asyncio.ensure_future(one(i, r)) for i, r in requests.items()]
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(requests)))]
     try:
         await asyncio.gather(*tasks)
     finally:

@@ -45,6 +45,12 @@ class TimmyError(Exception):
     def __init__(self, message: object = "") -> None:
         super().__init__(clean_message(message))
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback when one reaches a cell (a bad
+        ``timmy_magic.map`` call, ``router.complete`` with no provider answering): an
+        expected failure is one line, its type and what to do, not our frames."""
+        return [f"{type(self).__name__}: {self}"]
+
 
 class ConfigError(TimmyError):
     def __init__(self, message: str, *, file: str | None = None, provider: str | None = None,

@@ -150,3 +150,12 @@ def test_side_by_side_sends_the_schema_to_every_column(
     assert cmp["b"].data is None and cmp["b"].error.startswith("invalid JSON")
     sent = [r.json for r in fault.requests if r.method == "POST"]
     assert all("response_format" in body for body in sent) and len(sent) == 3
+
+
+def test_a_bad_map_call_in_a_cell_is_one_line_not_a_traceback(
+        loaded: InteractiveShell, fault: FaultServer) -> None:
+    res, shown = run(loaded, "import timmy_magic\n"
+                             "timmy_magic.map('{nope}', [{'a': 1}], provider='echo')")
+    assert res.error_in_exec is not None and chats(fault) == 0
+    assert "MapError: map: {nope} in the template is not a field of the rows" in shown
+    assert "Traceback" not in shown and "batch.py" not in shown

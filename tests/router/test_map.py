@@ -238,3 +238,15 @@ def test_summary_and_markdown_name_rows_errors_and_providers(srv):
     assert res.summary().startswith("3 rows: 2 answered · 1 error · a 2 · ")
     shown = res._repr_markdown_()
     assert "<b>" not in shown and "\\|" in shown  # model text is escaped, not markup
+
+
+def test_rows_whose_iteration_raises_are_one_line_and_send_nothing(srv):
+    def rows():
+        yield {"a": 1}
+        raise OSError("disk went away")
+
+    with make_router(prov("a", srv.base_url("prompt"), 1)) as r:
+        with pytest.raises(MapError) as info:
+            map("{a}", rows(), router=r, progress=False)
+    assert str(info.value) == ("map: reading the rows raised OSError: disk went away "
+                               "(nothing was sent)")
