@@ -55,3 +55,27 @@ def test_unserialised_vllm_mlx_errors_are_counted(vllm_mlx_server: ManagedServer
     assert c3["completed"] + c3["errors"] + c3["incomplete"] == 3
     assert "Internal server error" in c3["first_error"]
     assert f"vllm-mlx c=3: {c3['errors']} errors" in str(res)
+
+
+def test_default_prompt_is_continued_by_the_shipped_default_model(
+        llama_server: ManagedServer, make_router: MakeRouter) -> None:
+    """The shipped ``local-gemma`` (a base model, asked in completion mode with its stops)
+    continues the default prompt for the whole ``max_tokens``; an instruction, the old
+    default, gets about one token from it, and a benchmark of that measures nothing."""
+    from tests.notebooks.replay import shipped_gemma_model
+
+    model = {**shipped_gemma_model(), "name": llama_server.model}
+    router = make_router([served("local-gemma", llama_server, "llama_cpp")
+                          | {"models": [model]}])
+    res = bench.run(router, providers=["local-gemma"], n=2, max_tokens=32, warmup=0,
+                    progress="none")
+    (r,) = res.records
+    assert res.settings["prompts"] == [bench.DEFAULT_PROMPT]
+    assert (r["completed"], r["errors"], r["incomplete"]) == (2, 0, 0)
+    assert r["output_tokens"] >= 2 * 24, r  # about 32 each, not 1
+    assert r["tpot_ms_p50"] is not None and r["ttft_ms_p50"] is not None
+    old_default = ("Write a detailed story about a lighthouse keeper who finds a message "
+                   "in a bottle.")
+    instruction = bench.run(router, providers=["local-gemma"], n=1, max_tokens=32,
+                            warmup=0, progress="none", prompts=[old_default])
+    assert instruction.records[0]["output_tokens"] <= 4  # why the default is not one

@@ -89,7 +89,8 @@ def make_parser() -> _Parser:
                    help="requests per level (at least the concurrency; default 8)")
     p.add_argument("--max-tokens", type=_integer(1), default=64, help="default 64")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", help="the prompt (default: a story request)")
+    src.add_argument("--prompt", help=f"the prompt (default: text to continue, "
+                                      f"{DEFAULT_PROMPT!r})")
     src.add_argument("--prompts", metavar="FILE",
                      help="prompts, one per line (.txt), a JSON list, or JSON lines")
     p.add_argument("--warmup", type=_integer(0), default=1,

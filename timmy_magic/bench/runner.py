@@ -35,8 +35,10 @@ if TYPE_CHECKING:
     from ..router import Router
 
 clock: Callable[[], float] = time.perf_counter
-DEFAULT_PROMPT = ("Write a detailed story about a lighthouse keeper who finds a message "
-                  "in a bottle.")
+DEFAULT_PROMPT = "The history of the printing press began"
+"""Text to continue, not an instruction: the shipped default model (a base model asked in
+completion mode) answers an instruction with about one token, which measures nothing; it
+continues this for the whole ``max_tokens``, and a chat model still answers at length."""
 
 
 class NothingToBench(TimmyError):
