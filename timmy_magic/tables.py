@@ -85,6 +85,17 @@ def _short(text: str, limit: int) -> str:
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
+def requests_cell(m: MetricsSnapshot | None) -> str:
+    """The status table's requests cell in words: "2 of 3 answered", "1 in flight", never
+    a bare "0/1" (answered of sent? failed of tried?)."""
+    if m is None or not m.requests:
+        return "—"
+    parts = [f"{m.successes} of {m.requests} answered"]
+    if m.in_flight:
+        parts.append(f"{m.in_flight} in flight")
+    return ", ".join(parts)
+
+
 def status_bundle(reports: Mapping[str, HealthReport],
                   metrics: Mapping[str, MetricsSnapshot], *, pinned: str | None,
                   gate_open: bool, gate_reason: str, spent_usd: float,
@@ -93,7 +104,7 @@ def status_bundle(reports: Mapping[str, HealthReport],
     rows: list[list[str]] = []
     for name, r in reports.items():
         m = metrics.get(name)
-        reqs = f"{m.successes}/{m.requests}" if m and m.requests else "—"
+        reqs = requests_cell(m)
         note = _short(plain(r.hint or r.last_error or ""), NOTE_CHARS)
         label = name + (" (pinned)" if name == pinned else "") + (" ☁" if r.is_cloud else "")
         rows.append([label, r.state.replace("_", " "), secs(r.latency_s), _models(r.models),

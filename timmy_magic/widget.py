@@ -142,8 +142,9 @@ def detail_lines(report: HealthReport, snap: MetricsSnapshot | None = None,
         out += [f"  {e.url}: {e.state}, circuit {e.circuit}, {e.outstanding} in flight"
                 for e in report.endpoints]
     if snap is not None:
-        out.append(f"requests {snap.requests} ({snap.in_flight} in flight), failures "
-                   f"{snap.failures}, p95 {_secs(snap.latency_p95_s)}")
+        flight = f", {snap.in_flight} in flight" if snap.in_flight else ""
+        out.append(f"requests: {snap.requests} sent, {snap.successes} answered, "
+                   f"{snap.failures} failed{flight}; p95 {_secs(snap.latency_p95_s)}")
     if report.last_error:
         out.append(f"last error: {_value(report.last_error, 300)}")
     if report.hint:

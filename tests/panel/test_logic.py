@@ -8,6 +8,7 @@ import typing
 import pytest
 
 from timmy_magic.metrics import MetricsSnapshot
+from timmy_magic.types import EndpointHealth, HealthReport, HealthState
 from timmy_magic.widget import (
     AUTO,
     AUTO_VALUE,
@@ -21,7 +22,6 @@ from timmy_magic.widget import (
     table_html,
     tone_of,
 )
-from timmy_magic.types import EndpointHealth, HealthReport, HealthState
 
 SNAP = MetricsSnapshot(requests=3, successes=2, failures=1, cancelled=0, in_flight=0,
                        consecutive_failures=1, latency_p50_s=0.42, latency_p95_s=1.5,
@@ -105,7 +105,7 @@ def test_detail_lines_show_server_detail_latency_error_and_hint() -> None:
     text = "\n".join(detail_lines(r, SNAP))
     for want in ("model_loaded: False", "model_name: tiny", "active_requests: 2", "12 ms",
                  "last error: model not loaded", "hint: start the server", "models: tiny",
-                 "requests 3 (0 in flight), failures 1"):
+                 "requests: 3 sent, 2 answered, 1 failed; p95"):
         assert want in text
 
 

@@ -3,6 +3,7 @@ colour emoji: they show as empty boxes without an emoji font), one money format.
 
 from __future__ import annotations
 
+import re
 import typing
 
 import pytest
@@ -86,3 +87,22 @@ def test_providers_head_counts_in_words() -> None:
 def test_count_pluralises() -> None:
     assert (count(0, "provider"), count(1, "provider"), count(2, "turn")) == \
         ("0 providers", "1 provider", "2 turns")
+
+
+def snapshot(requests: int, successes: int, failures: int, in_flight: int = 0
+             ) -> MetricsSnapshot:
+    return MetricsSnapshot(requests=requests, successes=successes, failures=failures,
+                           cancelled=0, in_flight=in_flight, consecutive_failures=failures,
+                           latency_p50_s=None, latency_p95_s=None, ttft_p50_s=None,
+                           output_tok_s=None, cost_usd=0.0)
+
+
+def test_requests_column_says_in_words_how_many_were_answered() -> None:
+    """Not "0/1" (answered of sent? failed of tried?): the count answered of those sent."""
+    b = status("not_running", "healthy", "healthy", "healthy", metrics={
+        "p0": snapshot(1, 0, 1), "p1": snapshot(3, 3, 0), "p2": snapshot(2, 1, 0, 1)})
+    md, text = b["text/markdown"], b["text/plain"]
+    assert "| 0 of 1 answered |" in md and "| 3 of 3 answered |" in md
+    assert "| 1 of 2 answered, 1 in flight |" in md
+    assert md.splitlines()[-1].split(" | ")[5] == "—"  # p3: nothing sent yet
+    assert "0 of 1 answered" in text and not re.search(r"\b\d+/\d+\b", md + text)
