@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import random
-import threading
 import time
 from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
 from contextlib import aclosing
@@ -31,7 +30,7 @@ from .metrics import MetricsSnapshot
 from .monitor import Monitor
 from .planner import Plan
 from .retry import RetryPolicy
-from .runner import Runner, Tick, _Raised, bridge
+from .runner import Runner, Tick, bridge
 from .types import ChatRequest, Done, Event, Failed, HealthReport, Result
 
 __all__ = ["ChangeKind", "Router"]
@@ -186,10 +185,9 @@ class Router:
         every column and waits for their clean-up."""
         return bridge(self.runner, self._cascade.stream_many(list(requests)), tick_every)
 
-    # One answer, one hop: the whole request runs on the loop and only its Result comes
-    # back (a thread hand-off per event cost more CPU than the router's own work:
-    # docs/performance.md). An interrupt cancels it and waits for its clean-up (permits,
-    # metrics, connections), so the caller sees them settled, as ``stream`` does.
+    # One answer, one hop (``Runner.call``): the whole request runs on the loop and only
+    # its Result comes back (a thread hand-off per event cost more CPU than the router's
+    # own work: docs/performance.md).
     async def acomplete(self, request: ChatRequest | str, *, stream: bool = True,
                         **kw: Any) -> Result:
         """The answer to one request (see ``complete``)."""
@@ -210,43 +208,7 @@ class Router:
         Result with the error; in one body nothing arrived yet, so the cascade fails over
         to the next provider. The first-token deadline then covers the whole body."""
         req = ChatRequest.of(request, **kw)
-        runner = self.runner
-        if runner.on_loop():
-            raise RuntimeError("Router.complete called on the router's own loop "
-                               "(would deadlock): await acomplete instead")
-        # A bare lock and one call_soon_threadsafe: run_coroutine_threadsafe's future
-        # chaining cost a third of the hop (0.08 of 0.22 ms CPU, no I/O).
-        settled = threading.Lock()
-        settled.acquire()
-        box: list[Any] = []
-        task: list[asyncio.Task[None]] = []
-
-        async def answer() -> None:
-            try:
-                box.append(await self._answer(req, whole=not stream))
-            except BaseException as exc:  # handed to the caller, re-raised there
-                box.append(_Raised(exc))
-                if not isinstance(exc, Exception):
-                    raise
-
-        def start() -> None:  # on the loop
-            task.append(loop.create_task(answer()))
-            task[0].add_done_callback(lambda _: settled.release())  # even if never run
-
-        loop = runner.loop
-        loop.call_soon_threadsafe(start)
-        try:
-            # in short waits: a kernel interrupt lands between two of them
-            while not settled.acquire(timeout=0.25):
-                pass
-        except BaseException:
-            loop.call_soon_threadsafe(lambda: task and task[0].cancel())
-            settled.acquire(timeout=5)  # its clean-up: permits, metrics, connections
-            raise
-        out = box[0]
-        if isinstance(out, _Raised):
-            raise out.exc
-        return out  # type: ignore[no-any-return]
+        return self.runner.call(self._answer(req, whole=not stream), "Router.complete")
 
     async def _answer(self, req: ChatRequest, whole: bool) -> Result:
         """Run one request to its end (Done is the last event) on this loop."""

@@ -52,6 +52,47 @@ class Runner:
             fut.cancel()
             raise
 
+    def call(self, coro: Coroutine[Any, Any, T], what: str = "call") -> T:
+        """Run ``coro`` on the loop and wait for its result, from another thread. Cheaper
+        than ``run`` (a bare lock and one ``call_soon_threadsafe``:
+        ``run_coroutine_threadsafe``'s future chaining cost a third of the hop, 0.08 of
+        0.22 ms CPU). The wait is in short steps so a kernel interrupt lands; it then
+        cancels the task and waits (up to 5 s) for its clean-up (permits, metrics,
+        connections), so the caller sees them settled."""
+        if self.on_loop():
+            raise RuntimeError(f"{what} called on the router's own loop (would deadlock): "
+                               "await its async form instead")
+        settled = threading.Lock()
+        settled.acquire()
+        box: list[Any] = []
+        task: list[asyncio.Task[None]] = []
+
+        async def body() -> None:
+            try:
+                box.append(await coro)
+            except BaseException as exc:  # handed to the caller, re-raised there
+                box.append(_Raised(exc))
+                if not isinstance(exc, Exception):
+                    raise
+
+        def start() -> None:  # on the loop
+            task.append(loop.create_task(body()))
+            task[0].add_done_callback(lambda _: settled.release())  # even if never run
+
+        loop = self.loop
+        loop.call_soon_threadsafe(start)
+        try:
+            while not settled.acquire(timeout=0.25):
+                pass
+        except BaseException:
+            loop.call_soon_threadsafe(lambda: task and task[0].cancel())
+            settled.acquire(timeout=5)
+            raise
+        out = box[0]
+        if isinstance(out, _Raised):
+            raise out.exc
+        return out  # type: ignore[no-any-return]
+
     def iterate(self, make: Callable[[], AsyncIterator[T]],
                 poll: float = 0.05) -> Iterator[T]:
         """Consume ``make()`` on the loop from this (other) thread, item by item."""
