@@ -46,6 +46,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -361,7 +362,7 @@ class ModelConfig(_Model):
     (the embedded Gemma 3 270M) answers well only this way. The name LiteLLM uses."""
     temperature: Annotated[float | None, _number(0, 2, optional=True)] = None
     """Default temperature for this model when a request sets none."""
-    stop: Annotated[tuple[str, ...], PlainValidator(_stops)] = ()
+    stop: Annotated[tuple[str, ...], BeforeValidator(_stops)] = ()
     """Stop strings sent with every request to this model (OpenAI-compatible types)."""
     params: Annotated[dict[str, Any], PlainValidator(_params)] = {}
     """Extra request-body fields for an OpenAI-compatible server, under the server's own
