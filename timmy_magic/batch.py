@@ -302,6 +302,8 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
     items, index = _records(rows)
     _check_options(concurrency, max_tokens, temperature)
     spec = Schema.of(schema) if schema is not None else None
+    if not items:
+        return MapResult([], [], spec, index)
     _check_template(template, items)
     build = dict(system=system, model=model, temperature=temperature,
                  max_tokens=max_tokens, provider=provider, schema=spec)

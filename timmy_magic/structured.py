@@ -57,6 +57,10 @@ class Schema:
     """What the user gave: ``data`` is an instance of it (a class), or JSON values (a dict)."""
     _check: Any = field(repr=False)
     """pydantic ``TypeAdapter`` or a ``jsonschema`` validator."""
+    strict: bool = False
+    """Can OpenAI's ``strict: true`` take this schema as it is (every object closed, with
+    every property required)? Then it is sent strict; otherwise not, and the kernel's
+    validation is what holds the answer to it."""
 
     @classmethod
     def of(cls, spec: Any, name: str | None = None) -> Schema:
@@ -79,12 +83,14 @@ class Schema:
             raise InvalidRequest(f"cannot make a JSON schema of {_shown(spec)}: "
                                  f"{_one_line(exc)}") from None
         return cls(_name(name or getattr(spec, "__name__", None) or schema.get("title")),
-                   schema, spec, adapter)
+                   schema, spec, adapter, _strict_ok(schema))
 
     @classmethod
     def _of_dict(cls, spec: Mapping[str, Any], name: str | None) -> Schema:
         try:
             schema = json.loads(json.dumps(spec, allow_nan=False))  # a plain JSON copy
+        except RecursionError:
+            raise InvalidRequest("the schema dict is nested too deeply") from None
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"the schema dict is not JSON: {exc}") from None
         if not isinstance(schema, dict):  # pragma: no cover - a Mapping dumps to an object
@@ -94,20 +100,16 @@ class Schema:
         try:
             kind = validators.validator_for(schema)
             kind.check_schema(schema)
+            strict = _strict_ok(schema)
         except exceptions.SchemaError as exc:
             where = "/".join(str(p) for p in exc.path) or "the top level"
             raise InvalidRequest(f"not a valid JSON schema at {where}: "
                                  f"{_cut(exc.message, 200)}") from None
-        return cls(_name(name or schema.get("title")), schema, spec, kind(schema))
+        except RecursionError:
+            raise InvalidRequest("the schema dict is nested too deeply") from None
+        return cls(_name(name or schema.get("title")), schema, spec, kind(schema), strict)
 
     # ------------------------------------------------------------ what servers get
-
-    @property
-    def strict(self) -> bool:
-        """Can OpenAI's ``strict: true`` take this schema as it is (every object closed,
-        with every property required)? Then it is sent strict; otherwise not, and the
-        kernel's validation is what holds the answer to it."""
-        return _strict_ok(self.json)
 
     def instruction(self) -> str:
         """The schema in words, for the system prompt: servers without constrained

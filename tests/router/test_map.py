@@ -250,3 +250,9 @@ def test_rows_whose_iteration_raises_are_one_line_and_send_nothing(srv):
             map("{a}", rows(), router=r, progress=False)
     assert str(info.value) == ("map: reading the rows raised OSError: disk went away "
                                "(nothing was sent)")
+
+
+def test_no_rows_is_an_empty_result_and_sends_nothing(srv):
+    with make_router(prov("a", srv.base_url("prompt"), 1)) as r:
+        res = map("{a}", [], router=r)
+    assert len(res) == 0 and res.ok and res.data == [] and res.summary().startswith("0 rows")

@@ -120,3 +120,15 @@ def test_an_invalid_answer_quoting_a_secret_is_redacted() -> None:
             f'{{"n": "{canary}"}}')
     assert canary not in str(info.value)
     assert str(info.value).startswith("invalid JSON: n: ")
+
+
+def test_a_schema_dict_nested_past_the_recursion_limit_is_one_line() -> None:
+    from timmy_magic.errors import InvalidRequest
+
+    deep: dict = {"type": "object"}
+    node = deep
+    for _ in range(5000):
+        node["properties"] = {"a": {"type": "object"}}
+        node = node["properties"]["a"]
+    with pytest.raises(InvalidRequest, match="nested too deeply"):
+        Schema.of(deep)
