@@ -26,20 +26,33 @@ from .structured import InvalidAnswer, retry_request, with_instruction
 from .types import (
     Attempt,
     ChatRequest,
+    ConfigState,
     Discard,
     Done,
     Event,
     Failed,
     HealthState,
+    ProbeState,
     Result,
     RouteTrace,
     Trying,
 )
 
 
+def planning_state(badge: HealthState) -> ProbeState | ConfigState:
+    """The badge's state as planning reads it: a server not running is down (skipped
+    unless pinned); a managed one stopped or starting is unknown (started on need); an
+    open circuit is unknown (its breaker says when it may be tried)."""
+    if badge == "not_running":
+        return "down"
+    if badge in ("circuit_open", "stopped", "starting"):
+        return "unknown"
+    return badge  # type: ignore[return-value]  # the rest are probe or config states
+
+
 @dataclass(frozen=True, slots=True)
 class _Health:
-    state: HealthState
+    state: ProbeState | ConfigState
     models: frozenset[str]
     detail: str
 
@@ -69,10 +82,7 @@ class Cascade:
             if hit is not None and hit[0] == key:
                 return hit[1]
         report = self.core.report(st, now)
-        # planning knows a not-running server as down (skipped unless pinned)
-        state: HealthState = ("unknown" if report.state == "circuit_open" else
-                              "down" if report.state == "not_running" else report.state)
-        health = _Health(state,
+        health = _Health(planning_state(report.state),
                          frozenset(m.name for m in st.cfg.models) | frozenset(report.models),
                          report.last_error or report.hint or "")
         if key is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .types import HealthState, Skip, SkipReason
+from .types import ConfigState, ProbeState, Skip, SkipReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,8 +18,10 @@ class ProviderView:
     priority: int
     enabled: bool
     is_cloud: bool
-    state: HealthState
-    """Last known health: healthy / degraded / down / unknown, or a configuration state."""
+    state: ProbeState | ConfigState
+    """What planning needs of its health: the probes' verdict (a not-running server reads
+    down, an open circuit unknown: ``circuit_available`` says that), or the configuration
+    state that keeps it out."""
     circuit_available: bool
     circuit_retry_in: float = 0.0
     held: bool = False
@@ -53,7 +55,7 @@ class Plan:
         return [s.provider for s in self.skipped if s.reason == reason]
 
 
-_CONFIG_STATES: dict[HealthState, SkipReason] = {
+_CONFIG_STATES: dict[str, SkipReason] = {
     "not_configured": "not_configured",
     "not_installed": "not_installed",
     "misconfigured": "misconfigured",

@@ -21,13 +21,22 @@ from .trace import Skip as Skip
 from .trace import SkipReason as SkipReason
 
 Role = Literal["system", "user", "assistant"]
-HealthState = Literal[
-    "healthy", "degraded", "down", "circuit_open", "misconfigured",
-    "disabled", "not_configured", "not_installed", "unknown",
-    "stopped", "starting",  # managed (launch:) servers: started on first need
-    "not_running",  # a local server that has not answered in this session: not started
-]
+
+# A provider's health is four separate facts; the badge shows one state made of them
+# (``health.report``), and planning reads only what it needs (``cascade._health``).
+ProbeState = Literal["healthy", "degraded", "down", "unknown"]
+"""What the last health checks of its endpoints said (``unknown``: none yet)."""
+ConfigState = Literal["disabled", "not_configured", "not_installed", "misconfigured"]
+"""Why its configuration keeps it out: turned off, no key, no binary, rejected by its
+server (401/403)."""
+ServerState = Literal["stopped", "starting", "not_running"]
+"""A local server's life: managed (``launch:``) servers are stopped or starting; one that
+has not answered in this session and was never seen up is not running (not started)."""
 CircuitState = Literal["closed", "open", "half_open"]
+"""Its circuit breaker (``circuit_open`` in the badge when every endpoint's is open)."""
+HealthState = Literal[ProbeState, ConfigState, ServerState, "circuit_open"]
+"""The one state a badge shows: the first that applies of configuration, circuit,
+server life, then the probes (``health.report`` decides)."""
 
 
 IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
@@ -366,7 +375,7 @@ Event = Union[Delta, Trying, Status, Discard, Done]
 @dataclass(frozen=True, slots=True)
 class EndpointHealth:
     url: str
-    state: HealthState
+    state: ProbeState
     latency_s: float | None = None
     error: str | None = None
     circuit: CircuitState = "closed"
