@@ -96,7 +96,8 @@ class Monitor:
                         or not lc.running():
                     continue
                 if lc.idle_for() > lc.cfg.idle_timeout and ep.outstanding == 0:
-                    await asyncio.to_thread(lc.stop)
+                    ep.probe = None  # before the process goes: no badge says healthy
+                    await asyncio.to_thread(lc.stop)  # for a server that is gone
                     lc.message = f"stopped after {lc.cfg.idle_timeout:g}s idle"
                     ep.probe = None
                     self.core.notify("health")

@@ -96,6 +96,9 @@ def test_starts_on_first_need_then_idle_stop_and_no_orphan(gemma_gguf):
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not alive(pid), "idle server was stopped"
+        # the reaper settles the state right after the process is gone (on the loop)
+        while r.health()["gemma"].state != "stopped" and time.monotonic() < deadline + 5:
+            time.sleep(0.05)
         assert r.health()["gemma"].state == "stopped"
         # and it starts again on the next need
         assert r.complete("back", max_tokens=2).ok
