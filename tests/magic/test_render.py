@@ -220,3 +220,61 @@ def test_a_live_display_publishes_linear_in_the_answer(size: int, seconds: float
     # the rate falls as the text grows, about every tenth of growth: never frozen for long
     assert max(gaps) <= max(1.0, 0.15 * seconds), max(gaps)
     assert len(published) >= 10
+
+
+# ------------------------------------------------------------------ structured data
+
+
+def test_data_renders_as_a_table_list_as_columns_and_nested_as_json() -> None:
+    import dataclasses
+
+    from pydantic import BaseModel
+
+    from timmy_magic.render import data_markdown
+
+    class City(BaseModel):
+        city: str
+        pop: int | None
+
+    assert data_markdown(City(city="A|<b>", pop=None)) == (
+        "| field | value |\n|---|---|\n| city | A\\|&lt;b&gt; |\n| pop | null |")
+    rows = data_markdown([{"a": 1, "b": "x"}, {"a": 2, "c": True}])
+    assert rows.splitlines()[:4] == ["| a | b | c |", "|---|---|---|", "| 1 | x |  |",
+                                     "| 2 |  | true |"]
+    nested = data_markdown({"a": {"b": [1, 2]}})
+    assert nested.startswith("```json") and '"b": [' in nested
+    r = dataclasses.replace(result('{"city": "A", "pop": 3}'), data=City(city="A", pop=3))
+    b = Final(r, "json").bundle()
+    assert "| city | A |" in b["text/markdown"] and '"pop": 3' in b["text/plain"]
+    assert "| city | A |" in r._repr_markdown_()
+
+
+def test_an_invalid_answer_says_not_valid_not_interrupted() -> None:
+    b = Final(result('{"x": 1}', error="invalid JSON: y: Field required"), "json").bundle()
+    assert "**Not valid:** invalid JSON: y: Field required" in b["text/markdown"]
+    assert "[not valid: invalid JSON" in b["text/plain"]
+    assert "interrupted" not in b["text/markdown"].lower()
+
+
+def test_a_discard_drops_the_streamed_text_everywhere(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from timmy_magic.render import NotebookView, TerminalView
+    from timmy_magic.types import Discard
+
+    got = AnswerCollector(0.0)
+    got.delta("not json", 0.1)
+    got.discard()
+    assert got.text == "" and got.ttft is None
+    view = NotebookView("json", per_second=0.0, live=True)
+    view.delta("not json", 0.1)
+    view.discard(Discard("a", "invalid JSON: not valid JSON"), 0.2)
+    live = view._live_bundle()
+    assert "not json" not in str(live) and "asking again" in live["text/plain"]
+    capsys.readouterr()  # (the notebook view printed its bundles: no kernel here)
+    term = TerminalView(live=True)
+    term.delta("not json", 0.1)
+    term.discard(Discard("a", "invalid JSON: oops"), 0.2)
+    term.delta('{"ok": 1}', 0.3)
+    out = capsys.readouterr()
+    assert out.out == 'not json\n{"ok": 1}' and "[a: invalid JSON: oops; asking again]" in \
+        out.err
