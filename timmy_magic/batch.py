@@ -248,7 +248,14 @@ class _Plan:
 def _request(template: str, row: Any, *, system: str | None, model: str | None,
              temperature: float | None, max_tokens: int | None, provider: str | None,
              schema: Schema | None) -> ChatRequest:
-    prompt = interpolate(template, _namespace(row)).strip()
+    namespace = _namespace(row)
+    for ref in references(template):
+        name = ref.split(".")[0].split("[")[0]
+        if name not in namespace:  # not interpolate's hint, which is about %%llm braces
+            fields = ", ".join(sorted(k for k in namespace if k != "row")[:12]) or "(none)"
+            raise InterpolationError(f"{{{ref}}}: this row has no field '{name}' (its "
+                                     f"fields: {fields})")
+    prompt = interpolate(template, namespace).strip()
     if not prompt:
         raise InvalidRequest("the prompt is empty for this row")
     messages = ((Message("system", system),) if system else ()) + (Message("user", prompt),)
