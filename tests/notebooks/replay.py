@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CLOSED = "http://127.0.0.1:9"
 """Nothing listens there: in replay, a request that went out would fail, not answer."""
 LLM_CELL = ("%%llm",)
+REPLAY_CHECKED = "replay-check-output"
+"""The tag of a cell that is not ``%%llm`` but shows what the model said (``VAR.data``, a
+``timmy_magic.map`` result): ``nbval-ignore-output`` live, checked in replay."""
 NOT_REPLAYED = ("--error", "--cells")
 """Cells whose prompt holds execution counts: nbval runs every cell as In[1], so what
 they ask differs from the recording (nbclient counts as a kernel does); they stay
@@ -65,6 +68,7 @@ class Replayed:
 REPLAYED = {
     "01": Replayed("01-quickstart.ipynb", ("llama",), _gemma_config("01")),
     "06": Replayed("06-notebook-context.ipynb", ("llama",), _gemma_config("06", 2048)),
+    "07": Replayed("07-structured-and-batch.ipynb", ("llama",), _gemma_config("07")),
     "08": Replayed("08-side-by-side.ipynb", ("llama", "vllm")),
 }
 
@@ -80,16 +84,17 @@ def replay_env(spec: Replayed, work: Path, answers: Path) -> dict[str, str]:
 
 
 def checked_copy(spec: Replayed, work: Path) -> Path:
-    """The notebook with its LLM cells no longer ``nbval-ignore-output``: in replay their
-    outputs are the recorded ones, so nbval compares them too."""
+    """The notebook with its LLM cells (and those tagged ``replay-check-output``) no longer
+    ``nbval-ignore-output``: in replay their outputs are the recorded ones, so nbval
+    compares them too."""
     nb = json.loads((ROOT / "notebooks" / spec.notebook).read_text())
     for cell in nb["cells"]:
         src = "".join(cell.get("source", ""))
         tags = cell.get("metadata", {}).get("tags", [])
         first = src.split("\n", 1)[0]
-        if cell["cell_type"] == "code" and src.startswith(LLM_CELL) \
-                and not any(flag in first for flag in NOT_REPLAYED) \
-                and "nbval-ignore-output" in tags:
+        answer = (src.startswith(LLM_CELL) and not any(f in first for f in NOT_REPLAYED)) \
+            or REPLAY_CHECKED in tags
+        if cell["cell_type"] == "code" and answer and "nbval-ignore-output" in tags:
             tags.remove("nbval-ignore-output")
     out = work / spec.notebook
     out.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
