@@ -157,6 +157,17 @@ def test_chart_has_throughput_and_ttft_per_provider() -> None:
     assert "TTFT" in ttft.get_title() and "tokens/s" in tput.get_title()
 
 
+def test_chart_legend_is_above_the_charts_not_on_the_data() -> None:
+    fig = sample().chart()
+    assert fig is not None
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["fast", "slow"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    fig.canvas.draw()  # constrained layout places it: above the top of both axes
+    box = legend.get_window_extent()
+    assert all(box.y0 >= ax.get_window_extent().y1 for ax in fig.axes)
+
+
 def test_empty_result_renders() -> None:
     r = BenchResult([], interrupted=True, notes=["interrupted"])
     assert "(no finished runs)" in str(r)

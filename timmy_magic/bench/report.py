@@ -367,7 +367,10 @@ def make_chart(records: Sequence[dict[str, Any]]) -> Figure | None:
         ax.set_xlabel("concurrency")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-    tput.legend(fontsize="small")
+    providers = len({r["provider"] for r in records})
+    # above both charts: inside one, the legend sat on the highest points
+    fig.legend(*tput.get_legend_handles_labels(), loc="outside upper center",
+               ncols=min(providers, 4), fontsize="small", frameon=False)
     return fig
 
 
