@@ -180,8 +180,11 @@ def test_stream_is_one_display_updated_in_place_ending_with_the_final_render(
                        "text/plain": "waiting for an answer…"}
     assert data[1]["text/plain"] == "asking alpha…"
     texts = [d["text/plain"] for d in data[2:-1]]
-    assert texts == ["tok0 ", "tok0 tok1 ", "tok0 tok1 tok2 ", "tok0 tok1 tok2 tok3 ",
-                     "tok0 tok1 tok2 tok3 tok4 ", "tok0 tok1 tok2 tok3 tok4 tok5 "]
+    # each update is the text so far, growing a token or more at a time (tokens the
+    # kernel thread drains within one throttle interval, as under load, are one update)
+    prefixes = ["tok0 tok1 tok2 tok3 tok4 tok5 "[: 5 * n] for n in range(1, 7)]
+    assert texts and texts[0] == "tok0 " and all(t in prefixes for t in texts)
+    assert texts == sorted(set(texts), key=len)
     assert all(d["text/markdown"].endswith("▌") for d in data[2:-1])
     assert data[-1] == final
     assert data[-1]["text/markdown"].startswith("tok0 tok1 tok2 tok3 tok4 tok5 \n\n---\n"
