@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ def free_port() -> int:
 
 
 class JupyterLab:
-    def __init__(self, root: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, root: Path, env: dict[str, str], log_path: Path,
+                 inherit: Callable[[str], bool] = lambda name: True) -> None:
+        """``env`` over this process's environment, less the names ``inherit`` refuses."""
         self.root, self.port, self.token = root, free_port(), secrets.token_hex(16)
         self.workspaces = root.parent / (root.name + "-workspaces")
         self.workspaces.mkdir(exist_ok=True)
@@ -61,7 +64,8 @@ class JupyterLab:
              f"--LabApp.workspaces_dir={self.workspaces}", "--LabApp.news_url=None",
              "--LabApp.extension_manager=readonly", "--LabApp.expose_app_in_browser=True",
              "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-            env={**os.environ, **env}, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**{k: v for k, v in os.environ.items() if inherit(k)}, **env},
+            stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self._wait_ready(60)
 
@@ -127,8 +131,11 @@ KERNEL_IDLE = """() => {
 }"""
 
 
-def open_notebook(page: Page, lab: JupyterLab, name: str, timeout_s: float = 60) -> None:
-    page.goto(lab.notebook_url(name))
+def open_notebook(page: Page, lab: JupyterLab, name: str, timeout_s: float = 60,
+                  reset: bool = False) -> None:
+    """``reset``: a fresh workspace (without it, JupyterLab reopens the notebooks of the
+    last page, each with its kernel)."""
+    page.goto(lab.notebook_url(name) + ("&reset" if reset else ""))
     page.wait_for_function(KERNEL_READY, timeout=timeout_s * 1000, polling=200)
 
 
@@ -149,6 +156,54 @@ def run_cell(page: Page, i: int, timeout_s: float = 60) -> Locator:
     page.wait_for_function(KERNEL_IDLE, timeout=timeout_s * 1000, polling=100)
     assert prompt.count() == 1
     return cell(page, i).locator(".jp-OutputArea")
+
+
+RUN_ALL = """async () => {
+  const app = window.jupyterapp;
+  await app.commands.execute('notebook:clear-all-cell-outputs');
+  app.commands.execute('notebook:run-all-cells');  // not awaited: it ends with the run
+}"""
+
+RUN_ALL_SETTLED = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const k = w.sessionContext.session.kernel;
+  const prompts = [...document.querySelectorAll('.jp-Notebook .jp-Cell .jp-InputPrompt')];
+  return k.status === 'idle' && !prompts.some(p => p.textContent.includes('[*]'));
+}"""
+
+CELL_IDS = """() => window.jupyterapp.shell.currentWidget.content.widgets.map(c => c.model.id)"""
+
+CODE_CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets
+  .filter(c => c.model.type === 'code')
+  .map(c => ({id: c.model.id, source: c.model.sharedModel.getSource(),
+              count: c.model.executionCount,
+              tags: c.model.getMetadata('tags') || [],
+              outputs: c.model.outputs.toJSON()}))"""
+
+
+def run_all(page: Page, timeout_s: float = 300) -> list[dict[str, Any]]:
+    """Clear the saved outputs, Run All, as a user does, and wait until nothing is queued
+    or running (twice, a second apart: the kernel is idle for a moment between two cells).
+    Returns every code cell's source, execution count (None: never ran), tags, outputs
+    (nbformat JSON), and whether the run inserted it (``%llm fix`` adds a cell)."""
+    before = set(page.evaluate(CELL_IDS))
+    page.evaluate(RUN_ALL)
+    page.wait_for_function("() => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]"
+                           ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))",
+                           timeout=30_000, polling=100)
+    deadline = time.monotonic() + timeout_s
+    settled = 0
+    while settled < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Run All still running after {timeout_s:g}s")
+        settled = settled + 1 if page.evaluate(RUN_ALL_SETTLED) else 0
+        time.sleep(1.0)
+    cells: list[dict[str, Any]] = page.evaluate(CODE_CELLS)
+    return [{**c, "inserted": c["id"] not in before} for c in cells]
+
+
+def shutdown_kernel(page: Page) -> None:
+    page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
 
 
 def failed_widget_text(text: str) -> list[str]:
