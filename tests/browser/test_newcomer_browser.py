@@ -59,6 +59,7 @@ NEW_CELLS = [
     "%llm status",
     "%llm bench -c 1,2 -n 2 --max-tokens 32 -o res",
     "print([round(r['output_tokens'] / r['completed']) for r in res.records])",
+    "from IPython.display import Markdown\nMarkdown('negative control: $1 and $2')",
 ]
 DEAD_ENDS = {
     "05-vllm-mlx.ipynb": "needs a vllm-mlx server (Apple Silicon) or its model download: "
@@ -201,6 +202,12 @@ def _first_steps(newcomer: Newcomer, page: Page) -> None:
     expect(outputs.locator(".jp-OutputArea-output[data-mime-type="
                            "'application/vnd.jupyter.stderr']")).to_have_count(0)
     assert "Traceback" not in page.locator(".jp-Notebook").inner_text()
+
+    # negative control: the same detector does see "$" typeset as math
+    control = run_cell(page, 6)
+    expect(control.locator(MATH).first).to_be_attached(timeout=20_000)
+    with pytest.raises(AssertionError, match="negative control"):
+        no_math(control)
 
 
 def _tutorial_params() -> list[Any]:
