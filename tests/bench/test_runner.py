@@ -149,3 +149,21 @@ def test_interrupt_stops_the_run_and_keeps_finished_results(
     assert "interrupted" in str(res)
     # the router is still usable afterwards
     assert router.complete("hi", provider="b").text.startswith("tok0")
+
+
+def test_named_providers_that_cannot_be_asked_are_left_out_with_why(
+        fault: FaultServer, make_router: MakeRouter) -> None:
+    """A newcomer's tutorial named the shipped, disabled vllm-mlx with nothing at its
+    address: it was benched to 0 completed. Now: left out, the note says why; all of them
+    unusable is one NothingToBench naming each."""
+    router = make_router([fault_provider(fault, "up", tokens=2),
+                          provider("off", f"http://127.0.0.1:{closed_port()}/v1",
+                                   priority=2, enabled=False),
+                          provider("cloud", "https://api.example.invalid/v1", priority=3,
+                                   type="openai", api_key="${NO_SUCH_KEY_VAR}")])
+    names, notes = choose_providers(router, ["up", "off", "cloud"])
+    assert names == ["up"]
+    assert notes[0].startswith("left out, cannot be asked: off (disabled")
+    assert "cloud (not configured: set NO_SUCH_KEY_VAR" in notes[0]
+    with pytest.raises(NothingToBench, match=r"nothing to benchmark: off \(disabled"):
+        bench.run(router, ["off"], progress="none")

@@ -98,32 +98,36 @@ class BenchSettings:
 
 def choose_providers(router: Router, names: Sequence[str] | None = None
                      ) -> tuple[list[str], list[str]]:
-    """(providers to bench, notes). Named ones must exist and are benched whatever their
-    health (failures are counted); without names, every provider whose fresh health check
-    says healthy (cloud ones only while the cloud gate is open), managed servers that are
-    not running yet started first. Either way the providers are probed first, which also
-    tells the router the model each server has loaded."""
+    """(providers to bench, notes). Without names, every provider whose fresh health check
+    says healthy (cloud ones only while the cloud gate is open). Named ones must exist and
+    are benched whatever their health (failures are counted), except those that cannot
+    even be asked (``CANNOT_ANSWER``): left out with a note saying why, and when none is
+    left, NothingToBench says why for each. Either way managed servers not running yet
+    are started first. The probes also tell the router the model each server has loaded."""
     if names:
         unknown = [n for n in names if n not in router.names]
         if unknown:
             raise UnknownProvider(f"unknown provider {', '.join(unknown)}; configured: "
                                   f"{', '.join(router.names) or '(none)'}")
         chosen = list(dict.fromkeys(names))
-        reports = router.check_health(chosen)
-        down = [f"{n} ({reports[n].state.replace('_', ' ')})" for n in chosen
-                if n in reports and reports[n].state != "healthy"]
-        return chosen, ([f"not healthy before the run: {', '.join(down)}"] if down else [])
+        reports = {**router.health(), **router.check_health(chosen)}  # (not all are probed)
+        notes = _start_stopped(router, chosen, reports)
+        if notes:
+            reports = {**reports, **router.health(), **router.check_health(chosen)}
+        usable = [n for n in chosen if _can_answer(reports[n])]
+        left_out = [f"{n} ({_why(reports[n])})" for n in chosen if n not in usable]
+        if not usable:
+            raise NothingToBench(f"nothing to benchmark: {'; '.join(left_out)}")
+        if left_out:
+            notes.append(f"left out, cannot be asked: {'; '.join(left_out)}")
+        down = [f"{n} ({reports[n].state.replace('_', ' ')})" for n in usable
+                if reports[n].state != "healthy"]
+        if down:
+            notes.append(f"not healthy before the run: {', '.join(down)}")
+        return usable, notes
     reports = router.check_health()
-    notes = []
+    notes = _start_stopped(router, router.names, reports)
     startable = [n for n in router.names if n in reports and reports[n].state == "stopped"]
-    for name in startable:  # managed servers not started yet: start them, never dead-end
-        try:
-            progress = router.start_server(name)
-        except Exception as exc:  # noqa: BLE001 - a launch failure is a note, not the end
-            notes.append(f"could not start {name}: {exc}")
-            continue
-        notes.append(f"started {name} for the benchmark"
-                     + (f" ({progress[-1]})" if progress else ""))
     if startable:
         reports = {**reports, **router.check_health(startable)}
     healthy = [n for n in router.names if n in reports and reports[n].state == "healthy"]
@@ -139,6 +143,42 @@ def choose_providers(router: Router, names: Sequence[str] | None = None
         raise NothingToBench(f"no healthy provider to benchmark ({states}); start a server "
                              "or name providers with -p")
     return healthy, notes
+
+
+CANNOT_ANSWER = frozenset({"disabled", "not_configured", "not_installed", "misconfigured",
+                           "stopped"})
+"""Health states in which a named provider cannot even be asked: no key, no binary, a key
+its server rejects, a managed server that would not start, or turned off with nothing
+answering at its address. (One that is down or not running is benched by name all the
+same: the user asked for it, and its failures are counted.)"""
+
+
+def _can_answer(report: Any) -> bool:
+    if report.state == "disabled":  # benched by name if its server answers all the same
+        return any(e.state in ("healthy", "degraded") for e in report.endpoints)
+    return report.state not in CANNOT_ANSWER
+
+
+def _why(report: Any) -> str:
+    state = report.state.replace("_", " ")
+    detail = report.hint or report.last_error
+    return f"{state}: {detail}" if detail else state
+
+
+def _start_stopped(router: Router, names: Sequence[str], reports: dict[str, Any]
+                   ) -> list[str]:
+    """Start the managed servers among ``names`` that are not running yet (never a dead
+    end); a launch failure is a note, and the provider stays stopped."""
+    notes = []
+    for name in [n for n in names if n in reports and reports[n].state == "stopped"]:
+        try:
+            progress = router.start_server(name)
+        except Exception as exc:  # noqa: BLE001 - a launch failure is a note, not the end
+            notes.append(f"could not start {name}: {exc}")
+            continue
+        notes.append(f"started {name} for the benchmark"
+                     + (f" ({progress[-1]})" if progress else ""))
+    return notes
 
 
 # ------------------------------------------------------------------ one request
