@@ -189,12 +189,28 @@ class Launcher:
             else:
                 threading.Thread(target=_reap, args=(proc, grace), daemon=True,
                                  name=f"timmy-stop-{self.provider}").start()
+        if self.proc is not proc:  # started again while this one was reaped: theirs now
+            return True
         self.proc = None
         code = proc.returncode
         self.state, self.message = "stopped", "stopped" + (f" (exit {code})" if code is not None
                                                             else "")
         log.info("stopped %s pid %s", self.provider, proc.pid)
         return True
+
+    async def astop(self, grace: float = 5.0,
+                    only_if: Callable[[], bool] | None = None) -> bool:
+        """``stop`` from the loop: under the lock ``ensure`` holds (a request that needs the
+        server waits until it is gone, then starts a new one, instead of starting it while
+        this stop still reaps the old one), the waiting done in a worker thread.
+        ``only_if`` is checked again once the lock is held (the idle reaper: a request may
+        have started using the server while the stop waited for the lock)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if only_if is not None and not only_if():
+                return False
+            return await asyncio.to_thread(self.stop, grace)
 
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.exists():

@@ -14,6 +14,7 @@ import time
 
 from .core import Core, log
 from .health import Endpoint, ProviderState
+from .launch import Launcher
 from .providers.base import Probe, map_error
 from .types import HealthReport
 
@@ -87,17 +88,20 @@ class Monitor:
             self._loop_task.cancel()
 
     async def _reap_idle(self) -> None:
-        """Stop managed servers idle longer than their ``idle_timeout`` (in a thread:
-        stopping waits for the process)."""
+        """Stop managed servers idle longer than their ``idle_timeout`` (under the
+        launcher's lock, idleness checked again there; the waiting in a thread)."""
         for st in list(self.core.providers.values()):
             for ep in st.endpoints:
                 lc = ep.launcher
                 if lc is None or lc.cfg.idle_timeout is None or lc.state != "running" \
                         or not lc.running():
                     continue
-                if lc.idle_for() > lc.cfg.idle_timeout and ep.outstanding == 0:
-                    ep.probe = None  # before the process goes: no badge says healthy
-                    await asyncio.to_thread(lc.stop)  # for a server that is gone
+                limit = lc.cfg.idle_timeout
+
+                def idle(lc: Launcher = lc, ep: Endpoint = ep, limit: float = limit) -> bool:
+                    return lc.idle_for() > limit and ep.outstanding == 0
+
+                if idle() and await lc.astop(only_if=idle):
                     lc.message = f"stopped after {lc.cfg.idle_timeout:g}s idle"
-                    ep.probe = None
+                    ep.probe = None  # (a probe read while it went must not say healthy)
                     self.core.notify("health")

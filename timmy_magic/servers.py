@@ -80,7 +80,7 @@ async def stop(core: Core, name: str) -> bool:
     st = core.provider(name)
     stopped = False
     for ep in st.endpoints:
-        if ep.launcher is not None and await asyncio.to_thread(ep.launcher.stop):
+        if ep.launcher is not None and await ep.launcher.astop():
             ep.launcher.held = True
             ep.probe = None
             stopped = True

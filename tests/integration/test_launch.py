@@ -197,3 +197,65 @@ def test_bench_without_p_starts_a_managed_server_instead_of_dead_ending(gemma_gg
         pid = r.health()["gemma"].detail["launch"][0]["pid"]
         assert pid and alive(pid)
     assert not alive(pid), "close() stops what it started"
+
+
+LINGERING_SERVER = textwrap.dedent("""\
+    import http.server, signal, sys, time
+    def term(*_):  # a server that takes a while to go, as a real one unloading a model
+        time.sleep(1.0)
+        sys.exit(0)
+    signal.signal(signal.SIGTERM, term)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200); self.end_headers(); self.wfile.write(b"{}")
+        def log_message(self, *a): pass
+    http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+""")
+
+
+def test_a_request_during_an_idle_stop_waits_for_it_then_starts_a_new_server(tmp_path):
+    """The idle reaper stops a server (it takes a second to go) and a request needs it at
+    that moment: the start waits for the stop (the launcher's one lock), then starts a new
+    process. Before, the stop's tail cleared the *new* process ("exited with code None
+    during start-up": CI saw it)."""
+    import asyncio
+
+    import httpx
+
+    from timmy_magic.config import LaunchConfig
+    from timmy_magic.launch import Launcher
+
+    script = tmp_path / "linger.py"
+    script.write_text(LINGERING_SERVER)
+    port = free_port()
+    lc = Launcher("p", f"http://127.0.0.1:{port}",
+                  LaunchConfig(command=[sys.executable, str(script), str(port)],
+                               ready_timeout=20))
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=0.5) as c:
+                return (await c.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def scenario() -> tuple[int | None, int | None, bool]:
+        await lc.ensure(healthy)
+        first = lc.pid
+        stopping = asyncio.create_task(lc.astop())
+        await asyncio.sleep(0.1)  # the stop holds the lock, the old server lingers
+        await lc.ensure(healthy)  # waits for it, then starts anew
+        stopped = await stopping
+        return first, lc.pid, stopped
+
+    try:
+        first, second, stopped = asyncio.run(scenario())
+        assert stopped and first is not None and second is not None and second != first
+        assert lc.state == "running" and lc.running() and not alive(first)
+        # and an idle stop that finds the server in use again does nothing
+        lc.last_used = time.monotonic()
+        assert asyncio.run(lc.astop(only_if=lambda: lc.idle_for() > 60)) is False
+        assert lc.running()
+    finally:
+        lc.stop()
+    assert not alive(second)
