@@ -213,9 +213,13 @@ class Cascade:
                     failed(why)
                     core.notify("health")
                     return
+                launched = 0.0  # seconds spent starting (or adopting) its server
                 if ep.launcher is not None:
+                    began, said = core.clock(), False
                     async for status in servers.launch(core, st, ep):
+                        said = True
                         yield status
+                    launched = core.clock() - began if said else 0.0
                 started = core.clock()
                 try:
                     async with aclosing(attempt(core, st, ep, permit, sent, t0, deadline,
@@ -235,6 +239,10 @@ class Cascade:
                                             invalid.append(replace(result, error=str(bad)))
                                         yield Discard(st.name, str(bad))
                                         break
+                                if launched:  # said, so the TTFT is not misread
+                                    result = replace(result, notes=(
+                                        *result.notes, f"TTFT includes starting {st.name} "
+                                        f"({launched:.1f}s)"))
                                 outcome: Literal["answered", "broken"] = \
                                     "broken" if result.error else "answered"
                                 attempts.append(Attempt(st.name, shown, number, outcome,

@@ -86,10 +86,13 @@ def test_starts_on_first_need_then_idle_stop_and_no_orphan(gemma_gguf):
         assert any("ready in" in m for m in statuses)
         res = events[-1].result
         assert res.ok and res.provider == "gemma"
+        # the first answer's TTFT waited for the start, and its notes say so
+        assert any(n.startswith("TTFT includes starting gemma (") for n in res.notes)
         pid = r.health()["gemma"].detail["launch"][0]["pid"]
         assert pid and alive(pid)
-        # a second request reuses the running server
-        r.complete("again", max_tokens=2)
+        # a second request reuses the running server (and waited for no start)
+        again = r.complete("again", max_tokens=2)
+        assert not any("TTFT includes" in n for n in again.notes)
         assert r.health()["gemma"].detail["launch"][0]["pid"] == pid
         r.start_health_loop(interval=0.5)
         deadline = time.monotonic() + 10
