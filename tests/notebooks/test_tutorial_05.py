@@ -4,11 +4,16 @@ random-weight model: real protocol and health, gibberish words).
 The notebook reads the server's URL from VLLM_MLX_URL. Its providers.yaml entry has a
 ``launch:`` recipe, so the running server is adopted, used, and left running by ``%llm
 stop``: afterwards the fixture's process must be the only one on that port.
+
+Without any vllm-mlx (a newcomer), it still runs to the end and says why nothing answers.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -21,6 +26,7 @@ from .conftest import (
     NOTEBOOKS,
     answers,
     cell_text,
+    code_cells,
     errors,
     execute,
     find,
@@ -43,6 +49,7 @@ def only_the_fixture_serves(server: ManagedServer) -> None:
 def test_vllm_mlx_final_state(vllm_mlx_server: ManagedServer, tmp_path: Path) -> None:
     nb = execute(NOTEBOOK, {"VLLM_MLX_URL": vllm_mlx_server.base_url}, tmp_path)
     assert errors(nb) == []
+    assert cell_text(code_cells(nb)[0]) == "vllm-mlx: a server answers\n"
     assert cell_text(find(nb, "%llm start vllm-mlx")) == "vllm-mlx: running\n"
     assert cell_text(find(nb, "import timmy_magic")) == "'already running: adopted'"
     status = cell_text(find(nb, "%llm status"))
@@ -64,3 +71,25 @@ def test_vllm_mlx_final_state(vllm_mlx_server: ManagedServer, tmp_path: Path) ->
 def test_vllm_mlx_passes_nbval(vllm_mlx_server: ManagedServer) -> None:
     run_nbval(NOTEBOOK, {"VLLM_MLX_URL": vllm_mlx_server.base_url})
     only_the_fixture_serves(vllm_mlx_server)
+
+
+def test_vllm_mlx_runs_to_the_end_for_a_newcomer(tmp_path: Path) -> None:
+    """No vllm-mlx installed and nothing answering at its URL (any machine but a Mac set up
+    for it): every cell runs, the notebook says why there is no answer, and the cells that
+    need the server show what happened instead of raising."""
+    path = os.pathsep.join((str(Path(sys.executable).parent), "/usr/bin", "/bin"))
+    assert shutil.which("vllm-mlx", path=path) is None
+    nb = execute(NOTEBOOK, {"VLLM_MLX_URL": "http://127.0.0.1:9", "PATH": path}, tmp_path)
+    assert errors(nb) == []
+    assert cell_text(code_cells(nb)[0]).startswith(
+        "vllm-mlx: not installed here (no vllm-mlx command) and nothing answers at "
+        "http://127.0.0.1:9.\n")
+    assert cell_text(find(nb, "%llm start vllm-mlx")).startswith(
+        "**timmy-magic: could not start vllm-mlx**")
+    for md in answers(nb):
+        assert md.startswith("**timmy-magic: pinned provider 'vllm-mlx' did not answer**"), md
+    assert cell_text(find(nb, "answer = timmy_magic.last()")) == "'no answer'"
+    assert cell_text(find(nb, "answer = timmy_magic.last()", 1)) == "'no answer'"
+    # the explanations run the same
+    assert "health http://127.0.0.1:8000/health" in cell_text(find(nb, "from timmy_magic.providers"))
+    assert cell_text(find(nb, "provider = ")) == "(False, None)"
