@@ -836,6 +836,23 @@ async def sc_prompt(ex: _Exchange) -> None:
     await _answer(ex, re.findall(r"\s*\S+\s*", text) or [text])
 
 
+async def sc_steps(ex: _Exchange) -> None:
+    """The n-th request to this base URL does the n-th of ``steps`` (a JSON list; the last
+    repeats): a string is answered as text, ``"<hang>"`` sends nothing at all (as
+    ``hang_headers``), ``"<drop>"`` sends two deltas and closes the socket (as
+    ``drop_mid_stream``). For a server that answers a schema
+    request badly and then hangs or drops on the retry."""
+    steps = json.loads(ex.params.get("steps", '[""]')) or [""]
+    step = str(steps[min(ex.server._flaky_hit(ex.rec), len(steps) - 1)])
+    if step == "<hang>":
+        await ex.out.hang()
+    elif step == "<drop>":
+        await _partial(ex, 2)
+        await ex.out.drop()
+    else:
+        await _answer(ex, re.findall(r"\s*\S+\s*", step) or [step])
+
+
 SCENARIOS: dict[str, Handler] = {
     "echo": sc_echo,
     "prompt": sc_prompt,
@@ -855,6 +872,7 @@ SCENARIOS: dict[str, Handler] = {
     "drip": sc_drip,
     "wrong_content_type": sc_wrong_content_type,
     "redirect": sc_redirect,
+    "steps": sc_steps,
 }
 
 _DIALECTS: dict[str, _Dialect] = {"chat/completions": _OpenAI(), "messages": _Anthropic()}
