@@ -66,9 +66,11 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
         find(nb, "print(*timmy_magic.last().trace.lines()"))
     # gate open: the cloud provider answers, at a cost that spends the budget
     assert footer_provider(cloud_answer) == "cloud", cloud_answer
-    footer = rendered.text_of(rendered.render(cloud_answer.rpartition("\n---\n")[2]))
+    footer_md, _, notes = cloud_answer.rpartition("\n---\n")[2].partition("\n\n")
+    footer = rendered.text_of(rendered.render(footer_md))
     assert re.search(r" · \$0\.\d{2,4}$", footer), footer  # the cost, read as rendered
     assert rendered.math(cloud_answer) == []
+    assert notes.startswith("> TTFT includes starting cloud ("), notes  # started on first need
     assert "reason='daily budget spent ($0." in cell_text(find(nb, "router.gate()"))
     # circuit open + gate closed: nobody is left, and each reason is given
     assert nothing_left.startswith("**timmy-magic: no provider could answer**")
