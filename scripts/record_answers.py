@@ -71,6 +71,8 @@ def record(key: str) -> None:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 n = db.execute("SELECT count(*) FROM answers").fetchone()[0]
             shutil.copyfile(fresh, out)
+            for cell in replayed.cells:  # type: ignore[attr-defined]
+                cell.metadata.pop("execution", None)  # no per-cell timestamps in the diff
             nbformat.write(replayed, notebook)  # type: ignore[arg-type]
             print(f"{spec.notebook}: {n} answers -> {out.relative_to(ROOT)}")
     finally:
