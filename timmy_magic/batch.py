@@ -23,11 +23,15 @@ answer cache (SQLite stays off the loop).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
+import os
 import queue
+import re
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -35,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidRequest, RoutingError, TimmyError
+from .errors import InvalidRequest, RoutingError, TimmyError, clean_message
 from .interpolate import InterpolationError, interpolate, references
 from .markup import count, md, plain
+from .providers.wire import WireError, content_text, fix_surrogates, model_name
 from .structured import Schema, with_instruction
 from .types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
@@ -118,26 +123,32 @@ class MapResult:
 
     def to_pandas(self) -> Any:
         """One row per input: its columns, then the answer (``answer``) or the data's
-        fields (an input column of the same name makes it ``answer_<field>``), then
-        ``provider``, ``model``, ``ttft_s``, ``cached`` and ``error``."""
+        fields, then ``provider``, ``model``, ``ttft_s``, ``cached`` and ``error``. Nothing
+        is written over: a data field named as an input column is ``answer_<field>``, a
+        figure named as either is ``timmy_<name>``."""
         import pandas as pd
 
-        from .render import jsonable
+        from .render import NotShowable, jsonable
 
         records = []
         for row, res in zip(self.rows, self.results):
             rec = dict(_fields(row))
             if self.schema is None:
-                rec["answer"] = res.text if res.ok else None
+                _put(rec, "answer", res.text if res.ok else None)
             else:
-                value = jsonable(res.data) if res.ok else None
+                try:
+                    value = jsonable(res.data) if res.ok else None
+                except NotShowable:
+                    value = res.text  # the data cannot be turned into values: its text
                 if isinstance(value, dict):
                     for k, v in value.items():
-                        rec[f"answer_{k}" if k in rec else k] = v
+                        _put(rec, str(k), v)
                 else:
-                    rec["answer"] = value
-            rec.update(provider=res.provider, model=res.model, ttft_s=res.timings.ttft_s,
-                       cached=res.cached, error=res.error)
+                    _put(rec, "answer", value)
+            for k, v in (("provider", res.provider), ("model", res.model),
+                         ("ttft_s", res.timings.ttft_s), ("cached", res.cached),
+                         ("error", res.error)):
+                _put(rec, k, v, prefix="timmy_")
             records.append(rec)
         return pd.DataFrame.from_records(records, index=self.index)
 
@@ -181,6 +192,13 @@ class MapResult:
 # ---------------------------------------------------------------- the rows
 
 
+def _put(rec: dict[str, Any], key: str, value: Any, prefix: str = "answer_") -> None:
+    """``rec[key] = value``, or under ``prefix + key`` (then more ``_``) if that is taken."""
+    while key in rec:
+        key = prefix + key
+    rec[key] = value
+
+
 def _records(rows: Any) -> tuple[list[Any], Any]:
     """(rows as a list, the DataFrame index or None). A DataFrame is recognised without
     importing pandas (``to_dict`` and ``columns``), its rows become dicts."""
@@ -202,17 +220,18 @@ def _records(rows: Any) -> tuple[list[Any], Any]:
 def _fields(row: Any) -> Mapping[str, Any]:
     """A row as a namespace: a dict as it is, an object by its attributes (dataclass,
     named tuple, plain object); ``row`` names the row itself."""
-    if isinstance(row, Mapping):
-        base: Mapping[str, Any] = row
-    elif dataclasses.is_dataclass(row) and not isinstance(row, type):
-        base = {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
-    elif hasattr(row, "_asdict"):
-        base = row._asdict()
-    elif hasattr(row, "__dict__"):
-        base = {k: v for k, v in vars(row).items() if not k.startswith("_")}
-    else:
-        base = {}
-    return base
+    try:
+        if isinstance(row, Mapping):
+            return row
+        if dataclasses.is_dataclass(row) and not isinstance(row, type):
+            return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
+        if isinstance(row, tuple) and hasattr(row, "_asdict"):  # a named tuple
+            return dict(row._asdict())
+        if hasattr(row, "__dict__"):
+            return {k: v for k, v in vars(row).items() if not k.startswith("_")}
+    except Exception:  # noqa: BLE001 - a row's own lookups may raise anything: it has no
+        pass           # fields then, and a template reference to one makes it an error row
+    return {}
 
 
 def _namespace(row: Any) -> Mapping[str, Any]:
@@ -391,8 +410,7 @@ def _gather(router: Router, items: list[Any], index: Any, spec: Schema | None,
     interrupted = False
     finished = threading.Event()
     ended = threading.Event()  # the run's future is done: every row has been put
-    fut = router.submit(_run(router, plan.requests, concurrency, out, finished)) \
-        if plan.requests else None
+    fut: Any = None
 
     def take(i: int, res: Result) -> None:
         nonlocal tokens
@@ -415,9 +433,10 @@ def _gather(router: Router, items: list[Any], index: Any, spec: Schema | None,
             bar.draw(len(done), sum(not r.ok for r in done), tokens,
                      time.monotonic() - t0, final)
 
-    draw()
-    try:
-        if fut is not None:
+    try:  # from before the run starts: a Ctrl-C anywhere from here cancels it
+        draw()
+        if plan.requests:
+            fut = router.submit(_run(router, plan.requests, concurrency, out, finished))
             # Wake every PROGRESS_EVERY, and at once when the run ends: not once per row
             # (each wake-up takes the GIL from the loop thread that runs the requests),
             # and never a poll's worth of waiting after the last row (measured in
@@ -430,13 +449,19 @@ def _gather(router: Router, items: list[Any], index: Any, spec: Schema | None,
             fut.result()  # a bug in the runner surfaces here
     except KeyboardInterrupt:
         interrupted = True
-        if fut is not None:
-            fut.cancel()
-            finished.wait(CLEANUP_S)  # the requests' clean-up, in short waits
+        try:
+            if fut is not None:
+                fut.cancel()
+                finished.wait(CLEANUP_S)  # the requests' clean-up
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, keep what finished
+            pass
         drain()
     elapsed = time.monotonic() - t0
     final = [r if r is not None else _failed(NOT_RUN) for r in results]
-    draw(final=True)
+    try:
+        draw(final=True)
+    except KeyboardInterrupt:  # the rows are kept all the same
+        interrupted = True
     return MapResult(items, final, spec, index, elapsed, interrupted)
 
 
@@ -558,11 +583,36 @@ def _export(path: Path, template: str, items: list[Any], router: Router,
                                  "url": "/v1/chat/completions",
                                  "body": batch_body(req, model)}, ensure_ascii=False))
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    except OSError as exc:
-        raise MapError(f"map: cannot write {path}: {exc.strerror or exc}") from None
+        data = "".join(line + "\n" for line in lines).encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate in the model name or the schema
+        raise MapError(f"map: export: the requests hold text that is not valid Unicode "
+                       f"(position {exc.start}); nothing was written") from None
+    _write_atomically(path, data)
     return BatchFile(path, len(lines), model, tuple(skipped))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write next to ``path``, then rename over it: a failure leaves the old file whole."""
+    tmp: Path | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+        tmp = None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise MapError(f"map: cannot write {_shown_path(path)}: "
+                       f"{getattr(exc, 'strerror', None) or exc}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+def _shown_path(path: Any) -> str:
+    return repr(str(path))[1:-1]  # a NUL or a control character shown escaped, one line
 
 
 def batch_body(req: ChatRequest, model: str) -> dict[str, Any]:
@@ -582,37 +632,74 @@ def batch_body(req: ChatRequest, model: str) -> dict[str, Any]:
     return body
 
 
+MAX_BATCH_ROWS = 1_000_000
+"""Most rows a batch result file may name (vLLM's run-batch has no limit; OpenAI's Batch
+API takes 50,000 requests per file): a ``row-<n>`` beyond it is a mistake, not a row."""
+_CUSTOM_ID = re.compile(r"row-([0-9]{1,9})")
+
+
 def map_results(path: str | Path, rows: Any = None, *, schema: Any = None) -> MapResult:
     """Read a batch output file (vLLM ``run-batch`` or the OpenAI Batch API: one
     ``{"custom_id", "response": {"status_code", "body"}, "error"}`` per line) into a
     MapResult, rows in ``custom_id`` order (``row-<n>``, as ``map(export=...)`` wrote
     them). ``rows``: the input rows, for ``to_pandas``; ``schema``: validate each answer
-    into ``.data``. A row with no line in the file is an error row."""
+    into ``.data``. A row with no line in the file is an error row; a line naming no row
+    of ``rows`` (or past ``MAX_BATCH_ROWS``) is a MapError naming the line; of two lines
+    for one row, an answer wins over an error. Everything read is checked as the wire
+    checks a live answer (text cleaned, model names bounded, keys masked)."""
     spec = Schema.of(schema) if schema is not None else None
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise MapError(f"map_results: cannot read {p}: {exc.strerror or exc}") from None
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MapError(f"map_results: {p.name} is not UTF-8 text (byte {exc.start})") from None
+    except (OSError, ValueError) as exc:
+        raise MapError(f"map_results: cannot read {_shown_path(p)}: "
+                       f"{getattr(exc, 'strerror', None) or exc}") from None
+    items, index = _records(rows) if rows is not None else ([], None)
     found: dict[int, Result] = {}
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-            i = int(str(obj["custom_id"]).removeprefix("row-"))
-        except (ValueError, KeyError, TypeError):
-            raise MapError(f"map_results: {p.name} line {n} is not a batch result with a "
-                           f"custom_id row-<n>") from None
-        found[i] = _batch_result(obj, spec)
-    items, index = _records(rows) if rows is not None else (
-        [None] * (max(found) + 1 if found else 0), None)
+        i = _row_of(line, n, p.name)
+        if rows is not None and i >= len(items):
+            raise MapError(f"map_results: {p.name} line {n}: row-{i}, but only "
+                           f"{count(len(items), 'row')} were given")
+        got = _batch_result(json.loads(line), spec)
+        if i not in found or not found[i].ok:  # an answer is never replaced by an error
+            found[i] = got
+    if rows is None:
+        items = [None] * (max(found) + 1 if found else 0)
     results = [found.get(i) or _failed("no result for this row in the file")
                for i in range(len(items))]
     return MapResult(items, results, spec, index)
 
 
+def _row_of(line: str, n: int, name: str) -> int:
+    """The row a batch line answers (``custom_id`` ``row-<n>``), or a MapError naming it."""
+    try:
+        obj = json.loads(line)
+    except RecursionError:
+        raise MapError(f"map_results: {name} line {n} is nested too deeply") from None
+    except ValueError:
+        obj = None
+    cid = obj.get("custom_id") if isinstance(obj, dict) else None
+    if type(cid) is int and 0 <= cid:  # a tool that wrote the number alone
+        cid = f"row-{cid}"
+    m = _CUSTOM_ID.fullmatch(cid) if isinstance(cid, str) else None
+    if m is None:
+        raise MapError(f"map_results: {name} line {n} is not a batch result with a "
+                       f"custom_id row-<n>")
+    i = int(m.group(1))
+    if i >= MAX_BATCH_ROWS:
+        raise MapError(f"map_results: {name} line {n}: row-{i} is past the "
+                       f"{MAX_BATCH_ROWS:,} rows a result holds")
+    return i
+
+
 def _batch_result(obj: Mapping[str, Any], spec: Schema | None) -> Result:
+    """One checked batch line as a Result: the text cleaned and its model name bounded as
+    the wire does for a live answer, an error's words passed through the redactor."""
     error = obj.get("error")
     response = obj.get("response") if isinstance(obj.get("response"), dict) else {}
     body = response.get("body") if isinstance(response, dict) else None
@@ -621,16 +708,24 @@ def _batch_result(obj: Mapping[str, Any], spec: Schema | None) -> Result:
         why = error.get("message") if isinstance(error, dict) else error
         if not why and isinstance(body, dict) and isinstance(body.get("error"), dict):
             why = body["error"].get("message")
-        return _failed(f"batch error: {_cut(str(why or f'HTTP {status}'), 200)}")
+        return _failed(f"batch error: {_cut(clean_message(why or f'HTTP {status}'), 200)}")
     choices = body.get("choices")
     message = choices[0].get("message") if isinstance(choices, list) and choices \
         and isinstance(choices[0], dict) else None
-    text = message.get("content") if isinstance(message, dict) else None
+    try:
+        text = fix_surrogates(content_text(message.get("content"))) \
+            if isinstance(message, dict) else None
+    except WireError:
+        text = None
     if not isinstance(text, str):
-        return _failed("batch result without choices[0].message.content")
+        return _failed("batch result without choices[0].message.content text")
     raw_usage = body.get("usage")
     usage: Mapping[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
-    res = Result(text, "batch", str(body.get("model") or "") or None,
+    try:
+        model = model_name(body.get("model"))
+    except WireError:
+        model = None
+    res = Result(text, "batch", model,
                  Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens"))),
                  Timings(None, 0.0, None), RouteTrace())
     if spec is not None:
@@ -654,7 +749,10 @@ def _preview(r: Result, schema: Schema | None) -> str:
     if not r.ok:
         return ""
     if schema is not None and r.data is not None:
-        from .render import jsonable
+        from .render import NotShowable, jsonable
 
-        return _cut(json.dumps(jsonable(r.data), ensure_ascii=False), 80)
+        try:
+            return _cut(json.dumps(jsonable(r.data), ensure_ascii=False), 80)
+        except (NotShowable, RecursionError, ValueError):
+            pass
     return _cut(r.text, 80)

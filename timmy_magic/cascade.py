@@ -9,6 +9,7 @@ decision after a failed attempt is the retry policy's (``RetryPolicy.decide``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from .health import Endpoint, ProviderState
 from .launch import LaunchError
 from .planner import Plan, ProviderView, pick_endpoint, plan_route
 from .providers.base import map_error
-from .structured import InvalidAnswer, retry_request, with_instruction
+from .structured import INVALID_PREFIX, InvalidAnswer, Schema, retry_request, with_instruction
 from .types import (
     Attempt,
     ChatRequest,
@@ -230,8 +231,8 @@ class Cascade:
                                 took = core.clock() - started
                                 if req.schema is not None and result.error is None:
                                     try:
-                                        result = replace(result,
-                                                         data=req.schema.validate(result.text))
+                                        result = replace(result, data=await _checked(
+                                            req.schema, result.text, deadline - core.clock()))
                                     except InvalidAnswer as bad:
                                         attempts.append(Attempt(st.name, shown, number,
                                                                 "invalid", str(bad), took))
@@ -337,6 +338,26 @@ class Cascade:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+
+
+_CHECKS = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="timmy-schema-check")
+"""Where answers are checked against their schema: off the router's loop (a user's
+pydantic validator, or a JSON-schema ``pattern`` run on server text, may take its time and
+must stall no other request), and apart from the loop's default executor (which quota
+reads and server stops use)."""
+
+
+async def _checked(schema: Schema, text: str, time_left: float) -> Any:
+    """``schema.validate(text)`` in a worker thread, within what is left of the request's
+    deadline: past it, the answer counts as invalid (the check may still finish in its
+    thread; nothing waits for it)."""
+    loop = asyncio.get_running_loop()
+    try:
+        return await asyncio.wait_for(loop.run_in_executor(_CHECKS, schema.validate, text),
+                                      max(time_left, 0.0))
+    except TimeoutError:
+        raise InvalidAnswer(f"{INVALID_PREFIX} checking it did not finish within the "
+                            "request's deadline (timeout_seconds)") from None
 
 
 def _no_provider_message(plan: Plan, attempts: list[Attempt], timeout: float) -> str:

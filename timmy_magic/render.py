@@ -10,7 +10,6 @@ errors, notes, statuses, the route) goes through ``markup``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -215,17 +214,32 @@ TABLE_ROWS = 50
 """Most rows of a list shown as a table (the rest: "… N more"); the data holds them all."""
 
 
+class NotShowable(ValueError):
+    """Validated data that cannot be turned into JSON values (a user's serializer raised,
+    nesting past the recursion limit): show the answer's text instead."""
+
+
 def jsonable(data: Any) -> Any:
-    """Validated data as JSON values: pydantic models dumped, dataclasses as dicts."""
-    if hasattr(data, "model_dump"):
-        return data.model_dump(mode="json")
-    if dataclasses.is_dataclass(data) and not isinstance(data, type):
-        return jsonable(dataclasses.asdict(data))
-    if isinstance(data, dict):
-        return {str(k): jsonable(v) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [jsonable(v) for v in data]
-    return data
+    """Validated data as JSON values, whatever type the schema made: pydantic models,
+    dataclasses, TypedDicts, sets, dates, Decimals, bytes (pydantic's own serializer, with
+    ``str`` for anything it does not know). NotShowable, never anything else, when that
+    fails."""
+    from pydantic_core import to_jsonable_python
+
+    try:
+        return to_jsonable_python(data, fallback=str)
+    except RecursionError:
+        raise NotShowable("nested too deeply to show") from None
+    except Exception as exc:  # a user's field serializer may raise anything
+        raise NotShowable(f"cannot be shown: {type(exc).__name__}") from None
+
+
+def pretty_json(data: Any) -> str | None:
+    """The data as indented JSON text, or None when it cannot be shown."""
+    try:
+        return json.dumps(jsonable(data), indent=2, ensure_ascii=False)
+    except (NotShowable, RecursionError, ValueError, TypeError):
+        return None
 
 
 def _flat(value: Any) -> bool:
@@ -237,11 +251,15 @@ def _cell(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def data_markdown(data: Any) -> str:
+def data_markdown(data: Any) -> str | None:
     """Data as a reader wants it: one object of plain fields as a field | value table, a
     list of such objects as a table with a column per field, anything else as pretty
-    JSON. Every value is escaped (``markup.md``): it came from a model."""
-    value = jsonable(data)
+    JSON. Every value is escaped (``markup.md``): it came from a model. None when the data
+    cannot be shown (the caller shows the answer's text)."""
+    try:
+        value = jsonable(data)
+    except NotShowable:
+        return None
     if _flat(value):
         rows = [f"| {md(k)} | {md(_cell(v))} |" for k, v in value.items()]
         return "\n".join(["| field | value |", "|---|---|", *rows])
@@ -253,7 +271,8 @@ def data_markdown(data: Any) -> str:
         if len(value) > TABLE_ROWS:
             out.append(f"\n*… {len(value) - TABLE_ROWS} more rows (all in `.data`)*")
         return "\n".join(out)
-    return md_code(json.dumps(value, indent=2, ensure_ascii=False), "json")
+    pretty = pretty_json(value)
+    return md_code(pretty, "json") if pretty is not None else None
 
 
 def plain_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
@@ -280,11 +299,11 @@ class Final:
     trace: bool = False
 
     def _json(self) -> str | None:
-        if self.result.data is not None:
-            return json.dumps(jsonable(self.result.data), indent=2, ensure_ascii=False)
+        if self.result.data is not None and (pretty := pretty_json(self.result.data)):
+            return pretty
         try:
-            return json.dumps(parse_json(self.result.text), indent=2, ensure_ascii=False)
-        except JSONAnswerError:
+            return pretty_json(parse_json(self.result.text))
+        except (JSONAnswerError, RecursionError):
             return None
 
     def bundle(self) -> dict[str, str]:

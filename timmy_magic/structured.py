@@ -135,7 +135,7 @@ class Schema:
 
     def _validate(self, text: str) -> Any:
         try:
-            value = parse_json(text, strict=True)
+            value = parse_json(_LONE_ESCAPE.sub(_mend_escape, text), strict=True)
         except JSONAnswerError as exc:
             raise InvalidAnswer(f"{INVALID_PREFIX} {str(exc).removeprefix('the answer is ')}"
                                 ) from None
@@ -184,6 +184,18 @@ def with_instruction(messages: Sequence[Any], schema: Schema) -> tuple[Any, ...]
 
 # ---------------------------------------------------------------- helpers
 
+_LONE_ESCAPE = re.compile(r"(\\\\)|(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                          r"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+"""In JSON text: an escaped backslash, a surrogate pair (both kept), or a lone surrogate
+escape (``\\ud800``): json.loads would decode that into a lone surrogate in the data,
+which cannot be encoded, sent to the front end or written out. The wire already
+replaced raw lone surrogates in the text; this replaces the escaped ones, with U+FFFD."""
+
+
+def _mend_escape(m: re.Match[str]) -> str:
+    return m.group() if m.group(1) or m.group(2) else "\\ufffd"
+
+
 
 def _message(found: list[tuple[str, str]]) -> str:
     shown = "; ".join(f"{where}: {_cut(msg, 160)}" if where else _cut(msg, 160)
@@ -193,7 +205,12 @@ def _message(found: list[tuple[str, str]]) -> str:
 
 
 def _path(loc: Any) -> str:
-    return ".".join(str(p) for p in loc)
+    """``a.0.b``; a path a few hundred levels deep keeps its ends (``a.0.a.0…(396 more)…b``)
+    so the message stays one short line."""
+    parts = [str(p) for p in loc]
+    if len(parts) > 12:
+        parts = [*parts[:6], f"…({len(parts) - 10} more)…", *parts[-4:]]
+    return _cut(".".join(parts), 120)
 
 
 def _cut(text: str, n: int) -> str:
