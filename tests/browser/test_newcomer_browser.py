@@ -61,14 +61,9 @@ NEW_CELLS = [
     "print([round(r['output_tokens'] / r['completed']) for r in res.records])",
     "from IPython.display import Markdown\nMarkdown('negative control: $1 and $2')",
 ]
-DEAD_ENDS = {
-    "05-vllm-mlx.ipynb": "needs a vllm-mlx server (Apple Silicon) or its model download: "
-                         "%llm start fails, timmy_magic.last() is None, AttributeError",
-    "08-side-by-side.ipynb": "needs llama-server on :8080 and vllm-mlx on :8000: both "
-                             "columns fail, pair.keep() raises ValueError",
-}
-"""Tutorials that still stop a newcomer's Run All (found by this test; the notebooks'
-sources are not fixed here). Strict: once one runs through, drop it from here."""
+DEAD_ENDS: dict[str, str] = {}
+"""Tutorials that still stop a newcomer's Run All, with why (a strict xfail each): none
+since 05 and 08 fall back to what a newcomer has. Strict: once one runs through, drop it."""
 
 
 class DeadEnd(AssertionError):
