@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequest, RoutingError, TimmyError, clean_message
 from .interpolate import InterpolationError, interpolate, references
 from .markup import count, md, plain
+from .masking import mask_secrets
 from .providers.wire import WireError, content_text, fix_surrogates, model_name
 from .structured import Schema, with_instruction
 from .types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
@@ -274,9 +275,12 @@ def _request(template: str, row: Any, *, system: str | None, model: str | None,
             fields = ", ".join(sorted(k for k in namespace if k != "row")[:12]) or "(none)"
             raise InterpolationError(f"{{{ref}}}: this row has no field '{name}' (its "
                                      f"fields: {fields})")
-    prompt = interpolate(template, namespace).strip()
+    # masked as every %%llm prompt is: a key in a row (or the template) never leaves
+    prompt = mask_secrets(interpolate(template, namespace).strip())[0]
     if not prompt:
         raise InvalidRequest("the prompt is empty for this row")
+    if system:
+        system = mask_secrets(system)[0]
     messages = ((Message("system", system),) if system else ()) + (Message("user", prompt),)
     return ChatRequest(messages, model, temperature, max_tokens, provider, schema)
 

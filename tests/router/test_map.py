@@ -256,3 +256,16 @@ def test_no_rows_is_an_empty_result_and_sends_nothing(srv):
     with make_router(prov("a", srv.base_url("prompt"), 1)) as r:
         res = map("{a}", [], router=r)
     assert len(res) == 0 and res.ok and res.data == [] and res.summary().startswith("0 rows")
+
+
+def test_a_key_in_a_row_is_masked_before_it_leaves_and_in_the_export(srv, tmp_path,
+                                                                      monkeypatch):
+    monkeypatch.setenv("MY_SERVICE_TOKEN", "tok-abcdef123456")
+    rows = [{"note": "call with tok-abcdef123456 please"}]
+    with make_router(prov("a", srv.base_url("prompt", case="mask"), 1)) as r:
+        res = map("{note}", rows, router=r, system="key tok-abcdef123456", progress=False)
+        map("{note}", rows, model="m", export=tmp_path / "q.jsonl", router=r)
+    sent = [q.body.decode() for q in srv.requests if "case=mask" in q.path]
+    assert sent and not any("abcdef123456" in b for b in sent)
+    assert res.data == ["call with *** please"]
+    assert "abcdef123456" not in (tmp_path / "q.jsonl").read_text()
