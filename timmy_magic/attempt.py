@@ -22,6 +22,7 @@ from .core import Core, shown_url
 from .errors import ProviderConnectError, ProviderError, ProviderProtocolError, ProviderTimeout
 from .health import Endpoint, ProviderState
 from .providers.base import Chunk, Probe, map_error
+from .secrets import REDACT
 from .types import ChatRequest, Delta, Done, Event, Result, RouteTrace, Timings, Usage
 
 MAX_ANSWER_CHARS = 4 << 20
@@ -188,7 +189,9 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     else:
         permit.success(now)
         core.mark_up(ep, now)
-    text = "".join(parts)
+    # a configured key in the answer (a hostile server's echo) is masked where the answer
+    # is kept: the Result, and from it the cache, the history, every render and repr
+    text = REDACT.known("".join(parts))
     del parts
     usage = settle_usage(st, usage, req, text, chunks)
     total = now - t0

@@ -22,6 +22,7 @@ from .failures import ErrorBlock
 from .formats import Format, JSONAnswerError, extract_html, parse_json
 from .markup import html, md, md_code, plain
 from .runner import Tick
+from .secrets import REDACT
 from .structured import INVALID_PREFIX
 from .types import (
     Attempt,
@@ -415,7 +416,7 @@ class NotebookView:
             return {"text/markdown": f"*{md(self._status)}*", "text/plain": plain(self._status)}
         if len(self._parts) > 1:  # join once per redraw, not once per delta
             self._parts[:] = ["".join(self._parts)]
-        text = self._parts[0]
+        text = REDACT.known(self._parts[0])  # as the final Result will be
         if self.fmt not in ("markdown", "code"):
             return {"text/plain": text}
         tail = text if len(text) <= self.PLAIN_TAIL else "…" + text[-self.PLAIN_TAIL:]

@@ -149,6 +149,13 @@ class Redactor:
         b64 = base64.b64encode(user_password.encode()).decode()
         self.add([user_password, password, b64], hide=True)
 
+    def known(self, text: str) -> str:
+        """Only the registered secrets masked, not what merely looks like a credential:
+        for a model's answer, where ``password=hunter2`` in an example is the answer's
+        text, but a configured key a hostile server puts in the stream is not."""
+        pattern, shown = self._table
+        return pattern.sub(lambda m: shown[m.group()], text) if pattern is not None else text
+
     def __call__(self, text: str) -> str:
         pattern, shown = self._table
         if pattern is not None:

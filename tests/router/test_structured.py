@@ -211,3 +211,27 @@ def test_a_hostile_answer_nested_past_the_recursion_limit_is_just_invalid(srv):
         res = r.complete(ChatRequest.of("x", schema={"type": "array"}, provider="a"))
         assert not res.ok and res.error == "invalid JSON: nested too deeply to check"
         assert r.complete("still fine").ok
+
+
+def test_a_configured_key_a_server_echoes_into_the_answer_is_masked(srv):
+    """A hostile server puts the request's Authorization header into the answer's text:
+    the kept answer (and so the cache, history, renders) and the live display mask the
+    configured key; text that merely looks like a credential is the model's to say."""
+    from timmy_magic.render import NotebookView
+    from timmy_magic.types import Delta
+
+    key = "canary-key-7f3e9a1b2c4d5e6f"
+    url = srv.base_url("echo", mode="text", case="echo-key")
+    with make_router(prov("a", url, 1, f"api_key: {key}", type_="openai_compatible")) as r:
+        events = list(r.stream("hi"))
+    res = events[-1].result
+    streamed = "".join(e.text for e in events if isinstance(e, Delta))
+    assert "authorization" in streamed.lower() and key[-8:] in streamed  # it was echoed
+    assert key not in res.text and key[-8:] not in res.text and res.ok
+    view = NotebookView("markdown", per_second=0.0)
+    view._parts = [streamed]
+    assert key not in str(view._live_bundle())
+    assert NotebookView("markdown")._parts == []  # (a fresh view holds nothing)
+    from timmy_magic.secrets import REDACT
+
+    assert REDACT.known("password=hunter2 in an example") == "password=hunter2 in an example"
