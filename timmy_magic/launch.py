@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .config import LaunchConfig
-from .local import NotInstalled, check_installed, resolve_command
+from .local import NotInstalled, check_installed, missing_program, resolve_command
 from .secrets import get_logger
 
 log = get_logger("timmy_magic.launch")
@@ -126,6 +126,10 @@ class Launcher:
             self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, cwd=self.cfg.cwd, env=env,
                                          start_new_session=True, preexec_fn=_die_with_parent)
+        except FileNotFoundError:  # gone from PATH since the config was read
+            self.state = "not_installed"
+            self.message = missing_program(argv[0]) or f"{argv[0]} is not installed here"
+            raise LaunchError(self.message) from None
         except OSError as exc:
             self.state, self.message = "failed", f"cannot start {argv[0]}: {exc.strerror}"
             raise LaunchError(self.message) from None

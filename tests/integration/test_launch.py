@@ -262,3 +262,18 @@ def test_a_request_during_an_idle_stop_waits_for_it_then_starts_a_new_server(tmp
     finally:
         lc.stop()
     assert not alive(second)
+
+
+def test_a_launch_command_not_on_path_is_not_installed_with_its_name():
+    """A newcomer's config names vllm-mlx, which is not installed: the provider reads
+    'not installed' (grey) naming the program, and a request pinned to it says the same,
+    instead of 'cannot start vllm-mlx: No such file or directory' and a red 'down'."""
+    yaml = ("- {name: vm, type: vllm_mlx, base_url: 'http://127.0.0.1:9', launch: "
+            "{command: [no-such-server-xyz, serve, --port, '{port}']}}\n")
+    with make(yaml) as r:
+        rep = r.health()["vm"]
+        assert rep.state == "not_installed"
+        assert "no-such-server-xyz is not installed here (not on PATH)" in rep.hint
+        with pytest.raises(Exception) as info:
+            r.start_server("vm")
+        assert "no-such-server-xyz is not installed here" in str(info.value)

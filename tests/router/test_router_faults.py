@@ -393,3 +393,17 @@ def test_a_busy_server_whose_health_check_times_out_is_degraded_not_down(srv):
         assert r.complete("next", max_tokens=2).provider == "busy"
         stream.close()
         assert r.check_health()["busy"].state == "down"  # idle and silent: down
+
+
+def test_no_tokens_per_second_from_an_answer_read_in_one_burst(srv):
+    """A rate needs time between first and last token: an answer read all at once (a
+    frozen clock here: no time passes) shows none, never 17,808 tok/s."""
+    text = ("cascade: {health_timeout_seconds: 0.5}\nproviders:\n"
+            + prov("a", srv.base_url("ok", tokens=24), 1))
+    with Router(parse_config(text, source="t.yaml", env={}), clock=lambda: 100.0) as r:
+        res = r.complete("hi")
+    assert res.ok and res.usage.output_tokens == 24
+    assert res.timings.output_tokens_per_s is None and "tok/s" not in res.footer()
+    with make_router(prov("b", srv.base_url("ok", tokens=6, delay=0.02), 1)) as r:
+        paced = r.complete("hi")
+    assert paced.timings.output_tokens_per_s and " tok/s" in paced.footer()
