@@ -160,7 +160,8 @@ def build_report(st: ProviderState, now: float) -> HealthReport:
         state = "not_configured"
         var = ", ".join(cfg.missing_env) or cfg.kind.key_env or "an API key"
         hint = f"set {var} (api_key)"
-    elif launchers and any(lc.state == "not_installed" for lc in launchers):
+    elif launchers and any(lc.state == "not_installed" for lc in launchers) and not any(
+            p.state != "down" for p in probes):  # (a server answering there is adopted)
         state = "not_installed"
         hint = next(lc.message for lc in launchers if lc.state == "not_installed")
     elif st.misconfigured:

@@ -95,14 +95,14 @@ class Launcher:
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            if self.state == "not_installed":
-                raise LaunchError(self.message)
-            if await healthy():
+            if await healthy():  # a server answers there: adopted, installed here or not
                 if not self.running() and self.state != "adopted":
                     self.state, self.message = "adopted", "already running: adopted"
                 elif self.running():
                     self.state = "running"
                 return
+            if self.state == "not_installed":
+                raise LaunchError(self.message)
             if self.running():  # started but not (yet or any more) healthy
                 await self._wait_ready(healthy, progress)
                 return

@@ -277,3 +277,26 @@ def test_a_launch_command_not_on_path_is_not_installed_with_its_name():
         with pytest.raises(Exception) as info:
             r.start_server("vm")
         assert "no-such-server-xyz is not installed here" in str(info.value)
+
+
+def test_a_server_already_answering_is_adopted_even_if_its_program_is_not_installed_here(
+        tmp_path):
+    """The launch command is not on PATH (vllm-mlx installed in its own venv), but a server
+    already answers at the URL: it is adopted and healthy, not 'not installed'."""
+    script = tmp_path / "linger.py"
+    script.write_text(LINGERING_SERVER)
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(script), str(port)])
+    try:
+        yaml = (f"- {{name: vm, type: llama_cpp, base_url: 'http://127.0.0.1:{port}', "
+                f"launch: {{command: [no-such-server-xyz, --port, '{{port}}']}}}}\n")
+        with make(yaml) as r:
+            deadline = time.monotonic() + 10
+            while r.check_health()["vm"].state != "healthy" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert r.health()["vm"].state == "healthy"
+            assert any("adopted" in m for m in r.start_server("vm")) or \
+                r.health()["vm"].detail["launch"][0]["state"] == "adopted"
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -52,7 +52,7 @@ def open_panel(router: Router, timers: ManualTimers, clock: FakeClock, **kw: obj
 
 @pytest.fixture
 def mixed(srv: FaultServer) -> Router:
-    providers = (prov("fast", srv.base_url("ok", tokens=4), 1)
+    providers = (prov("fast", srv.base_url("ok", tokens=4, delay=0.01), 1)  # paced: a rate
                  + prov("second", srv.base_url("ok", tokens=3, model="other"), 2)
                  + prov("hangs", srv.base_url("ok", health="hang"), 3)
                  + prov("refused", f"http://127.0.0.1:{closed_port()}", 4)
