@@ -442,6 +442,9 @@ class TerminalView:
     def __init__(self, live: bool = True) -> None:
         self.live = live
         self._printed: list[str] = []
+        self._held = ""
+        """Streamed text not printed yet: it may be the start of a configured key, which
+        is masked once whole (``REDACT.split_safe``), as the kept answer is."""
 
     def start(self, now: float) -> None:
         pass
@@ -454,6 +457,7 @@ class TerminalView:
         sys.stderr.flush()
 
     def discard(self, ev: Discard, now: float) -> None:
+        self._held = ""
         if self.live and self._printed:
             sep = "" if "".join(self._printed).endswith("\n") else "\n"
             self._write(sep)
@@ -463,10 +467,19 @@ class TerminalView:
 
     def delta(self, text: str, now: float) -> None:
         if self.live:
-            self._write(text)
+            held = self._held + text
+            cut = REDACT.split_safe(held)
+            self._held = held[cut:]
+            if cut:
+                self._write(REDACT.known(held[:cut]))
 
     def tick(self, now: float) -> None:
         pass
+
+    def _flush_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, ""
+            self._write(REDACT.known(held))
 
     def _write(self, text: str) -> None:
         self._printed.append(text)
@@ -474,12 +487,14 @@ class TerminalView:
         sys.stdout.flush()
 
     def finish(self, final: Final) -> None:
+        self._flush_held()
         if not self.live:
             self._write(final.result.text)
         end = "" if not self._printed or "".join(self._printed).endswith("\n") else "\n"
         self._write(end + final.tail() + "\n")
 
     def fail(self, block: ErrorBlock) -> None:
+        self._flush_held()
         sep = "\n" if self._printed and not self._printed[-1].endswith("\n") else ""
         self._write(sep + block.plain() + "\n")
 

@@ -149,6 +149,19 @@ class Redactor:
         b64 = base64.b64encode(user_password.encode()).decode()
         self.add([user_password, password, b64], hide=True)
 
+    def split_safe(self, text: str) -> int:
+        """How much of streamed ``text`` can be masked and shown now: everything but a
+        tail that may still be the start of a registered secret (shorter than the longest
+        one), never cutting through a whole one. The rest waits for more text."""
+        pattern, shown = self._table
+        if pattern is None:
+            return len(text)
+        cut = max(0, len(text) - (max(map(len, shown)) - 1))
+        for m in pattern.finditer(text, max(0, cut - max(map(len, shown)))):
+            if m.start() < cut < m.end():
+                return m.start()
+        return cut
+
     def known(self, text: str) -> str:
         """Only the registered secrets masked, not what merely looks like a credential:
         for a model's answer, where ``password=hunter2`` in an example is the answer's
