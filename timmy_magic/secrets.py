@@ -150,14 +150,23 @@ class Redactor:
         self.add([user_password, password, b64], hide=True)
 
     def split_safe(self, text: str) -> int:
-        """How much of streamed ``text`` can be masked and shown now: everything but a
-        tail that may still be the start of a registered secret (shorter than the longest
-        one), never cutting through a whole one. The rest waits for more text."""
+        """How much of streamed ``text`` can be masked and shown now: all of it but a tail
+        that is the start of a registered secret (which may complete with the next
+        piece), never cutting through a whole one. The rest waits for more text; most of
+        the time nothing waits (a tail rarely starts a key)."""
         pattern, shown = self._table
-        if pattern is None:
+        if pattern is None or not text:
             return len(text)
-        cut = max(0, len(text) - (max(map(len, shown)) - 1))
-        for m in pattern.finditer(text, max(0, cut - max(map(len, shown)))):
+        longest = max(map(len, shown))
+        firsts = {k[0] for k in shown}
+        cut = len(text)
+        for i in range(max(0, len(text) - longest + 1), len(text)):
+            if text[i] in firsts:
+                tail = text[i:]
+                if any(len(k) > len(tail) and k.startswith(tail) for k in shown):
+                    cut = i
+                    break
+        for m in pattern.finditer(text, max(0, cut - longest)):
             if m.start() < cut < m.end():
                 return m.start()
         return cut
