@@ -7,9 +7,11 @@ outputs its replay gives, so nbval can check what the model said, exactly and of
 For each tutorial: start the real servers it needs (tests/support/servers.py), run it
 with the answer cache on into ``notebooks/answers/<notebook>.sqlite3`` (a fresh file),
 then run it again in replay mode with every provider pointing at a closed port (so a
-miss cannot hide behind a live answer) and write those outputs into the notebook. CI
-(tests/notebooks/test_replay.py) replays it the same way and lets nbval compare every
-cell, the model's answers included.
+miss cannot hide behind a live answer) and write those outputs into the notebook: for
+every cell nbval checks in replay (the model's answers included). The cells it does not
+check in replay (live health, route traces, a failure demonstrated live: see
+``Replayed.live_only``) keep the outputs of the live run, which the live tests check and
+a reader sees. CI (tests/notebooks/test_replay.py) replays it the same way.
 """
 
 from __future__ import annotations
@@ -24,8 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.notebooks.replay import REPLAYED, answers_path, replay_env  # noqa: E402
-from tests.support.servers import ensure_tiny_model, start_llama_server, start_vllm_mlx  # noqa: E402
+from tests.notebooks.conftest import no_servers_left
+from tests.notebooks.replay import (
+    REPLAYED,
+    answers_path,
+    checked_in_replay,
+    replay_env,
+)
+from tests.support.servers import ensure_tiny_model, start_llama_server, start_vllm_mlx
 
 
 def execute(path: Path, env: dict[str, str], workdir: Path) -> object:
@@ -42,6 +50,13 @@ def execute(path: Path, env: dict[str, str], workdir: Path) -> object:
         os.environ.clear()
         os.environ.update(saved)
     return nb
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def shows_widget(cell: object) -> bool:
+    return any(WIDGET_VIEW in o.get("data", {}) for o in getattr(cell, "outputs", []))
 
 
 def record(key: str) -> None:
@@ -65,13 +80,35 @@ def record(key: str) -> None:
             fresh = work / "answers.sqlite3"
             live = {**spec.env(urls, work), "TIMMY_CACHE_MODE": "on",
                     "TIMMY_CACHE_PATH": str(fresh)}
-            execute(notebook, live, work)
-            replayed = execute(notebook, replay_env(spec, work, fresh), work)
+            try:
+                recorded = execute(notebook, live, work)
+            finally:
+                no_servers_left(spec.ports(live))
+            env = replay_env(spec, work, fresh)
+            try:
+                replayed = execute(notebook, env, work)
+            finally:
+                no_servers_left(spec.ports(env))
             with sqlite3.connect(fresh) as db:  # one file, no -wal beside it
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 n = db.execute("SELECT count(*) FROM answers").fetchone()[0]
             shutil.copyfile(fresh, out)
-            for cell in replayed.cells:  # type: ignore[attr-defined]
+            cells = replayed.cells  # type: ignore[attr-defined]
+            live_widgets = replay_widgets = False
+            for i, checked in enumerate(checked_in_replay(spec, cells)):
+                if not checked:
+                    cells[i] = recorded.cells[i]  # type: ignore[attr-defined]
+                    live_widgets |= shows_widget(cells[i])
+                else:
+                    replay_widgets |= shows_widget(cells[i])
+            if live_widgets:  # the widget state of the run whose widget views are kept
+                widgets = dict(recorded.metadata.get("widgets", {}))  # type: ignore[attr-defined]
+                if replay_widgets:
+                    for mime, state in replayed.metadata.get("widgets", {}).items():  # type: ignore[attr-defined]
+                        widgets.setdefault(mime, {}).setdefault("state", {}).update(
+                            state.get("state", {}))
+                replayed.metadata["widgets"] = widgets  # type: ignore[attr-defined]
+            for cell in cells:
                 cell.metadata.pop("execution", None)  # no per-cell timestamps in the diff
             nbformat.write(replayed, notebook)  # type: ignore[arg-type]
             print(f"{spec.notebook}: {n} answers -> {out.relative_to(ROOT)}")
