@@ -630,9 +630,8 @@ def batch_body(req: ChatRequest, model: str) -> dict[str, Any]:
         body["max_tokens"] = req.max_tokens
     if req.temperature is not None:
         body["temperature"] = req.temperature
-    if (s := req.schema) is not None:
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": s.name, "schema": s.json, "strict": s.strict}}
+    if req.schema is not None:
+        body["response_format"] = req.schema.response_format()
     return body
 
 

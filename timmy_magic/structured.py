@@ -111,6 +111,11 @@ class Schema:
 
     # ------------------------------------------------------------ what servers get
 
+    def response_format(self) -> dict[str, Any]:
+        """The OpenAI ``response_format`` field (chat completions and batch lines alike)."""
+        return {"type": "json_schema", "json_schema": {
+            "name": self.name, "schema": self.json, "strict": self.strict}}
+
     def instruction(self) -> str:
         """The schema in words, for the system prompt: servers without constrained
         decoding (and small models with it) answer better when told."""

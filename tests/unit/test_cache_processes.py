@@ -63,12 +63,13 @@ def _kernel(path: str, n: int, barrier: Any, out: Any) -> None:
     out.put(report)
 
 
-def test_three_processes_write_and_read_one_file_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "shared" / "answers.sqlite3"
+def _in_processes(target: Any, where: str) -> list[dict[str, Any]]:
+    """``target(where, n, barrier, out)`` in WORKERS spawned processes (separate kernels,
+    held at one barrier); their reports, each process checked to have exited cleanly."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(WORKERS)
     out = ctx.Queue()
-    procs = [ctx.Process(target=_kernel, args=(str(path), n, barrier, out))
+    procs = [ctx.Process(target=target, args=(where, n, barrier, out))
              for n in range(WORKERS)]
     for p in procs:
         p.start()
@@ -76,6 +77,12 @@ def test_three_processes_write_and_read_one_file_at_once(tmp_path: Path) -> None
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
+    return reports
+
+
+def test_three_processes_write_and_read_one_file_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared" / "answers.sqlite3"
+    reports = _in_processes(_kernel, str(path))
     for r in reports:
         assert r["available"], r
         assert r["errors"] == [], r
@@ -89,8 +96,6 @@ def test_three_processes_write_and_read_one_file_at_once(tmp_path: Path) -> None
                 got = cache.get(f"{n}-{i}")
                 assert got is not None and got.text == f"answer {n}-{i}"
     assert not list(path.parent.glob("*.corrupt-*"))
-
-
 
 
 def _opener(root: str, n: int, barrier: Any, out: Any) -> None:
@@ -116,17 +121,7 @@ def test_kernels_creating_one_file_at_the_same_instant_all_get_it(tmp_path: Path
     and switches it to WAL, and SQLite may answer another's switch with "database is
     locked" at once, without its busy handler (CI saw it: a kernel whose cache was off for
     the session). Opening waits that out: every kernel, every round, gets the cache."""
-    ctx = mp.get_context("spawn")
-    barrier = ctx.Barrier(WORKERS)
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_opener, args=(str(tmp_path), n, barrier, out))
-             for n in range(WORKERS)]
-    for p in procs:
-        p.start()
-    reports = [out.get(timeout=120) for _ in procs]
-    for p in procs:
-        p.join(timeout=60)
-    for r in reports:
+    for r in _in_processes(_opener, str(tmp_path)):
         assert r["failures"] == [] and r["warnings"] == [], r
     for round_ in range(ROUNDS):
         with AnswerCache(tmp_path / f"r{round_}" / "answers.sqlite3") as cache:

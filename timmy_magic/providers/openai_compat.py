@@ -192,8 +192,7 @@ class OpenAICompatBackend:
         if request.max_tokens is not None:
             payload["max_tokens"] = request.max_tokens
         if (schema := request.schema) is not None:
-            payload["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": schema.name, "schema": schema.json, "strict": schema.strict}}
+            payload["response_format"] = schema.response_format()
             if "prompt" in payload and self.type == "llama_cpp":
                 payload["json_schema"] = schema.json  # llama-server's completions read this
         if mc is not None:
