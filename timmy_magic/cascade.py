@@ -186,8 +186,7 @@ class Cascade:
     async def _provider(self, st: ProviderState, req: ChatRequest, t0: float,
                         deadline: float, attempts: list[Attempt], plan: Plan,
                         pin: str | None, others_left: bool,
-                        whole: bool = False, invalid: list[Result] | None = None
-                        ) -> AsyncIterator[Event]:
+                        whole: bool, invalid: list[Result]) -> AsyncIterator[Event]:
         """Attempts on one provider, with retries, each under a breaker permit. With a
         schema, an answer that does not match it is dropped (``Discard``), kept in
         ``invalid``, and asked again with the error as the retry policy says."""
@@ -227,39 +226,22 @@ class Cascade:
                                                 started, whole)) as events:
                         async for ev in events:
                             if isinstance(ev, Done):
-                                result = ev.result
-                                took = core.clock() - started
-                                if req.schema is not None and result.error is None:
-                                    try:
-                                        result = replace(result, data=await _checked(
-                                            req.schema, result.text, deadline - core.clock()))
-                                    except InvalidAnswer as bad:
-                                        attempts.append(Attempt(st.name, shown, number,
-                                                                "invalid", str(bad), took))
-                                        if invalid is not None:
-                                            invalid.append(replace(result, error=str(bad)))
-                                        yield Discard(st.name, str(bad))
-                                        break
-                                if launched:  # said, so the TTFT is not misread
-                                    result = replace(result, notes=(
-                                        *result.notes, f"TTFT includes starting {st.name} "
-                                        f"({launched:.1f}s)"))
-                                outcome: Literal["answered", "broken"] = \
-                                    "broken" if result.error else "answered"
-                                attempts.append(Attempt(st.name, shown, number, outcome,
-                                                        result.error, took))
-                                trace = RouteTrace(plan.considered, plan.skipped, tuple(attempts),
-                                                   pin)
-                                ev = Done(replace(result, trace=trace))
+                                try:
+                                    ev = Done(await self._settle(
+                                        ev.result, req, st, shown, number, started, launched,
+                                        deadline, attempts, plan, pin))
+                                except InvalidAnswer as bad:
+                                    invalid.append(replace(ev.result, error=str(bad)))
+                                    yield Discard(st.name, str(bad))
+                                    break
                             yield ev
                         else:
                             return
                     invalid_no += 1
                     if core.policy.decide_invalid(invalid_no).action != "retry":
                         return
-                    last = invalid[-1] if invalid else None
                     sent = replace(req, messages=retry_request(
-                        req.messages, last.text if last else "", attempts[-1].error or ""))
+                        req.messages, invalid[-1].text, invalid[-1].error or ""))
                     continue
                 except ProviderError as err:
                     failed(str(err), started)
@@ -285,6 +267,30 @@ class Cascade:
                 return
             finally:
                 permit.release(core.clock())  # no-op when the attempt settled it
+
+    async def _settle(self, result: Result, req: ChatRequest, st: ProviderState, shown: str,
+                      number: int, started: float, launched: float, deadline: float,
+                      attempts: list[Attempt], plan: Plan, pin: str | None) -> Result:
+        """An attempt's Result as the caller gets it: checked against the request's schema
+        (InvalidAnswer, the attempt recorded as ``invalid``, when it does not match), a
+        note when its first token waited for its server to start, its attempt recorded
+        and the route trace so far attached."""
+        core = self.core
+        took = core.clock() - started
+        if req.schema is not None and result.error is None:
+            try:
+                result = replace(result, data=await _checked(
+                    req.schema, result.text, deadline - core.clock()))
+            except InvalidAnswer as bad:
+                attempts.append(Attempt(st.name, shown, number, "invalid", str(bad), took))
+                raise
+        if launched:  # said, so the TTFT is not misread
+            result = replace(result, notes=(
+                *result.notes, f"TTFT includes starting {st.name} ({launched:.1f}s)"))
+        outcome: Literal["answered", "broken"] = "broken" if result.error else "answered"
+        attempts.append(Attempt(st.name, shown, number, outcome, result.error, took))
+        return replace(result, trace=RouteTrace(plan.considered, plan.skipped,
+                                                tuple(attempts), pin))
 
     def _prepare(self, st: ProviderState, ep: Endpoint) -> str | None:
         """Build the endpoint's backend (a plugin's factory may fail): the reason, or None."""
