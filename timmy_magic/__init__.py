@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from IPython.core.interactiveshell import InteractiveShell
 
+    from .batch import MapResult, map, map_results  # noqa: F401
     from .config import Config, load_config  # noqa: F401
     from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
-    from .batch import MapResult, map, map_results  # noqa: F401
     from .router import Router  # noqa: F401
     from .types import (  # noqa: F401
         ChatRequest,  # noqa: F401

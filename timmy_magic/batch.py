@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import InvalidRequest, RoutingError, TimmyError, clean_message
 from .interpolate import InterpolationError, interpolate, references
 from .markup import count, md, plain
+from .markup import shorten as _cut
 from .masking import mask_secrets
 from .providers.wire import WireError, content_text, fix_surrogates, model_name
 from .structured import Schema, with_instruction
@@ -741,11 +742,6 @@ def _batch_result(obj: Mapping[str, Any], spec: Schema | None) -> Result:
 
 def _int(x: Any) -> int | None:
     return x if isinstance(x, int) and not isinstance(x, bool) and x >= 0 else None
-
-
-def _cut(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _preview(r: Result, schema: Schema | None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from .markup import md, plain
+from .markup import md, plain, shorten
 from .types import Message
 
 
@@ -83,5 +83,4 @@ class Conversation:
 
 
 def _short(text: str, limit: int = 80) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return shorten(text, limit)

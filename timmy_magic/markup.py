@@ -74,6 +74,14 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line (runs of whitespace as one space), at most ``limit``
+    characters, ending in "…" when cut. Nothing escaped or masked: for that, pass the
+    result to ``md``/``plain`` (cut first, so an escape is never cut in half)."""
+    flat = _one_line(text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 def _inline(text: str) -> str:
     """Escape clean text for inline Markdown (no line-start rules, no math span)."""
     return text.translate(_MD_ESCAPES)

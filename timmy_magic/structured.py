@@ -28,6 +28,7 @@ from typing import Any
 
 from .errors import InvalidRequest, TimmyError
 from .formats import JSONAnswerError, parse_json
+from .markup import shorten as _cut
 
 MAX_ERRORS_SHOWN = 3
 """Validation errors named in the one-line message (then "and N more")."""
@@ -216,11 +217,6 @@ def _path(loc: Any) -> str:
     if len(parts) > 12:
         parts = [*parts[:6], f"…({len(parts) - 10} more)…", *parts[-4:]]
     return _cut(".".join(parts), 120)
-
-
-def _cut(text: str, n: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _one_line(exc: BaseException) -> str:

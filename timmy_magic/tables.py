@@ -13,7 +13,7 @@ from typing import Literal
 
 from .config import Config
 from .gate import money
-from .markup import count, md, plain
+from .markup import count, md, plain, shorten
 from .metrics import MetricsSnapshot
 from .types import HealthReport
 
@@ -81,8 +81,7 @@ def _models(models: Sequence[str], limit: int = 2) -> str:
 def _short(text: str, limit: int) -> str:
     """At most ``limit`` characters of ``text`` on one line (cut before escaping, so an
     escape is never cut in half)."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return shorten(text, limit)
 
 
 def requests_cell(m: MetricsSnapshot | None) -> str:

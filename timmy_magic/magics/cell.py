@@ -29,7 +29,6 @@ from ..context import Context, ContextError, build_context
 from ..errors import InvalidRequest, RoutingError, UnknownProvider
 from ..failures import ErrorBlock, describe_failure
 from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
-from ..structured import Schema
 from ..history import Conversation, Turn, source_key
 from ..interpolate import InterpolationError, interpolate
 from ..notebook import remember_error
@@ -46,6 +45,7 @@ from ..render import (
 )
 from ..router import Router
 from ..runner import Tick
+from ..structured import Schema
 from ..types import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from .cached import REPLAY_HINTS, CellCache
 from .commands import LineCommands
