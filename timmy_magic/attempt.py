@@ -255,7 +255,7 @@ def _timeout_message(core: Core, ttft: float | None, deadline: float) -> str:
 def _record_failure(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
                     err: ProviderError, now: float) -> None:
     st.metrics.failed()
-    if err.counts_against_breaker:
+    if core.policy.counts(err):  # a failure of the endpoint, not of the request's model
         permit.failure(now)
     else:
         permit.release(now)

@@ -120,7 +120,8 @@ class Permit:
             self.breaker.record_failure(now, self.probe)
 
     def release(self, now: float) -> None:
-        """Neither success nor failure of the server (cancelled, a 4xx about the request,
-        a launch that failed): give the slot back."""
+        """Neither success nor failure of the server (cancelled, a failure about the
+        request or its model: ``RetryPolicy.counts``, a launch that failed): give the
+        slot back."""
         if self._settle("released"):
             self.breaker.release(now, self.probe)

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 from .markup import html, plain
 from .render import AnswerCollector, Throttle, display
@@ -267,7 +266,10 @@ def run_columns(events: Iterable[tuple[int, Event | Failed] | Tick], view: Colum
             i, ev = item
             if isinstance(ev, Failed):
                 errors[columns[i].label] = str(ev.error)
-                results[i] = got[i].partial(str(ev.error), columns[i].model, now)
+                # the route's own trace: every attempt and why it failed, in the
+                # server's words, not only the last attempt the column saw
+                results[i] = replace(got[i].partial(str(ev.error), columns[i].model, now),
+                                     trace=ev.error.trace)
                 view.done(i, results[i])  # type: ignore[arg-type]
             elif isinstance(ev, Done):
                 results[i] = ev.result

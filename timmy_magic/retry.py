@@ -1,14 +1,79 @@
-"""Retry policy: which failures are retried, and how long to wait. Pure; randomness injected."""
+"""Retry policy: what kind of failure an attempt had, whether it counts against the
+endpoint's circuit, whether it is retried, and how long to wait. Pure; randomness injected."""
 
 from __future__ import annotations
 
 import email.utils
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ProviderAuthError, ProviderConnectError, ProviderError
+from .errors import (
+    ProviderAuthError,
+    ProviderConnectError,
+    ProviderError,
+    ProviderHTTPError,
+    ProviderProtocolError,
+    ProviderTimeout,
+)
+
+FailureKind = Literal["unreachable", "timeout", "throttled", "server", "protocol", "auth",
+                      "request", "model"]
+"""What a failed attempt says, and about what:
+
+- of the endpoint: ``unreachable`` (could not connect, or the connection dropped),
+  ``timeout``, ``throttled`` (408, 429), ``server`` (5xx, or an error of no known kind),
+  ``protocol`` (an answer that could not be understood);
+- of the provider's configuration: ``auth`` (401, 403: its key);
+- of this request: ``request`` (any other 4xx, a 404 among them: the server read it and
+  refused it), and ``model``: the server says the model asked for is not served there
+  ("model not found", "does not exist"), or that this request does not fit that model's
+  context, whatever status or in-stream error it says it with.
+"""
+
+COUNTED: frozenset[FailureKind] = frozenset(
+    {"unreachable", "timeout", "throttled", "server", "protocol"})
+"""The kinds that count towards opening the endpoint's circuit. The others are about the
+request, its model or the key: the endpoint answered, and other requests (another
+model) would be served. ``-m a,b,c`` with two models it does not have must not shut
+the provider for the next cells (issue 20). Neither do they count as a success: the
+breaker's permit is given back (``Permit.release``)."""
+
+_MODEL = re.compile(
+    r"\bmodel\b[^;\n]{0,120}?\b(?:not found|does not exist|doesn't exist|is not served"
+    r"|is not supported)"
+    r"|\b(?:unknown|invalid|unsupported|no such) model\b|\bmodel_not_found\b"
+    r"|\b(?:could not|couldn't|cannot|unable to|failed to) load (?:the )?model\b"
+    r"|\bcontext[ _](?:length|window|size)\b|\bmaximum context\b|\bprompt is too long\b",
+    re.IGNORECASE)
+"""A server's words for "no such model here" (or "it cannot be loaded here") and "too
+long for this model's context": vLLM, OpenAI and Groq (``The model `x` does not exist``),
+Ollama (``model "x" not found, try pulling it first``), LocalAI (``could not load
+model``), llama-server (``the request exceeds the available context size``), OpenAI and
+vLLM (``maximum context length is``), Anthropic (``prompt is too long``)."""
+
+
+def failure_kind(error: ProviderError) -> FailureKind:
+    """The kind of a failed attempt (see ``FailureKind``): by the error's class and HTTP
+    status, then, for an error the server reported (a status, an in-stream error), by its
+    words when they say the model is missing or the request too long for it."""
+    if isinstance(error, ProviderConnectError):
+        return "unreachable"
+    if isinstance(error, ProviderTimeout):
+        return "timeout"
+    if isinstance(error, ProviderAuthError):
+        return "auth"
+    said = isinstance(error, ProviderHTTPError | ProviderProtocolError)
+    if said and _MODEL.search(str(error)):
+        return "model"
+    if isinstance(error, ProviderProtocolError):
+        return "protocol"
+    status = error.status or 0
+    if status in (408, 429):
+        return "throttled"
+    return "request" if 400 <= status < 500 else "server"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +116,21 @@ class RetryPolicy:
             return max(0.0, error.retry_after)
         return self.backoff(retry_number, rand)
 
+    @staticmethod
+    def counts(error: ProviderError) -> bool:
+        """Does this failure count against the endpoint's circuit? Only a failure of the
+        endpoint does (``COUNTED``); one about the request or its model records neither
+        a failure nor a success."""
+        return failure_kind(error) in COUNTED
+
     def decide(self, error: ProviderError, retry_number: int, *, others_left: bool,
                endpoints: int, time_left: float, pinned: bool = False,
                rand: Callable[[], float] = random.random) -> Decision:
         """The one place where a failed attempt's fate is decided.
 
         - 401/403: the provider is misconfigured (its key); retrying cannot help.
+        - About the request or its model (a 4xx, a model not found, a context too long,
+          whatever the status): fail over at once; asking again cannot mend it.
         - Nothing listening (connect refused) with another provider left and no other
           endpoint of this one: fail over at once (waiting is not free, failing over is).
           Pinned (the user named this provider), the same: one attempt, and the error
@@ -67,8 +141,11 @@ class RetryPolicy:
         - Otherwise ``delay_for``; no delay (not retryable, retries used up, Retry-After
           beyond the cap) or one that would pass the request's deadline: fail over.
         """
-        if isinstance(error, ProviderAuthError):
+        kind = failure_kind(error)
+        if kind == "auth":
             return Decision("misconfigured")
+        if kind in ("request", "model"):
+            return FAIL_OVER
         if isinstance(error, ProviderConnectError) and (others_left or pinned) \
                 and endpoints == 1:
             return FAIL_OVER
@@ -76,7 +153,6 @@ class RetryPolicy:
         if delay is None or delay >= time_left:
             return FAIL_OVER
         return Decision("retry", delay)
-
 
     def decide_invalid(self, invalid_number: int) -> Decision:
         """After an answer that did not match the request's schema (``invalid_number`` of
