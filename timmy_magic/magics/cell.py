@@ -30,7 +30,8 @@ from ..errors import InvalidRequest, RoutingError, UnknownProvider
 from ..failures import ErrorBlock, describe_failure
 from ..formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from ..history import Conversation, Turn, source_key
-from ..interpolate import InterpolationError, interpolate
+from ..interpolate import InterpolationError, interpolate, references
+from ..markup import shorten
 from ..notebook import remember_error
 from ..render import (
     USER_INTERRUPT,
@@ -248,7 +249,7 @@ class TimmyMagics(Magics):
                            not args.no_stream, args.chat or args.new, args.new,
                            not args.no_interpolate, args.trace or self.show_trace,
                            args.cache, args.cells,
-                           _names(args.vars), args.error, args.show_context,
+                           _var_names(args.vars), args.error, args.show_context,
                            providers if len(providers) > 1 else (),
                            models if len(models) > 1 else (), schema), args
 
@@ -591,6 +592,20 @@ class TimmyMagics(Magics):
 def _names(value: str | None) -> tuple[str, ...]:
     """``a,b , c`` -> ("a", "b", "c"); None or "" -> ()."""
     return tuple(n.strip() for n in (value or "").split(",") if n.strip())
+
+
+def _var_names(value: str | None) -> tuple[str, ...]:
+    """``--vars a,b``: the names, each one a kernel variable with any ``.attr`` and
+    ``[index]`` parts, as a ``{reference}`` in the prompt may be written (``df``,
+    ``df.col``, ``d['k']``, ``rows[-1]``); a one-line UsageError for the first that is
+    not (``1df``, ``(df)``, ``df.``), before anything is looked up."""
+    names = _names(value)
+    for name in names:
+        if references("{" + name + "}") != [name]:
+            raise UsageError(f"--vars {shorten(repr(name), 80)}: not a variable name (write "
+                             "a name with any .attribute or [index] parts: df, df.col, "
+                             "d['k'], rows[0])")
+    return names
 
 
 class _Remap:
