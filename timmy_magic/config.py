@@ -17,8 +17,8 @@ provider "not configured", any other unexpanded provider field disables that pro
 ``${VAR}`` and ``${VAR:-default}`` are expanded in every string of a trusted file. An
 unresolved variable is an error in an enabled provider, except in ``api_key`` where it
 leaves the provider "not configured" (shown, never used); in a disabled provider it is
-ignored. In every file, a variable whose name looks secret (``*KEY*``, ``*TOKEN*``,
-``*SECRET*``, ``*PASSW*``, ``*CREDENTIAL*``) may only be used in ``api_key`` and
+ignored. In every file, a variable whose name says secret (``secrets.is_secret_name``:
+``*_KEY``, ``*TOKEN*``, ``*SECRET*``, ``*PASSWORD*``, ``*_PWD``, ``*_AUTH``...) may only be used in ``api_key`` and
 ``headers``: a key in a URL or a command would leave the machine or show in a process list.
 
 One validation boundary: numbers are finite, of their type (never a bool or quoted text)
@@ -56,7 +56,7 @@ from pydantic import (
 
 from . import registry, trust
 from .errors import ConfigError
-from .secrets import REDACT, display_url, get_logger, mask
+from .secrets import REDACT, display_url, get_logger, is_secret_name, mask
 
 log = get_logger("timmy_magic.config")
 MAX_CONFIG_BYTES = 1 << 20
@@ -66,7 +66,6 @@ laughs") would otherwise take forever to walk and validate."""
 ENV_VAR = "TIMMY_PROVIDERS"
 TRUST_HINT = "run %llm trust to allow"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_VAR = re.compile(r"KEY|TOKEN|SECRET|PASSW|CREDENTIAL", re.IGNORECASE)
 """A ${VAR} with such a name holds a secret: it may only go to api_key and headers."""
 _KEY_SHAPED = re.compile(r"(sk|pk|rk)[-_][^\s'\"]{8,}|[A-Za-z0-9_-]{32,}")
 """A value an error must not echo: an API key pasted into the wrong field."""
@@ -624,7 +623,7 @@ def _expand(node: Any, path: tuple[Any, ...], out: _Expansion) -> Any:
 
 def _substitute(m: re.Match[str], path: tuple[Any, ...], out: _Expansion) -> str:
     name, default = m.group(1), m.group(2)
-    if _SECRET_VAR.search(name) and not (path[:1] == ("providers",) and len(path) > 2
+    if is_secret_name(name, env=True) and not (path[:1] == ("providers",) and len(path) > 2
                                          and path[2] in ("api_key", "headers")):
         raise ConfigError(f"${{{name}}} looks like a secret: it may only be used in api_key "
                           "or headers, never in a URL, a command or any other field",
@@ -638,7 +637,7 @@ def _substitute(m: re.Match[str], path: tuple[Any, ...], out: _Expansion) -> str
             out.held.append(f"${{{name}}}{_in_provider(path, out)} (its default used)")
         return default
     if value:
-        if _SECRET_VAR.search(name):
+        if is_secret_name(name, env=True):
             REDACT.add([value])
         return value
     if default is not None:

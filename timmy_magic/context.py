@@ -63,7 +63,7 @@ from .context_items import (
 )
 from .formats import fenced_block
 from .markup import md, md_code
-from .masking import MASK, mask_item, mask_secrets, secret_env_values
+from .masking import MASK, Masker, mask_item, mask_secrets, secret_env_values
 from .notebook import (
     cells_from_history,
     image_item,
@@ -77,12 +77,38 @@ from .summaries import DEFAULT_MAX_CHARS, summarize
 from .types import Message
 
 __all__ = [
-    "CHARS_PER_TOKEN", "CellItem", "Context", "ContextError", "ContextItem", "ErrorItem",
-    "Frame", "ImageItem", "Kind", "VarItem", "build_context", "cells_from_history",
-    "cut_middle", "error_context", "estimate_tokens", "explain_request", "fence",
-    "fix_request", "image_item", "is_llm_cell", "last_error", "mask_item", "mask_secrets",
-    "masked_context", "parse_cells_spec", "running_cell", "secret_env_values",
-    "short_count", "split_fix", "summarize", "var_items",
+    "CHARS_PER_TOKEN",
+    "CellItem",
+    "Context",
+    "ContextError",
+    "ContextItem",
+    "ErrorItem",
+    "Frame",
+    "ImageItem",
+    "Kind",
+    "Masker",
+    "VarItem",
+    "build_context",
+    "cells_from_history",
+    "cut_middle",
+    "error_context",
+    "estimate_tokens",
+    "explain_request",
+    "fence",
+    "fix_request",
+    "image_item",
+    "is_llm_cell",
+    "last_error",
+    "mask_item",
+    "mask_secrets",
+    "masked_context",
+    "parse_cells_spec",
+    "running_cell",
+    "secret_env_values",
+    "short_count",
+    "split_fix",
+    "summarize",
+    "var_items",
 ]
 
 MIN_CUT_CHARS = 200
@@ -262,36 +288,35 @@ def build_context(shell: Any, prompt: str, *, cells: str | int | None = None,
                   max_value_chars: int = DEFAULT_MAX_CHARS,
                   environ: Mapping[str, str] | None = None) -> Context:
     """Everything ``%%llm --cells/--vars/--error`` asks for, masked, in prompt order:
-    cells (oldest first), variables, the error, images. ContextError when a name is
-    unknown or ``error`` is set and there was none."""
+    cells (oldest first), variables, the error, images. One ``Masker`` sees every raw
+    value before it is summarised or cut. ContextError when a name is unknown or
+    ``error`` is set and there was none."""
+    masker = Masker(extra_secrets, environ=environ)
     items: list[ContextItem] = []
     if cells is not None:
-        items += cells_from_history(shell, cells, include_llm=include_llm)
-    items += var_items(shell, names, max_chars=max_value_chars)
+        items += cells_from_history(shell, cells, include_llm=include_llm, masker=masker)
+    items += var_items(shell, names, max_chars=max_value_chars, masker=masker)
     if error:
-        err = last_error(shell)
+        err = last_error(shell, masker)
         if err is None:
             raise ContextError("--error: no exception has been raised in this kernel yet")
         items.append(err)
     items.sort(key=lambda i: _ORDER[i.kind])
-    return masked_context(Context(prompt=prompt, items=tuple(items), system=system),
-                          extra_secrets, environ=environ)
+    return _masked(Context(prompt=prompt, items=tuple(items), system=system), masker)
 
 
 def masked_context(ctx: Context, extra_secrets: Sequence[str] = (), *,
                    environ: Mapping[str, str] | None = None) -> Context:
     """``ctx`` with prompt, system prompt and every item masked; ``masked`` counts."""
-    total = 0
-    items = []
-    for item in ctx.items:
-        masked, n = mask_item(item, extra_secrets, environ=environ)
-        items.append(masked)
-        total += n
-    prompt, n_prompt = mask_secrets(ctx.prompt, extra_secrets, environ=environ)
-    system, n_system = (mask_secrets(ctx.system, extra_secrets, environ=environ)
-                        if ctx.system else (ctx.system, 0))
-    return dataclasses.replace(ctx, prompt=prompt, system=system, items=tuple(items),
-                               masked=ctx.masked + total + n_prompt + n_system)
+    return _masked(ctx, Masker(extra_secrets, environ=environ))
+
+
+def _masked(ctx: Context, masker: Masker) -> Context:
+    items = tuple(masker.value(i) for i in ctx.items)
+    prompt = masker.text(ctx.prompt)
+    system = masker.text(ctx.system) if ctx.system else ctx.system
+    return dataclasses.replace(ctx, prompt=prompt, system=system, items=items,
+                               masked=ctx.masked + masker.count)
 
 
 # ---------------------------------------------------------------- fix and explain
@@ -306,44 +331,47 @@ EXPLAIN_SYSTEM = (
     "could fix it. Be brief. Do not write out a corrected cell.")
 
 
-def _error_prompt(error: ErrorItem, cell_source: str | None) -> str:
-    source = cell_source if cell_source is not None else error.cell_source
-    where = f"In[{error.cell_number}]" if error.cell_number is not None else "the cell"
-    parts = [f"The cell {where} raised {error.type}: {error.message}"]
-    if source is not None:
-        parts += ["", "The cell:", fence(source, "python")]
-    tb = error.traceback_text()
-    if tb:
-        parts += ["", fence(tb)]
-    return "\n".join(parts)
+def _ask(error: ErrorItem, mode: Literal["fix", "explain"]) -> str:
+    where = f"In[{error.cell_number}]" if error.cell_number is not None else "that failed"
+    if mode == "fix":
+        return f"Fix the cell {where} (the last error above)."
+    return f"Explain this error: {error.type} in the cell {where} (above)."
+
+
+def _error_request(error: ErrorItem, mode: Literal["fix", "explain"],
+                   cell_source: str | None, masker: Masker) -> Context:
+    if cell_source is not None and cell_source != error.cell_source:
+        error = error.with_source(cell_source)
+    system = FIX_SYSTEM if mode == "fix" else EXPLAIN_SYSTEM
+    return _masked(Context(prompt=_ask(error, mode), items=(error,), system=system), masker)
 
 
 def fix_request(error: ErrorItem, cell_source: str | None = None, *,
                 extra_secrets: Sequence[str] = ()) -> tuple[str, str]:
     """(system, user) asking for the corrected complete cell in one ```python block,
     with a one-line explanation before it. Masked."""
-    user = _error_prompt(error, cell_source) + "\n\nFix the cell."
-    return FIX_SYSTEM, mask_secrets(user, extra_secrets)[0]
+    ctx = _error_request(error, "fix", cell_source, Masker(extra_secrets))
+    return FIX_SYSTEM, ctx.prompt_text()
 
 
 def explain_request(error: ErrorItem, cell_source: str | None = None, *,
                     extra_secrets: Sequence[str] = ()) -> tuple[str, str]:
     """(system, user) asking to explain the error, no code. Masked."""
-    user = _error_prompt(error, cell_source) + "\n\nExplain this error."
-    return EXPLAIN_SYSTEM, mask_secrets(user, extra_secrets)[0]
+    ctx = _error_request(error, "explain", cell_source, Masker(extra_secrets))
+    return EXPLAIN_SYSTEM, ctx.prompt_text()
 
 
 def error_context(shell: Any, mode: Literal["fix", "explain"], *,
                   extra_secrets: Sequence[str] = ()) -> Context:
-    """``%llm fix`` / ``%llm explain`` as a Context (so fitting, the note and the masked
-    count work as for ``%%llm``). ContextError when there is no error."""
-    err = last_error(shell)
+    """``%llm fix`` / ``%llm explain`` as a Context whose one item is the error: it is
+    fitted to the window as ``%%llm --error`` is (a long message cut first, the failing
+    cell and traceback kept), and the note and masked count work the same.
+    ContextError when there is no error."""
+    masker = Masker(extra_secrets)
+    err = last_error(shell, masker)
     if err is None:
         raise ContextError(f"%llm {mode}: no exception has been raised in this kernel yet")
-    system = FIX_SYSTEM if mode == "fix" else EXPLAIN_SYSTEM
-    ask = "Fix the cell." if mode == "fix" else "Explain this error."
-    prompt = f"{_error_prompt(err, None)}\n\n{ask}"
-    return masked_context(Context(prompt=prompt, system=system), extra_secrets)
+    return _error_request(err, mode, None, masker)
 
 
 def split_fix(answer: str) -> tuple[str, str | None]:

@@ -154,11 +154,51 @@ class ErrorItem(ContextItem):
     cell_source: str | None = None
     frames: tuple[Frame, ...] = ()
     library_frames: int = 0
+    cause: str | None = None
+    """``type: message`` of the exception this one was raised while handling."""
+
+    @classmethod
+    def of(cls, *, name: str, type: str, message: str, cause: str | None = None,
+           cell_number: int | None = None, cell_source: str | None = None,
+           frames: tuple[Frame, ...] = (), library_frames: int = 0) -> ErrorItem:
+        """The item with its text: the error, its cause, the failing cell, the user-code
+        traceback (the message first, so a cut takes it first: see ``shortened``)."""
+        item = cls(name=name, text="", type=type, message=message, cause=cause,
+                   cell_number=cell_number, cell_source=cell_source, frames=frames,
+                   library_frames=library_frames)
+        lines = [f"{type}: {message}"]
+        if cause is not None:
+            lines.append(f"(raised while handling {cause})")
+        if cell_source is not None:
+            lines += [f"\nThe failing cell, In[{cell_number}]:", cell_source]
+        tb_text = item.traceback_text()
+        return dataclasses.replace(item, text="\n".join(
+            lines + ([f"\n{tb_text}"] if tb_text else [])))
+
+    def with_source(self, cell_source: str) -> ErrorItem:
+        """The same error, with ``cell_source`` as the failing cell."""
+        return ErrorItem.of(name=self.name, type=self.type, message=self.message,
+                            cause=self.cause, cell_number=self.cell_number,
+                            cell_source=cell_source, frames=self.frames,
+                            library_frames=self.library_frames)
 
     @property
     def heading(self) -> str:
         where = f" in In[{self.cell_number}]" if self.cell_number is not None else ""
         return f"Last error: {self.type}{where}"
+
+    def shortened(self, max_chars: int) -> ContextItem:
+        """The message is cut first (a 1.6 MB ``KeyError`` is mostly message); the failing
+        cell and the traceback are kept while they fit."""
+        if len(self.text) <= max_chars:
+            return self
+        rest = len(self.text) - len(self.message)
+        if self.message and self.message in self.text and rest < max_chars:
+            message = cut_middle(self.message, max(max_chars - rest, 40))
+            text = self.text.replace(self.message, message, 1)
+            if len(text) <= max_chars:
+                return dataclasses.replace(self, text=text, message=message, cut=True)
+        return dataclasses.replace(self, text=cut_middle(self.text, max_chars), cut=True)
 
     def traceback_text(self) -> str:
         lines = [str(f) for f in self.frames]

@@ -1,11 +1,13 @@
-"""Reading the kernel for context (issue 13): earlier cells from the history, the last
-exception and its user-code frames, variables and images from the namespace. Nothing here
-masks: ``context.build_context`` masks what these return before anything is sent.
+"""Reading the kernel for context: earlier cells from the history, the last exception
+and its user-code frames, variables and images from the namespace.
+
+Each reader takes the ``masking.Masker`` of the request (a fresh one when none is given)
+and masks the raw values it reads (a cell's source and output, an exception's message,
+a variable) before it summarises or cuts them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import linecache
 import os
 import re
@@ -27,6 +29,7 @@ from .context_items import (
     VarItem,
 )
 from .interpolate import InterpolationError, resolve
+from .masking import Masker
 from .summaries import (
     DEFAULT_MAX_CHARS,
     image_bytes,
@@ -63,22 +66,24 @@ def is_llm_cell(source: str) -> bool:
     return bool(re.match(r"%%?llm\b", first))
 
 
-def cells_from_history(shell: Any, spec: str | int, *, include_llm: bool = False
-                       ) -> list[CellItem]:
-    """Code cells of this session before the running one, oldest first (see the module
-    docstring for the spec, and which cells are left out)."""
+def cells_from_history(shell: Any, spec: str | int, *, include_llm: bool = False,
+                       masker: Masker | None = None) -> list[CellItem]:
+    """Code cells of this session before the running one, oldest first (see
+    ``context``'s docstring for the spec, and which cells are left out), masked."""
+    masker = masker or Masker()
     last, start, stop = parse_cells_spec(spec)
     current = running_cell(shell)
     end = current - 1 if stop is None else min(stop, current - 1)
     first = 1 if start is None else start
     if end < first:
         return []
-    entries = _history(shell, first, end)
+    entries = _history(shell, first, end, masker)
     keep = [(n, src, out) for n, src, out in entries
             if src.strip() and (include_llm or not is_llm_cell(src))]
     if last is not None:
         keep = keep[-last:] if last else []
-    return [CellItem.of(n, src, out) for n, src, out in keep]
+    return [CellItem.of(n, masker.text(src), None if out is None else masker.text(out))
+            for n, src, out in keep]
 
 
 def running_cell(shell: Any) -> int:
@@ -90,14 +95,16 @@ def running_cell(shell: Any) -> int:
     return number if isinstance(number, int) else int(shell.execution_count)
 
 
-def _history(shell: Any, first: int, last: int) -> list[tuple[int, str, str | None]]:
-    """(number, raw source, text output) of this session's cells ``first..last``."""
+def _history(shell: Any, first: int, last: int, masker: Masker
+             ) -> list[tuple[int, str, str | None]]:
+    """(number, raw source, text output) of this session's cells ``first..last``; an
+    output object is masked before its repr is cut."""
     hm = shell.history_manager
     rows = []
     for _session, number, entry in hm.get_range(0, first, last + 1, raw=True, output=True):
         source, output = entry if isinstance(entry, tuple) else (entry, None)
         if output is None and number in getattr(hm, "output_hist", {}):
-            output = safe_repr(hm.output_hist[number], MAX_OUTPUT_CHARS)
+            output = safe_repr(hm.output_hist[number], MAX_OUTPUT_CHARS, masker)
         rows.append((int(number), str(source), None if output is None else str(output)))
     return rows
 
@@ -157,9 +164,10 @@ def _last_exception(shell: Any) -> BaseException | None:
     return exc if _user_error(exc) else None
 
 
-def last_error(shell: Any) -> ErrorItem | None:
+def last_error(shell: Any, masker: Masker | None = None) -> ErrorItem | None:
     """The exception of user code IPython last showed, with its cell and user-code
-    frames; None if there was none."""
+    frames, masked; None if there was none."""
+    masker = masker or Masker()
     exc = _last_exception(shell)
     if exc is None:
         return None
@@ -171,7 +179,7 @@ def last_error(shell: Any) -> ErrorItem | None:
         frames.append(Frame(f"In[{cells[exc.filename]}]", exc.lineno, "<module>",
                             (exc.text or "").rstrip()))
     source = _cell_source(shell, outer_cell, cells) if outer_cell is not None else None
-    return _error_item(exc, outer_cell, source, tuple(frames), library)
+    return _error_item(exc, outer_cell, source, tuple(frames), library, masker)
 
 
 def _user_frames(summary: traceback.StackSummary, cells: dict[str, int]
@@ -203,29 +211,27 @@ def _cell_source(shell: Any, number: int, cells: dict[str, int]) -> str | None:
 
 
 def _error_item(exc: BaseException, cell: int | None, source: str | None,
-                frames: tuple[Frame, ...], library: int) -> ErrorItem:
+                frames: tuple[Frame, ...], library: int, masker: Masker) -> ErrorItem:
     etype = type_name(exc)
-    message = str_or_blank(exc) or safe_repr(exc)
-    lines = [f"{etype}: {message}"]
+    message = masker.text(str_or_blank(exc)) or safe_repr(exc, 300, masker)
+    source = None if source is None else masker.text(source)
+    frames = masker.value(frames)
     cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    if cause is not None:
-        lines.append(f"(raised while handling {type_name(cause)}: {str_or_blank(cause)})")
-    if source is not None:
-        lines += [f"\nThe failing cell, In[{cell}]:", source]
-    item = ErrorItem(name=type(exc).__name__, text="", type=etype, message=message,
-                     cell_number=cell, cell_source=source, frames=frames,
-                     library_frames=library)
-    tb_text = item.traceback_text()
-    text = "\n".join(lines + ([f"\n{tb_text}"] if tb_text else []))
-    return dataclasses.replace(item, text=text)
+    return ErrorItem.of(name=type(exc).__name__, type=etype, message=message,
+                        cause=None if cause is None else
+                        f"{type_name(cause)}: {masker.text(str_or_blank(cause))}",
+                        cell_number=cell, cell_source=source, frames=frames,
+                        library_frames=library)
 
 
 # ---------------------------------------------------------------- variables
 
-def var_items(shell: Any, names: Iterable[str], *, max_chars: int = DEFAULT_MAX_CHARS
-              ) -> list[ContextItem]:
+def var_items(shell: Any, names: Iterable[str], *, max_chars: int = DEFAULT_MAX_CHARS,
+              masker: Masker | None = None) -> list[ContextItem]:
     """One item per name (``df``, ``obj.attr``, ``d["k"]``): an image as an ImageItem,
-    anything else summarised. ContextError naming an unknown or failing name."""
+    anything else masked and summarised. ContextError naming an unknown or failing
+    name."""
+    masker = masker or Masker()
     items: list[ContextItem] = []
     for name in names:
         name = name.strip()
@@ -236,12 +242,14 @@ def var_items(shell: Any, names: Iterable[str], *, max_chars: int = DEFAULT_MAX_
         except InterpolationError as exc:
             raise ContextError(f"--vars {name}: " + str(exc).split(": ", 1)[-1]
                                .split(" (write {{")[0]) from None
-        items.append(image_item(name, value) or VarItem(
-            name=name, text=summarize(value, max_chars=max_chars), type_name=type_name(value)))
+        value = masker.named(name, value)
+        items.append(image_item(name, value, masker) or VarItem(
+            name=name, text=summarize(value, max_chars=max_chars, masker=masker),
+            type_name=type_name(value)))
     return items
 
 
-def image_item(name: str, value: object) -> ImageItem | None:
+def image_item(name: str, value: object, masker: Masker | None = None) -> ImageItem | None:
     """An ImageItem for a matplotlib Figure, PIL image or IPython Image; None otherwise,
     and ContextError when it is an image that cannot be turned into bytes."""
     kind = image_kind(value)
@@ -259,5 +267,6 @@ def image_item(name: str, value: object) -> ImageItem | None:
         width, height = image_size(value, kind)
     except Exception:  # noqa: BLE001 - size is only for the estimate
         width = height = None  # type: ignore[assignment]
-    text = f"{summarize(value)} (attached as an image, {mime}, {len(data):,} bytes)"
+    text = (f"{summarize(value, masker=masker)} (attached as an image, {mime}, "
+            f"{len(data):,} bytes)")
     return ImageItem(name=name, text=text, data=data, mime=mime, width=width, height=height)

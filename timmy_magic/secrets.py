@@ -22,20 +22,118 @@ from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit, url
 
 HIDDEN = "***"
 """What a password, a Basic credential or a secret query value shows as (no part of it)."""
+MIN_SECRET = 4
+"""A secret shorter than this is never masked: masking it would rewrite ordinary words."""
 _PARAM_NAME = (r"(?:[A-Za-z0-9]+[-_.])*(?:api[-_]?key|apikey|key|token|secret|password|"
                r"passwd|pwd|pass|sig|signature|credential|auth|session)")
 """Query parameter names whose value is a secret: ``key``, ``api-key``, ``access_token``,
 ``X-Amz-Signature``... (not ``max_tokens`` nor ``monkey``)."""
 _SECRET_PARAM = re.compile(_PARAM_NAME, re.IGNORECASE)
 _QUERY_PAIR = re.compile(r"(^|[&;])([^=&;]*)=([^&;]*)")
+_TOKENS = (
+    r"(?<![A-Za-z0-9])(?P<sk>sk-(?:ant-)?[A-Za-z0-9_-]{8,})"
+    r"|(?<![A-Za-z0-9_])(?P<token_kind>gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|hf_[A-Za-z0-9]{20,}|xox[abposr]-[A-Za-z0-9-]{10,}|(?:AKIA|ASIA)[A-Z0-9]{16}"
+    r"|glpat-[A-Za-z0-9_-]{20,}|npm_[A-Za-z0-9]{30,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*)"
+    r"|(?<![A-Za-z0-9/+=])(?P<aws_secret>[A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"
+    r"|(?P<pem>-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----[\s\S]*?"
+    r"(?:-----END[A-Z0-9 ]*PRIVATE KEY-----|\Z))")
+"""Credentials recognised by their shape: OpenAI/Anthropic ``sk-``, GitHub ``ghp_``/
+``github_pat_``, Hugging Face ``hf_``, Slack ``xox.-``, AWS access key ids and 40-character
+secret keys, GitLab, npm, JWTs, and private-key PEM blocks (to the end of the text when
+its END line is missing)."""
 _GENERIC = re.compile(
     r"(?P<bearer>\bbearer\s+)(?P<token>[A-Za-z0-9._~+/=-]{8,})"
     r"|(?P<basic>\bBasic\s+)(?P<b64>[A-Za-z0-9+/]{8,}={0,2})"
-    r"|(?<![A-Za-z0-9])(?P<sk>sk-(?:ant-)?[A-Za-z0-9_-]{8,})"
+    rf"|{_TOKENS}"
     r"|(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s/?#@]*(?:@[^\s/?#@]*)*)@"
-    rf"|(?<![\w.-])(?P<param>{_PARAM_NAME})=(?P<value>[^\s&;#\"'<>,)\]}}]{{4,}})",
+    rf"|(?<![\w.-])(?P<param>{_PARAM_NAME})=(?P<value>[^\s&;#\"'<>,)\]}}}}]{{4,}})",
     re.IGNORECASE)
 _NOT_SECRET = {"none", "null", "true", "false", HIDDEN}
+SECRET_WORDS = (r"(?:password|passwd|passphrase|pwd|pass|secret|token|api_?key|apikey|"
+                r"access_?key|private_?key|secret_?key|client_?secret|credentials?|auth)")
+"""Names whose value is a secret, as the end of a longer name (``db_password``)."""
+_SEGMENT = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+_SECRET_SEGMENTS = frozenset({
+    "password", "passwd", "passphrase", "pwd", "pass", "secret", "secrets", "token",
+    "apikey", "credential", "credentials", "auth", "authtoken", "accesstoken",
+    "accesskey", "secretkey", "privatekey", "refreshtoken", "clientsecret", "cookie"})
+_KEY_QUALIFIERS = frozenset({
+    "api", "access", "secret", "private", "client", "auth", "signing", "encryption",
+    "master", "license", "subscription", "service", "account", "app", "admin"})
+_NOT_SECRET_LAST = frozenset({
+    "sock", "path", "file", "dir", "url", "uri", "host", "port", "user", "username",
+    "name", "id", "type", "mode", "len", "length", "size", "count", "limit", "timeout",
+    "env", "region", "endpoint", "kind", "enabled", "required", "expiry", "expires",
+    "hash", "header", "prefix", "format", "policy", "field", "column"})
+
+
+def is_secret_name(name: str, *, env: bool | None = None) -> bool:
+    """Does a variable, key, column or field of this name hold a secret? ``MYSQL_PWD``,
+    ``DB_PASS``, ``NPM_AUTH``, ``OPENAI_API_KEY``, ``apiKey``, ``password`` do;
+    ``max_tokens``, ``KEYBOARD``, ``SSH_AUTH_SOCK``, ``API_KEY_ID`` do not. A bare ``key``
+    counts after a qualifier (``api``, ``access``, ``secret``...), and for an environment
+    variable (``env``, or a name in capitals) as the last part of a longer name
+    (``STRIPE_KEY``)."""
+    parts = [p.lower() for p in _SEGMENT.findall(name)]
+    while parts and parts[-1].isdigit():
+        parts.pop()
+    if not parts or parts[-1] in _NOT_SECRET_LAST:
+        return False
+    if any(p in _SECRET_SEGMENTS for p in parts):
+        return True
+    if env is None:
+        env = name.isupper()
+    for i, p in enumerate(parts):
+        if p == "key" and i > 0 and (parts[i - 1] in _KEY_QUALIFIERS
+                                     or (env and i == len(parts) - 1)):
+            return True
+    return False
+
+
+def may_name_secret(text: str) -> bool:
+    """A cheap test: could ``text`` hold a secret-named assignment? (All the names in
+    ``SECRET_WORDS`` contain one of these.)"""
+    lower = text.lower()
+    return any(w in lower for w in ("pass", "pwd", "secret", "token", "key", "auth", "cred"))
+
+
+def find_credentials(text: str, replacement: str = HIDDEN) -> tuple[str, int]:
+    """``text`` with every credential recognised by its shape (see ``_TOKENS``; a Bearer or
+    Basic credential, a URL password) replaced by ``replacement``, keeping what says what
+    it was (``Bearer ``, ``scheme://user:``). ``name=value`` is left alone: in code it is
+    an argument (``api_key=key``). Returns the text and how many were replaced."""
+    count = 0
+
+    def one(m: re.Match[str]) -> str:
+        nonlocal count
+        if m.group("value") is not None:
+            return m.group()
+        if m.group("token") is not None:
+            out = _generic(m)
+            if out == m.group():
+                return out
+            count += 1
+            return m.group("bearer") + replacement
+        if m.group("userinfo") is not None:
+            user, colon, password = m.group("userinfo").partition(":")
+            if colon and password:
+                count += 1
+                return f"{m.group('scheme')}{user}:{replacement}@"
+            if not colon and len(user) >= 16:
+                count += 1
+                return f"{m.group('scheme')}{replacement}@"
+            return m.group()
+        out = _generic(m)
+        if out == m.group():
+            return out
+        count += 1
+        if m.group("basic") is not None:
+            return m.group("basic") + replacement
+        return replacement
+
+    return _GENERIC.sub(one, text), count
 
 
 def mask(key: str | None) -> str:
@@ -49,9 +147,11 @@ def mask(key: str | None) -> str:
 
 
 def _may_hold_credential(text: str) -> bool:
-    """A cheap test before the generic patterns: each of them needs one of these."""
-    return ("=" in text or "@" in text or "sk-" in text or "earer" in text
-            or "EARER" in text or "Basic" in text)
+    """A cheap test before the generic patterns: each of them needs one of these (the
+    40-character AWS secret shape needs nothing, so a text that long is always looked at)."""
+    return ("=" in text or "@" in text or "sk-" in text or "_" in text or "-" in text
+            or "earer" in text or "EARER" in text or "Basic" in text or "eyJ" in text
+            or "AKIA" in text or "ASIA" in text or len(text) >= 40)
 
 
 def _generic(m: re.Match[str]) -> str:
@@ -63,6 +163,15 @@ def _generic(m: re.Match[str]) -> str:
         return m.group("basic") + HIDDEN if ":" in _b64_text(m.group("b64")) else m.group()
     if m.group("sk") is not None:
         return mask(m.group("sk"))
+    if m.group("token_kind") is not None:
+        return mask(m.group("token_kind"))
+    if m.group("aws_secret") is not None:
+        token = m.group("aws_secret")
+        shaped = (any(c.isupper() for c in token) and any(c.islower() for c in token)
+                  and any(c.isdigit() for c in token))
+        return mask(token) if shaped else token
+    if m.group("pem") is not None:
+        return "-----BEGIN PRIVATE KEY----- " + HIDDEN + " -----END PRIVATE KEY-----"
     if m.group("userinfo") is not None:
         return m.group("scheme") + _shown_userinfo(m.group("userinfo")) + "@"
     value = m.group("value")
@@ -100,7 +209,7 @@ class Redactor:
         percent-encoded forms are registered with it."""
         new = {}
         for s in secrets:
-            if not s or len(s) < 4:
+            if not s or len(s) < MIN_SECRET:
                 continue
             for form in {s, quote(s, safe=""), quote_plus(s, safe="")}:
                 if form not in self._shown:
@@ -170,6 +279,10 @@ class Redactor:
             if m.start() < cut < m.end():
                 return m.start()
         return cut
+
+    def registered(self) -> tuple[str, ...]:
+        """Every registered secret, in every form registered."""
+        return tuple(self._table[1])
 
     def known(self, text: str) -> str:
         """Only the registered secrets masked, not what merely looks like a credential:

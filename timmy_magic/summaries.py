@@ -1,6 +1,9 @@
 """Summaries of kernel values that a model can use and a person can read (issue 13).
 
-``summarize(value, max_chars=...)`` never raises and never imports pandas, numpy,
+``summarize(value, max_chars=..., masker=...)`` masks first, then summarises, then cuts:
+the masker (``masking.Masker``) sees the raw strings (a container's items, a DataFrame's
+shown rows and column names) before any repr escapes or cuts them, and the summary's text
+before it is cut, so a cut can never leave part of a secret. It never raises and never imports pandas, numpy,
 matplotlib or PIL: a value is recognised by the module and name of the classes in its type's
 MRO (``pandas.core.frame.DataFrame``...), and the library, being the value's own, is
 already loaded when a method of the value runs. A ``__repr__``/``__str__`` that raises
@@ -32,6 +35,8 @@ import sys
 import types
 from collections.abc import Callable
 from typing import Any
+
+from .masking import Masker
 
 DEFAULT_MAX_CHARS = 2000
 HEAD_ROWS = 5
@@ -74,15 +79,17 @@ def cut(text: str, max_chars: int) -> str:
     return text[:keep] + _CUT.format(n=len(text) - keep)
 
 
-def safe_repr(value: object, max_chars: int = 300) -> str:
-    """``repr(value)`` cut to ``max_chars``; ``<repr failed: ...>`` if it raises."""
+def safe_repr(value: object, max_chars: int = 300, masker: Masker | None = None) -> str:
+    """``repr(value)`` masked (``masker``, else a fresh one), then cut to ``max_chars``;
+    ``<repr failed: ...>`` if it raises."""
+    masker = masker or Masker()
     try:
-        text = repr(value)
+        text = repr(masker.shown(value))
     except Exception as exc:  # noqa: BLE001 - a user __repr__ may raise anything
         return f"<repr failed: {type(exc).__name__}: {_first_line(str_or_blank(exc))}>"
     if not isinstance(text, str):
         return "<repr failed: __repr__ returned a non-string>"
-    return cut(text, max_chars)
+    return cut(masker.text(text), max_chars)
 
 
 def str_or_blank(value: object) -> str:
@@ -119,29 +126,32 @@ def type_name(value: object) -> str:
 
 # ---------------------------------------------------------------- the summaries
 
-def summarize(value: object, *, max_chars: int = DEFAULT_MAX_CHARS) -> str:
-    """A readable summary of ``value``, at most ``max_chars`` characters. Never raises."""
+def summarize(value: object, *, max_chars: int = DEFAULT_MAX_CHARS,
+              masker: Masker | None = None) -> str:
+    """A readable summary of ``value``, at most ``max_chars`` characters, masked by
+    ``masker`` (else a fresh ``Masker``) before anything is cut. Never raises."""
+    masker = masker or Masker()
     try:
-        text = _summary(value, max_chars)
+        text = _summary(value, max_chars, masker)
     except Exception as exc:  # noqa: BLE001 - a summary must never break the cell
         text = f"{type_name(value)}: <summary failed: {type(exc).__name__}>"
-    return cut(text, max_chars)
+    return cut(masker.text(text), max_chars)
 
 
-def _summary(value: object, max_chars: int) -> str:
+def _summary(value: object, max_chars: int, m: Masker) -> str:
     if is_instance_of(value, "pandas", "DataFrame"):
-        return _dataframe(value)
+        return _dataframe(value, m)
     if is_instance_of(value, "pandas", "Series"):
-        return _series(value)
+        return _series(value, m)
     if is_instance_of(value, "numpy", "ndarray"):
-        return _ndarray(value)
+        return _ndarray(value, m)
     kind = image_kind(value)
     if kind is not None:
         return _image(value, kind)
     if isinstance(value, (str, bytes, bytearray)):
-        return _text(value, max_chars)
+        return _text(m.value(value), max_chars, m)
     if isinstance(value, (dict, list, tuple, set, frozenset)):
-        return _container(value, max_chars)
+        return _container(value, max_chars, m)
     if isinstance(value, type):
         return _class(value)
     if callable(value) and isinstance(value, (types.FunctionType, types.BuiltinFunctionType,
@@ -149,52 +159,55 @@ def _summary(value: object, max_chars: int) -> str:
         return _function(value)
     if isinstance(value, types.ModuleType):
         return f"module {value.__name__} ({getattr(value, '__file__', None) or 'built-in'})"
-    return f"{type_name(value)}: {safe_repr(value, max(80, max_chars - 60))}"
+    return f"{type_name(value)}: {safe_repr(value, max(80, max_chars - 60), m)}"
 
 
-def _dataframe(df: Any) -> str:
+def _dataframe(df: Any, m: Masker) -> str:
     rows, cols = df.shape
     parts = [f"pandas DataFrame: {rows:,} row{_s(rows)} × {cols:,} column{_s(cols)}"]
-    parts.append("dtypes:\n" + _attempt(lambda: _dtypes(df), "dtypes"))
+    parts.append("dtypes:\n" + _attempt(lambda: _dtypes(df, m), "dtypes"))
     parts.append(f"head({HEAD_ROWS}):\n" + _attempt(
-        lambda: df.head(HEAD_ROWS).to_string(max_cols=MAX_COLUMNS, max_colwidth=40),
+        lambda: m.frame(df.head(HEAD_ROWS)).to_string(max_cols=MAX_COLUMNS,
+                                                        max_colwidth=40),
         "head"))
-    numeric = _attempt(lambda: _describe_numeric(df), "describe")
+    numeric = _attempt(lambda: _describe_numeric(df, m), "describe")
     if numeric:
         parts.append("describe() of the numeric columns:\n" + numeric)
     return "\n".join(parts)
 
 
-def _dtypes(df: Any) -> str:
+def _dtypes(df: Any, m: Masker) -> str:
     items = list(df.dtypes.items())
-    lines = [f"  {name}: {dtype}" for name, dtype in items[:MAX_COLUMNS]]
+    lines = [f"  {m.text(str(name))}: {dtype}" for name, dtype in items[:MAX_COLUMNS]]
     if len(items) > MAX_COLUMNS:
         lines.append(f"  … {len(items) - MAX_COLUMNS} more columns")
     return "\n".join(lines)
 
 
-def _describe_numeric(df: Any) -> str:
+def _describe_numeric(df: Any, m: Masker) -> str:
     numeric = df.select_dtypes(include="number")
     if numeric.shape[1] == 0 or numeric.shape[0] == 0:
         return ""
-    return str(numeric.iloc[:, :MAX_COLUMNS].describe().to_string(max_colwidth=20))
+    described = m.frame(numeric.iloc[:, :MAX_COLUMNS].describe())
+    return str(described.to_string(max_colwidth=20))
 
 
-def _series(s: Any) -> str:
-    parts = [f"pandas Series {s.name!r}: {len(s):,} values, dtype {s.dtype}"]
+def _series(s: Any, m: Masker) -> str:
+    parts = [f"pandas Series {m.text(repr(s.name))}: {len(s):,} values, dtype {s.dtype}"]
     parts.append(f"head({HEAD_ROWS}):\n" + _attempt(
-        lambda: s.head(HEAD_ROWS).to_string(max_rows=HEAD_ROWS), "head"))
+        lambda: m.series(s.head(HEAD_ROWS)).to_string(max_rows=HEAD_ROWS), "head"))
     if _attempt(lambda: str(s.dtype.kind in "iufc" and len(s) > 0), "kind") == "True":
         parts.append("describe():\n" + _attempt(lambda: s.describe().to_string(), "describe"))
     return "\n".join(parts)
 
 
-def _ndarray(a: Any) -> str:
+def _ndarray(a: Any, m: Masker) -> str:
     parts = [f"numpy ndarray: shape {tuple(a.shape)}, dtype {a.dtype}, {a.size:,} elements"]
     np = sys.modules.get("numpy")
     if np is not None:
         parts.append("values:\n" + _attempt(
-            lambda: str(np.array2string(a, threshold=20, edgeitems=3, max_line_width=100)),
+            lambda: str(np.array2string(_masked_array(a, m, np), threshold=20, edgeitems=3,
+                                        max_line_width=100)),
             "values"))
     if a.dtype.kind in "iuf" and a.size > 0:
         parts.append(_attempt(
@@ -202,11 +215,23 @@ def _ndarray(a: Any) -> str:
     return "\n".join(parts)
 
 
-def _text(value: str | bytes | bytearray, max_chars: int) -> str:
+def _masked_array(a: Any, m: Masker, np: Any) -> Any:
+    """Numbers as they are; text and objects masked (a large one: its first values)."""
+    if a.dtype.kind not in "USOV":
+        return a
+    flat = a.ravel()
+    shown = flat if flat.size <= 1000 else flat[:1000]
+    masked = np.empty(shown.size, dtype=object)
+    for i, v in enumerate(shown.tolist()):
+        masked[i] = m.shown(v)
+    return masked.reshape(a.shape) if flat.size <= 1000 else masked
+
+
+def _text(value: str | bytes | bytearray, max_chars: int, m: Masker) -> str:
     kind = type(value).__name__
     unit = "characters" if isinstance(value, str) else "bytes"
     head = f"{kind} of {len(value):,} {unit}"
-    body = value if isinstance(value, str) else safe_repr(value, max_chars)
+    body = value if isinstance(value, str) else safe_repr(value, max_chars, m)
     if len(head) + 2 + len(body) <= max_chars:
         return f"{head}:\n{body}"
     keep = max(0, max_chars - len(head) - 40)
@@ -214,14 +239,14 @@ def _text(value: str | bytes | bytearray, max_chars: int) -> str:
 
 
 def _container(value: dict[Any, Any] | list[Any] | tuple[Any, ...] | set[Any]
-               | frozenset[Any], max_chars: int) -> str:
+               | frozenset[Any], max_chars: int, m: Masker) -> str:
     r = reprlib.Repr()
     r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 20, 20, 20, 20
     r.maxfrozenset, r.maxstring, r.maxother = 20, 80, 80
     noun = ("key" if isinstance(value, dict) else "item") + ("" if len(value) == 1 else "s")
     head = f"{type_name(value)} of {len(value):,} {noun}"
     try:
-        body = r.repr(value)
+        body = m.text(r.repr(m.shown(value)))
     except Exception as exc:  # noqa: BLE001 - a key's __hash__/__eq__ or an item's repr may raise
         body = f"<repr failed: {type(exc).__name__}: {_first_line(str_or_blank(exc))}>"
     return f"{head}: {cut(body, max(80, max_chars - len(head) - 2))}"

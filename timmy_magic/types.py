@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from .errors import InvalidRequest, RoutingError
+from .masking import Masker
 from .structured import Schema
 from .trace import Attempt as Attempt  # re-exported: the trace is part of a Result
 from .trace import RouteTrace as RouteTrace
@@ -206,6 +207,7 @@ class ChatRequest:
             object.__setattr__(self, "schema", Schema.of(self.schema))
         if self.temperature is not None and not math.isfinite(self.temperature):
             raise InvalidRequest(f"temperature must be a finite number, not {self.temperature}")
+        object.__setattr__(self, "messages", _masked_messages(self.messages))
         for i, m in enumerate(self.messages):
             try:
                 m.text.encode("utf-8")
@@ -233,6 +235,28 @@ class ChatRequest:
             return prompt
         msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
         return cls(messages=tuple(msgs), **kw)
+
+
+def _masked_messages(messages: tuple[Message, ...]) -> tuple[Message, ...]:
+    """The one outbound step every request passes when it is made: each message's text
+    (each text part) with every secret ``masking.Masker`` knows replaced by ``***``.
+    Context was already masked on its raw values (``context.build_context``); this is
+    the net under every other path (a prompt from Python, ``map``, a tool result)."""
+    masker = Masker()
+    out = []
+    changed = False
+    for m in messages:
+        c = m.content
+        if isinstance(c, str):
+            new: Content = masker.text(c)
+        else:
+            new = tuple(TextPart(masker.text(p.text)) if isinstance(p, TextPart) else p
+                        for p in c)
+        if new != c:
+            changed = True
+            m = Message(m.role, new)
+        out.append(m)
+    return tuple(out) if changed else messages
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,3 +115,46 @@ def test_context_is_cut_to_the_model_window(ctx_shell: InteractiveShell,
     assert len(user) < 4 * (2048 - 256) and user.rstrip().endswith("summarise them")
     assert re.search(r"context: \d vars?, ~[\d.]+k? tokens \(cut: \d vars?\)", shown), shown
     assert any(r["cut"] for r in timmy_magic.last().context)
+
+
+@pytest.mark.parametrize("command", ["%llm fix", "%llm explain", "%llm explain -p alpha",
+                                     "%%llm --error\nwhy?"])
+def test_every_path_that_sends_an_error_fits_it_to_the_window(
+        ctx_shell: InteractiveShell, fault: FaultServer, command: str) -> None:
+    """A 1.6 MB error message: fix, explain (through the cascade and pinned) and --error
+    all cut it to the window the same way, keeping the failing cell."""
+    res, _ = run(ctx_shell, "d = {}\nd['k' * 1_600_000]")
+    assert isinstance(res.error_in_exec, KeyError)
+    res, shown = run(ctx_shell, command)
+    assert res.error_in_exec is None, shown
+    user = sent(fault)[-1]["messages"][-1]["content"]
+    assert len(user) < 2048 * 4 and "d['k' * 1_600_000]" in user
+    assert "does not fit" not in shown and "context: 1 error" in shown and "cut" in shown
+
+
+@pytest.mark.parametrize("answer", [
+    "Here is the fix.\n```python\nError: 'populaton_m' was not found.\n```",
+    "Fixed.\n```python\nx = (1,\n```",
+    "Fixed.\n```python\ndf[population_m] = df[populaton_m\n```",
+])
+def test_a_fix_that_is_not_python_inserts_no_cell_and_says_why(
+        shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders,
+        answer: str) -> None:
+    write_providers([local("alpha", fault.base_url("ok", text=answer))])
+    run(shell, "%load_ext timmy_magic")
+    run(shell, "count = 0\nprint(1 / count)")
+    shell.rl_next_input = None
+    res, shown = run(shell, "%llm fix")
+    assert res.error_in_exec is None, shown
+    assert shell.rl_next_input is None
+    assert "is not valid Python (SyntaxError" in shown and "no cell was inserted" in shown
+
+
+def test_a_fix_with_ipython_syntax_is_inserted(
+        shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders) -> None:
+    code = "%time x = 1\n!echo hi\nprint(x)"
+    write_providers([local("alpha", fault.base_url("ok", text=f"Ok.\n```python\n{code}\n```"))])
+    run(shell, "%load_ext timmy_magic")
+    run(shell, "print(1 / 0)")
+    res, shown = run(shell, "%llm fix")
+    assert res.error_in_exec is None and shell.rl_next_input == code, shown

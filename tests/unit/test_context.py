@@ -147,7 +147,7 @@ def test_a_repr_that_raises_does_not_break_the_summary() -> None:
             raise RuntimeError("boom")
 
     assert summarize(Bad()).endswith("<repr failed: RuntimeError: boom>")
-    assert summarize([Bad()]).startswith("list of 1 item: [<Bad instance at 0x")
+    assert summarize([Bad()]) == "list of 1 item: [<repr failed: RuntimeError: boom>]"
 
 
 def test_a_failing_library_call_is_one_line_in_the_summary() -> None:
@@ -230,13 +230,15 @@ def test_an_image_without_data_is_a_clear_error() -> None:
 def test_env_secrets_are_masked_with_a_count(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "canary-openai-0123456789")
     monkeypatch.setenv("DB_PASSWORD", "hunter2hunter2")
-    monkeypatch.setenv("GH_TOKEN", "short")  # < 8 characters: not masked
+    monkeypatch.setenv("GH_TOKEN", "short")  # 4 characters and more: masked
+    monkeypatch.setenv("NPM_AUTH", "abc")  # under 4 characters: not masked
     monkeypatch.setenv("HOME_DIR_NAME", "canary-not-a-secret")
     output = str(dict(os.environ))  # what print(os.environ) shows
     masked, n = mask_secrets(output)
     assert "canary-openai-0123456789" not in masked and "hunter2hunter2" not in masked
     assert "'OPENAI_API_KEY': '***'" in masked
-    assert "canary-not-a-secret" in masked and "'GH_TOKEN': 'short'" in masked
+    assert "canary-not-a-secret" in masked and "'GH_TOKEN': '***'" in masked
+    assert "'NPM_AUTH': 'abc'" in masked
     assert n >= 2
 
 
@@ -399,29 +401,39 @@ def test_bad_cells_spec_is_a_one_line_error(spec: str) -> None:
 
 # ---------------------------------------------------------------- fix / explain
 
-def _error() -> ErrorItem:
-    return ErrorItem(name="ZeroDivisionError", text="...", type="ZeroDivisionError",
-                     message="division by zero", cell_number=4,
-                     cell_source="k = 'sk-abcdefghijklmnop1234'\n1/0",
-                     frames=(Frame("In[4]", 2, "<module>", "1/0"),), library_frames=2)
+def _error(message: str = "division by zero") -> ErrorItem:
+    return ErrorItem.of(name="ZeroDivisionError", type="ZeroDivisionError",
+                        message=message, cell_number=4,
+                        cell_source="k = 'sk-abcdefghijklmnop1234'\n1/0",
+                        frames=(Frame("In[4]", 2, "<module>", "1/0"),), library_frames=2)
 
 
 def test_fix_request_asks_for_a_complete_cell_in_one_python_block() -> None:
     system, user = fix_request(_error())
     assert "one line" in system and "```python" in system and "complete" in system
-    assert "In[4] raised ZeroDivisionError: division by zero" in user
-    assert "```python\nk = " in user and "1/0" in user
+    assert "### Last error: ZeroDivisionError in In[4]" in user
+    assert "ZeroDivisionError: division by zero" in user
+    assert "The failing cell, In[4]:\nk = " in user and "1/0" in user
     assert "In[4], line 2, in <module>" in user and "(2 library frames not shown)" in user
     assert "abcdefghijklmnop1234" not in user  # masked
-    assert user.endswith("Fix the cell.")
+    assert user.endswith("Fix the cell In[4] (the last error above).")
     system, user = fix_request(_error(), "other = 1")
-    assert "other = 1" in user and "1/0\n```" not in user
+    assert "other = 1" in user and "k = " not in user
 
 
 def test_explain_request_asks_for_no_code() -> None:
     system, user = explain_request(_error())
     assert "Do not write out a corrected cell" in system
-    assert user.endswith("Explain this error.")
+    assert user.endswith("Explain this error: ZeroDivisionError in the cell In[4] (above).")
+
+
+def test_a_long_error_is_fitted_by_its_message_keeping_the_cell_and_traceback() -> None:
+    ctx = Context(prompt="Fix it.", items=(_error("k" * 1_600_000),))
+    fitted = ctx.fit(2_000)
+    [item] = fitted.items
+    assert item.cut and fitted.total_tokens() <= 2_000
+    assert "The failing cell, In[4]:" in item.text and "1/0" in item.text
+    assert "(2 library frames not shown)" in item.text
 
 
 def test_split_fix_answer() -> None:

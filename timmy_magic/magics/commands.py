@@ -273,6 +273,10 @@ class LineCommands:
             explanation, code = split_fix(result.text)
             if code is None:
                 return ("the answer holds no code block: no cell was inserted",)
+            problem = _not_python(code)
+            if problem:
+                why = f"the proposed fix is not valid Python ({problem}): no cell was inserted"
+                return (why,)
             ext.ip.set_next_input(code, replace=False)
             return (f"fix proposed in a new cell below: {explanation or 'see above'}",)
 
@@ -374,3 +378,18 @@ HELP_HEAD = "timmy-magic: a cascade of local and cloud LLMs. %llm COMMAND --help
 HELP_TAIL = """Settings: %config TimmyMagics (default_provider, default_model, default_format,
 updates_per_second, max_tokens, temperature, show_trace, display_mode).
 The last result: timmy_magic.last(); the router: timmy_magic.get_router()."""
+
+
+def _not_python(code: str) -> str:
+    """Why ``code`` cannot run as a cell (IPython syntax such as ``%magic`` and ``!cmd``
+    lines allowed), or "" when it parses."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        source = TransformerManager().transform_cell(code)  # type: ignore[no-untyped-call]
+        compile(source, "<fix>", "exec")
+    except SyntaxError as exc:
+        return f"{type(exc).__name__}: {exc.msg}, line {exc.lineno}"
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}"
+    return ""
