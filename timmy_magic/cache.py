@@ -10,15 +10,23 @@ Three modes (``CacheSettings.mode``, overridden by ``$TIMMY_CACHE_MODE``):
   file recorded months ago for a tutorial must still replay.
 
 **The key** (``request_key``) is the SHA-256 of the canonical JSON (sorted keys, no
-whitespace, UTF-8) of what decides the answer: the messages (role and content; OpenAI
-content parts made of text only are joined, as the adapters join them), the resolved model,
-temperature, max_tokens, the JSON schema, the provider or ``"cascade"``, the output format
-and the API mode (chat or completion), and any other sampling option. Never an API key or
-a header: ``RequestFields`` has no place for one.
+whitespace, UTF-8) of the request as it is sent, after every default is applied
+(``RequestFields.resolved``, the defaults ``attempt.py`` applies): the messages (role and
+content, the system prompt and earlier turns included; OpenAI content parts made of text
+only are joined, as the adapters join them), the model, temperature and max_tokens as
+resolved (the cell's, else the model's in providers.yaml, else
+``cascade.default_max_tokens``), the model's ``stop``, ``params`` and API mode (chat or
+completion), the provider and its type, the JSON schema and the output format. A cell
+sent through the cascade keys on what each enabled provider would be sent. So raising a
+model's ``max_tokens`` and reloading misses instead of replaying the answer cut at the
+old cap. Never an API key, a header or a URL: ``RequestFields`` has no place for one.
 
 **The value** is the answer's text, usage, model, provider, timings, the UTC date it was
-recorded and a summary of the prompt (its first 200 characters, for ``stats`` and replay
-misses). Text, summary and names pass ``secrets.REDACT`` on the way in: the cache is a file
+recorded and a summary of the prompt (the user's request, without the notebook context
+put before it, at most 200 characters, for ``stats`` and replay misses). Only a complete,
+non-empty answer is recorded (not a failed, partial, interrupted or invalid one, nor one
+with no text: a reasoning model that only thought), and an empty one found in a file is
+a miss. Text, summary and names pass ``secrets.REDACT`` on the way in: the cache is a file
 that lives for months and may be committed next to a notebook, so a key the model (or the
 prompt) echoes must not reach it. The price is that a replayed answer shows ``sk-...1234``
 where the live one showed the key, as errors and logs already do.
@@ -30,14 +38,25 @@ of failing. Writes take the lock up front (``BEGIN IMMEDIATE``) so a transaction
 to upgrade a read lock, the one case where SQLite reports "database is locked" at once
 without waiting. One connection per ``AnswerCache``, guarded by a lock, serves every thread.
 
-**Never breaks a cell.** A file that is not a SQLite database (or is damaged) is moved
-aside as ``<name>.corrupt-<timestamp>`` with one warning, and a fresh cache is made. A
-cache that cannot be opened at all (read-only directory, a directory at the path) is
-``available == False``: every lookup is a miss, nothing is stored, one warning says why.
-Every later SQLite error (locked past the timeout, disk full) is a warning and a miss.
-A SQLite file that is some other program's database is left alone (cache off). A cache
-file we may read but not write (a replay file in a read-only checkout) is opened read-only:
-answers are served, none recorded.
+**Never breaks a cell.** Every public method is one boundary (``_boundary``): whatever
+goes wrong inside (a SQLite error, an ``OSError`` of a name too long, a ``RecursionError``
+from an entry nested past the limit) is one warning line and a miss, and the answer is
+asked live (in replay, a ``ReplayMiss`` naming the problem: replay never goes live). A
+cache that cannot be opened at all is ``available == False``: every lookup is a miss,
+nothing is stored, one warning says why. A cache file we may read but not write (a replay
+file in a read-only checkout) is opened read-only: answers are served, none recorded.
+
+**Never touches a file that is not ours.** The path may come from a mistake
+(``$TIMMY_CACHE_PATH`` naming a notes file), so a file is used only when it is provably
+ours: its SQLite header holds our ``application_id``. A damaged file is moved aside as
+``<name>.corrupt-<timestamp>`` (with one warning, and a fresh cache made) only when it is
+ours by its header, or is a SQLite-named file inside our own cache directory (the
+default one) that SQLite cannot read or that holds nothing. Anything else is never moved,
+renamed or written (a text or empty file elsewhere, another program's database anywhere,
+a directory): the cache is off for the session, one warning says why. A new cache is built
+whole in a temporary file (0600) and linked into place, so no other kernel ever sees it
+half made and no file that appeared meanwhile is replaced; a directory we create is 0700:
+the file holds prompts (kernel values, cells).
 
 **Size.** ``max_mb`` caps the stored entries (key and value bytes); past it the least
 recently used entries are evicted down to 90% of the cap. A hit refreshes the entry's
@@ -46,10 +65,15 @@ last-used time (at most once a minute, so reads rarely write).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import functools
 import json
 import math
 import os
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,12 +82,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from hashlib import sha256
 from pathlib import Path
-from typing import Any, Literal, Self, TypeGuard, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, Self, TypeGuard, TypeVar, cast
 
+from .context import INTRO
 from .errors import InvalidRequest, TimmyError
 from .providers.parts import openai_content
 from .secrets import REDACT, get_logger
 from .types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
+
+if TYPE_CHECKING:
+    from .config import CascadeConfig, Config, ProviderConfig
 
 log = get_logger("timmy_magic.cache")
 
@@ -80,10 +108,21 @@ TOUCH_EVERY_S = 60.0
 """A hit rewrites the entry's last-used time only when it is older than this."""
 EVICT_TO = 0.9
 """Eviction goes down to this fraction of the cap, so the next put does not evict again."""
-KEY_VERSION = 1
-"""Part of every key: a change to what the key covers changes this, and old entries miss."""
+KEY_VERSION = 2
+"""Part of every key: a change to what the key covers changes this, and old entries miss.
+2: the request as sent (defaults of the model and the cascade applied), not as asked."""
 APPLICATION_ID = 0x544D4331  # "TMC1", in the database header: this file is ours
 SCHEMA_VERSION = 1
+SQLITE_MAGIC = b"SQLite format 3\x00"
+HEADER_BYTES = 100
+"""The SQLite database header: the application id is at offset 68."""
+OWN_SUFFIXES = (".sqlite3", ".sqlite", ".db")
+"""A file in our own cache directory with one of these names may be a damaged cache of
+ours (moved aside); any other file there (the GGUF ``local.py`` keeps) is never touched."""
+WARNING_CHARS = 300
+REQUEST_HEADING = "\n\n### Request\n"
+"""After ``context.INTRO`` and the context blocks, the user's request follows this
+(``Context.prompt_text``)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS answers (
@@ -116,7 +155,11 @@ class ReplayMiss(TimmyError):
 
     @classmethod
     def for_request(cls, fields: RequestFields, *, problem: str | None = None) -> ReplayMiss:
-        return cls(fields.summary(), fields.provider, fields.model, problem=problem)
+        try:
+            summary = fields.summary()
+        except Exception:  # noqa: BLE001 - a miss must be shown whatever the request holds
+            summary = "(this request)"
+        return cls(summary, fields.provider, fields.model, problem=problem)
 
 
 # ---------------------------------------------------------------- settings
@@ -205,13 +248,34 @@ class RequestFields:
 
     @classmethod
     def of(cls, req: ChatRequest, **kw: Any) -> RequestFields:
-        """From a ``types.ChatRequest``; ``kw`` overrides or adds (``model=`` the resolved
-        model, ``schema=``, ``format=``, ``api_mode=``, ``options=``)."""
+        """From a ``types.ChatRequest`` as asked (no default applied); ``kw`` overrides or
+        adds (``model=``, ``schema=``, ``format=``, ``api_mode=``, ``options=``). A cell
+        keys with ``resolved``."""
         base = {"messages": req.messages, "model": req.model,
                 "temperature": req.temperature, "max_tokens": req.max_tokens,
                 "provider": req.provider,
                 "schema": req.schema.canonical() if req.schema is not None else None}
         return cls(**{**base, **kw})
+
+    @classmethod
+    def resolved(cls, req: ChatRequest, config: Config, fmt: str | None) -> RequestFields:
+        """The request as it is sent, every default applied: what the key must cover, so a
+        changed providers.yaml misses instead of replaying an answer asked another way.
+        Pinned (``req.provider``): the model, max_tokens, temperature, stop, params and
+        API mode that provider is sent (``sent_settings``). Through the cascade: the
+        request as asked, and what each enabled provider would be sent (any of them may
+        answer)."""
+        base = cls.of(req, format=fmt)
+        if req.provider is not None:
+            pinned = config.provider(req.provider)
+            if pinned is None:  # the router names the unknown provider; key it as asked
+                return base
+            sent = sent_settings(req, pinned, config.cascade)
+            return cls.of(req, model=sent.pop("model"), temperature=sent.pop("temperature"),
+                          max_tokens=sent.pop("max_tokens"), api_mode=sent.pop("api_mode"),
+                          format=fmt, options=sent)
+        return cls.of(req, format=fmt, options={"cascade": [
+            sent_settings(req, p, config.cascade) for p in config.providers if p.enabled]})
 
     def canonical(self) -> dict[str, Any]:
         return {
@@ -230,6 +294,29 @@ class RequestFields:
     def summary(self) -> str:
         """The prompt (last user message), one line, at most ``SUMMARY_CHARS``."""
         return summarize(self.messages)
+
+
+def sent_settings(req: ChatRequest, provider: ProviderConfig,
+                  cascade: CascadeConfig) -> dict[str, Any]:
+    """What ``provider`` is sent for ``req`` besides the messages and the schema: the
+    defaults ``attempt.attempt`` applies (the request's max_tokens, else the model's, else
+    ``cascade.default_max_tokens``; the request's temperature, else the model's) and the
+    model's fields the adapter adds (``stop``, ``params``, chat or completion API), with the
+    provider's name and type (an adapter builds its own body: Anthropic's, Ollama's)."""
+    model = req.model or provider.default_model
+    mc = provider.model(model)
+    max_tokens = req.max_tokens
+    if max_tokens is None:
+        max_tokens = (mc.max_tokens if mc is not None else None) or cascade.default_max_tokens
+    temperature = req.temperature
+    if temperature is None and mc is not None:
+        temperature = mc.temperature
+    return {"provider": provider.name, "type": provider.type, "model": model,
+            "max_tokens": max_tokens,
+            "temperature": None if temperature is None else float(temperature),
+            "api_mode": mc.mode if mc is not None else "chat",
+            "stop": list(mc.stop) if mc is not None else [],
+            "params": dict(mc.params) if mc is not None else {}}
 
 
 def canonical_json(value: Any) -> str:
@@ -285,6 +372,9 @@ def _canonical_part(part: Any) -> dict[str, Any]:
 
 
 def summarize(messages: Sequence[Message | Mapping[str, Any]]) -> str:
+    """The user's last request, masked (``REDACT``), on one line of at most
+    ``SUMMARY_CHARS``: without the notebook context a cell puts before it (``--cells``,
+    ``--vars``, ``--error``), which begins every such message alike."""
     text = ""
     for m in messages:
         msg = _canonical_message(m)
@@ -294,7 +384,9 @@ def summarize(messages: Sequence[Message | Mapping[str, Any]]) -> str:
                 str(p.get("text", "")) if p.get("type") == "text" else f"[{p.get('type')}]"
                 for p in content if isinstance(p, dict)) if isinstance(
                 content, list) else canonical_json(content)
-    line = " ".join(text.split())
+    if text.startswith(INTRO) and REQUEST_HEADING in text:
+        text = text.rpartition(REQUEST_HEADING)[2]
+    line = " ".join(REDACT(text).split())
     if len(line) > SUMMARY_CHARS:
         line = line[: SUMMARY_CHARS - 1] + "…"
     return line
@@ -318,8 +410,10 @@ class CachedAnswer:
     @classmethod
     def from_result(cls, result: Result, fields: RequestFields, *,
                     now: float | None = None) -> CachedAnswer | None:
-        """A complete answer as a cache value; None for a partial or failed one."""
-        if not result.ok:
+        """A complete answer as a cache value; None for a partial, failed or invalid one,
+        and for one with no text (a usage chunk only, a reasoning model that only thought):
+        replayed, it would answer ``''`` until the cache is cleared."""
+        if not result.ok or not result.text.strip():
             return None
         return cls(text=result.text, provider=result.provider, model=result.model,
                    usage=result.usage, timings=result.timings,
@@ -334,8 +428,8 @@ class CachedAnswer:
         """A Result with the recorded text, usage and timings, and ``note()`` as a note."""
         return Result(text=self.text, provider=self.provider, model=self.model,
                       usage=self.usage, timings=self.timings, trace=trace or RouteTrace(),
-                      notes=(f"answered from the cache: recorded {self.created[:16]} UTC "
-                             f"from {self.provider or 'an unknown provider'}",),
+                      notes=((f"answered from the cache: recorded {self.created[:16]} UTC "
+                              f"from {self.provider or 'an unknown provider'}"),),
                       cached=True)
 
     def redacted(self) -> CachedAnswer:
@@ -457,11 +551,93 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 class _NotOurs(Exception):
-    """The file is a SQLite database of some other program."""
+    """The file at the path is not an answer cache of ours: it is never moved or written."""
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line: an OSError's own words (its path may be long), a
+    SQLite error's message, else the type and the message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    elif isinstance(exc, sqlite3.Error | _NotOurs):
+        text = str(exc) or type(exc).__name__
+    else:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    line = " ".join(text.split())
+    return line if len(line) <= WARNING_CHARS else line[: WARNING_CHARS - 1] + "…"
+
+
+def _boundary(what: str, then: str,
+              fallback: Callable[..., Any]) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """A public method of ``AnswerCache`` as the cache's boundary: any exception from
+    inside (but a ``ReplayMiss``, which is an answer) is one warning line naming ``what``
+    failed and ``then`` what happens instead, and ``fallback(cache, why, *args)`` is the
+    result (a miss, nothing stored...). A cell never sees a cache failure."""
+
+    def wrap(method: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(method)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return method(*args, **kwargs)
+            except ReplayMiss:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the cache must never break a cell
+                cache = cast(AnswerCache, args[0])
+                why = _reason(exc)
+                log.warning("answer cache %s: %s failed (%s)%s", cache.path, what, why, then)
+                return cast(T, fallback(cache, why, *args[1:], **kwargs))
+        return guarded
+    return wrap
+
+
+def _missed(cache: AnswerCache, why: str, *args: Any, **kwargs: Any) -> None:
+    with cache._lock:
+        cache.misses += 1
+
+
+def _lookup_failed(cache: AnswerCache, why: str, fields: RequestFields, mode: CacheMode,
+                   *args: Any, **kwargs: Any) -> None:
+    """In replay a failed lookup is a miss that says why (replay never asks live)."""
+    if mode == "replay":
+        raise ReplayMiss.for_request(fields, problem=why) from None
+
+
+def _stats_failed(cache: AnswerCache, why: str, *args: Any, **kwargs: Any) -> CacheStats:
+    return CacheStats(path=cache.path, available=cache.available, entries=0, bytes=0,
+                      file_bytes=0, hits=cache.hits, misses=cache.misses, oldest=None,
+                      newest=None, max_mb=cache.max_mb, ttl_days=cache.ttl_days,
+                      problem=why, read_only=cache.read_only)
+
+
+def _our_header(header: bytes) -> bool:
+    """A SQLite database header holding our application id."""
+    return (len(header) >= 100 and header.startswith(SQLITE_MAGIC)
+            and int.from_bytes(header[68:72], "big") == APPLICATION_ID)
+
+
+_NO_HARD_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV,
+                  errno.EMLINK}
+
+
+def _make_dirs(path: Path) -> None:
+    """``path`` and its missing parents, each made 0700 (the cache holds prompts); one
+    that exists is left as it is."""
+    missing: list[Path] = []
+    here = path
+    while not here.is_dir() and not here.exists() and here.parent != here:
+        missing.append(here)
+        here = here.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=0o700)
 
 
 class AnswerCache:
-    """The SQLite store. Never raises a SQLite error: a failure is a warning and a miss."""
+    """The SQLite store. Never raises: a failure is one warning and a miss."""
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *,
                  ttl_days: float | None = None, max_mb: float = DEFAULT_MAX_MB,
@@ -490,27 +666,122 @@ class AnswerCache:
     # ------------------------------------------------------------ opening
 
     def _open(self) -> sqlite3.Connection | None:
+        """The connection, or None (one warning says why): never raises."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return self._connect_waiting()
-        except _NotOurs:
-            why = "the file is another program's SQLite database"
-        except sqlite3.OperationalError as exc:
-            why = str(exc)
-            conn = self._read_only_fallback(why)
-            if conn is not None:
-                return conn
-        except sqlite3.DatabaseError as exc:
-            return self._recover(exc)
-        except OSError as exc:
-            why = exc.strerror or str(exc)
+            return self._open_ours()
+        except _NotOurs as exc:
+            why = f"{exc}; it is left as it is"
+        except Exception as exc:  # noqa: BLE001 - a cache that cannot open is off
+            why = _reason(exc)
         self._unavailable(why)
         return None
+
+    def _open_ours(self) -> sqlite3.Connection | None:
+        self.path = self.path.expanduser()  # "~nobody/...": RuntimeError, the cache is off
+        kind = self._inspect()
+        if kind == "absent":
+            self._create_file()
+        elif kind == "damaged":
+            return self._recover("not a database", unless_ours_now=True)
+        try:
+            return self._connect_waiting()
+        except sqlite3.OperationalError as exc:
+            conn = self._read_only_fallback(_reason(exc))
+            if conn is None:
+                raise
+            return conn
+        except _NotOurs:
+            raise
+        except sqlite3.DatabaseError as exc:  # ours by its header, damaged inside
+            return self._recover(_reason(exc))
+
+    def _header(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read(HEADER_BYTES)
+
+    def _inspect(self) -> Literal["absent", "ours", "damaged"]:
+        """Whose file is at the path: none (``absent``), ours by its header (``ours``), or
+        one of ours that is damaged (``damaged``: not a database, in our own cache
+        directory). Any other file is ``_NotOurs``: it is never moved or written."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "absent"
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotOurs("it is a directory" if stat.S_ISDIR(st.st_mode)
+                           else "it is not a regular file")
+        header = self._header()
+        if _our_header(header):
+            return "ours"
+        sqlite = header.startswith(SQLITE_MAGIC)
+        if self._in_own_dir() and (not sqlite or self._damaged_or_empty()):
+            return "damaged"
+        if sqlite:
+            raise _NotOurs("the file is another program's SQLite database")
+        raise _NotOurs("the file is not an answer cache (not a SQLite database of ours)")
+
+    def _damaged_or_empty(self) -> bool:
+        """A file with a SQLite header that SQLite cannot read, or a database with no
+        application id and nothing in it (a cache whose making was cut short by an older
+        version). Read as it is on disk (``immutable``): nothing is written."""
+        uri = self.path.resolve().as_uri() + "?mode=ro&immutable=1"
+        try:
+            conn = sqlite3.connect(uri, uri=True)
+        except sqlite3.Error:
+            return False  # cannot even be opened: left alone
+        try:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.OperationalError:
+            return False
+        except sqlite3.DatabaseError:  # "file is not a database", "malformed"
+            return True
+        finally:
+            conn.close()
+        return bool(app_id == 0 and tables == 0)
+
+    def _in_own_dir(self) -> bool:
+        """The path is a SQLite-named file inside our own (the default) cache directory."""
+        try:
+            here = self.path.resolve()
+            own = default_path().parent.resolve()
+        except Exception:  # noqa: BLE001 - where our directory is, unknown: not ours
+            return False
+        return here.suffix.lower() in OWN_SUFFIXES and here.parent.is_relative_to(own)
+
+    def _create_file(self) -> None:
+        """A new cache, built whole in a temporary file beside the path (0600) and linked
+        into place: another kernel sees no file or a complete one, and a file that
+        appeared meanwhile (another kernel's) is never replaced."""
+        _make_dirs(self.path.parent)
+        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=".timmy-cache-",
+                                    suffix=".tmp")
+        os.close(fd)
+        try:
+            conn = sqlite3.connect(name, isolation_level=None)
+            try:
+                self._create(conn)
+                conn.execute("PRAGMA journal_mode = WAL")  # kept in the header
+            finally:
+                conn.close()
+            try:
+                os.link(name, self.path)
+            except FileExistsError:
+                pass  # another kernel linked its own first: that one is used
+            except OSError as exc:  # a file system without hard links
+                if exc.errno not in _NO_HARD_LINKS:
+                    raise
+                if not os.path.lexists(self.path):
+                    os.replace(name, self.path)
+        finally:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name + suffix)
 
     def _read_only_fallback(self, why: str) -> sqlite3.Connection | None:
         """A cache we may read but not write (a replay file in a read-only checkout):
         answers are served, none recorded."""
-        if not self.path.is_file():
+        if not os.path.isfile(self.path):
             return None
         try:
             conn = self._connect_read_only()
@@ -526,25 +797,37 @@ class AnswerCache:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         try:
             if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-                raise _NotOurs()
+                raise _NotOurs("the file is another program's SQLite database")
         except BaseException:
             conn.close()
             raise
         return conn
 
-    def _recover(self, exc: sqlite3.DatabaseError) -> sqlite3.Connection | None:
-        """The file is damaged or not SQLite: move it aside and start afresh."""
+    def _recover(self, why: str, *,
+                 unless_ours_now: bool = False) -> sqlite3.Connection | None:
+        """A damaged cache of ours: move it aside and start afresh. ``unless_ours_now``:
+        another kernel may have done so a moment ago; its new cache is used, not moved."""
         try:
+            if unless_ours_now and _our_header(self._header()):
+                return self._connect_waiting()
             aside = self._move_aside()
-            conn = self._connect()
-        except (sqlite3.Error, OSError, _NotOurs) as again:
-            self._unavailable(f"damaged ({exc}) and could not be replaced: {again}")
+            self._create_file()
+            conn = self._connect_waiting()
+        except _NotOurs:
+            raise
+        except Exception as again:  # noqa: BLE001 - reported as the reason it is off
+            self._unavailable(f"damaged ({why}) and could not be replaced: "
+                              f"{_reason(again)}")
             return None
         log.warning("answer cache %s was damaged (%s): moved aside to %s, a new cache "
-                    "was started", self.path, exc, aside.name)
+                    "was started", self.path, why, aside.name)
         return conn
 
     def _move_aside(self) -> Path:
+        """Rename the file (and its WAL) to ``<name>.corrupt-<stamp>``: only a file that is
+        provably ours, checked again here (another kernel may have replaced it)."""
+        if not self._in_own_dir() and not _our_header(self._header()):
+            raise _NotOurs("the file is not an answer cache (not a SQLite database of ours)")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         self.path.rename(aside)
@@ -561,9 +844,9 @@ class AnswerCache:
                     self.path, why)
 
     def _connect_waiting(self) -> sqlite3.Connection:
-        """Connect, waiting out another kernel that is creating the file or switching it
-        to WAL right now: SQLite reports "database is locked" for those at once, without
-        calling the busy handler, so the busy timeout alone does not cover them."""
+        """Connect, waiting out another kernel that is switching the file to WAL right
+        now: SQLite reports "database is locked" for that at once, without calling the
+        busy handler, so the busy timeout alone does not cover it."""
         deadline = time.monotonic() + self.busy_timeout_s
         pause = 0.005
         while True:
@@ -576,8 +859,11 @@ class AnswerCache:
             pause = min(pause * 2, 0.1)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
-                               check_same_thread=False)
+        """The file as it is (``mode=rw``: SQLite never creates one here; a new cache is
+        made by ``_create_file`` only)."""
+        uri = self.path.resolve().as_uri() + "?mode=rw"
+        conn = sqlite3.connect(uri, uri=True, timeout=self.busy_timeout_s,
+                               isolation_level=None, check_same_thread=False)
         try:
             self._prepare(conn)
         except BaseException:
@@ -587,14 +873,14 @@ class AnswerCache:
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
-        conn.execute("BEGIN")  # one snapshot: another kernel may be creating it right now
+        conn.execute("BEGIN")  # one snapshot
         try:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         finally:
             conn.execute("COMMIT")
-        if tables and app_id != APPLICATION_ID:
-            raise _NotOurs()
+        if app_id != APPLICATION_ID:
+            raise _NotOurs("the file is another program's SQLite database")
         if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -621,7 +907,9 @@ class AnswerCache:
     @contextmanager
     def _db(self, what: str) -> Iterator[sqlite3.Connection | None]:
         """The connection under the lock; a SQLite error inside is logged, and the block
-        ends (the caller sees its default). None when the cache is unavailable."""
+        ends (the caller sees its default). None when the cache is unavailable. Any other
+        exception rolls back too (no transaction is left holding the file's lock), then
+        reaches the method's ``_boundary``."""
         with self._lock:
             if self._conn is None:
                 yield None
@@ -630,7 +918,10 @@ class AnswerCache:
                 yield self._conn
             except sqlite3.Error as exc:
                 self._rollback()
-                log.warning("answer cache %s: %s failed (%s)", self.path, what, exc)
+                log.warning("answer cache %s: %s failed (%s)", self.path, what, _reason(exc))
+            except BaseException:
+                self._rollback()
+                raise
 
     def _rollback(self) -> None:
         try:
@@ -648,8 +939,10 @@ class AnswerCache:
 
     # ------------------------------------------------------------ the API
 
+    @_boundary("reading", ": a miss", _missed)
     def get(self, key: str, *, ignore_ttl: bool = False) -> CachedAnswer | None:
-        """The recorded answer, or None (missing, expired, unreadable, or any error)."""
+        """The recorded answer, or None (missing, expired, unreadable, empty, or any
+        error)."""
         answer = None
         with self._db("reading") as conn:
             if conn is not None:
@@ -672,8 +965,13 @@ class AnswerCache:
             return None
         try:
             answer = CachedAnswer.from_json(value)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("answer cache %s: an unreadable entry was dropped (%s)", self.path, exc)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.warning("answer cache %s: an unreadable entry was dropped (%s)", self.path,
+                        _reason(exc))
+            self._delete(conn, key)
+            return None
+        if not answer.text.strip():  # never recorded now; a file may still hold one
+            log.warning("answer cache %s: an entry with no text was dropped", self.path)
             self._delete(conn, key)
             return None
         if now - last_used >= TOUCH_EVERY_S and not self.read_only:
@@ -694,6 +992,7 @@ class AnswerCache:
         if not self.read_only:
             conn.execute("DELETE FROM answers WHERE key = ?", (key,))
 
+    @_boundary("writing", ": the answer is not stored", lambda *_a, **_k: False)
     def put(self, key: str, answer: CachedAnswer) -> bool:
         """Record ``answer`` (redacted) under ``key``; evict past ``max_mb``. False when
         nothing was stored (cache unavailable or read-only, an error, an answer larger than
@@ -741,6 +1040,7 @@ class AnswerCache:
         conn.executemany("DELETE FROM answers WHERE key = ?", [(k,) for k in doomed])
         return len(doomed)
 
+    @_boundary("clearing", "", lambda *_a, **_k: 0)
     def clear(self) -> int:
         """Delete every entry; returns how many there were (0 on any error)."""
         count = 0
@@ -751,6 +1051,7 @@ class AnswerCache:
                 conn.execute("PRAGMA incremental_vacuum")
         return max(count, 0)
 
+    @_boundary("reading stats", "", _stats_failed)
     def stats(self) -> CacheStats:
         entries = size = 0
         oldest = newest = None
@@ -772,15 +1073,18 @@ class AnswerCache:
         for suffix in ("", "-wal"):
             try:
                 total += self.path.with_name(self.path.name + suffix).stat().st_size
-            except OSError:
+            except (OSError, ValueError):  # none, or a path no file can have
                 pass
         return total
 
     # ------------------------------------------------------------ modes
 
+    @_boundary("lookup", ": the answer is asked live (in replay: a replay miss)",
+               _lookup_failed)
     def lookup(self, fields: RequestFields, mode: CacheMode) -> CachedAnswer | None:
         """What a cell asks before routing: ``off`` None (not touched), ``on`` the hit or
-        None, ``replay`` the hit (TTL ignored) or ``ReplayMiss``."""
+        None, ``replay`` the hit (TTL ignored) or ``ReplayMiss``. Any failure is one
+        warning and a miss (a ``ReplayMiss`` in replay)."""
         if mode == "off":
             return None
         answer = self.get(request_key(fields), ignore_ttl=mode == "replay")
@@ -789,14 +1093,16 @@ class AnswerCache:
                                          else self.problem)
         return answer
 
+    @_boundary("recording", ": the answer is not stored", lambda *_a, **_k: False)
     def record(self, fields: RequestFields, result: Result, mode: CacheMode) -> bool:
         """What a cell does after a live answer: stored only in ``on`` mode and only when
-        complete. True when stored."""
+        complete and not empty. True when stored."""
         if mode != "on":
             return False
         answer = CachedAnswer.from_result(result, fields, now=self.clock())
         return answer is not None and self.put(request_key(fields), answer)
 
+    @_boundary("closing", "", lambda *_a, **_k: None)
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None

@@ -8,10 +8,12 @@ Trust (like direnv or VS Code workspace trust): ``./providers.yaml`` often comes
 freshly cloned repository, so a file is *trusted* only if it is the packaged default (or
 has its exact bytes), lives in the user config dir, is named by ``$TIMMY_PROVIDERS`` or by
 an explicit path, or was trusted with ``%llm trust`` (path and sha256 in ``trust.py``'s
-store). An untrusted file loads without the parts that run code or read the environment:
-``launch:`` sections and the quota ``command``/``callable`` are dropped and no ``${VAR}`` is
-expanded (a ``${VAR:-default}`` takes its default; an unexpanded ``api_key`` leaves its
-provider "not configured", any other unexpanded provider field disables that provider).
+store). An untrusted file loads without the parts that run code, read the environment or
+choose which of the user's files to write: ``launch:`` sections, the quota
+``command``/``callable`` and the ``cache:`` path, mode and size are dropped and no
+``${VAR}`` is expanded (a ``${VAR:-default}`` takes its default; an unexpanded ``api_key``
+leaves its provider "not configured", any other unexpanded provider field disables that
+provider).
 ``Config.held_back`` lists what was dropped; ``Config.held_back_line`` says it in one line.
 
 ``${VAR}`` and ``${VAR:-default}`` are expanded in every string of a trusted file. An
@@ -460,7 +462,10 @@ def _cache_mode(value: object) -> str:
 
 class CacheConfig(_Model):
     """The answer cache (``cache.py``): off by default; ``$TIMMY_CACHE_MODE`` overrides
-    ``mode`` and ``$TIMMY_CACHE_PATH`` ``path``."""
+    ``mode`` and ``$TIMMY_CACHE_PATH`` ``path``. An untrusted file may not set ``path``,
+    ``mode`` or ``max_mb`` (``CACHE_HELD``): a cloned repository's file would otherwise
+    choose which of the user's files the cache opens, turn recording on, or evict the
+    user's recorded answers with a tiny cap."""
 
     path: Arg | None = None
     mode: Annotated[Literal["off", "on", "replay"], PlainValidator(_cache_mode)] = "off"
@@ -720,8 +725,13 @@ def _drop_internal(raw: dict[str, Any], providers: list[Any], source: str) -> li
     return out
 
 
+CACHE_HELD = ("path", "mode", "max_mb")
+"""The ``cache:`` keys an untrusted file may not set (``CacheConfig``)."""
+
+
 def _hold_back_code(raw: dict[str, Any], out: _Expansion) -> None:
-    """An untrusted file: drop launch sections and the quota's command or callable."""
+    """An untrusted file: drop launch sections, the quota's command or callable, and the
+    cache's path, mode and size (``CACHE_HELD``)."""
     for i, entry in enumerate(out.providers):
         if isinstance(entry, dict) and entry.get("launch") is not None:
             out.held.append(f"launch of '{_provider_name(out.providers, i)}'")
@@ -736,6 +746,11 @@ def _hold_back_code(raw: dict[str, Any], out: _Expansion) -> None:
         out.held += [f"quota {k}" for k in dropped]
         if dropped:
             del gate["quota"]  # nothing left to ask
+    cache = raw.get("cache")
+    if isinstance(cache, dict):
+        asked = {k: cache.pop(k) for k in CACHE_HELD if k in cache}
+        out.held += [f"cache {k}" for k, v in asked.items()
+                     if v is not None and not (k == "mode" and v in (False, "off"))]
 
 
 def _load_yaml(data: bytes | str, source: str) -> dict[str, Any]:

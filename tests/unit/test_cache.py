@@ -411,28 +411,51 @@ def test_nothing_secret_reaches_the_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- damage
 
 
-def test_a_garbage_file_is_moved_aside(tmp_path: Path,
-                                       warnings: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "answers.sqlite3"
+@pytest.fixture
+def own_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Our own (the default) cache directory, in tmp_path: a damaged file there is ours."""
+    import platformdirs
+
+    monkeypatch.setattr(platformdirs, "user_cache_dir", lambda app: str(tmp_path / app))
+    own = default_path().parent
+    own.mkdir(parents=True)
+    return own
+
+
+def test_a_garbage_file_in_our_cache_dir_is_moved_aside(
+        own_dir: Path, warnings: pytest.LogCaptureFixture) -> None:
+    path = own_dir / "answers.sqlite3"
     garbage = os.urandom(8192)
     path.write_bytes(garbage)
     with AnswerCache(path) as c:
         assert c.available
         assert c.put("k", answer()) and c.get("k") == answer()
-    aside = list(tmp_path.glob("answers.sqlite3.corrupt-*"))
+    aside = list(own_dir.glob("answers.sqlite3.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes() == garbage
     found = cache_warnings(warnings)
     assert len(found) == 1 and "moved aside" in found[0] and aside[0].name in found[0]
 
 
-def test_a_text_file_is_moved_aside_too(tmp_path: Path,
-                                        warnings: pytest.LogCaptureFixture) -> None:
-    path = tmp_path / "answers.sqlite3"
+def test_a_text_file_in_our_cache_dir_is_moved_aside_too(
+        own_dir: Path, warnings: pytest.LogCaptureFixture) -> None:
+    path = own_dir / "answers.sqlite3"
     path.write_text("this is not a database\n" * 50)
     with AnswerCache(path) as c:
         assert c.put("k", answer())
-    assert len(list(tmp_path.glob("*.corrupt-*"))) == 1
+    assert len(list(own_dir.glob("*.corrupt-*"))) == 1
     assert len(cache_warnings(warnings)) == 1
+
+
+def test_a_file_elsewhere_that_is_not_ours_is_left_alone(
+        tmp_path: Path, warnings: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "answers.sqlite3"
+    path.write_text("this is not a database\n" * 50)
+    with AnswerCache(path) as c:
+        assert not c.available and not c.put("k", answer())
+    assert path.read_text() == "this is not a database\n" * 50
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["answers.sqlite3"]
+    found = cache_warnings(warnings)
+    assert len(found) == 1 and "left as it is" in found[0]
 
 
 def test_another_programs_database_is_left_alone(tmp_path: Path,

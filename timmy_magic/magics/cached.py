@@ -34,11 +34,20 @@ if TYPE_CHECKING:
 
 PATH_VAR = "TIMMY_CACHE_PATH"
 REPLAY_HINTS = (
-    "Replay answers only from the cache, so a notebook runs offline and the same: this "
-    "request was never recorded (or was asked with other options).",
+    ("Replay answers only from the cache, so a notebook runs offline and the same: this "
+     "request was never recorded (or was asked with other options)."),
     "Record it: `%llm cache on` (or `TIMMY_CACHE_MODE=on`), run the cell once, then replay.",
     "Ask live just this once: add `--no-cache` to the cell.",
 )
+
+
+def _expanded(path: str) -> Path:
+    """``~`` expanded; a ``~user`` that does not exist is kept as written, and the cache
+    says it cannot open it (one warning) instead of the cell failing here."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:
+        return Path(path)
 
 
 class CellCache:
@@ -52,8 +61,8 @@ class CellCache:
         c = self.ext.router.config.cache
         path = os.environ.get(PATH_VAR) or c.path
         try:
-            return CacheSettings(Path(path).expanduser() if path else None, c.mode,
-                                 c.ttl_days, c.max_mb)
+            return CacheSettings(_expanded(path) if path else None, c.mode, c.ttl_days,
+                                 c.max_mb)
         except CacheSettingError as exc:
             raise UsageError(str(exc)) from None
 
@@ -75,32 +84,14 @@ class CellCache:
 
     def fields(self, req: ChatRequest, fmt: str,
                flag: bool | None = None) -> tuple[RequestFields | None, CacheMode]:
-        """The request as the cache keys it. A pinned cell also keys on what its model
-        config changes in the answer: the default model it asks, chat or completion mode
-        (``completion`` only: chat, the default, leaves it None so answers recorded before
-        modes existed hold), the temperature it gets when the cell sets none, its ``stop``
-        and ``params`` (a changed providers.yaml then misses instead of replaying an
-        answer asked another way)."""
+        """The request as the cache keys it: as it is sent, every default applied
+        (``RequestFields.resolved``: the model's max_tokens, temperature, stop, params and
+        mode from providers.yaml, ``cascade.default_max_tokens``), so a changed
+        providers.yaml misses instead of replaying an answer asked another way."""
         mode = cell_mode(self.mode(), flag)
         if mode == "off":
             return None, mode
-        if req.provider is None:
-            return RequestFields.of(req, format=fmt), mode
-        cfg = self.ext.router.provider(req.provider).cfg
-        model = req.model or cfg.default_model
-        mc = cfg.model(model)
-        temperature = req.temperature
-        options: dict[str, object] = {}
-        if mc is not None:
-            if temperature is None:
-                temperature = mc.temperature
-            if mc.stop:
-                options["stop"] = list(mc.stop)
-            if mc.params:
-                options["params"] = dict(mc.params)
-        api_mode = "completion" if mc is not None and mc.mode == "completion" else None
-        return RequestFields.of(req, model=model, format=fmt, temperature=temperature,
-                                api_mode=api_mode, options=options), mode
+        return RequestFields.resolved(req, self.ext.router.config, fmt), mode
 
     def lookup(self, fields: RequestFields | None, mode: CacheMode,
                schema: Schema | None = None) -> Result | None:
