@@ -99,7 +99,7 @@ def router_yaml(providers: Sequence[dict[str, Any]], health_timeout: float = 2.0
 def make_router(providers: Sequence[dict[str, Any]], health_timeout: float = 2.0,
                 **kw: Any) -> Any:
     from timmy_magic.config import parse_config
-    from timmy_magic.router import Router
+    from timmy_magic.routing.router import Router
 
     return Router(parse_config(router_yaml(providers, health_timeout), source="<bench>"),
                   **kw)
@@ -197,7 +197,7 @@ class NullBackend:
         from fastserver import DEFAULT_TOKENS, words
 
         from timmy_magic.providers.base import Chunk
-        from timmy_magic.types import Usage
+        from timmy_magic.model.chat import Usage
 
         self.url = url
         self._chunks = [Chunk(model="fast"), *(Chunk(text=w) for w in words(DEFAULT_TOKENS)),
@@ -218,7 +218,7 @@ class NullBackend:
 
 def register_null_backend() -> str:
     """Register the ``bench_null`` provider type (as a plugin would); returns its name."""
-    from timmy_magic import registry
+    from timmy_magic.providers import registry as registry
 
     registry.register(registry.ProviderKind("bench_null", cloud=False,
                                             default_url="http://null.invalid",

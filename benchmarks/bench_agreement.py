@@ -137,7 +137,7 @@ class Row:
 
 def make_router(url: str, model: str) -> Any:
     from timmy_magic.config import parse_config
-    from timmy_magic.router import Router
+    from timmy_magic.routing.router import Router
 
     return Router(parse_config(
         "cascade: {max_retries_per_provider: 0, timeout_seconds: 120}\n"

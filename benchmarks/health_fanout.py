@@ -45,7 +45,7 @@ with capture_output() as cap:
     ip.run_line_magic("load_ext", "timmy_magic")
 took = time.perf_counter() - t0
 after_load = sorted(m for m in heavy if m in sys.modules)
-from timmy_magic.magics import extension
+from timmy_magic.notebook import extension
 router = extension(ip).router
 deadline = time.monotonic() + {wait}
 while time.monotonic() < deadline and any(

@@ -67,7 +67,7 @@ def nonstream_clients(router: Any, url: str, loop: asyncio.AbstractEventLoop
     import httpx
     import litellm
 
-    from timmy_magic.types import ChatRequest
+    from timmy_magic.model.chat import ChatRequest
 
     req = ChatRequest.of("Say hello.")
     http = httpx.AsyncClient(timeout=30)
@@ -160,7 +160,7 @@ def nonstream(args: argparse.Namespace, srv: _kit.FastServer) -> None:
 def router_alone(args: argparse.Namespace) -> dict[str, float]:
     kind = _kit.register_null_backend()
     router = _kit.make_router([{"name": "null", "type": kind, "models": [{"name": "fast"}]}])
-    from timmy_magic.types import ChatRequest
+    from timmy_magic.model.chat import ChatRequest
 
     req = ChatRequest.of("Say hello.")
     n = args.n * 5
@@ -191,7 +191,7 @@ def router_alone(args: argparse.Namespace) -> dict[str, float]:
 def connections(args: argparse.Namespace, srv: _kit.FastServer) -> None:
     import httpx
 
-    from timmy_magic.types import ChatRequest, Delta
+    from timmy_magic.model.chat import ChatRequest, Delta
 
     def accepted() -> int:
         with httpx.Client(timeout=5) as c:  # its own connection: counted, subtracted
@@ -266,7 +266,7 @@ def cell(args: argparse.Namespace, srv: _kit.FastServer) -> None:
     from IPython.display import Markdown, display
     from IPython.utils.capture import capture_output
 
-    from timmy_magic.magics.extension import extension
+    from timmy_magic.notebook.extension import extension
 
     path = Path(tempfile.mkdtemp(prefix="timmy-bench-")) / "providers.yaml"
     path.write_text(_kit.router_yaml([_kit.provider("bench", srv.url)]))

@@ -70,7 +70,7 @@ def openai_calls(client: Any) -> dict[str, Call]:
 
 
 def our_calls(router: Any) -> dict[str, Call]:
-    from timmy_magic.types import ChatRequest, Delta
+    from timmy_magic.model.chat import ChatRequest, Delta
 
     req = ChatRequest.of("Say hello.")
 
@@ -162,7 +162,7 @@ async def interleaved(calls: dict[str, Call], n: int) -> dict[str, list[float]]:
 
 
 def sync_batch(router: Any, mode: str, n: int) -> Batch:
-    from timmy_magic.types import ChatRequest, Delta
+    from timmy_magic.model.chat import ChatRequest, Delta
 
     req = ChatRequest.of("Say hello.")
     latencies = []

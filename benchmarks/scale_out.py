@@ -51,7 +51,7 @@ def start_replica(cpu: int) -> Any:
 async def drive(router: Any, n: int, concurrency: int, max_tokens: int,
                 other: Any = None) -> dict[str, Any]:
     """``n`` requests by ``concurrency`` workers; with ``other``, odd workers use it."""
-    from timmy_magic.types import ChatRequest
+    from timmy_magic.model.chat import ChatRequest
 
     req = ChatRequest.of(PROMPT, max_tokens=max_tokens, temperature=0.8)
     left = iter(range(n))
@@ -106,7 +106,7 @@ def measure(args: argparse.Namespace, url_a: str, url_b: str) -> dict[str, list[
     configs = {"one replica": [provider(base_url=url_a)],
                "two replicas": [provider(replicas=[url_a, url_b])],
                "two, split by hand": [provider(base_url=url_a)]}
-    from timmy_magic.runner import Runner
+    from timmy_magic.routing.runner import Runner
 
     shared = Runner()  # the hand split: two routers, one loop
     routers = {name: _kit.make_router(p, **({"runner": shared} if "hand" in name else {}))

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/stream_to_screen.py            # ~2 min on 2 cores
     .venv/bin/python benchmarks/stream_to_screen.py --rounds 1 --tokens 1000  # quick
 
-What runs: the real ``%%llm`` magic (``timmy_magic.magics``), loaded with ``%load_ext`` in
+What runs: the real ``%%llm`` magic (``timmy_magic.notebook``), loaded with ``%load_ext`` in
 an in-process IPython ``InteractiveShell`` and called with ``run_cell_magic`` (so argument
 parsing, the router, ``render.NotebookView`` and its throttle all run as in a notebook).
 The shell's display publisher is replaced by one that timestamps every display and update
@@ -131,7 +131,7 @@ async def raw_httpx(http: Any, url: str, model: str, max_tokens: int) -> str:
 
 
 async def router_ttft(router: Any, model: str, max_tokens: int) -> float:
-    from timmy_magic.types import ChatRequest, Delta
+    from timmy_magic.model.chat import ChatRequest, Delta
 
     req = ChatRequest.of("Say hello.", model=model, max_tokens=max_tokens)
     t0, ttft = time.perf_counter(), None
@@ -143,7 +143,7 @@ async def router_ttft(router: Any, model: str, max_tokens: int) -> float:
 
 
 async def router_only(router: Any, model: str, max_tokens: int) -> str:
-    from timmy_magic.types import ChatRequest, Delta
+    from timmy_magic.model.chat import ChatRequest, Delta
 
     req = ChatRequest.of("Say hello.", model=model, max_tokens=max_tokens)
     return "".join([ev.text async for ev in router.astream(req) if isinstance(ev, Delta)])
@@ -172,7 +172,7 @@ def main() -> None:
     import openai
     from fastserver import DEFAULT_TOKENS, words
 
-    from timmy_magic.magics import extension
+    from timmy_magic.notebook import extension
 
     first, short = words(1)[0], "".join(words(DEFAULT_TOKENS))
     trickle = f"paced@50:{DEFAULT_TOKENS}"

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .batch import MapResult, map, map_results  # noqa: F401
-    from .config import Config, load_config  # noqa: F401
-    from .errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
-    from .router import Router  # noqa: F401
-    from .types import (  # noqa: F401
+    from timmy_magic.batch import MapResult, map, map_results  # noqa: F401
+    from timmy_magic.config import Config, load_config  # noqa: F401
+    from timmy_magic.model.errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
+    from timmy_magic.routing.router import Router  # noqa: F401
+    from timmy_magic.model.chat import (  # noqa: F401
         ChatRequest,  # noqa: F401
         Delta,
         Done,
@@ -36,12 +36,13 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
 
 _LAZY = {
     "Config": "config", "load_config": "config",
-    "ConfigError": "errors", "NoProviderAvailable": "errors",
-    "PinnedProviderFailed": "errors", "TimmyError": "errors",
-    "Router": "router",
-    "ChatRequest": "types", "Delta": "types", "Done": "types", "Message": "types",
-    "Result": "types", "Status": "types", "Trying": "types",
-    "last": "magics", "get_router": "magics", "panel": "magics",
+    "ConfigError": "model.errors", "NoProviderAvailable": "model.errors",
+    "PinnedProviderFailed": "model.errors", "TimmyError": "model.errors",
+    "Router": "routing.router",
+    "ChatRequest": "model.chat", "Delta": "model.chat", "Done": "model.chat",
+    "Message": "model.chat", "Result": "model.chat", "Status": "model.chat",
+    "Trying": "model.chat",
+    "last": "notebook", "get_router": "notebook", "panel": "notebook",
     "map": "batch", "map_results": "batch", "MapResult": "batch",
 }
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
@@ -49,13 +50,13 @@ __version__ = "0.1.0"
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:
-    from .magics import load
+    from timmy_magic.notebook import load
 
     load(ip)
 
 
 def unload_ipython_extension(ip: InteractiveShell) -> None:
-    from .magics import unload
+    from timmy_magic.notebook import unload
 
     unload(ip)
 

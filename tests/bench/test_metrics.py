@@ -11,7 +11,7 @@ import pytest
 
 from timmy_magic.bench.metrics import Dist, Timeline, max_overlap, peak_streams, span, summarize
 from timmy_magic.bench.runner import _timeline
-from timmy_magic.types import Result, RouteTrace, Timings, Usage
+from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
 
 approx = pytest.approx
 

@@ -11,7 +11,7 @@ from tests.bench.conftest import MakeRouter, fault_provider, provider
 from tests.support.faultserver import FaultServer, closed_port
 from timmy_magic import bench
 from timmy_magic.bench.runner import BenchSettings, NothingToBench, choose_providers
-from timmy_magic.errors import UnknownProvider
+from timmy_magic.model.errors import UnknownProvider
 
 
 def test_closed_loop_concurrency_and_request_counts(fault: FaultServer,

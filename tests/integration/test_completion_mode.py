@@ -11,7 +11,7 @@ import pytest
 
 from timmy_magic import ChatRequest, Router
 from timmy_magic.config import load_config, packaged_default, parse_config
-from timmy_magic.types import Delta, Done, Message, Trying
+from timmy_magic.model.chat import Delta, Done, Message, Trying
 
 pytestmark = pytest.mark.integration
 

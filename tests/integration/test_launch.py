@@ -14,8 +14,8 @@ import pytest
 from tests.support.servers import free_port, llama_server_binary
 from timmy_magic import ChatRequest, Router
 from timmy_magic.config import parse_config
-from timmy_magic.local import NotInstalled, resolve_command
-from timmy_magic.types import Status
+from timmy_magic.servers.embedded import NotInstalled, resolve_command
+from timmy_magic.model.chat import Status
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +61,7 @@ def test_placeholders():
 
 
 def test_not_installed_is_a_state_with_a_hint_not_an_error(monkeypatch):
-    import timmy_magic.local as local
+    import timmy_magic.servers.embedded as local
 
     def missing() -> local.LlamaRuntime:  # neither a compiled llama-server nor xllamacpp
         raise NotInstalled("llama.cpp's server (xllamacpp, or a compiled llama-server)")
@@ -226,7 +226,7 @@ def test_a_request_during_an_idle_stop_waits_for_it_then_starts_a_new_server(tmp
     import httpx
 
     from timmy_magic.config import LaunchConfig
-    from timmy_magic.launch import Launcher
+    from timmy_magic.servers.launch import Launcher
 
     script = tmp_path / "linger.py"
     script.write_text(LINGERING_SERVER)

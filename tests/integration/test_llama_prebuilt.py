@@ -1,5 +1,5 @@
 """The embedded default on llama.cpp from the prebuilt wheel (``xllamacpp``, issue 22):
-our entry point ``python -m timmy_magic.llama_server_prebuilt`` on the real Gemma 3 270M
+our entry point ``python -m timmy_magic.servers.llama_prebuilt`` on the real Gemma 3 270M
 GGUF serves what the adapter uses (``/health``, ``/props``, ``/v1/models``, streamed
 completions and chat with usage, ``json_schema``), through the project's Router and its
 launch machinery; SIGTERM/SIGINT stop it cleanly with nothing left behind; and
@@ -31,12 +31,12 @@ from tests.support.servers import (
     free_port,
     llama_server_binary,
 )
-from timmy_magic import local
+from timmy_magic.routing.managed import embedded as local
 from timmy_magic.config import load_config, packaged_default
-from timmy_magic.types import Delta, Done, Status
+from timmy_magic.model.chat import Delta, Done, Status
 
 pytestmark = pytest.mark.integration
-MODULE = "timmy_magic.llama_server_prebuilt"
+MODULE = "timmy_magic.servers.llama_prebuilt"
 
 
 def require_xllamacpp() -> None:

@@ -103,6 +103,6 @@ def test_front_end_cell_ids_key_the_conversation_turns(kernel: Kernel) -> None:
     kernel.run("%%llm -p quick --chat\nfirst", cell_id="cell-a")
     kernel.run("%%llm -p quick --chat\nsecond", cell_id="cell-b")
     kernel.run("%%llm -p quick --chat\nfirst, edited", cell_id="cell-a")
-    out = kernel.run("ext = __import__('timmy_magic').magics.extension()\n"
+    out = kernel.run("ext = __import__('timmy_magic.notebook').notebook.extension()\n"
                      "print([t.prompt for t in ext.conversation.turns])")
     assert out[-1]["content"]["text"] == "['first, edited', 'second']\n"

@@ -20,9 +20,9 @@ from IPython.utils.capture import CapturedIO, capture_output
 
 import timmy_magic
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
-from timmy_magic import magics
-from timmy_magic.render import Final
-from timmy_magic.tables import state_badge
+from timmy_magic import notebook as magics
+from timmy_magic.notebook.render import Final
+from timmy_magic.notebook.tables import state_badge
 
 from .conftest import WriteProviders, local, thread_names, wait_for
 
@@ -116,7 +116,7 @@ def test_reload_with_a_bad_file_keeps_the_previous_config_and_says_why(
     md = cap.outputs[0].data["text/markdown"]
     assert "reload failed; the previous config is kept" in md and "YAML syntax error" in md
     assert "Still using 3 providers" in md
-    assert magics.router().names == ["alpha", "beta", "broken"]
+    assert magics.get_router().names == ["alpha", "beta", "broken"]
 
 
 def test_reload_ext_closes_the_previous_router_and_leaks_no_threads(
@@ -124,11 +124,11 @@ def test_reload_ext_closes_the_previous_router_and_leaks_no_threads(
     write_providers([local("alpha", fault.base_url("ok"))])
     baseline = thread_names()
     load(shell)
-    first = magics.router()
+    first = magics.get_router()
     for _ in range(3):
         with capture_output():
             shell.run_line_magic("reload_ext", "timmy_magic")
-    assert magics.router() is not first
+    assert magics.get_router() is not first
     run(shell, "%%llm\nhi")
     assert timmy_magic.last().ok
     assert thread_names().count("timmy-magic-loop") == 1
@@ -483,9 +483,9 @@ def test_pinned_to_a_server_that_is_not_running_is_one_attempt_naming_its_addres
     assert f"Nothing is listening at http://127.0.0.1:{port}: start gone there" in text
     md = data[-1]["text/markdown"]
     assert f"Nothing is listening at `http://127.0.0.1:{port}`: start gone there" in md
-    m = magics.router().metrics()["gone"]
+    m = magics.get_router().metrics()["gone"]
     assert (m.requests, m.failures) == (1, 1)
-    assert magics.router().health()["gone"].circuit == "closed"  # not opened by one cell
+    assert magics.get_router().health()["gone"].circuit == "closed"  # not opened by one cell
 
 
 def test_no_provider_healthy_is_one_readable_block(shell: InteractiveShell,
@@ -600,7 +600,7 @@ def test_every_command_has_a_parser_whose_errors_name_it(ok_shell: InteractiveSh
 
 def test_help_lists_every_command_aligned_and_each_has_its_own_help(
         ok_shell: InteractiveShell) -> None:
-    from timmy_magic.magics import extension
+    from timmy_magic.notebook import extension
 
     _, cap = run(ok_shell, "%llm help")
     rows = [ln for ln in cap.stdout.splitlines() if ln.startswith("  %")]
@@ -633,14 +633,14 @@ def test_panel_is_displayed_and_closed_on_unload(ok_shell: InteractiveShell) -> 
 def test_bench_dispatch_and_missing_bench(ok_shell: InteractiveShell,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, str]] = []
-    fake = ModuleType("timmy_magic.bench.magic")
+    fake = ModuleType("timmy_magic.notebook.bench_magic")
     fake.bench_line = lambda ext, line: calls.append((ext, line)) or "bench table"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "timmy_magic.bench", ModuleType("timmy_magic.bench"))
-    monkeypatch.setitem(sys.modules, "timmy_magic.bench.magic", fake)
+    monkeypatch.setitem(sys.modules, "timmy_magic.notebook.bench_magic", fake)
     _, cap = run(ok_shell, "%llm bench -n 3 alpha")
     assert calls == [(magics.extension(), "-n 3 alpha")]
     assert cap.outputs[0].data["text/plain"] == "'bench table'"
-    monkeypatch.setitem(sys.modules, "timmy_magic.bench.magic", None)
+    monkeypatch.setitem(sys.modules, "timmy_magic.notebook.bench_magic", None)
     res, cap = run(ok_shell, "%llm bench")
     assert res.error_in_exec is None and cap.stdout.startswith("bench not available")
 
@@ -686,10 +686,10 @@ def test_interrupt_keeps_the_partial_answer_closes_the_stream_and_router_recover
     assert "Stream interrupted" not in data[-1]["text/markdown"]
     # the server saw the connection go away; the router is healthy and answers again
     assert wait_for(lambda: fault.open_connections < seen["connections"], 3), seen
-    st = magics.router().provider("slow")
+    st = magics.get_router().provider("slow")
     assert st.endpoints[0].outstanding == 0 and st.endpoints[0].breaker.state(
         time.monotonic()) == "closed"
-    assert magics.router().metrics()["slow"].cancelled == 1
+    assert magics.get_router().metrics()["slow"].cancelled == 1
     res, _ = run(shell, "%%llm -p fine\nagain")
     assert res.error_in_exec is None and timmy_magic.last().text == "still here"
 
@@ -698,9 +698,9 @@ def test_views_show_progress_events_before_the_first_token(
         shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     import itertools
 
-    from timmy_magic.render import AnswerCollector, NotebookView, TerminalView, consume
-    from timmy_magic.types import Delta, Done, RouteTrace, Status, Timings, Trying, Usage
-    from timmy_magic.types import Result as R
+    from timmy_magic.notebook.render import AnswerCollector, NotebookView, TerminalView, consume
+    from timmy_magic.model.chat import Delta, Done, RouteTrace, Status, Timings, Trying, Usage
+    from timmy_magic.model.chat import Result as R
 
     done = R("hi", "g", "m", Usage(1, 1), Timings(0.1, 0.2, 5.0), RouteTrace())
     events = [Trying("g", "http://x", 1), Status("g", "starting the server…"), Delta("hi"),
@@ -712,7 +712,7 @@ def test_views_show_progress_events_before_the_first_token(
         assert consume(iter(events), view, AnswerCollector(0.0), clock) is done
     assert [o.data["text/plain"] for o in cap.outputs] == [
         "waiting for an answer…", "asking g…", "g: starting the server…", "hi"]
-    from timmy_magic.render import Final
+    from timmy_magic.notebook.render import Final
 
     term = TerminalView()
     consume(iter(events), term, AnswerCollector(0.0), itertools.count(1.0).__next__)

@@ -12,7 +12,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from tests.support.servers import ManagedServer
-from timmy_magic import magics
+from timmy_magic import notebook as magics
 
 from .conftest import WriteProviders, wait_for
 from .test_magics import assert_one_streamed_display, load, run

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from timmy_magic.errors import NoProviderAvailable, PinnedProviderFailed
-from timmy_magic.failures import describe_failure
-from timmy_magic.formats import (
+from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
+from timmy_magic.notebook.failures import describe_failure
+from timmy_magic.text.formats import (
     JSONAnswerError,
     extract_code,
     extract_html,
     fenced_block,
     parse_json,
 )
-from timmy_magic.render import AnswerCollector, Final, Throttle
-from timmy_magic.types import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
+from timmy_magic.notebook.render import AnswerCollector, Final, Throttle
+from timmy_magic.model.chat import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 
 
 def result(text: str = "Hello **world**", error: str | None = None) -> Result:
@@ -188,7 +188,7 @@ def test_a_live_display_publishes_linear_in_the_answer(size: int, seconds: float
     answer streamed in 8 s published 104 MB (issue 11). The throttle grows the gap with
     the text, so what is published stays within 10x the final text, while a slow stream
     still moves at least once a second."""
-    from timmy_magic.render import NotebookView
+    from timmy_magic.notebook.render import NotebookView
 
     published: list[int] = []
     times: list[float] = []
@@ -204,7 +204,7 @@ def test_a_live_display_publishes_linear_in_the_answer(size: int, seconds: float
         times.append(now[0])
         return Handle()
 
-    monkeypatch.setattr("timmy_magic.render.display", display)
+    monkeypatch.setattr("timmy_magic.notebook.render.display", display)
     view = NotebookView(per_second=20.0)
     view.start(0.0)
     chunk = "word " * 10  # 50 characters a delta
@@ -230,7 +230,7 @@ def test_data_renders_as_a_table_list_as_columns_and_nested_as_json() -> None:
 
     from pydantic import BaseModel
 
-    from timmy_magic.render import data_markdown
+    from timmy_magic.notebook.render import data_markdown
 
     class City(BaseModel):
         city: str
@@ -258,8 +258,8 @@ def test_an_invalid_answer_says_not_valid_not_interrupted() -> None:
 
 def test_a_discard_drops_the_streamed_text_everywhere(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    from timmy_magic.render import NotebookView, TerminalView
-    from timmy_magic.types import Discard
+    from timmy_magic.notebook.render import NotebookView, TerminalView
+    from timmy_magic.model.chat import Discard
 
     got = AnswerCollector(0.0)
     got.delta("not json", 0.1)
@@ -285,8 +285,8 @@ def test_a_discard_drops_the_streamed_text_everywhere(capsys: pytest.CaptureFixt
 
 def test_a_terminal_never_prints_a_configured_key_even_split_across_deltas(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from timmy_magic.render import TerminalView
-    from timmy_magic.secrets import REDACT
+    from timmy_magic.notebook.render import TerminalView
+    from timmy_magic.privacy.redact import REDACT
 
     key = "canary-term-key-0a1b2c3d4e5f6789"
     REDACT.add([key])

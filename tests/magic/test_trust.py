@@ -21,8 +21,8 @@ from IPython.utils.capture import capture_output
 from tests.magic.conftest import FAST_CASCADE
 from tests.support.faultserver import FaultServer
 from timmy_magic import config as config_mod
-from timmy_magic import trust
-from timmy_magic.errors import ConfigError
+from timmy_magic.config import trust as trust
+from timmy_magic.model.errors import ConfigError
 
 VALUE = "value-of-TIMMY_TRUST_PROBE-2f9c"
 
@@ -95,9 +95,9 @@ def test_an_untrusted_working_dir_config_runs_nothing_and_reads_no_variable(
     shown = run(shell, "%llm trust")
     assert "Trusted " in shown and "launch of 'launched'" in shown, shown
     assert "the quota command" in shown and "Reloaded 3 providers" in shown, shown
-    from timmy_magic import magics
+    from timmy_magic import notebook as magics
 
-    cfg = magics.router().config
+    cfg = magics.get_router().config
     assert cfg.trusted and not cfg.held_back and cfg.trusted_by == "trusted with %llm trust"
     run(shell, "%%llm -p leaky\nhello")
     assert any(r.params.get("probe") == VALUE for r in srv.requests)  # expanded, trusted
@@ -111,10 +111,10 @@ def test_an_untrusted_working_dir_config_runs_nothing_and_reads_no_variable(
 
     # untrust forgets it
     run(shell, "%llm trust")
-    assert magics.router().config.trusted
+    assert magics.get_router().config.trusted
     shown = run(shell, "%llm untrust")
     assert "Untrusted" in shown and "held back" in shown, shown
-    assert not magics.router().config.trusted
+    assert not magics.get_router().config.trusted
 
 
 def test_what_a_user_names_or_owns_is_trusted(home: Path, srv: FaultServer, tmp_path: Path,

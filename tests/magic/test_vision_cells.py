@@ -91,7 +91,7 @@ def test_the_window_a_server_reported_cuts_the_context(
 
     write_providers([local("small", fault.base_url("ok", text="ok", n_ctx=2048))])
     run(shell, "%load_ext timmy_magic")
-    from timmy_magic.magics.extension import extension
+    from timmy_magic.notebook.extension import extension
 
     ext = extension(shell)
     ext.router.check_health()

@@ -7,9 +7,9 @@ import typing
 
 import pytest
 
-from timmy_magic.metrics import MetricsSnapshot
-from timmy_magic.types import EndpointHealth, HealthReport, HealthState
-from timmy_magic.widget import (
+from timmy_magic.routing.metrics import MetricsSnapshot
+from timmy_magic.model.chat import EndpointHealth, HealthReport, HealthState
+from timmy_magic.notebook.widget import (
     AUTO,
     AUTO_VALUE,
     Coalescer,
@@ -84,7 +84,7 @@ def test_every_health_state_has_a_tone() -> None:
     assert {tone_of(s) for s in typing.get_args(HealthState)} <= {
         "green", "amber", "red", "grey", "neutral"}
     assert set(typing.get_args(HealthState)) <= set(__import__(
-        "timmy_magic.tables", fromlist=["TONES"]).TONES)
+        "timmy_magic.notebook.tables", fromlist=["TONES"]).TONES)
 
 
 def test_badge_colours_and_checking_marker() -> None:

@@ -17,8 +17,8 @@ from IPython.utils.capture import capture_output
 from tests.support.faultserver import FaultServer, closed_port
 from timmy_magic import Router
 from timmy_magic.config import load_config
-from timmy_magic.errors import NoProviderAvailable, PinnedProviderFailed
-from timmy_magic.widget import AUTO_VALUE, Panel, panel
+from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
+from timmy_magic.notebook.widget import AUTO_VALUE, Panel, panel
 
 from .conftest import FakeClock, ManualTimers, make_router, prov
 
@@ -361,11 +361,11 @@ def test_a_click_during_a_background_render_is_not_muted(mixed: Router,
 
 
 def test_timmy_magic_panel_is_the_function_whatever_was_imported(srv: FaultServer) -> None:
-    """The widget module is ``timmy_magic.widget``, so importing it cannot rebind the
+    """The widget module is ``timmy_magic.notebook.widget``, so importing it cannot rebind the
     documented call ``timmy_magic.panel(...)`` (no module-class trick needed)."""
     import timmy_magic
-    import timmy_magic.magics
-    import timmy_magic.widget  # noqa: F401
+    import timmy_magic.notebook
+    import timmy_magic.notebook.widget  # noqa: F401
 
     r = make_router(prov("a", srv.base_url("ok"), 1))
     p = timmy_magic.panel(r, check_on_open=False)

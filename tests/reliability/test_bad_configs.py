@@ -23,7 +23,7 @@ from tests.reliability.conftest import Figures
 from tests.support.faultserver import FaultServer
 from timmy_magic import Router
 from timmy_magic.config import MAX_CONFIG_BYTES, load_config
-from timmy_magic.errors import ConfigError
+from timmy_magic.model.errors import ConfigError
 
 CORPUS = Path(__file__).with_name("bad_configs")
 PART = "bad configs"
@@ -285,13 +285,13 @@ def test_llm_reload_with_a_bad_file_keeps_the_kernel_config(shell: InteractiveSh
                                                             srv: FaultServer,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             figures: Figures):
-    from timmy_magic import magics
+    from timmy_magic import notebook as magics
 
     part = figures.part(PART, *LABELS)
     monkeypatch.setenv("TIMMY_PROVIDERS", str(good_config(tmp_path, srv)))
     with capture_output():
         shell.run_line_magic("load_ext", "timmy_magic")
-    before = magics.router().config
+    before = magics.get_router().config
     failures = {}
     for path, (provider, field, words) in corpus(huge):
         monkeypatch.setenv("TIMMY_PROVIDERS", str(path))
@@ -309,7 +309,7 @@ def test_llm_reload_with_a_bad_file_keeps_the_kernel_config(shell: InteractiveSh
             bad.append("provider not named")
         if field and f"field '{field}'" not in text:
             bad.append("field not named")
-        if magics.router().config is not before:
+        if magics.get_router().config is not before:
             bad.append("config replaced")
         else:
             part.add("kernel configs kept")

@@ -47,7 +47,7 @@ from tests.magic.conftest import FAST_CASCADE, local, sent, wait_for
 from tests.support.faultserver import FaultServer
 from tests.support.scriptserver import ScriptServer, sse
 from timmy_magic import cache as cache_mod
-from timmy_magic import trust
+from timmy_magic.config import trust as trust
 from timmy_magic.cache import (
     AnswerCache,
     CachedAnswer,
@@ -57,10 +57,10 @@ from timmy_magic.cache import (
 )
 from timmy_magic.config import parse_config
 from timmy_magic.context import INTRO, Context
-from timmy_magic.context_items import VarItem
-from timmy_magic.router import Router
-from timmy_magic.secrets import REDACT
-from timmy_magic.types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
+from timmy_magic.context.items import VarItem
+from timmy_magic.routing.router import Router
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.model.chat import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 LIVE = "a live answer"
@@ -766,7 +766,7 @@ def test_an_answer_without_text_or_not_whole_is_never_recorded(
 
 
 def _interrupt_after_two_tokens() -> None:
-    from timmy_magic import magics
+    from timmy_magic import notebook as magics
 
     ext = magics.extension()
 

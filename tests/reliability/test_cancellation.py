@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from timmy_magic.breaker import CircuitBreaker
+from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.config import parse_config
-from timmy_magic.errors import ProviderError, RoutingError
+from timmy_magic.model.errors import ProviderError, RoutingError
 from timmy_magic.providers import base as base_mod
-from timmy_magic.router import Router
-from timmy_magic.types import ChatRequest, Delta, Done
+from timmy_magic.routing.router import Router
+from timmy_magic.model.chat import ChatRequest, Delta, Done
 
 from ..support.faultserver import Blackhole, FaultServer, closed_port
 from ..support.scriptserver import ScriptServer, sse
@@ -194,7 +194,7 @@ def test_cancel_while_a_managed_server_starts_releases_the_probe_slot(
 
 def test_a_broken_backend_factory_fails_over_and_leaks_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from timmy_magic import registry
+    from timmy_magic.providers import registry as registry
 
     kind = registry.ProviderKind("broken_kind", cloud=False, default_url="http://127.0.0.1:1",
                                  needs_key=False, factory="nowhere.at.all:make")
@@ -315,7 +315,7 @@ def test_a_provider_error_is_never_its_own_cause() -> None:
 def test_a_broken_plugin_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import metadata
 
-    from timmy_magic import registry
+    from timmy_magic.providers import registry as registry
 
     ep = metadata.EntryPoint("evil", "no_such_module_xyz:kind", registry.ENTRY_POINT_GROUP)
     monkeypatch.setattr(metadata, "entry_points", lambda group: [ep])

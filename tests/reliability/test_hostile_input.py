@@ -145,7 +145,7 @@ def still_works(ip: InteractiveShell, srv: FaultServer) -> bool:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input(case: Hostile, shell: InteractiveShell, srv: FaultServer,
                        tmp_path: Path, figures: Figures):
-    from timmy_magic import magics
+    from timmy_magic import notebook as magics
 
     part = figures.part(PART, *LABELS)
     part.add("inputs")
@@ -188,7 +188,7 @@ def test_hostile_input(case: Hostile, shell: InteractiveShell, srv: FaultServer,
         problems.append(f"the cell took {took:.1f}s")
     if (tmp_path / "pwned").exists():
         problems.append("a shell command was executed")
-    if magics.router().health()["local"].circuit != "closed":
+    if magics.get_router().health()["local"].circuit != "closed":
         problems.append("the provider was blamed for a bad input (circuit opened)")
     if still_works(shell, srv):
         part.add("kernel still working")

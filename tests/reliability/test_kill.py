@@ -30,7 +30,7 @@ from tests.reliability.conftest import Figures, run_bounded
 from tests.support.servers import ManagedServer
 from timmy_magic import Router
 from timmy_magic.config import parse_config
-from timmy_magic.types import Delta, Done, Result
+from timmy_magic.model.chat import Delta, Done, Result
 
 pytestmark = pytest.mark.integration
 PART = "kill tests"

@@ -41,8 +41,8 @@ from tests.magic.conftest import run_shown as run
 from tests.reliability.conftest import Figures
 from tests.support.faultserver import FaultServer
 from timmy_magic.context import build_context
-from timmy_magic.masking import Masker
-from timmy_magic.secrets import REDACT, is_secret_name
+from timmy_magic.privacy.masking import Masker
+from timmy_magic.privacy.redact import REDACT, is_secret_name
 
 PART = "masking boundary"
 FRAGMENT = 10
@@ -268,7 +268,7 @@ def test_every_outbound_entry_point_is_one_this_suite_sends_a_canary_through() -
     """The Router's public methods that take a request or a prompt, and the package's
     public functions that do: each must be listed in OUTBOUND (and so tested below)."""
     import timmy_magic
-    from timmy_magic.router import Router
+    from timmy_magic.routing.router import Router
 
     found = {f"Router.{name}" for name, fn in inspect.getmembers(Router, inspect.isfunction)
              if not name.startswith("_")
@@ -330,7 +330,7 @@ def test_no_outbound_path_sends_the_canary(canary_shell: tuple[InteractiveShell,
         assert len(srv.requests) > before, f"{label}: nothing was sent ({shown[-300:]})"
         assert leaked(CANARY, _bodies(srv)) is None, label
     router = timmy_magic.get_router()
-    from timmy_magic.types import ChatRequest
+    from timmy_magic.model.chat import ChatRequest
 
     router.complete(f"why {CANARY}", provider="alpha")
     list(router.stream(ChatRequest.of(f"why {CANARY}", provider="alpha")))

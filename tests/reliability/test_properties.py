@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 from tests.reliability.conftest import Figures
-from timmy_magic.breaker import CircuitBreaker
-from timmy_magic.planner import ProviderView, plan_route
+from timmy_magic.routing.breaker import CircuitBreaker
+from timmy_magic.routing.planner import ProviderView, plan_route
 
 RUNS: Counter[str] = Counter()
 

@@ -147,7 +147,7 @@ def test_no_canary_shows_anywhere_in_the_kernel(shell: InteractiveShell, canary_
             canaries.check_error(source, res.error_in_exec)
     # the server did echo: the outputs hold its echo, masked (else this test proves nothing)
     assert echoed >= 20, echoed
-    from timmy_magic import magics
+    from timmy_magic import notebook as magics
 
     ext = magics.extension(shell)
     with capture_output():
@@ -171,7 +171,7 @@ def test_no_canary_shows_anywhere_in_the_kernel(shell: InteractiveShell, canary_
 def test_no_canary_in_router_errors_and_their_causes(canary_config: Path,
                                                      figures: Figures) -> None:
     from timmy_magic import ChatRequest, Router
-    from timmy_magic.errors import RoutingError
+    from timmy_magic.model.errors import RoutingError
 
     canaries = Canaries(figures)
     with Router.from_config(str(canary_config)) as r:

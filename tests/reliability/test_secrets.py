@@ -154,7 +154,7 @@ CELLS = (
     "%%llm -o kept --chat\nhello", "%%llm --chat\nagain", "%llm history",
     "print(repr(kept), kept.trace, kept.footer())",
     "import timmy_magic; print(repr(timmy_magic.last()))",
-    ("from timmy_magic import magics; r = magics.router(); print(r, r.config, r.health(),"
+    ("from timmy_magic import notebook; r = notebook.get_router(); print(r, r.config, r.health(),"
      " r.metrics(), [r.provider(n) for n in r.names])"),
 )
 
@@ -178,7 +178,7 @@ def test_the_key_never_shows_in_the_kernel(shell: InteractiveShell, planted: Pat
             audit.check_error(source, res.error_in_exec)
         assert res.error_in_exec is None or source.startswith("%llm"), \
             (source, res.error_in_exec)
-    from timmy_magic import magics
+    from timmy_magic import notebook as magics
 
     ext = magics.extension(shell)
     with capture_output() as cap:
@@ -207,7 +207,7 @@ def test_the_key_never_shows_in_the_kernel(shell: InteractiveShell, planted: Pat
 def test_router_errors_and_traces_never_hold_the_key(planted: Path, figures: Figures):
     from timmy_magic import ChatRequest, Router
     from timmy_magic.config import load_config
-    from timmy_magic.errors import ConfigError, RoutingError
+    from timmy_magic.model.errors import ConfigError, RoutingError
 
     audit = Audit(figures.part(PART, "places checked", "occurrences found"))
     with Router.from_config(str(planted)) as r:
@@ -260,7 +260,7 @@ def test_the_key_never_shows_in_an_executed_notebook(planted: Path, figures: Fig
 FRESH = """
 import sys
 from timmy_magic.config import load_config
-from timmy_magic.errors import ConfigError
+from timmy_magic.model.errors import ConfigError
 for path in sys.argv[1:]:
     try:
         load_config(path)

@@ -41,12 +41,12 @@ from tests.support.faultserver import FaultServer
 from tests.support.rendered import math, render, structure, text_of
 from timmy_magic import batch
 from timmy_magic.batch import MapError, MapInterrupted, MapResult, map, map_results
-from timmy_magic.errors import RoutingError, TimmyError
-from timmy_magic.markup import clean
-from timmy_magic.render import Final, data_markdown
-from timmy_magic.secrets import REDACT
-from timmy_magic.structured import InvalidAnswer, Schema
-from timmy_magic.types import Result, RouteTrace, Timings, Usage
+from timmy_magic.model.errors import RoutingError, TimmyError
+from timmy_magic.text.markup import clean
+from timmy_magic.notebook.render import Final, data_markdown
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.model.schema import InvalidAnswer, Schema
+from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
 
 KEY = "sk-structHOSTILE0123456789abcdefXYZ"
 """Planted as a configured secret (REDACT): it must never show."""

@@ -10,7 +10,7 @@ from tests.support.fake_ollama import FakeOllama
 from tests.support.faultserver import FaultServer
 from timmy_magic import Router
 from timmy_magic.config import parse_config
-from timmy_magic.errors import NoProviderAvailable
+from timmy_magic.model.errors import NoProviderAvailable
 from timmy_magic.providers.openai_compat import client_base, health_url
 
 

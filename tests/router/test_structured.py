@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from tests.support.fake_ollama import FakeOllama
 from tests.support.faultserver import FaultServer
 from timmy_magic import ChatRequest
-from timmy_magic.structured import Schema
-from timmy_magic.types import Delta, Discard, Done, Trying
+from timmy_magic.model.schema import Schema
+from timmy_magic.model.chat import Delta, Discard, Done, Trying
 
 from .test_router_faults import make_router, prov
 
@@ -185,7 +185,7 @@ def test_a_type_pydantic_can_validate_works_as_a_schema(srv):
     (object(), "cannot make a JSON schema"),
 ])
 def test_what_is_not_a_schema_is_a_one_line_error(bad, why):
-    from timmy_magic.errors import InvalidRequest
+    from timmy_magic.model.errors import InvalidRequest
 
     with pytest.raises(InvalidRequest) as info:
         ChatRequest.of("x", schema=bad)
@@ -217,8 +217,8 @@ def test_a_configured_key_a_server_echoes_into_the_answer_is_masked(srv):
     """A hostile server puts the request's Authorization header into the answer's text:
     the kept answer (and so the cache, history, renders) and the live display mask the
     configured key; text that merely looks like a credential is the model's to say."""
-    from timmy_magic.render import NotebookView
-    from timmy_magic.types import Delta
+    from timmy_magic.notebook.render import NotebookView
+    from timmy_magic.model.chat import Delta
 
     key = "canary-key-7f3e9a1b2c4d5e6f"
     url = srv.base_url("echo", mode="text", case="echo-key")
@@ -232,6 +232,6 @@ def test_a_configured_key_a_server_echoes_into_the_answer_is_masked(srv):
     view._parts = [streamed]
     assert key not in str(view._live_bundle())
     assert NotebookView("markdown")._parts == []  # (a fresh view holds nothing)
-    from timmy_magic.secrets import REDACT
+    from timmy_magic.privacy.redact import REDACT
 
     assert REDACT.known("password=hunter2 in an example") == "password=hunter2 in an example"

@@ -3,7 +3,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from timmy_magic.breaker import CircuitBreaker
+from timmy_magic.routing.breaker import CircuitBreaker
 
 
 def test_opens_after_threshold_consecutive_failures():

@@ -27,9 +27,9 @@ from timmy_magic.cache import (
     default_path,
     request_key,
 )
-from timmy_magic.errors import InvalidRequest, TimmyError
-from timmy_magic.secrets import REDACT
-from timmy_magic.types import ChatRequest, Message, Result, RouteTrace, Timings, Usage
+from timmy_magic.model.errors import InvalidRequest, TimmyError
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.model.chat import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
 DAY = 86400.0
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z
@@ -511,7 +511,7 @@ _READ_ONLY_CHECK = textwrap.dedent("""
     import json, logging, sys
     from pathlib import Path
     from timmy_magic.cache import AnswerCache, CachedAnswer
-    from timmy_magic.types import Timings, Usage
+    from timmy_magic.model.chat import Timings, Usage
     records = []
     class H(logging.Handler):
         def emit(self, r): records.append(r.getMessage())

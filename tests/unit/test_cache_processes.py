@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from timmy_magic.cache import AnswerCache, CachedAnswer
-from timmy_magic.types import Timings, Usage
+from timmy_magic.model.chat import Timings, Usage
 
 WORKERS = 3
 PUTS = 150

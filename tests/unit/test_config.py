@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from timmy_magic.config import find_config, load_config, packaged_default, parse_config
-from timmy_magic.errors import ConfigError
+from timmy_magic.model.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -35,8 +35,8 @@ from timmy_magic.context import (
     parse_cells_spec,
     split_fix,
 )
-from timmy_magic.secrets import REDACT
-from timmy_magic.summaries import image_kind, is_instance_of, summarize
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.context.summaries import image_kind, is_instance_of, summarize
 
 matplotlib.use("Agg")
 
@@ -179,7 +179,7 @@ def test_recognition_is_by_module_and_name_without_importing() -> None:
 def test_summaries_and_context_import_none_of_the_optional_libraries() -> None:
     code = ("import sys\n"
             "from timmy_magic.context import build_context\n"
-            "from timmy_magic.summaries import summarize\n"
+            "from timmy_magic.context.summaries import summarize\n"
             "summarize({'a': 1}); summarize(object()); summarize('x')\n"
             "print([m for m in ('pandas', 'numpy', 'matplotlib', 'PIL') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -10,8 +10,8 @@ from typing import get_args
 
 import pytest
 
-from timmy_magic.breaker import CircuitBreaker
-from timmy_magic.errors import (
+from timmy_magic.routing.breaker import CircuitBreaker
+from timmy_magic.model.errors import (
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
@@ -19,7 +19,7 @@ from timmy_magic.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
-from timmy_magic.retry import COUNTED, FailureKind, RetryPolicy, failure_kind
+from timmy_magic.routing.retry import COUNTED, FailureKind, RetryPolicy, failure_kind
 
 
 def http(status: int, message: str = "") -> ProviderHTTPError:

@@ -1,7 +1,7 @@
 import datetime as dt
 
-from timmy_magic.gate import QuotaSignal, SpendLedger, cost_usd, decide
-from timmy_magic.planner import ProviderView, pick_endpoint, plan_route
+from timmy_magic.routing.gate import QuotaSignal, SpendLedger, cost_usd, decide
+from timmy_magic.routing.planner import ProviderView, pick_endpoint, plan_route
 
 
 def v(name, prio, **kw):

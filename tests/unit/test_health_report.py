@@ -1,8 +1,8 @@
 """build_report is pure: provider state and a time in, the badge's state and reason out."""
 
-from timmy_magic.breaker import CircuitBreaker
+from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.config import parse_config
-from timmy_magic.health import Endpoint, ProviderState, build_report
+from timmy_magic.routing.endpoints import Endpoint, ProviderState, build_report
 from timmy_magic.providers.base import Probe
 
 
@@ -74,7 +74,7 @@ def test_down_is_for_a_server_that_answered_and_went_away_or_a_remote_one():
 def test_the_refused_message_is_what_map_error_says():
     import httpx
 
-    from timmy_magic.health import REFUSED as PREFIX
+    from timmy_magic.routing.endpoints import REFUSED as PREFIX
     from timmy_magic.providers.base import map_error
 
     assert str(map_error(httpx.ConnectError("All connection attempts failed"), "x")) \

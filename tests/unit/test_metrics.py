@@ -1,6 +1,6 @@
 import threading
 
-from timmy_magic.metrics import ProviderMetrics, percentile
+from timmy_magic.routing.metrics import ProviderMetrics, percentile
 
 
 def test_percentile_matches_linear_interpolation():

@@ -3,9 +3,9 @@ import email.utils
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timmy_magic.errors import (ProviderAuthError, ProviderConnectError, ProviderHTTPError,
+from timmy_magic.model.errors import (ProviderAuthError, ProviderConnectError, ProviderHTTPError,
                                 ProviderProtocolError, ProviderTimeout)
-from timmy_magic.retry import RetryPolicy, parse_retry_after
+from timmy_magic.routing.retry import RetryPolicy, parse_retry_after
 
 
 def test_retryable_classification():
@@ -55,8 +55,8 @@ def test_parse_retry_after_seconds_and_http_date():
 def test_a_refused_connection_on_a_pinned_provider_is_not_retried():
     """Pinned, it is the last candidate; a server is not started by waiting, and three
     failures would count three errors and open its circuit for one cell."""
-    from timmy_magic.errors import ProviderConnectError
-    from timmy_magic.retry import RetryPolicy
+    from timmy_magic.model.errors import ProviderConnectError
+    from timmy_magic.routing.retry import RetryPolicy
 
     err = ProviderConnectError("cannot connect: refused")
     p = RetryPolicy()
@@ -70,7 +70,7 @@ def test_a_refused_connection_on_a_pinned_provider_is_not_retried():
 
 
 def test_route_trace_puts_the_providers_skipped_for_a_pin_on_one_line():
-    from timmy_magic.trace import Attempt, RouteTrace, Skip
+    from timmy_magic.model.trace import Attempt, RouteTrace, Skip
 
     t = RouteTrace(("a", "b", "c", "d"), (Skip("a", "pinned_elsewhere", "pinned to d"),
                                           Skip("b", "pinned_elsewhere", "pinned to d"),

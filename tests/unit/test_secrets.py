@@ -1,6 +1,6 @@
 import logging
 
-from timmy_magic.secrets import REDACT, mask
+from timmy_magic.privacy.redact import REDACT, mask
 
 
 def test_mask():
@@ -14,5 +14,5 @@ def test_redactor_and_log_filter(caplog):
     REDACT.add([key])
     assert REDACT(f"bad key {key}!") == "bad key sk-...9876!"
     with caplog.at_level(logging.WARNING, logger="timmy_magic"):
-        logging.getLogger("timmy_magic.router").warning("failed with %s", key)
+        logging.getLogger("timmy_magic.routing.router").warning("failed with %s", key)
     assert key not in caplog.text and "sk-...9876" in caplog.text

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, field_validator
 
-from timmy_magic.structured import InvalidAnswer, Schema, retry_request, with_instruction
-from timmy_magic.types import Message
+from timmy_magic.model.schema import InvalidAnswer, Schema, retry_request, with_instruction
+from timmy_magic.model.chat import Message
 
 
 class Point(BaseModel):
@@ -111,7 +111,7 @@ def test_names_strictness_and_the_instruction() -> None:
 
 
 def test_an_invalid_answer_quoting_a_secret_is_redacted() -> None:
-    from timmy_magic.secrets import REDACT
+    from timmy_magic.privacy.redact import REDACT
 
     canary = "canary-secret-9f8e7d6c5b4a3210"  # not key-shaped: only registration hides it
     REDACT.add([canary])
@@ -123,7 +123,7 @@ def test_an_invalid_answer_quoting_a_secret_is_redacted() -> None:
 
 
 def test_a_schema_dict_nested_past_the_recursion_limit_is_one_line() -> None:
-    from timmy_magic.errors import InvalidRequest
+    from timmy_magic.model.errors import InvalidRequest
 
     deep: dict = {"type": "object"}
     node = deep

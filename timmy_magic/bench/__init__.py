@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .metrics import Dist, Summary, Timeline, summarize
-from .report import BenchResult, ProgressMode, make_progress
-from .runner import DEFAULT_PROMPT, BenchSettings, NothingToBench, choose_providers, execute
+from timmy_magic.bench.metrics import Dist, Summary, Timeline, summarize
+from timmy_magic.bench.report import BenchResult, ProgressMode, make_progress
+from timmy_magic.bench.runner import DEFAULT_PROMPT, BenchSettings, NothingToBench, choose_providers, execute
 
 if TYPE_CHECKING:
-    from ..router import Router
-    from .runner import Progress
+    from timmy_magic.routing.router import Router
+    from timmy_magic.bench.runner import Progress
 
 __all__ = [
     "DEFAULT_PROMPT",

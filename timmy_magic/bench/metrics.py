@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..metrics import percentile
+from timmy_magic.routing.metrics import percentile
 
 Status = Literal["ok", "incomplete", "error", "cancelled"]
 QUANTILES = ("mean", "p50", "p95", "p99")

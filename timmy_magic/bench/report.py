@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
-from ..markup import html, plain
-from .metrics import Timeline, peak_streams, summarize
+from timmy_magic.text.markup import html, plain
+from timmy_magic.bench.metrics import Timeline, peak_streams, summarize
 
 if TYPE_CHECKING:
     import pandas

@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..errors import TimmyError, UnknownProvider
-from ..types import ChatRequest, Delta, Done, Result, Trying
-from .metrics import Timeline
-from .report import BenchResult, Cell
+from timmy_magic.model.errors import TimmyError, UnknownProvider
+from timmy_magic.model.chat import ChatRequest, Delta, Done, Result, Trying
+from timmy_magic.bench.metrics import Timeline
+from timmy_magic.bench.report import BenchResult, Cell
 
 if TYPE_CHECKING:
-    from ..router import Router
+    from timmy_magic.routing.router import Router
 
 clock: Callable[[], float] = time.perf_counter
 DEFAULT_PROMPT = "The history of the printing press began"
@@ -304,7 +304,7 @@ def machine_info() -> dict[str, Any]:
                 "model name")), cpu)
     except OSError:
         pass
-    from .. import __version__
+    from timmy_magic import __version__
 
     return {"system": f"{platform.system()} {platform.release()}", "arch": platform.machine(),
             "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import ProviderProtocolError
-from ..types import ChatRequest
-from .base import (
+from timmy_magic.model.errors import ProviderProtocolError
+from timmy_magic.model.chat import ChatRequest
+from timmy_magic.providers.base import (
     Body,
     Chunk,
     Probe,
@@ -33,12 +33,12 @@ from .base import (
     probe_error,
     usage_of,
 )
-from .openai_compat import strip_v1
-from .parts import anthropic_content
-from .wire import TextJoiner, WireError, content_text, count, loads, model_name
+from timmy_magic.providers.openai_compat import strip_v1
+from timmy_magic.providers.parts import anthropic_content
+from timmy_magic.providers.wire import TextJoiner, WireError, content_text, count, loads, model_name
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from timmy_magic.config import ProviderConfig
 
 DEFAULT_MAX_TOKENS = 1024  # the Messages API requires max_tokens
 API_VERSION = "2023-06-01"

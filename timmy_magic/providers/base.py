@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..errors import (
+from timmy_magic.model.errors import (
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
@@ -22,10 +22,10 @@ from ..errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
-from ..retry import parse_retry_after
-from ..secrets import redact_http_logs
-from ..types import ChatRequest, Usage
-from .wire import LineSplitter, SSEDecoder, WireError, count, loads
+from timmy_magic.routing.retry import parse_retry_after
+from timmy_magic.privacy.redact import redact_http_logs
+from timmy_magic.model.chat import ChatRequest, Usage
+from timmy_magic.providers.wire import LineSplitter, SSEDecoder, WireError, count, loads
 
 if TYPE_CHECKING:  # imported when the first backend is built, not by %load_ext
     import httpx

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ..errors import ProviderConnectError, ProviderProtocolError
-from ..types import ChatRequest
-from .base import (
+from timmy_magic.model.errors import ProviderConnectError, ProviderProtocolError
+from timmy_magic.model.chat import ChatRequest
+from timmy_magic.providers.base import (
     Body,
     Chunk,
     Probe,
@@ -28,12 +28,12 @@ from .base import (
     probe_error,
     usage_of,
 )
-from .openai_compat import strip_v1
-from .parts import ollama_message
-from .wire import TextJoiner, WireError, content_text, count, model_name
+from timmy_magic.providers.openai_compat import strip_v1
+from timmy_magic.providers.parts import ollama_message
+from timmy_magic.providers.wire import TextJoiner, WireError, content_text, count, model_name
 
 if TYPE_CHECKING:
-    from ..config import ProviderConfig
+    from timmy_magic.config import ProviderConfig
 
 SHOW_PER_PASS = 8
 """Most models asked about (``/api/show``) in one health pass; the rest in later ones."""

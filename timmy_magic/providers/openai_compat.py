@@ -33,9 +33,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..errors import ProviderProtocolError, ProviderTimeout
-from ..types import ChatRequest, Message
-from .base import (
+from timmy_magic.model.errors import ProviderProtocolError, ProviderTimeout
+from timmy_magic.model.chat import ChatRequest, Message
+from timmy_magic.providers.base import (
     Body,
     Chunk,
     Probe,
@@ -51,8 +51,8 @@ from .base import (
     probe_error,
     usage_of,
 )
-from .parts import openai_content
-from .wire import (
+from timmy_magic.providers.parts import openai_content
+from timmy_magic.providers.wire import (
     TextJoiner,
     WireError,
     completion_text,
@@ -63,7 +63,7 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
-    from ..config import ModelConfig, ProviderConfig
+    from timmy_magic.config import ModelConfig, ProviderConfig
 
 _ROOT_HEALTH = {"vllm_mlx", "mlx_lm", "llama_cpp"}
 # mlx_lm.server answers with its loaded model only for these names (others hit the hub).

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..types import ImagePart, Message, TextPart
+from timmy_magic.model.chat import ImagePart, Message, TextPart
 
 
 def openai_content(m: Message) -> Any:

@@ -28,7 +28,7 @@ import math
 import re
 from typing import Any
 
-from ..secrets import REDACT
+from timmy_magic.privacy.redact import REDACT
 
 MAX_LINE_BYTES = 4 << 20
 """Longest line accepted (a 1 MiB delta of JSON-escaped text fits several times)."""

@@ -1,0 +1,101 @@
+"""Loading and unloading the extension, and the accessors of the loaded one.
+
+``%load_ext timmy_magic`` builds the router from providers.yaml (a bad or untrusted file
+is one line, never a failed load), registers one ``TimmyMagics`` per shell and starts the
+background health checks; loading again replaces the previous instance cleanly.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from timmy_magic.config import Config, find_config, found_by_search, load_config
+from timmy_magic.model.errors import ConfigError
+from timmy_magic.text.markup import count
+from timmy_magic.routing.router import Router
+from timmy_magic.model.chat import Result
+from timmy_magic.notebook.cell import TimmyMagics
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from timmy_magic.batch import MapResult
+    from timmy_magic.compare import Comparison
+
+_EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
+"""The one extension instance per shell."""
+
+
+def _build_router() -> tuple[Router, str]:
+    """The router from providers.yaml; a bad file gives an empty router and one line."""
+    path = find_config()
+    try:
+        with found_by_search():  # found, not named: trusted only if trusted otherwise
+            config = load_config(path)
+    except ConfigError as exc:
+        return Router(Config(source=str(path))), (
+            f"timmy-magic: {exc} (loaded with no providers: fix it, then %llm reload)")
+    enabled = sum(p.enabled for p in config.providers)
+    warn = f", {len(config.warnings)} warnings" if config.warnings else ""
+    held = f"\ntimmy-magic: {config.held_back_line}" if config.held_back else ""
+    return Router(config), (f"timmy-magic: {count(len(config.providers), 'provider')} ({enabled} "
+                            f"enabled{warn}) from {config.source} (health checks running "
+                            f"in background){held}")
+
+
+def load(ip: InteractiveShell) -> TimmyMagics:
+    old = _EXTENSIONS.pop(ip, None)
+    if old is not None:
+        old.close()
+    built, message = _build_router()
+    ext = TimmyMagics(ip, built)
+    ip.register_magics(ext)
+    ip.events.register("pre_run_cell", ext._pre_run_cell)
+    ip.events.register("post_run_cell", ext._post_run_cell)
+    _EXTENSIONS[ip] = ext
+    built.start_health_loop()
+    print(message)
+    return ext
+
+
+def unload(ip: InteractiveShell) -> None:
+    ext = _EXTENSIONS.pop(ip, None)
+    if ext is not None:
+        ext.close()
+
+
+def extension(ip: Any = None) -> TimmyMagics:
+    """The extension loaded in ``ip`` (default: the running shell)."""
+    if ip is None:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    ext = _EXTENSIONS.get(ip) if ip is not None else None
+    if ext is None:
+        raise RuntimeError("timmy_magic is not loaded here: run %load_ext timmy_magic")
+    return ext
+
+
+def last() -> Result | Comparison | MapResult | None:
+    """The last %%llm result of this shell (partial if it was interrupted; a Comparison
+    after a side-by-side cell), or None."""
+    return extension().last_result
+
+
+def get_router() -> Router:
+    """The router shared by %%llm, the panel and %llm bench (``timmy_magic.get_router()``;
+    ``timmy_magic.routing.router`` is the module)."""
+    return extension().router
+
+
+
+
+def panel(router: Router | None = None, **kw: Any) -> Any:
+    """A provider panel (ipywidgets) over this shell's router, or over ``router``."""
+    if router is None:
+        return extension().panel()
+    from timmy_magic.notebook.widget import panel as make_panel
+
+    return make_panel(router, **kw)
+

@@ -1,0 +1,1 @@
+"""The router: plan, try providers in order, retry, break circuits, gate the cloud, monitor health."""

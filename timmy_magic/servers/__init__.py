@@ -1,0 +1,1 @@
+"""Starting and stopping local model servers: launch commands and the embedded default model."""
