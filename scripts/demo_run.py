@@ -45,7 +45,7 @@ def plain(text: str) -> str:
 def ask_once(router: Any) -> bool:
     """Stream one answer through the cascade, printing the launch progress and when the
     first token came. True if it answered."""
-    from timmy_magic.types import Delta, Done, Status
+    from timmy_magic import Delta, Done, Status
 
     t0 = time.monotonic()
     first = True
@@ -79,7 +79,9 @@ def execute(notebook: Path, out: Path, timeout: int) -> tuple[Any, Path, bool]:
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"{notebook.stem}.executed.ipynb"
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(notebook.parent)}})
+                            resources={"metadata": {"path": str(notebook.parent)}},
+                            # the kernel's loopback-TCP notice is not the demo's business
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])
     ok = True
     try:
         client.execute()
@@ -117,7 +119,7 @@ def main() -> int:
     nb_path, out = args.notebook.resolve(), args.out.resolve()
     # the same providers.yaml the notebook's kernel reads (it runs in the notebook's folder)
     os.chdir(nb_path.parent)
-    from timmy_magic.router import Router
+    from timmy_magic import Router
 
     with Router.from_config() as router:
         if not ask_once(router):

@@ -40,10 +40,14 @@ if [ ! -f "$stamp" ]; then
   else
     say "installing timmy-magic[$EXTRAS] into .venv (prebuilt wheels only)"
   fi
-  .venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]" 2>&1 \
-    | grep -v "^WARNING: Location" || true
+  if ! .venv/bin/pip install -q --disable-pip-version-check -e ".[$EXTRAS]" \
+      > .venv/pip-install.log 2>&1; then
+    grep -v "^WARNING: Location" .venv/pip-install.log | tail -40 >&2
+    echo "setup: pip install failed (whole log: .venv/pip-install.log)" >&2
+    exit 1
+  fi
   .venv/bin/python -c "$CHECK" \
-    || { echo "setup: the package did not install" >&2; exit 1; }
+    || { echo "setup: the package did not install (pip's log: .venv/pip-install.log)" >&2; exit 1; }
   touch "$stamp"
 else
   say "timmy-magic[$EXTRAS] already installed in .venv"
@@ -60,5 +64,5 @@ if [ "$ALL" = 1 ]; then
   command -v chromium >/dev/null || { echo "setup: chromium missing" >&2; exit 1; }
 fi
 say "preparing the model: Gemma 3 270M GGUF, and which llama.cpp server runs it"
-.venv/bin/python -m timmy_magic.local --prepare | sed 's/^/    /'
+.venv/bin/python -m timmy_magic.servers.embedded --prepare | sed 's/^/    /'
 say "setup done"

@@ -31,9 +31,9 @@ from tests.support.servers import (
     free_port,
     llama_server_binary,
 )
-from timmy_magic.routing.managed import embedded as local
 from timmy_magic.config import load_config, packaged_default
 from timmy_magic.model.chat import Delta, Done, Status
+from timmy_magic.servers import embedded as local
 
 pytestmark = pytest.mark.integration
 MODULE = "timmy_magic.servers.llama_prebuilt"
