@@ -17,10 +17,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from timmy_magic._version import __version__ as __version__
+
 if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from IPython.core.interactiveshell import InteractiveShell
 
-    from timmy_magic.batch import MapResult, map, map_results  # noqa: F401
+    from timmy_magic.batch import MapResult, map_results  # noqa: F401
+    from timmy_magic.notebook.api import map  # noqa: F401
     from timmy_magic.config import Config, load_config  # noqa: F401
     from timmy_magic.model.errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
     from timmy_magic.routing.router import Router  # noqa: F401
@@ -43,10 +46,9 @@ _LAZY = {
     "Message": "model.chat", "Result": "model.chat", "Status": "model.chat",
     "Trying": "model.chat",
     "last": "notebook", "get_router": "notebook", "panel": "notebook",
-    "map": "batch", "map_results": "batch", "MapResult": "batch",
+    "map": "notebook.api", "map_results": "batch", "MapResult": "batch",
 }
 __all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
-__version__ = "0.1.0"
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:

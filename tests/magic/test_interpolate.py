@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timmy_magic.context.interpolate import InterpolationError, interpolate, references
+from timmy_magic.model.template import InterpolationError, interpolate, references
 
 NS = {"topic": "JSON", "n": 3, "rows": [{"name": "a"}, {"name": "b"}],
       "cfg": {"model": "gemma", "k-1": 7}, "obj": SimpleNamespace(shape=(10, 2)),

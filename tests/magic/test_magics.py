@@ -21,7 +21,7 @@ from IPython.utils.capture import CapturedIO, capture_output
 import timmy_magic
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
 from timmy_magic import notebook as magics
-from timmy_magic.notebook.render import Final
+from timmy_magic.notebook.render import Final, answer_markdown
 from timmy_magic.notebook.tables import state_badge
 
 from .conftest import WriteProviders, local, thread_names, wait_for
@@ -304,7 +304,7 @@ def test_out_stores_the_result_and_last_returns_it(ok_shell: InteractiveShell) -
         "from alpha", "alpha", "fault-model", None)
     assert answer.usage.output_tokens == 2 and answer.timings.total_s > 0
     assert answer.trace.answered_by == "alpha" and "alpha · fault-model" in \
-        answer._repr_markdown_()
+        answer_markdown(answer)
 
 
 def test_last_is_kept_even_when_the_final_display_fails(
@@ -698,9 +698,9 @@ def test_views_show_progress_events_before_the_first_token(
         shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     import itertools
 
-    from timmy_magic.notebook.render import AnswerCollector, NotebookView, TerminalView, consume
     from timmy_magic.model.chat import Delta, Done, RouteTrace, Status, Timings, Trying, Usage
     from timmy_magic.model.chat import Result as R
+    from timmy_magic.notebook.render import AnswerCollector, NotebookView, TerminalView, consume
 
     done = R("hi", "g", "m", Usage(1, 1), Timings(0.1, 0.2, 5.0), RouteTrace())
     events = [Trying("g", "http://x", 1), Status("g", "starting the server…"), Delta("hi"),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from timmy_magic.model.chat import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
 from timmy_magic.notebook.failures import describe_failure
+from timmy_magic.notebook.render import AnswerCollector, Final, Throttle, answer_markdown
 from timmy_magic.text.formats import (
     JSONAnswerError,
     extract_code,
@@ -13,8 +15,6 @@ from timmy_magic.text.formats import (
     fenced_block,
     parse_json,
 )
-from timmy_magic.notebook.render import AnswerCollector, Final, Throttle
-from timmy_magic.model.chat import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 
 
 def result(text: str = "Hello **world**", error: str | None = None) -> Result:
@@ -95,7 +95,7 @@ def test_extract_html_prefers_an_html_block() -> None:
 
 def test_markdown_final_is_the_result_markdown_with_footer() -> None:
     b = Final(result()).bundle()
-    assert b["text/markdown"] == result()._repr_markdown_()
+    assert b["text/markdown"] == answer_markdown(result())
     assert b["text/plain"].startswith("Hello **world**\n\n— a · m1 · TTFT 0.10s · 4 tok")
 
 
@@ -246,7 +246,7 @@ def test_data_renders_as_a_table_list_as_columns_and_nested_as_json() -> None:
     r = dataclasses.replace(result('{"city": "A", "pop": 3}'), data=City(city="A", pop=3))
     b = Final(r, "json").bundle()
     assert "| city | A |" in b["text/markdown"] and '"pop": 3' in b["text/plain"]
-    assert "| city | A |" in r._repr_markdown_()
+    assert "| city | A |" in answer_markdown(r)
 
 
 def test_an_invalid_answer_says_not_valid_not_interrupted() -> None:
@@ -258,8 +258,8 @@ def test_an_invalid_answer_says_not_valid_not_interrupted() -> None:
 
 def test_a_discard_drops_the_streamed_text_everywhere(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
-    from timmy_magic.notebook.render import NotebookView, TerminalView
     from timmy_magic.model.chat import Discard
+    from timmy_magic.notebook.render import NotebookView, TerminalView
 
     got = AnswerCollector(0.0)
     got.delta("not json", 0.1)

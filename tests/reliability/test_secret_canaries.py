@@ -30,6 +30,7 @@ from IPython.utils.capture import capture_output
 from tests.reliability.conftest import Figures
 from tests.reliability.test_secrets import everything_shown, widget_states
 from tests.support.faultserver import FaultServer
+from timmy_magic.notebook.render import answer_markdown
 
 PART = "secret canaries"
 API_KEY = "sk-canaryAPIKEY0a1b2c3d4e5f6a7b"
@@ -184,7 +185,7 @@ def test_no_canary_in_router_errors_and_their_causes(canary_config: Path,
                 assert "401" in str(exc) or "you sent" in str(exc), str(exc)
             else:  # an answer: partial with the echo as its error, or the echo as model
                 canaries.check(f"result {p.name}", (res.model, res.error, res.footer(),
-                                                    repr(res), res._repr_markdown_()))
+                                                    repr(res), answer_markdown(res)))
                 echo = res.error if res.error else res.model
                 assert "you sent" in (echo or "") or "POST" in (echo or ""), res
         canaries.check("health", (r.check_health(), r.health()))

@@ -27,6 +27,7 @@ from IPython.utils.capture import capture_output
 
 from tests.reliability.conftest import Figures
 from tests.support.faultserver import Blackhole, FaultServer
+from timmy_magic.notebook.render import answer_markdown
 
 KEY = "sk-timmy-PLANTED-7f3a9c1e5b2d4068e1a9-secret"
 CORE = "PLANTED-7f3a9c1e5b2d4068"  # any piece of the key long enough to be a leak
@@ -218,7 +219,7 @@ def test_router_errors_and_traces_never_hold_the_key(planted: Path, figures: Fig
             audit.check(f"trace lines {name}", ei.value.trace.lines())
         res = r.complete("hi")
         assert res.provider == "local"
-        for what in (repr(res), str(res.trace), res.footer(), res._repr_markdown_(),
+        for what in (repr(res), str(res.trace), res.footer(), answer_markdown(res),
                      repr(r.check_health()), repr(r.health()), repr(r.metrics())):
             audit.check("result/health", what)
     for bad in ("bad.yaml", "bad2.yaml"):

@@ -41,12 +41,12 @@ from tests.support.faultserver import FaultServer
 from tests.support.rendered import math, render, structure, text_of
 from timmy_magic import batch
 from timmy_magic.batch import MapError, MapInterrupted, MapResult, map, map_results
-from timmy_magic.model.errors import RoutingError, TimmyError
-from timmy_magic.text.markup import clean
-from timmy_magic.notebook.render import Final, data_markdown
-from timmy_magic.privacy.redact import REDACT
-from timmy_magic.model.schema import InvalidAnswer, Schema
 from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
+from timmy_magic.model.errors import RoutingError, TimmyError
+from timmy_magic.model.schema import InvalidAnswer, Schema
+from timmy_magic.notebook.render import Final, answer_markdown, data_markdown
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.text.markup import clean
 
 KEY = "sk-structHOSTILE0123456789abcdefXYZ"
 """Planted as a configured secret (REDACT): it must never show."""
@@ -87,7 +87,7 @@ def renders(res: Result, schema: Schema | None = None) -> list[str]:
     """Everything a notebook shows of a structured answer: the cell's final render in
     json format, the Result's own Markdown, a MapResult's table."""
     out = list(Final(res, "json").bundle().values())
-    out.append(res._repr_markdown_())
+    out.append(answer_markdown(res))
     mr = MapResult([{}], [res], schema)
     out += [mr._repr_markdown_(), repr(mr)]
     return out

@@ -3,9 +3,15 @@ import email.utils
 from hypothesis import given
 from hypothesis import strategies as st
 
-from timmy_magic.model.errors import (ProviderAuthError, ProviderConnectError, ProviderHTTPError,
-                                ProviderProtocolError, ProviderTimeout)
-from timmy_magic.routing.retry import RetryPolicy, parse_retry_after
+from timmy_magic.model.errors import (
+    ProviderAuthError,
+    ProviderConnectError,
+    ProviderHTTPError,
+    ProviderProtocolError,
+    ProviderTimeout,
+)
+from timmy_magic.providers.base import parse_retry_after
+from timmy_magic.routing.retry import RetryPolicy
 
 
 def test_retryable_classification():

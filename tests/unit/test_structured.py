@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, field_validator
 
-from timmy_magic.model.schema import InvalidAnswer, Schema, retry_request, with_instruction
 from timmy_magic.model.chat import Message
+from timmy_magic.model.prompting import retry_request, with_instruction
+from timmy_magic.model.schema import InvalidAnswer, Schema
 
 
 class Point(BaseModel):

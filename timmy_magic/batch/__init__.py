@@ -40,12 +40,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from timmy_magic.model.errors import InvalidRequest, RoutingError, TimmyError, clean_message
-from timmy_magic.context.interpolate import InterpolationError, interpolate, references
+from timmy_magic.model.template import InterpolationError, interpolate, references
 from timmy_magic.text.markup import count, md, plain
 from timmy_magic.text.markup import shorten as _cut
 from timmy_magic.privacy.masking import mask_secrets
 from timmy_magic.providers.wire import WireError, content_text, fix_surrogates, model_name
-from timmy_magic.model.schema import Schema, with_instruction
+from timmy_magic.model.prompting import with_instruction
+from timmy_magic.model.schema import Schema
 from timmy_magic.model.chat import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
 if TYPE_CHECKING:

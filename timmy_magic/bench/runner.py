@@ -304,7 +304,7 @@ def machine_info() -> dict[str, Any]:
                 "model name")), cpu)
     except OSError:
         pass
-    from timmy_magic import __version__
+    from timmy_magic._version import __version__
 
     return {"system": f"{platform.system()} {platform.release()}", "arch": platform.machine(),
             "cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),

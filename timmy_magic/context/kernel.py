@@ -28,7 +28,7 @@ from timmy_magic.context.items import (
     ImageItem,
     VarItem,
 )
-from timmy_magic.context.interpolate import InterpolationError, resolve
+from timmy_magic.model.template import InterpolationError, resolve
 from timmy_magic.privacy.masking import Masker
 from timmy_magic.context.summaries import (
     DEFAULT_MAX_CHARS,

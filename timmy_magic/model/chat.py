@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from timmy_magic.model.errors import InvalidRequest, RoutingError
-from timmy_magic.privacy.masking import Masker
 from timmy_magic.model.schema import Schema
 from timmy_magic.model.trace import Attempt as Attempt  # re-exported: the trace is part of a Result
 from timmy_magic.model.trace import RouteTrace as RouteTrace
 from timmy_magic.model.trace import Skip as Skip
 from timmy_magic.model.trace import SkipReason as SkipReason
+from timmy_magic.privacy.masking import Masker
 
 Role = Literal["system", "user", "assistant"]
 
@@ -332,11 +332,6 @@ class Result:
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.4f}")
         return " ".join(plain(" · ".join(parts)).split())
-
-    def _repr_markdown_(self) -> str:
-        from timmy_magic.notebook.render import answer_markdown  # render imports this module
-
-        return answer_markdown(self)
 
     def __str__(self) -> str:
         return self.text

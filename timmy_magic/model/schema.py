@@ -164,30 +164,6 @@ class Schema:
         return {"name": self.name, "schema": self.json}
 
 
-def retry_request(messages: Sequence[Any], text: str, error: str) -> tuple[Any, ...]:
-    """The messages of a second try: the first, the invalid answer, and what was wrong."""
-    from timmy_magic.model.chat import Message
-
-    shown = text if len(text) <= RETRY_ANSWER_CHARS else text[:RETRY_ANSWER_CHARS] + "…"
-    return (*messages, Message("assistant", shown or "(empty)"),
-            Message("user", f"That answer is not valid: {error}. Answer again with only "
-                            "the corrected JSON."))
-
-
-def with_instruction(messages: Sequence[Any], schema: Schema) -> tuple[Any, ...]:
-    """The messages with the schema's instruction at the end of the system prompt (a new
-    system message first when there is none)."""
-    from timmy_magic.model.chat import Message
-
-    told = schema.instruction()
-    out = list(messages)
-    for i, m in enumerate(out):
-        if m.role == "system":
-            out[i] = Message("system", f"{m.text}\n\n{told}")
-            return tuple(out)
-    return (Message("system", told), *out)
-
-
 # ---------------------------------------------------------------- helpers
 
 _LONE_ESCAPE = re.compile(r"(\\\\)|(\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"

@@ -30,7 +30,7 @@ from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvid
 from timmy_magic.notebook.failures import ErrorBlock, describe_failure
 from timmy_magic.text.formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
 from timmy_magic.notebook.history import Conversation, Turn, source_key
-from timmy_magic.context.interpolate import InterpolationError, interpolate, references
+from timmy_magic.model.template import InterpolationError, interpolate, references
 from timmy_magic.text.markup import shorten
 from timmy_magic.context.kernel import remember_error
 from timmy_magic.notebook.render import (

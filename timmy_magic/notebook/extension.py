@@ -8,6 +8,7 @@ background health checks; loading again replaces the previous instance cleanly.
 from __future__ import annotations
 
 import weakref
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from timmy_magic.config import Config, find_config, found_by_search, load_config
@@ -44,10 +45,33 @@ def _build_router() -> tuple[Router, str]:
                             f"in background){held}")
 
 
+def _markdown_formatter(ip: Any) -> Any:
+    formatter = getattr(getattr(ip, "display_formatter", None), "formatters", {})
+    return formatter.get("text/markdown")
+
+
+def register_displays(ip: Any) -> None:
+    """How the notebook shows our values: a ``Result`` as its rendered answer. The values
+    (``model/``) know no renderer; the notebook layer registers one for them here."""
+    from timmy_magic.notebook.render import answer_markdown
+
+    markdown = _markdown_formatter(ip)
+    if markdown is not None:
+        markdown.for_type(Result, answer_markdown)
+
+
+def unregister_displays(ip: Any) -> None:
+    markdown = _markdown_formatter(ip)
+    if markdown is not None:
+        with suppress(KeyError):
+            markdown.pop(Result)
+
+
 def load(ip: InteractiveShell) -> TimmyMagics:
     old = _EXTENSIONS.pop(ip, None)
     if old is not None:
         old.close()
+    register_displays(ip)
     built, message = _build_router()
     ext = TimmyMagics(ip, built)
     ip.register_magics(ext)
@@ -63,6 +87,7 @@ def unload(ip: InteractiveShell) -> None:
     ext = _EXTENSIONS.pop(ip, None)
     if ext is not None:
         ext.close()
+    unregister_displays(ip)
 
 
 def extension(ip: Any = None) -> TimmyMagics:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from timmy_magic.model.chat import ChatRequest, Usage
 from timmy_magic.model.errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -22,9 +24,7 @@ from timmy_magic.model.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
-from timmy_magic.routing.retry import parse_retry_after
 from timmy_magic.privacy.redact import redact_http_logs
-from timmy_magic.model.chat import ChatRequest, Usage
 from timmy_magic.providers.wire import LineSplitter, SSEDecoder, WireError, count, loads
 
 if TYPE_CHECKING:  # imported when the first backend is built, not by %load_ext
@@ -373,3 +373,19 @@ def probe_error(exc: BaseException, provider: str, timeout: float) -> Probe:
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return Probe("down", error=f"health check timed out after {timeout:g}s")
     return Probe("down", error=str(map_error(exc, provider)))
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds: either delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)

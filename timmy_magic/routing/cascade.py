@@ -15,15 +15,6 @@ from contextlib import aclosing
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from timmy_magic.routing import managed as servers
-from timmy_magic.routing.attempt import attempt
-from timmy_magic.routing.state import Core, log, shown_url
-from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed, ProviderError, RoutingError
-from timmy_magic.routing.endpoints import Endpoint, ProviderState
-from timmy_magic.servers.launch import LaunchError
-from timmy_magic.routing.planner import Plan, ProviderView, pick_endpoint, plan_route
-from timmy_magic.providers.base import map_error
-from timmy_magic.model.schema import INVALID_PREFIX, InvalidAnswer, Schema, retry_request, with_instruction
 from timmy_magic.model.chat import (
     Attempt,
     ChatRequest,
@@ -38,6 +29,21 @@ from timmy_magic.model.chat import (
     RouteTrace,
     Trying,
 )
+from timmy_magic.model.errors import (
+    NoProviderAvailable,
+    PinnedProviderFailed,
+    ProviderError,
+    RoutingError,
+)
+from timmy_magic.model.prompting import retry_request, with_instruction
+from timmy_magic.model.schema import INVALID_PREFIX, InvalidAnswer, Schema
+from timmy_magic.providers.base import map_error
+from timmy_magic.routing import managed as servers
+from timmy_magic.routing.attempt import attempt
+from timmy_magic.routing.endpoints import Endpoint, ProviderState
+from timmy_magic.routing.planner import Plan, ProviderView, pick_endpoint, plan_route
+from timmy_magic.routing.state import Core, log, shown_url
+from timmy_magic.servers.launch import LaunchError
 
 
 def planning_state(badge: HealthState) -> ProbeState | ConfigState:

@@ -3,7 +3,6 @@ endpoint's circuit, whether it is retried, and how long to wait. Pure; randomnes
 
 from __future__ import annotations
 
-import email.utils
 import random
 import re
 from collections.abc import Callable
@@ -162,19 +161,3 @@ class RetryPolicy:
         if invalid_number <= self.invalid_retries:
             return Decision("retry", 0.0)
         return FAIL_OVER
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds: either delta-seconds or an HTTP date (RFC 9110 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
