@@ -28,7 +28,8 @@ from timmy_magic.cache import ReplayMiss
 from timmy_magic.context import Context, ContextError, build_context
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.notebook.failures import ErrorBlock, describe_failure
-from timmy_magic.text.formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
+from timmy_magic.model.schema import JSONAnswerError, parse_json
+from timmy_magic.text.formats import FORMATS, Format, extract_code
 from timmy_magic.notebook.history import Conversation, Turn, source_key
 from timmy_magic.model.template import InterpolationError, interpolate, references
 from timmy_magic.text.markup import shorten

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from timmy_magic.notebook.failures import ErrorBlock
-from timmy_magic.text.formats import Format, JSONAnswerError, extract_html, parse_json
+from timmy_magic.model.schema import JSONAnswerError, parse_json
+from timmy_magic.text.formats import Format, extract_html
 from timmy_magic.text.markup import html, md, md_code, plain
 from timmy_magic.routing.runner import Tick
 from timmy_magic.privacy.redact import REDACT
