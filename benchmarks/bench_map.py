@@ -94,7 +94,7 @@ def run_bench(router: Any, servers: list[_kit.FastServer], rows: int, concurrenc
 
 def run_map(router: Any, servers: list[_kit.FastServer], rows: int, concurrency: int,
             tokens: int) -> dict[str, Any]:
-    from timmy_magic.batch import map as map_rows
+    from timmy_magic import map as map_rows
     from timmy_magic.bench import DEFAULT_PROMPT
 
     data = [{"text": DEFAULT_PROMPT, "i": i} for i in range(rows)]

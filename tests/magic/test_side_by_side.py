@@ -69,6 +69,21 @@ def test_providers_side_by_side_at_once_with_a_failing_column(
     assert frame["error"].isna().tolist() == [True, True, False]
 
 
+def test_a_comparison_shown_later_is_its_grid_while_the_extension_is_loaded(
+        sbs_shell: InteractiveShell, fault: FaultServer) -> None:
+    res, _ = run(sbs_shell, "%%llm -p alpha,broken -o cmp\nhello")
+    assert res.error_in_exec is None
+    cmp = sbs_shell.user_ns["cmp"]
+    shown, _ = sbs_shell.display_formatter.format(cmp)
+    assert "tm-grid" in shown["text/html"] and "from alpha slowly" in shown["text/html"]
+    assert shown["text/plain"] == repr(cmp)
+    res, cap = run(sbs_shell, "from IPython.display import display\ndisplay(cmp)")
+    assert "tm-grid" in cap.outputs[0].data["text/html"]
+    run(sbs_shell, "%unload_ext timmy_magic")
+    shown, _ = sbs_shell.display_formatter.format(cmp)
+    assert set(shown) == {"text/plain"}  # the value itself knows no renderer
+
+
 def test_models_side_by_side_on_one_provider(sbs_shell: InteractiveShell,
                                              fault: FaultServer) -> None:
     res, _ = run(sbs_shell, "%%llm -p multi -m x,y -o cmp\nhello")

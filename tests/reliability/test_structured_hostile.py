@@ -40,10 +40,12 @@ from tests.router.test_router_faults import make_router, prov
 from tests.support.faultserver import FaultServer
 from tests.support.rendered import math, render, structure, text_of
 from timmy_magic import batch
-from timmy_magic.batch import MapError, MapInterrupted, MapResult, map, map_results
+from timmy_magic.batch import MapError, MapInterrupted, MapResult, map_results
 from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
 from timmy_magic.model.errors import RoutingError, TimmyError
 from timmy_magic.model.schema import InvalidAnswer, Schema
+from timmy_magic.notebook import api
+from timmy_magic.notebook.api import map
 from timmy_magic.notebook.render import Final, answer_markdown, data_markdown
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.text.markup import clean
@@ -436,22 +438,31 @@ def test_map_memory_is_linear_and_small_per_row_and_nothing_stays_in_flight(
 
 
 def _raising_progress(at: set[object]) -> Any:
-    """A progress bar whose n-th draw (and the final one, with "final") gets the Ctrl-C:
-    KeyboardInterrupt lands wherever the kernel's thread is, a draw is one such place."""
-    def make(total: int) -> batch._Progress:
-        calls = {"n": 0}
+    """A progress display whose n-th draw (and the final one, with "final") gets the
+    Ctrl-C: KeyboardInterrupt lands wherever the kernel's thread is, a draw is one such
+    place."""
+    class Raising:
+        draws = 0
 
-        def show(line: str, fraction: float, final: bool) -> None:
-            calls["n"] += 1
-            if calls["n"] in at or (final and "final" in at):
+        def start(self, total: int) -> None:
+            pass
+
+        def advance(self, done: int, line: str) -> None:
+            self.draw(final=False)
+
+        def finish(self, done: int, line: str) -> None:
+            self.draw(final=True)
+
+        def draw(self, final: bool) -> None:
+            self.draws += 1
+            if self.draws in at or (final and "final" in at):
                 raise KeyboardInterrupt
-        return batch._Progress(total, show)
-    return make
+    return lambda name: Raising()
 
 
 def test_ctrl_c_at_the_first_progress_draw_stops_the_run(
         srv: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "_progress", _raising_progress({1}))
+    monkeypatch.setattr(api, "make_progress", _raising_progress({1}))
     url = srv.base_url("ok", tokens=2, delay=0.1, case="intr1")
     caught: BaseException | None = None
     with make_router(prov("a", url, 1)) as r:  # open while the run may go on behind
@@ -468,7 +479,7 @@ def test_ctrl_c_at_the_first_progress_draw_stops_the_run(
 
 def test_a_second_ctrl_c_during_clean_up_keeps_the_finished_rows(
         srv: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "_progress", _raising_progress({3, "final"}))
+    monkeypatch.setattr(api, "make_progress", _raising_progress({3, "final"}))
     url = srv.base_url("ok", tokens=2, delay=0.05, case="intr2")
     with make_router(prov("a", url, 1)) as r, pytest.raises(KeyboardInterrupt) as info:
         map("{i}", [{"i": i} for i in range(60)], router=r, concurrency=2)
@@ -478,7 +489,7 @@ def test_a_second_ctrl_c_during_clean_up_keeps_the_finished_rows(
 
 def test_ctrl_c_mid_run_keeps_rows_cancels_the_rest_and_the_router_answers(
         srv: FaultServer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "_progress", _raising_progress({3}))
+    monkeypatch.setattr(api, "make_progress", _raising_progress({3}))
     url = srv.base_url("ok", tokens=2, delay=0.05, case="intr3")
     with make_router(prov("a", url, 1)) as r:
         with pytest.raises(MapInterrupted) as info:

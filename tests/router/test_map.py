@@ -6,6 +6,8 @@ keeps the finished rows and cleans up, batch JSONL export and reading results ba
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -15,14 +17,17 @@ import pytest
 from pydantic import BaseModel
 
 from tests.support.faultserver import FaultServer
+from timmy_magic import batch
 from timmy_magic.batch import (
     MapError,
     MapInterrupted,
     MapResult,
-    map,
     map_results,
     progress_line,
 )
+from timmy_magic.model.chat import ChatRequest, Result, RouteTrace, Timings, Usage
+from timmy_magic.model.errors import TimmyError
+from timmy_magic.notebook.api import map
 
 from .test_router_faults import make_router, prov
 
@@ -119,9 +124,9 @@ def test_a_row_that_cannot_fill_the_template_is_an_error_row(srv):
 ])
 def test_a_bad_call_is_one_line_before_anything_is_sent(srv, template, rows, why):
     srv.reset()
-    with make_router(prov("a", srv.base_url("prompt", case="bad"), 1)) as r:
-        with pytest.raises(MapError) as info:
-            map(template, rows, router=r, progress=False)
+    with (make_router(prov("a", srv.base_url("prompt", case="bad"), 1)) as r,
+          pytest.raises(MapError) as info):
+        map(template, rows, router=r, progress=False)
     assert why in str(info.value) and "\n" not in str(info.value)
     assert srv.count(path_suffix="chat/completions") == 0
 
@@ -131,9 +136,9 @@ def test_a_bad_call_is_one_line_before_anything_is_sent(srv, template, rows, why
     ({"temperature": float("nan")}, "temperature"),
 ])
 def test_bad_options_are_one_line(srv, kw, why):
-    with make_router(prov("a", srv.base_url("prompt"), 1)) as r:
-        with pytest.raises(MapError, match=why):
-            map("{a}", [{"a": 1}], router=r, progress=False, **kw)
+    with (make_router(prov("a", srv.base_url("prompt"), 1)) as r,
+          pytest.raises(MapError, match=why)):
+        map("{a}", [{"a": 1}], router=r, progress=False, **kw)
 
 
 def test_interrupt_keeps_finished_rows_and_cancels_the_rest(srv):
@@ -188,9 +193,9 @@ def test_export_writes_openai_batch_jsonl_and_sends_nothing(srv, tmp_path):
 
 
 def test_export_without_a_model_says_which_to_pass(srv, tmp_path):
-    with make_router(prov("a", srv.base_url("prompt"), 1)) as r:
-        with pytest.raises(MapError, match="export needs the model"):
-            map("{x}", [{"x": 1}], export=tmp_path / "r.jsonl", router=r)
+    with (make_router(prov("a", srv.base_url("prompt"), 1)) as r,
+          pytest.raises(MapError, match="export needs the model")):
+        map("{x}", [{"x": 1}], export=tmp_path / "r.jsonl", router=r)
 
 
 def test_map_results_reads_batch_output_back_in_row_order(tmp_path):
@@ -245,9 +250,9 @@ def test_rows_whose_iteration_raises_are_one_line_and_send_nothing(srv):
         yield {"a": 1}
         raise OSError("disk went away")
 
-    with make_router(prov("a", srv.base_url("prompt"), 1)) as r:
-        with pytest.raises(MapError) as info:
-            map("{a}", rows(), router=r, progress=False)
+    with (make_router(prov("a", srv.base_url("prompt"), 1)) as r,
+          pytest.raises(MapError) as info):
+        map("{a}", rows(), router=r, progress=False)
     assert str(info.value) == ("map: reading the rows raised OSError: disk went away "
                                "(nothing was sent)")
 
@@ -269,3 +274,88 @@ def test_a_key_in_a_row_is_masked_before_it_leaves_and_in_the_export(srv, tmp_pa
     assert sent and not any("abcdef123456" in b for b in sent)
     assert res.data == ["call with *** please"]
     assert "abcdef123456" not in (tmp_path / "q.jsonl").read_text()
+
+
+# ---------------------------------------------------------------- batch without a notebook
+
+
+@dataclass
+class Shown:
+    """A progress display that keeps what it was told."""
+
+    calls: list[tuple[str, int, str]]
+
+    def start(self, total: int) -> None:
+        self.calls.append(("start", total, ""))
+
+    def advance(self, done: int, line: str) -> None:
+        self.calls.append(("advance", done, line))
+
+    def finish(self, done: int, line: str) -> None:
+        self.calls.append(("finish", done, line))
+
+
+class Recorded:
+    """An answer cache over a dict, keyed by the prompt."""
+
+    def __init__(self, answers: dict[str, Result]) -> None:
+        self.answers = answers
+        self.recorded: list[str] = []
+
+    def lookup(self, req: ChatRequest) -> Result | None:
+        return self.answers.get(req.messages[-1].text)
+
+    def record(self, req: ChatRequest, result: Result) -> None:
+        self.recorded.append(req.messages[-1].text)
+
+
+def test_batch_runs_over_a_router_with_the_cache_and_progress_passed_in(srv):
+    done = Result("from the cache", "earlier", None, Usage(), Timings(None, 0.0, None),
+                  RouteTrace(), cached=True)
+    cache = Recorded({"say b": done})
+    shown = Shown([])
+    job = batch.plan("say {w}", [{"w": w} for w in "abc"], concurrency=2)
+    with make_router(prov("a", srv.base_url("prompt", case="pure"), 1)) as r:
+        res = batch.run(r, job, cache=cache, progress=shown)
+    assert res.data == ["say a", "from the cache", "say c"] and not res.interrupted
+    assert sorted(cache.recorded) == ["say a", "say c"]  # live answers kept, the hit not
+    assert sum("case=pure" in q.path for q in srv.requests if q.method == "POST") == 2
+    assert shown.calls[0] == ("start", 3, "") and shown.calls[-1][:2] == ("finish", 3)
+    assert shown.calls[-1][2].startswith("3/3 rows")
+    assert all(kind == "advance" for kind, *_ in shown.calls[1:-1])
+
+
+def test_a_replay_miss_from_the_cache_is_an_error_row_that_sends_nothing(srv):
+    class Replay(Recorded):
+        def lookup(self, req: ChatRequest) -> Result | None:
+            raise TimmyError("replay: no recorded answer\nmore words")
+
+    job = batch.plan("say {w}", [{"w": "x"}])
+    with make_router(prov("a", srv.base_url("prompt", case="miss"), 1)) as r:
+        res = batch.run(r, job, cache=Replay({}))
+    assert res.errors[0].error == "replay: no recorded answer"
+    assert not any("case=miss" in q.path for q in srv.requests)
+
+
+def test_plain_python_map_draws_its_progress_as_one_terminal_line(srv, capsys):
+    with make_router(prov("a", srv.base_url("prompt", case="term"), 1)) as r:
+        res = map("{i}", [{"i": i} for i in range(3)], router=r)
+    assert res.ok
+    err = capsys.readouterr().err
+    assert err.startswith("\rmap: 0/3 rows") and err.endswith("\033[K\n")
+    assert "\rmap: 3/3 rows" in err and err.count("\n") == 1
+
+
+def test_map_without_a_router_or_the_extension_says_how_to_get_one():
+    with pytest.raises(MapError, match="no router: run %load_ext timmy_magic"):
+        map("{a}", [{"a": 1}])
+
+
+def test_the_batch_and_compare_features_import_no_notebook():
+    code = ("import sys, timmy_magic.batch, timmy_magic.compare\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'IPython', 'ipywidgets', 'traitlets', 'ipykernel'}))\n"
+            "print(sorted(m for m in sys.modules if m.startswith('timmy_magic.notebook')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "[]"]

@@ -53,18 +53,23 @@ def _markdown_formatter(ip: Any) -> Any:
 def register_displays(ip: Any) -> None:
     """How the notebook shows our values: a ``Result`` as its rendered answer. The values
     (``model/``) know no renderer; the notebook layer registers one for them here."""
+    from timmy_magic.notebook.compare_view import register_display as register_comparison
     from timmy_magic.notebook.render import answer_markdown
 
     markdown = _markdown_formatter(ip)
     if markdown is not None:
         markdown.for_type(Result, answer_markdown)
+    register_comparison(ip)  # a Comparison as its grid
 
 
 def unregister_displays(ip: Any) -> None:
+    from timmy_magic.notebook.compare_view import unregister_display as unregister_comparison
+
     markdown = _markdown_formatter(ip)
     if markdown is not None:
         with suppress(KeyError):
             markdown.pop(Result)
+    unregister_comparison(ip)
 
 
 def load(ip: InteractiveShell) -> TimmyMagics:

@@ -1,4 +1,4 @@
-"""The provider panel: an ipywidgets view over one shared ``Router``.
+"""The provider panel: an ipywidgets view over one shared ``Router`` (issue 4).
 
 One row per provider (health badge, latency, circuit, live metrics), a pin control with
 "Auto (cascade)" first, a refresh button and an optional auto-refresh interval, and the
