@@ -6,15 +6,10 @@ import pytest
 
 from timmy_magic.model.chat import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
+from timmy_magic.model.schema import JSONAnswerError, parse_json
 from timmy_magic.notebook.failures import describe_failure
 from timmy_magic.notebook.render import AnswerCollector, Final, Throttle, answer_markdown
-from timmy_magic.text.formats import (
-    JSONAnswerError,
-    extract_code,
-    extract_html,
-    fenced_block,
-    parse_json,
-)
+from timmy_magic.text.formats import extract_code, extract_html, fenced_block
 
 
 def result(text: str = "Hello **world**", error: str | None = None) -> Result:

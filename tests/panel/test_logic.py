@@ -9,7 +9,7 @@ import pytest
 
 from timmy_magic.routing.metrics import MetricsSnapshot
 from timmy_magic.model.chat import EndpointHealth, HealthReport, HealthState
-from timmy_magic.notebook.widget import (
+from timmy_magic.notebook.panel_html import (
     AUTO,
     AUTO_VALUE,
     Coalescer,
@@ -163,3 +163,22 @@ def test_details_read_as_words_not_python_and_cells_never_break_inside() -> None
     assert "model_loaded: True" in lines
     assert not any("{" in ln or "None" in ln for ln in lines), lines
     assert row_html(r, None, False).count("<td style=\"padding:2px 8px;white-space:nowrap\">") == 10
+
+
+def test_no_cloud_provider_means_no_green_cloud_open() -> None:
+    shown = gate_html(True, "", 0.0, 5.0, has_cloud=False)
+    assert "cloud open" not in shown and "no cloud providers configured" in shown
+    assert "$5.00" not in shown  # no budget row without anything it could gate
+
+
+def test_a_managed_server_not_started_says_it_starts_on_first_request() -> None:
+    from timmy_magic.notebook.panel_html import row_html, state_label
+
+    report = HealthReport("local-gemma", "llama_cpp", "stopped", False, None, (), {},
+                          hint="starts on first request (or %llm start local-gemma)")
+    assert state_label(report) == "starts on first request"
+    row = row_html(report, None, False)
+    assert "● starts on first request" in row and "● stopped" not in row
+    held = HealthReport("x", "llama_cpp", "stopped", False, None, (), {},
+                        hint="stopped with %llm stop: %llm start x starts it")
+    assert state_label(held) == "stopped"

@@ -18,7 +18,8 @@ from tests.support.faultserver import FaultServer, closed_port
 from timmy_magic import Router
 from timmy_magic.config import load_config
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
-from timmy_magic.notebook.widget import AUTO_VALUE, Panel, panel
+from timmy_magic.notebook.panel_html import AUTO_VALUE
+from timmy_magic.notebook.widget import Panel, panel
 
 from .conftest import FakeClock, ManualTimers, make_router, prov
 
@@ -152,7 +153,7 @@ def test_gate_toggle_and_budget(mixed: Router, timers: ManualTimers, clock: Fake
     p = open_panel(mixed, timers, clock)
     assert p.local_only.value is False and "cloud open" in p.gate.value
     assert "daily budget: $0.00 used of $2.00, $2.00 left" in p.gate.value
-    assert p.budget.value == 0 and p.budget.description == "used"  # labelled, after the text
+    assert p.budget.value == 0 and p.budget.description == ""  # the text before says "used"
     assert list(p.gate_row.children).index(p.budget) > list(p.gate_row.children).index(p.gate)
     p.local_only.value = True  # click
     assert mixed.local_only is True and not mixed.gate().open

@@ -37,7 +37,7 @@ from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
 from timmy_magic.notebook.failures import ErrorBlock, describe_failure
 from timmy_magic.notebook.history import Conversation, Turn
 from timmy_magic.text.markup import clean
-from timmy_magic.notebook.render import Final, NotebookView
+from timmy_magic.notebook.render import Final, NotebookView, answer_markdown
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.notebook.tables import providers_bundle, status_bundle
 from timmy_magic.model.chat import (
@@ -183,7 +183,7 @@ def final(fmt: str, trace: bool = False) -> Output:
 
 def result_repr(v: Values) -> list[Rendered]:
     r = result(v)
-    return [Rendered("markdown", r._repr_markdown_()), Rendered("plain", str(r.footer()))]
+    return [Rendered("markdown", answer_markdown(r)), Rendered("plain", str(r.footer()))]
 
 
 def conversation(v: Values) -> list[Rendered]:
@@ -246,7 +246,7 @@ OUTPUTS: dict[str, tuple[Output, tuple[str, ...]]] = {
     "Final html": (final("html"), ("provider", "model", "error", "note")),
     "Final text": (final("text", trace=True), ("provider", "model", "error", "note",
                                                "skip_detail")),
-    "Result._repr_markdown_": (result_repr, ("provider", "model", "error", "note")),
+    "Result as the notebook shows it": (result_repr, ("provider", "model", "error", "note")),
     "Conversation": (conversation, ("provider", "prompt", "answer_preview")),
     "bench report": (bench, ("provider", "model", "error", "prompt", "note")),
     "live display": (live, ("provider", "status")),

@@ -21,7 +21,7 @@ def test_retryable_classification():
         assert ProviderHTTPError("x", status=code).retryable, code
     for code in (400, 404, 422):
         e = ProviderHTTPError("x", status=code)
-        assert not e.retryable and not e.counts_against_breaker
+        assert not e.retryable and not RetryPolicy().counts(e)
     assert not ProviderAuthError("x", status=401).retryable
     assert not ProviderProtocolError("x").retryable
 

@@ -1,5 +1,5 @@
 """The model sees the notebook: earlier cells, kernel variables, the last error and images
-as context for a prompt, cut to a token budget, with secrets masked (issue 13).
+as context for a prompt, cut to a token budget, with secrets masked.
 
 Pure and kernel-side: it reads the shell (history, namespace, the last exception) and
 returns values; it sends nothing and displays nothing. The magic wires it up::

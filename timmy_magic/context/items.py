@@ -1,4 +1,4 @@
-"""What a prompt's context is made of (issue 13): cells, variables, an error, images.
+"""What a prompt's context is made of: cells, variables, an error, images.
 
 Each item knows its heading, the text the model reads, its estimated tokens (about 4
 characters a token, ``CHARS_PER_TOKEN``; an image by its size) and whether it was cut.

@@ -1,4 +1,4 @@
-"""Summaries of kernel values that a model can use and a person can read (issue 13).
+"""Summaries of kernel values that a model can use and a person can read.
 
 ``summarize(value, max_chars=..., masker=...)`` masks first, then summarises, then cuts:
 the masker (``masking.Masker``) sees the raw strings (a container's items, a DataFrame's

@@ -1,4 +1,8 @@
-"""The one error tree of timmy_magic. Nothing derives from BaseException directly.
+"""The one error tree of timmy_magic. Every public exception is a TimmyError, wherever it
+is defined (a test walks the package and checks it); nothing derives from BaseException
+directly. The two interrupts are the exception: ``StreamInterrupted`` and
+``MapInterrupted`` are KeyboardInterrupts, so that a Run All stops at the cell as it
+would at Ctrl-C, and no ``except Exception`` can swallow them.
 
     TimmyError
     ├── ConfigError ............ providers.yaml is unreadable or invalid (file, provider, field)
@@ -8,13 +12,22 @@
     │   └── UnknownProvider .... a pin or a command names a provider that is not configured
     ├── InvalidRequest ......... the request itself cannot be sent (also a ValueError); no
     │                            provider is tried, so no breaker counts it
-    ├── structured.InvalidAnswer an answer does not match the request's schema (a ValueError)
-    └── ProviderError .......... one backend failed one attempt (mapped once, at the boundary)
-        ├── ProviderConnectError  could not connect (retryable)
-        ├── ProviderTimeout ..... connect / first token / idle / whole request deadline (retryable)
-        ├── ProviderHTTPError ... the server answered with an error status
-        │   └── ProviderAuthError 401 / 403: the provider is misconfigured
-        └── ProviderProtocolError the answer could not be understood (bad JSON, bad SSE, HTML)
+    ├── schema.InvalidAnswer ... an answer does not match the request's schema (a ValueError)
+    ├── schema.JSONAnswerError . an answer asked for as JSON is not JSON (a ValueError)
+    ├── template.InterpolationError  a ``{name}`` in a prompt cannot be resolved
+    ├── ProviderError .......... one backend failed one attempt (mapped once, at the boundary)
+    │   ├── ProviderConnectError  could not connect, or the connection dropped (retryable)
+    │   │   └── ConnectionRefused nothing accepted the connection (a local server not started)
+    │   ├── ProviderTimeout ..... connect / first token / idle / whole request deadline (retryable)
+    │   ├── ProviderHTTPError ... the server answered with an error status
+    │   │   └── ProviderAuthError 401 / 403: the provider is misconfigured
+    │   └── ProviderProtocolError the answer could not be understood (bad JSON, bad SSE, HTML)
+    ├── providers.wire.WireError the bytes on the wire break the protocol (mapped to the above)
+    ├── servers: LaunchError, NotInstalled  a managed server could not start / is not installed
+    ├── cache: CacheSettingError, ReplayMiss  a bad cache setting / no recorded answer in replay
+    ├── context.ContextError ... what a cell asked for is not in the kernel
+    ├── batch.MapError ......... ``map`` was called wrongly (rows, template, options)
+    └── bench.NothingToBench ... every provider named is left out, each for a reason
 
 Every message passes ``TimmyError.__init__``, the one redaction point of exceptions: it is
 redacted (``secrets.REDACT``: keys, header values, URL credentials) and holds no lone
@@ -89,7 +102,8 @@ class InvalidRequest(TimmyError, ValueError):
 
 class ProviderError(TimmyError):
     retryable: bool = False
-    counts_against_breaker: bool = True
+    """Worth trying again; whether it counts against the breaker is the retry policy's
+    decision (``routing.retry.RetryPolicy.counts``), from the failure's kind."""
 
     def __init__(self, message: str, *, provider: str = "", status: int | None = None,
                  retry_after: float | None = None) -> None:
@@ -104,6 +118,11 @@ class ProviderConnectError(ProviderError):
     retryable = True
 
 
+class ConnectionRefused(ProviderConnectError):
+    """Nothing accepted the connection: for a local server, it is not started (grey "not
+    running", "nothing listening at ..."), which is not the same as one that failed."""
+
+
 class ProviderTimeout(ProviderError):
     retryable = True
 
@@ -114,8 +133,6 @@ class ProviderHTTPError(ProviderError):
         super().__init__(message, provider=provider, status=status, retry_after=retry_after)
         code = status or 0
         self.retryable = code in (408, 429) or code >= 500
-        # A 400/404/422 is about the request or the model name, not the server's health.
-        self.counts_against_breaker = code in (408, 429) or code >= 500
 
 
 class ProviderAuthError(ProviderHTTPError):

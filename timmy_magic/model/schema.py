@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from timmy_magic.model.errors import InvalidRequest, TimmyError
-from timmy_magic.text.formats import JSONAnswerError, parse_json
+from timmy_magic.text.formats import fenced_block
 from timmy_magic.text.markup import shorten as _cut
 
 MAX_ERRORS_SHOWN = 3
@@ -162,6 +162,33 @@ class Schema:
     def canonical(self) -> dict[str, Any]:
         """What decides the answer (the cache key's ``schema``): the name and the schema."""
         return {"name": self.name, "schema": self.json}
+
+
+# ---------------------------------------------------------------- JSON answers
+
+class JSONAnswerError(TimmyError, ValueError):
+    """The answer is not JSON; the message is one line."""
+
+
+def _no_constant(name: str) -> Any:
+    raise JSONAnswerError(f"the answer is not valid JSON: {name} is not a JSON number")
+
+
+def parse_json(text: str, strict: bool = False) -> Any:
+    """Parse the answer as JSON (a ```json block if present, else the first fenced block,
+    else the whole text). Raises JSONAnswerError with a one-line reason. ``strict``:
+    ``NaN`` and ``Infinity`` (which Python's json takes) are not JSON either."""
+    body = fenced_block(text, "json")
+    if body is None:
+        body = fenced_block(text)
+    body = (body if body is not None else text).strip()
+    if not body:
+        raise JSONAnswerError("the answer is not JSON: it is empty")
+    try:
+        return json.loads(body, parse_constant=_no_constant) if strict else json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise JSONAnswerError(f"the answer is not valid JSON: {exc.msg} at line {exc.lineno}"
+                              f" column {exc.colno}") from None
 
 
 # ---------------------------------------------------------------- helpers

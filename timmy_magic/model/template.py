@@ -1,4 +1,4 @@
-"""Escape-safe ``{name}`` interpolation of kernel variables into a prompt (issue 3).
+"""Escape-safe ``{name}`` interpolation of kernel variables into a prompt.
 
 jupyter-ai formats prompts with ``str.format_map``, so any ``{`` in pasted code or JSON
 crashes the cell (its issues #27, #967). Here a brace is only special when it is part of a

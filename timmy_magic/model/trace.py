@@ -34,6 +34,8 @@ class Attempt:
     """``invalid``: it answered, but not as the request's schema asks (``error`` says how)."""
     error: str | None = None
     elapsed_s: float = 0.0
+    refused: bool = False
+    """It failed because nothing accepted the connection (``errors.ConnectionRefused``)."""
 
     def __str__(self) -> str:
         tag = f"{self.provider}#{self.number}"

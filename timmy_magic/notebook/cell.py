@@ -28,7 +28,8 @@ from timmy_magic.cache import ReplayMiss
 from timmy_magic.context import Context, ContextError, build_context
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.notebook.failures import ErrorBlock, describe_failure
-from timmy_magic.text.formats import FORMATS, Format, JSONAnswerError, extract_code, parse_json
+from timmy_magic.model.schema import JSONAnswerError, parse_json
+from timmy_magic.text.formats import FORMATS, Format, extract_code
 from timmy_magic.notebook.history import Conversation, Turn, source_key
 from timmy_magic.model.template import InterpolationError, interpolate, references
 from timmy_magic.text.markup import shorten
@@ -345,8 +346,7 @@ class TimmyMagics(Magics):
 
     def _side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str) -> None:
         """One prompt to several providers or models at once, in columns."""
-        from timmy_magic.compare import Column, Comparison, run_columns
-        from timmy_magic.notebook.compare_view import BlocksView, GridView
+        from timmy_magic.compare import BlocksView, Column, Comparison, GridView, run_columns
 
         if opts.fmt not in ("markdown", "text") and opts.schema is None:
             raise UsageError(f"-f {opts.fmt} does not apply side by side (markdown or text)")

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from timmy_magic.model.errors import PinnedProviderFailed, RoutingError
-from timmy_magic.routing.endpoints import REFUSED
 from timmy_magic.text.markup import LITERAL_TICK, md, md_code, md_spans, plain
 from timmy_magic.privacy.redact import display_url
 from timmy_magic.model.chat import RouteTrace
@@ -115,8 +114,7 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
         tried = list(dict.fromkeys(display_url(a.endpoint) for a in trace.attempts
                                    if a.provider == trace.pinned and a.endpoint))
         where = f" at {', '.join(f'`{literal(u)}`' for u in tried)}" if tried else ""
-        refused = any(a.provider == trace.pinned and (a.error or "").startswith(REFUSED)
-                      for a in trace.attempts)
+        refused = any(a.provider == trace.pinned and a.refused for a in trace.attempts)
         check = "" if {"cloud_gate", "no_vision"} & skipped.keys() else \
             (f"Nothing is listening{where}: start {pin} there (`%llm status` says how), or "
              if refused else f"Check that {pin} is running{where} (`%llm status`), or ")

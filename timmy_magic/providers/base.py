@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from timmy_magic.model.chat import ChatRequest, Usage
 from timmy_magic.model.errors import (
+    ConnectionRefused,
     ProviderAuthError,
     ProviderConnectError,
     ProviderError,
@@ -76,6 +77,8 @@ class Probe:
     error: str | None = None
     windows: dict[str, int] = field(default_factory=dict)
     """Context windows (tokens) the server reported, by model name (empty: none known)."""
+    refused: bool = False
+    """Down because nothing accepted the connection (``ConnectionRefused``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +181,7 @@ def _mapping() -> _Mapping:
 
         _MAPPING = (
             (httpx.ConnectTimeout, ProviderTimeout, "connect timed out"),
-            (httpx.ConnectError, ProviderConnectError, "cannot connect"),
+            (httpx.ConnectError, ConnectionRefused, "cannot connect"),
             ((httpx.ReadTimeout, httpx.WriteTimeout, httpx.PoolTimeout), ProviderTimeout,
              "no data within the idle timeout"),
             ((httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError),
@@ -372,7 +375,8 @@ def probe_error(exc: BaseException, provider: str, timeout: float) -> Probe:
 
     if isinstance(exc, (TimeoutError, httpx.TimeoutException)):
         return Probe("down", error=f"health check timed out after {timeout:g}s")
-    return Probe("down", error=str(map_error(exc, provider)))
+    err = map_error(exc, provider)
+    return Probe("down", error=str(err), refused=isinstance(err, ConnectionRefused))
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

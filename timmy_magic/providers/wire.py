@@ -28,6 +28,7 @@ import math
 import re
 from typing import Any
 
+from timmy_magic.model.errors import TimmyError
 from timmy_magic.privacy.redact import REDACT
 
 MAX_LINE_BYTES = 4 << 20
@@ -40,7 +41,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class WireError(ValueError):
+class WireError(TimmyError, ValueError):
     """The bytes on the wire break the protocol (a line or event too large, bad content)."""
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing.breaker import Permit
 from timmy_magic.routing.state import Core, shown_url
-from timmy_magic.model.errors import ProviderConnectError, ProviderError, ProviderProtocolError, ProviderTimeout
+from timmy_magic.model.errors import ConnectionRefused, ProviderConnectError, ProviderError, ProviderProtocolError, ProviderTimeout
 from timmy_magic.routing.endpoints import Endpoint, ProviderState
 from timmy_magic.providers.base import Chunk, Probe, map_error
 from timmy_magic.privacy.redact import REDACT
@@ -260,6 +260,6 @@ def _record_failure(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     else:
         permit.release(now)
     if isinstance(err, ProviderConnectError):  # cannot reach it: the badge should say so
-        ep.probe = Probe("down", error=str(err))
+        ep.probe = Probe("down", error=str(err), refused=isinstance(err, ConnectionRefused))
         ep.checked_at = now
     core.notify("metrics")

@@ -30,6 +30,7 @@ from timmy_magic.model.chat import (
     Trying,
 )
 from timmy_magic.model.errors import (
+    ConnectionRefused,
     NoProviderAvailable,
     PinnedProviderFailed,
     ProviderError,
@@ -209,9 +210,9 @@ class Cascade:
             shown = shown_url(ep)
 
             def failed(why: str, started: float | None = None, url: str = shown,
-                       number: int = number) -> None:
+                       number: int = number, refused: bool = False) -> None:
                 took = core.clock() - started if started is not None else 0.0
-                attempts.append(Attempt(st.name, url, number, "failed", why, took))
+                attempts.append(Attempt(st.name, url, number, "failed", why, took, refused))
 
             try:
                 yield Trying(st.name, shown, number)
@@ -250,7 +251,7 @@ class Cascade:
                         req.messages, invalid[-1].text, invalid[-1].error or ""))
                     continue
                 except ProviderError as err:
-                    failed(str(err), started)
+                    failed(str(err), started, refused=isinstance(err, ConnectionRefused))
                     retry_no += 1
                     decision = core.policy.decide(
                         err, retry_no, others_left=others_left, endpoints=len(st.endpoints),

@@ -89,8 +89,6 @@ class ProviderState:
         return frozenset(mc.capabilities) if mc is not None else frozenset()
 
 
-REFUSED = "cannot connect"
-"""How ``map_error`` starts the message of a connection nobody accepted."""
 START_COMMANDS = {
     "llama_cpp": "llama-server -m MODEL.gguf --port {port}",
     "ollama": "ollama serve",
@@ -128,7 +126,7 @@ def _not_running(st: ProviderState, probes: list[Probe]) -> bool:
     return (not st.cfg.is_cloud and len(probes) == len(st.endpoints)
             and not any(ep.answered or ep.launcher is not None for ep in st.endpoints)
             and all(is_loopback(ep.url) for ep in st.endpoints)
-            and all(p.state == "down" and (p.error or "").startswith(REFUSED) for p in probes))
+            and all(p.state == "down" and p.refused for p in probes))
 
 
 def build_report(st: ProviderState, now: float) -> HealthReport:

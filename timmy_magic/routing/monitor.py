@@ -15,6 +15,7 @@ import time
 from timmy_magic.routing.state import Core, log
 from timmy_magic.routing.endpoints import Endpoint, ProviderState
 from timmy_magic.servers.launch import Launcher
+from timmy_magic.model.errors import ConnectionRefused
 from timmy_magic.providers.base import Probe, map_error
 from timmy_magic.model.chat import HealthReport
 
@@ -54,7 +55,8 @@ class Monitor:
         except TimeoutError:
             probe = Probe("down", error=f"health check timed out after {timeout:g}s")
         except Exception as exc:
-            probe = Probe("down", error=str(map_error(exc, st.name)))
+            err = map_error(exc, st.name)
+            probe = Probe("down", error=str(err), refused=isinstance(err, ConnectionRefused))
         if probe.state == "down" and ep.outstanding and "timed out" in (probe.error or ""):
             probe = Probe("degraded", probe.latency_s, probe.models, probe.detail,
                           f"{probe.error} while serving {ep.outstanding} request(s)")

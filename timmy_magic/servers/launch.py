@@ -27,8 +27,15 @@ from pathlib import Path
 from typing import Literal
 
 from timmy_magic.config import LaunchConfig
-from timmy_magic.servers.embedded import NotInstalled, check_installed, describe, missing_program, resolve_command
+from timmy_magic.model.errors import TimmyError
 from timmy_magic.privacy.redact import get_logger
+from timmy_magic.servers.embedded import (
+    NotInstalled,
+    check_installed,
+    describe,
+    missing_program,
+    resolve_command,
+)
 
 log = get_logger("timmy_magic.servers.launch")
 LaunchState = Literal["stopped", "stopping", "starting", "running", "adopted", "failed",
@@ -36,8 +43,8 @@ LaunchState = Literal["stopped", "stopping", "starting", "running", "adopted", "
 _ALL: weakref.WeakSet[Launcher] = weakref.WeakSet()
 
 
-class LaunchError(Exception):
-    pass
+class LaunchError(TimmyError):
+    """A managed server could not be started (its command, its port, its health)."""
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec

@@ -7,9 +7,8 @@ runs to the end) and the whole answer otherwise.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 Format = Literal["markdown", "text", "code", "json", "html"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -34,31 +33,6 @@ def extract_code(text: str) -> str:
     """The answer's first code block, else the whole answer (stripped)."""
     block = fenced_block(text)
     return (block if block is not None else text).strip("\n")
-
-
-class JSONAnswerError(ValueError):
-    """The answer is not JSON; the message is one line."""
-
-
-def _no_constant(name: str) -> Any:
-    raise JSONAnswerError(f"the answer is not valid JSON: {name} is not a JSON number")
-
-
-def parse_json(text: str, strict: bool = False) -> Any:
-    """Parse the answer as JSON (a ```json block if present, else the first fenced block,
-    else the whole text). Raises JSONAnswerError with a one-line reason. ``strict``:
-    ``NaN`` and ``Infinity`` (which Python's json takes) are not JSON either."""
-    body = fenced_block(text, "json")
-    if body is None:
-        body = fenced_block(text)
-    body = (body if body is not None else text).strip()
-    if not body:
-        raise JSONAnswerError("the answer is not JSON: it is empty")
-    try:
-        return json.loads(body, parse_constant=_no_constant) if strict else json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise JSONAnswerError(f"the answer is not valid JSON: {exc.msg} at line {exc.lineno}"
-                              f" column {exc.colno}") from None
 
 
 def extract_html(text: str) -> str:
