@@ -99,7 +99,7 @@ def test_the_environment_sets_the_mode_and_a_bad_value_is_one_line(
     _, live = run(shell, "%%llm --no-cache\nhello")  # the author asked for a live answer
     assert "live" in live and chats(fault) == 1
     monkeypatch.setenv("TIMMY_CACHE_MODE", "sometimes")
-    res, bad = run(shell, "%%llm\nhello")
+    _, bad = run(shell, "%%llm\nhello")
     assert "TIMMY_CACHE_MODE='sometimes' is not a cache mode" in bad
     assert "Traceback" not in bad and chats(fault) == 1
 
@@ -117,6 +117,35 @@ def test_cache_section_in_providers_yaml(shell: InteractiveShell, fault: FaultSe
     run(shell, "%%llm\nhello")
     run(shell, "%%llm\nhello")
     assert path.is_file() and chats(fault) == 1
+
+
+def test_a_cell_and_the_router_share_one_cache_and_record_once(
+        shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders,
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``cache: on`` in providers.yaml the router's calls use the cache too: a cell
+    looks up once (keyed with its format), asks the router with ``cache=False``, and
+    records once; ``--no-cache`` and ``%llm cache off`` reach the server whatever the
+    file says; a Python call in the kernel uses the same file."""
+    import timmy_magic
+
+    monkeypatch.delenv("TIMMY_CACHE_PATH", raising=False)
+    monkeypatch.delenv("TIMMY_CACHE_MODE", raising=False)
+    path = tmp_path / "shared.sqlite3"
+    write_providers([local("alpha", fault.base_url("ok", text="configured"))],
+                    cache={"mode": "on", "path": str(path)})
+    run(shell, "%load_ext timmy_magic")
+    fault.reset()
+    run(shell, "%%llm\nhello")
+    router = timmy_magic.get_router()
+    assert router.cache.store().stats().entries == 1 and chats(fault) == 1
+    run(shell, "%%llm --no-cache\nhello")
+    run(shell, "%llm cache off")
+    run(shell, "%%llm\nhello")
+    assert chats(fault) == 3 and router.cache.store().stats().entries == 1
+    assert not router.complete("hello").cached  # no format in its key: its own entry
+    assert router.complete("hello").cached and chats(fault) == 4
+    assert router.cache.store().path == path
+    assert router.cache.store().stats().entries == 2
 
 
 def test_a_changed_model_setting_misses_instead_of_replaying(

@@ -47,7 +47,6 @@ from tests.magic.conftest import FAST_CASCADE, local, sent, wait_for
 from tests.support.faultserver import FaultServer
 from tests.support.scriptserver import ScriptServer, sse
 from timmy_magic import cache as cache_mod
-from timmy_magic.config import trust as trust
 from timmy_magic.cache import (
     AnswerCache,
     CachedAnswer,
@@ -55,12 +54,13 @@ from timmy_magic.cache import (
     RequestFields,
     request_key,
 )
-from timmy_magic.config import parse_config
+from timmy_magic.cache import store as store_mod
+from timmy_magic.config import parse_config, trust
 from timmy_magic.context import INTRO, Context
 from timmy_magic.context.items import VarItem
-from timmy_magic.routing.router import Router
-from timmy_magic.privacy.redact import REDACT
 from timmy_magic.model.chat import ChatRequest, Message, Result, RouteTrace, Timings, Usage
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.routing.router import Router
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 LIVE = "a live answer"
@@ -448,7 +448,7 @@ HOSTILE_VALUE = st.one_of(
     _JSON.map(json.dumps),
     st.text(max_size=200),
     st.binary(max_size=200),
-    st.integers(),
+    st.integers(-2**63, 2**63 - 1),  # what a SQLite INTEGER holds (an author can write)
     st.floats(allow_nan=False),  # SQLite stores NaN as NULL, which the column refuses
     st.just(answer("").to_json()),
     st.just(answer(" \n\t ").to_json()),
@@ -536,7 +536,7 @@ def test_a_failing_lookup_in_replay_is_a_replay_miss_that_says_why(
         raise RecursionError("maximum recursion depth exceeded")
 
     with AnswerCache(tmp_path / "c.sqlite3") as c:
-        monkeypatch.setattr(cache_mod, "request_key", deep)
+        monkeypatch.setattr(store_mod, "request_key", deep)
         assert c.lookup(fields(), "on") is None
         with pytest.raises(ReplayMiss, match="maximum recursion depth"):
             c.lookup(fields(), "replay")

@@ -17,19 +17,22 @@ import pytest
 
 from timmy_magic.cache import (
     ENV_VAR,
+    PATH_VAR,
     AnswerCache,
     CachedAnswer,
     CacheSettingError,
-    CacheSettings,
     ReplayMiss,
     RequestFields,
     cell_mode,
+    configured_mode,
+    configured_path,
     default_path,
     request_key,
 )
+from timmy_magic.config import CacheConfig
+from timmy_magic.model.chat import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 from timmy_magic.model.errors import InvalidRequest, TimmyError
 from timmy_magic.privacy.redact import REDACT
-from timmy_magic.model.chat import ChatRequest, Message, Result, RouteTrace, Timings, Usage
 
 DAY = 86400.0
 T0 = 1_750_000_000.0  # 2025-06-15T15:06:40Z
@@ -155,7 +158,7 @@ def test_threads_share_one_cache(cache: AnswerCache) -> None:
             for i in range(40):
                 cache.put(f"{n}-{i}", answer(f"{n}-{i}"))
                 assert cache.get(f"{n}-{i}") is not None
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
@@ -173,8 +176,14 @@ def test_default_path_is_in_the_user_cache_dir(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(platformdirs, "user_cache_dir", lambda app: str(tmp_path / app))
     assert default_path() == tmp_path / "timmy-magic" / "answers.sqlite3"
-    assert CacheSettings().resolved_path() == default_path()
-    assert CacheSettings(path=Path("/x/y.db")).resolved_path() == Path("/x/y.db")
+    assert configured_path(CacheConfig(), {}) == default_path()
+    assert configured_path(CacheConfig(path="/x/y.db"), {}) == Path("/x/y.db")
+    # $TIMMY_CACHE_PATH over the file's path, ~ expanded; an unknown ~user kept as written
+    env = {PATH_VAR: "~/z.db"}
+    assert configured_path(CacheConfig(path="/x/y.db"), env) == Path("~/z.db").expanduser()
+    assert configured_path(CacheConfig(), {PATH_VAR: "~no-such-user-7f3a/c.db"}) \
+        == Path("~no-such-user-7f3a/c.db")
+    assert configured_path(CacheConfig(path="/x/y.db"), {PATH_VAR: ""}) == Path("/x/y.db")
 
 
 # ---------------------------------------------------------------- ttl and eviction
@@ -321,23 +330,26 @@ def test_summary_is_the_last_user_message_on_one_line() -> None:
 
 
 def test_settings_validate_and_env_overrides_the_mode() -> None:
-    s = CacheSettings(mode="on", ttl_days=3, max_mb=10)
-    assert s.resolve_mode({}) == "on"
-    assert s.resolve_mode({ENV_VAR: " Replay "}) == "replay"
-    assert s.resolve_mode({ENV_VAR: ""}) == "on"
-    assert CacheSettings().resolve_mode({ENV_VAR: "off"}) == "off"
-    with pytest.raises(CacheSettingError, match="TIMMY_CACHE_MODE='replya'") as err:
-        s.resolve_mode({ENV_VAR: "replya"})
-    assert "\n" not in str(err.value) and isinstance(err.value, TimmyError)
+    s = CacheConfig(mode="on", ttl_days=3, max_mb=10)
+    assert configured_mode(s, {}) == "on"
+    assert configured_mode(s, {ENV_VAR: " Replay "}) == "replay"
+    assert configured_mode(s, {ENV_VAR: ""}) == "on"
+    assert configured_mode(CacheConfig(), {ENV_VAR: "off"}) == "off"
+    for bad_env in ("replya", "true", "0"):  # CacheConfig's own rule decides
+        with pytest.raises(CacheSettingError, match=f"TIMMY_CACHE_MODE='{bad_env}'") as err:
+            configured_mode(s, {ENV_VAR: bad_env})
+        assert "\n" not in str(err.value) and isinstance(err.value, TimmyError)
+    # one settings type: CacheConfig validates the file's values (and holds the defaults)
     for bad in ({"mode": "sometimes"}, {"ttl_days": 0}, {"ttl_days": float("inf")},
                 {"max_mb": -1}, {"max_mb": True}):
-        with pytest.raises(CacheSettingError):
-            CacheSettings(**bad)
+        with pytest.raises(ValueError):
+            CacheConfig(**bad)
+    assert AnswerCache.__init__.__kwdefaults__["max_mb"] == CacheConfig().max_mb
 
 
 def test_resolve_mode_reads_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_VAR, "replay")
-    assert CacheSettings().resolve_mode() == "replay"
+    assert configured_mode(CacheConfig()) == "replay"
 
 
 def test_cell_flags() -> None:
@@ -586,9 +598,37 @@ def test_a_full_disk_is_a_warning(cache: AnswerCache,
 
 
 def test_from_settings_and_a_value_with_no_counts(tmp_path: Path) -> None:
-    s = CacheSettings(path=tmp_path / "c.sqlite3", mode="on", ttl_days=1.5, max_mb=3)
-    with AnswerCache.from_settings(s) as c:
-        assert (c.path, c.ttl_days, c.max_mb) == (s.path, 1.5, 3)
+    s = CacheConfig(path=str(tmp_path / "c.sqlite3"), mode="on", ttl_days=1.5, max_mb=3)
+    with AnswerCache.from_settings(s, env={}) as c:
+        assert (c.path, c.ttl_days, c.max_mb) == (tmp_path / "c.sqlite3", 1.5, 3)
         bare = answer("Les trois couleurs : 红, 蓝 et jaune.", provider=None, model=None,
                       usage=Usage(), timings=Timings(None, 0.0, None))
         assert c.put("k", bare) and c.get("k") == bare
+
+
+# ---------------------------------------------------------------- the package
+
+
+def test_the_public_surface_does_not_drift() -> None:
+    from timmy_magic import cache
+
+    assert sorted(cache.__all__) == [
+        "APPLICATION_ID", "AnswerCache", "CacheMode", "CacheSettingError", "CacheStats",
+        "CachedAnswer", "ENV_VAR", "MODES", "PATH_VAR", "ReplayMiss", "RequestCache",
+        "RequestFields", "SUMMARY_CHARS", "canonical_json", "cell_mode", "configured_mode",
+        "configured_path", "default_path", "request_key", "sent_settings", "summarize"]
+    assert all(hasattr(cache, name) for name in cache.__all__)
+
+
+def test_the_cache_imports_nothing_above_it() -> None:
+    """Below routing and the features: not even inside a function (grimp sees those)."""
+    import grimp
+
+    graph = grimp.build_graph("timmy_magic", cache_dir=None)
+    above = ("routing", "context", "batch", "compare", "bench", "notebook")
+    for module in graph.find_descendants("timmy_magic.cache") | {"timmy_magic.cache"}:
+        imported = graph.find_modules_directly_imported_by(module)
+        bad = sorted(m for m in imported
+                     if any(m == f"timmy_magic.{a}" or m.startswith(f"timmy_magic.{a}.")
+                            for a in above))
+        assert not bad, f"{module} imports {bad}"

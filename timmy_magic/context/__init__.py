@@ -63,7 +63,7 @@ from timmy_magic.context.items import (
 )
 from timmy_magic.text.formats import fenced_block
 from timmy_magic.text.markup import md, md_code
-from timmy_magic.privacy.masking import MASK, Masker, mask_item, mask_secrets, secret_env_values
+from timmy_magic.privacy.masking import Masker, mask_item, mask_secrets, secret_env_values
 from timmy_magic.context.kernel import (
     cells_from_history,
     image_item,
@@ -75,6 +75,8 @@ from timmy_magic.context.kernel import (
 )
 from timmy_magic.context.summaries import DEFAULT_MAX_CHARS, summarize
 from timmy_magic.model.chat import Message
+from timmy_magic.model.framing import INTRO as INTRO
+from timmy_magic.model.framing import with_context
 
 __all__ = [
     "CHARS_PER_TOKEN",
@@ -116,10 +118,6 @@ MIN_CUT_CHARS = 200
 _ORDER: dict[str, int] = {"cell": 0, "var": 1, "error": 2, "image": 3}
 
 
-INTRO = ("Context from the user's Jupyter notebook kernel follows (secrets are masked "
-         f"as {MASK}).")
-
-
 @dataclass(frozen=True)
 class Context:
     """A prompt with its context items: what would be sent, and what was cut."""
@@ -138,8 +136,7 @@ class Context:
         description (with ``vision`` they go as image parts too, see ``user_parts``)."""
         if not self.items:
             return self.prompt
-        blocks = [INTRO, *(self._block(i, vision) for i in self.items)]
-        return "\n\n".join(blocks + [f"### Request\n{self.prompt}"])
+        return with_context([self._block(i, vision) for i in self.items], self.prompt)
 
     def _block(self, item: ContextItem, vision: bool) -> str:
         if isinstance(item, ImageItem) and not vision:

@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from timmy_magic.config.request_defaults import with_defaults
 from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing.breaker import Permit
 from timmy_magic.routing.state import Core, shown_url
@@ -103,14 +104,9 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     answer in one body when the adapter can (``Backend.complete``); the first-token
     deadline then covers the whole body."""
     cas = core.config.cascade
-    model = req.model or st.cfg.default_model
-    asked = st.cfg.model(model)
-    if req.max_tokens is None:
-        cap = (asked.max_tokens if asked else None) or cas.default_max_tokens
-        if cap is not None:
-            req = replace(req, max_tokens=cap)
-    if req.temperature is None and asked is not None and asked.temperature is not None:
-        req = replace(req, temperature=asked.temperature)
+    model, asked, max_tokens, temperature = with_defaults(req, st.cfg, cas)
+    if max_tokens != req.max_tokens or temperature != req.temperature:
+        req = replace(req, max_tokens=max_tokens, temperature=temperature)
     parts: list[str] = []
     size = 0
     usage: Usage | None = None

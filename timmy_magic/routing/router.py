@@ -6,7 +6,8 @@ its events come back the same way; ``docs/architecture.md`` follows it file by f
 Health checks are the ``Monitor``'s, managed servers ``servers``', the shared state
 ``Core``'s. Everything runs on one loop (the ``Runner``'s); the sync methods and
 ``astream`` from a foreign loop hop onto it, and state changes (reload, pin, local-only)
-are applied there, so listeners always hear them on the loop thread.
+are applied there, so listeners always hear them on the loop thread. The answer cache
+(``cache:`` in providers.yaml) answers a request before it is routed (``Router.cache``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import asyncio
 import concurrent.futures
 import random
 import time
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import aclosing
 from typing import Any, TypeVar
 
+from timmy_magic.cache import RequestCache
 from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing import managed as servers
 from timmy_magic.routing.cascade import Cascade
@@ -45,6 +47,7 @@ class Router:
         self._core = Core(config, runner=runner, clock=clock, rand=rand, quota=quota)
         self._monitor = Monitor(self._core)
         self._cascade = Cascade(self._core, self._recheck)
+        self._answers = RequestCache(lambda: self._core.config)
 
     @classmethod
     def from_config(cls, path: str | None = None, **kw: Any) -> Router:
@@ -84,6 +87,13 @@ class Router:
     def runner(self) -> Runner:
         """The loop thread (for tests and benchmarks; the notebook surface never needs it)."""
         return self._core.runner
+
+    @property
+    def cache(self) -> RequestCache:
+        """The answer cache ``complete``, ``acomplete``, ``stream`` and ``astream`` answer
+        from, in the mode of ``cache:`` in providers.yaml; their ``cache=`` argument acts
+        as ``--cache`` (True: on for this request) / ``--no-cache`` (False: not touched)."""
+        return self._answers
 
     @property
     def names(self) -> list[str]:
@@ -162,20 +172,23 @@ class Router:
         """What ``model`` (None: the default) declares on ``provider`` (``vision``...)."""
         return self.provider(provider).capabilities(model)
 
-    async def astream(self, request: ChatRequest | str,
+    async def astream(self, request: ChatRequest | str, *, cache: bool | None = None,
                       **kw: Any) -> AsyncGenerator[Event, None]:
         """Stream events for one request: Trying..., Delta..., then exactly one Done.
-        Raises RoutingError when no provider produced a first token."""
+        Raises RoutingError when no provider produced a first token. From the cache
+        (``cache``): the recorded text in one Delta, then Done."""
         req = ChatRequest.of(request, **kw)
-        async for ev in self.runner.aiterate(lambda: self._cascade.stream(req)):
+        async for ev in self._answers.aevents(
+                req, cache, lambda: self.runner.aiterate(lambda: self._cascade.stream(req))):
             yield ev
 
     def stream(self, request: ChatRequest | str, *, tick_every: float | None = None,
-               **kw: Any) -> Iterator[Event | Tick]:
+               cache: bool | None = None, **kw: Any) -> Iterator[Event | Tick]:
         """``astream`` for synchronous code. With ``tick_every``, a ``Tick`` comes
         whenever no event came for that long (a live display's chance to redraw)."""
         req = ChatRequest.of(request, **kw)
-        return bridge(self.runner, self._cascade.stream(req), tick_every)
+        return self._answers.events(
+            req, cache, lambda: bridge(self.runner, self._cascade.stream(req), tick_every))
 
     def stream_many(self, requests: list[ChatRequest], *, tick_every: float | None = None
                     ) -> Iterator[tuple[int, Event | Failed] | Tick]:
@@ -189,16 +202,19 @@ class Router:
     # its Result comes back (a thread hand-off per event cost more CPU than the router's
     # own work: docs/performance.md).
     async def acomplete(self, request: ChatRequest | str, *, stream: bool = True,
-                        **kw: Any) -> Result:
+                        cache: bool | None = None, **kw: Any) -> Result:
         """The answer to one request (see ``complete``)."""
         req = ChatRequest.of(request, **kw)
         runner = self.runner
-        if runner.on_loop():
-            return await self._answer(req, whole=not stream)
-        return await asyncio.wrap_future(runner.submit(self._answer(req, whole=not stream)))
+
+        def live() -> Awaitable[Result]:
+            answer = self._answer(req, whole=not stream)
+            return answer if runner.on_loop() else asyncio.wrap_future(runner.submit(answer))
+
+        return await self._answers.aanswer(req, cache, live)
 
     def complete(self, request: ChatRequest | str, *, stream: bool = True,
-                 **kw: Any) -> Result:
+                 cache: bool | None = None, **kw: Any) -> Result:
         """The answer to one request, for synchronous code. Raises RoutingError when no
         provider produced a first token.
 
@@ -206,9 +222,13 @@ class Router:
         in one JSON body instead of a stream: less client CPU per request. The difference
         shows only when a server fails midway: streamed, the text so far is kept in the
         Result with the error; in one body nothing arrived yet, so the cascade fails over
-        to the next provider. The first-token deadline then covers the whole body."""
+        to the next provider. The first-token deadline then covers the whole body.
+
+        ``cache``: see ``Router.cache``; a hit is the recorded answer (``Result.cached``),
+        and in replay a miss is a ``ReplayMiss`` (nothing is sent)."""
         req = ChatRequest.of(request, **kw)
-        return self.runner.call(self._answer(req, whole=not stream), "Router.complete")
+        return self._answers.answer(req, cache, lambda: self.runner.call(
+            self._answer(req, whole=not stream), "Router.complete"))
 
     async def _answer(self, req: ChatRequest, whole: bool) -> Result:
         """Run one request to its end (Done is the last event) on this loop."""
@@ -289,6 +309,7 @@ class Router:
     def close(self) -> None:
         """Stop background work, managed servers and connections, and the loop thread if
         ours."""
+        self._answers.close()
         core = self._core
         for st in core.providers.values():
             for ep in st.endpoints:
