@@ -346,7 +346,8 @@ class TimmyMagics(Magics):
 
     def _side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str) -> None:
         """One prompt to several providers or models at once, in columns."""
-        from timmy_magic.compare import BlocksView, Column, Comparison, GridView, run_columns
+        from timmy_magic.compare import Column, Comparison, run_columns
+        from timmy_magic.notebook.compare_view import BlocksView, GridView
 
         if opts.fmt not in ("markdown", "text") and opts.schema is None:
             raise UsageError(f"-f {opts.fmt} does not apply side by side (markdown or text)")

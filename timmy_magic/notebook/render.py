@@ -2,10 +2,10 @@
 terminal fallback that prints tokens as they arrive, and the final render per format (the
 block shown when no answer could be had is in ``failures``).
 
-Pure parts (``Throttle``, ``AnswerCollector``, ``Final``) take the time and the data as
-arguments; the views do the I/O (``display`` / stdout). The answer text is the model's
-Markdown, shown as Markdown on purpose; every other string in a bundle (provider, model,
-errors, notes, statuses, the route) goes through ``markup``.
+Pure parts (``Throttle``, ``Final``; ``AnswerCollector`` is in ``model.partial``) take the
+time and the data as arguments; the views do the I/O (``display`` / stdout). The answer
+text is the model's Markdown, shown as Markdown on purpose; every other string in a
+bundle (provider, model, errors, notes, statuses, the route) goes through ``markup``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import math
 import re
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from timmy_magic.notebook.failures import ErrorBlock
@@ -25,19 +25,9 @@ from timmy_magic.text.markup import html, md, md_code, plain
 from timmy_magic.routing.runner import Tick
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.model.schema import INVALID_PREFIX
-from timmy_magic.model.chat import (
-    Attempt,
-    Delta,
-    Discard,
-    Done,
-    Event,
-    Result,
-    RouteTrace,
-    Status,
-    Timings,
-    Trying,
-    Usage,
-)
+from timmy_magic.model.chat import Delta, Discard, Done, Event, Result, Status, Trying
+from timmy_magic.model.partial import AnswerCollector as AnswerCollector  # its old home
+from timmy_magic.model.values import NotShowable, jsonable
 
 CURSOR = "▌"
 
@@ -90,53 +80,6 @@ class Throttle:
     def flushed(self, now: float) -> None:
         self._last, self.pending, self.shown = now, False, self.size
         self.published += self.size
-
-
-# ------------------------------------------------------------------ collecting
-
-
-@dataclass
-class AnswerCollector:
-    """What a stream delivered so far; builds the partial Result on an interrupt."""
-
-    t0: float
-    parts: list[str] = field(default_factory=list)
-    provider: str | None = None
-    endpoint: str = ""
-    attempt: int = 0
-    attempt_started: float = 0.0
-    ttft: float | None = None
-    result: Result | None = None
-
-    def trying(self, ev: Trying, now: float) -> None:
-        self.provider, self.endpoint, self.attempt = ev.provider, ev.endpoint, ev.number
-        self.attempt_started = now
-
-    def delta(self, text: str, now: float) -> None:
-        if self.ttft is None:
-            self.ttft = now - self.t0
-        self.parts.append(text)
-
-    def discard(self) -> None:
-        """The text so far was not the answer (it failed the schema): start over."""
-        self.parts.clear()
-        self.ttft = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.parts)
-
-    def partial(self, error: str, model: str | None, now: float) -> Result:
-        chunks = len(self.parts)
-        gen = now - self.t0 - (self.ttft or 0.0)
-        tok_s = chunks / gen if chunks and gen > 0 else None
-        attempts = (Attempt(self.provider, self.endpoint, self.attempt,
-                            "broken" if chunks else "failed", error,
-                            now - self.attempt_started),) if self.provider else ()
-        trace = RouteTrace((self.provider,) if self.provider else (), (), attempts)
-        return Result(self.text, self.provider, model, Usage(None, chunks, estimated=True),
-                      Timings(self.ttft, now - self.t0, tok_s), trace, error=error,
-                      endpoint=self.endpoint or None)
 
 
 # ------------------------------------------------------------------ final render
@@ -214,26 +157,6 @@ def answer_markdown(result: Result, body: str | None = None,
 
 TABLE_ROWS = 50
 """Most rows of a list shown as a table (the rest: "… N more"); the data holds them all."""
-
-
-class NotShowable(ValueError):
-    """Validated data that cannot be turned into JSON values (a user's serializer raised,
-    nesting past the recursion limit): show the answer's text instead."""
-
-
-def jsonable(data: Any) -> Any:
-    """Validated data as JSON values, whatever type the schema made: pydantic models,
-    dataclasses, TypedDicts, sets, dates, Decimals, bytes (pydantic's own serializer, with
-    ``str`` for anything it does not know). NotShowable, never anything else, when that
-    fails."""
-    from pydantic_core import to_jsonable_python
-
-    try:
-        return to_jsonable_python(data, fallback=str)
-    except RecursionError:
-        raise NotShowable("nested too deeply to show") from None
-    except Exception as exc:  # a user's field serializer may raise anything
-        raise NotShowable(f"cannot be shown: {type(exc).__name__}") from None
 
 
 def pretty_json(data: Any) -> str | None:
