@@ -485,9 +485,9 @@ class TimmyMagics(Magics):
     def _events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
         ups = self.updates_per_second
         if not live or ups <= 0:
-            return self.router.stream(req)
+            return self.router.stream(req, cache=False)  # looked up already (self.answers)
         every = min(max(1.0 / ups, 0.02), 0.5)
-        return self.router.stream(req, tick_every=every)
+        return self.router.stream(req, tick_every=every, cache=False)
 
     def _answer(self, req: ChatRequest, opts: CellOptions,
                 view: View) -> tuple[Result, bool]:
