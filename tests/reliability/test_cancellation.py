@@ -194,11 +194,12 @@ def test_cancel_while_a_managed_server_starts_releases_the_probe_slot(
 
 def test_a_broken_backend_factory_fails_over_and_leaks_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    from timmy_magic.config import provider_types
     from timmy_magic.providers import registry as registry
 
     kind = registry.ProviderKind("broken_kind", cloud=False, default_url="http://127.0.0.1:1",
                                  needs_key=False, factory="nowhere.at.all:make")
-    monkeypatch.setitem(registry._KINDS, "broken_kind", kind)
+    monkeypatch.setitem(provider_types._TYPES, "broken_kind", kind)
     with FaultServer() as fs:
         yaml = ("cascade: {max_retries_per_provider: 0}\nproviders:\n"
                 "  - {name: p, type: broken_kind, priority: 1}\n"
@@ -315,13 +316,13 @@ def test_a_provider_error_is_never_its_own_cause() -> None:
 def test_a_broken_plugin_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     from importlib import metadata
 
-    from timmy_magic.providers import registry as registry
+    from timmy_magic.config import provider_types
 
-    ep = metadata.EntryPoint("evil", "no_such_module_xyz:kind", registry.ENTRY_POINT_GROUP)
+    ep = metadata.EntryPoint("evil", "no_such_module_xyz:kind", provider_types.ENTRY_POINT_GROUP)
     monkeypatch.setattr(metadata, "entry_points", lambda group: [ep])
-    monkeypatch.setattr(registry, "_scanned", False)
+    monkeypatch.setattr(provider_types, "_scanned", False)
     with pytest.warns(UserWarning, match="provider plugin 'evil'.*no_such_module_xyz"):
-        registry._load_entry_points()
+        provider_types._load_entry_points()
 
 
 def test_a_deadline_that_passes_before_any_try_says_so() -> None:

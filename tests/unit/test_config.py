@@ -67,8 +67,8 @@ def test_unresolved_key_leaves_provider_not_configured():
      ["provider 'a'", "field 'base_url'", "http"]),
     ("cascade: {timeout_seconds: -1}", ["field 'cascade.timeout_seconds'", "from 0.01 to 86400"]),
     ("providers:\n- {type: llama_cpp}", ["provider '#1'", "field 'name'", "required"]),
-    ("providers:\n- {name: a, type: llama_cpp, models: [{name: m, default: true},"
-     " {name: n, default: true}]}", ["provider 'a'", "more than one model"]),
+    (("providers:\n- {name: a, type: llama_cpp, models: [{name: m, default: true},"
+     " {name: n, default: true}]}"), ["provider 'a'", "more than one model"]),
 ])
 def test_bad_configs_give_one_line(text, needles):
     msg = err(text)
@@ -101,7 +101,7 @@ def test_url_alias_and_replicas():
 def test_search_order(tmp_path, monkeypatch):
     monkeypatch.delenv("TIMMY_PROVIDERS", raising=False)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("timmy_magic.config.user_config_path", lambda: tmp_path / "u.yaml")
+    monkeypatch.setattr("timmy_magic.config.files.user_config_path", lambda: tmp_path / "u.yaml")
     assert find_config() == packaged_default()
     (tmp_path / "u.yaml").write_text("providers: []")
     assert find_config() == tmp_path / "u.yaml"
@@ -120,3 +120,60 @@ def test_api_key_is_masked_in_reprs_and_errors():
     assert key not in repr(cfg) and key not in str(cfg.providers[0])
     msg = err(f"providers:\n- {{name: o, type: openai, api_key: '{key}', priority: [1]}}")
     assert key not in msg
+
+
+def test_the_public_surface_stays_what_other_packages_import():
+    import timmy_magic.config as config
+
+    assert set(config.__all__) == {
+        "CACHE_HELD", "ENV_VAR", "MAX_CONFIG_BYTES", "MAX_CONFIG_NODES", "TRUST_HINT",
+        "BreakerConfig", "CacheConfig", "CascadeConfig", "Config", "GateConfig",
+        "LaunchConfig", "ModelConfig", "ProviderConfig", "ProviderType", "QuotaConfig",
+        "find_config", "found_by_search", "load_config", "packaged_default", "parse_config",
+        "trust", "trust_reason", "user_config_path"}
+    assert all(hasattr(config, name) for name in config.__all__)
+
+
+def test_config_validates_types_without_loading_provider_code():
+    """The config layer is below providers: parsing (types, cloud, default URLs) must not
+    import any provider module."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom timmy_magic.config import parse_config\n"
+            "cfg = parse_config('providers:\\n- {name: o, type: openai}\\n"
+            "- {name: l, type: llama_cpp}', env={})\n"
+            "assert cfg.provider('o').is_cloud and not cfg.provider('l').is_cloud\n"
+            "assert cfg.provider('l').urls == ['http://127.0.0.1:8080']\n"
+            "print(sorted(m for m in sys.modules if m.startswith('timmy_magic.providers')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_built_in_type_has_one_adapter_and_registers_like_a_plugin():
+    from timmy_magic.config import provider_types
+    from timmy_magic.providers import registry
+
+    assert set(registry.ADAPTERS) == {t.name for t in provider_types.BUILT_IN}
+    for t in provider_types.BUILT_IN:
+        kind = registry.get(t.name)
+        assert isinstance(kind, registry.ProviderKind) and provider_types.get(t.name) is kind
+        assert (kind.cloud, kind.default_url, kind.needs_key, kind.key_env) == \
+            (t.cloud, t.default_url, t.needs_key, t.key_env)
+        assert callable(registry.load_factory(t.name))
+
+
+def test_a_registered_type_is_known_to_config_and_an_unknown_one_lists_it(monkeypatch):
+    from timmy_magic.config import provider_types
+    from timmy_magic.providers import registry
+
+    monkeypatch.setattr(provider_types, "_TYPES", dict(provider_types._TYPES))
+    registry.register(registry.ProviderKind("warp", cloud=True, default_url="https://w.example",
+                                            needs_key=False, factory="nowhere:make"))
+    cfg = parse("providers:\n- {name: w, type: warp}")
+    assert cfg.provider("w").is_cloud and cfg.provider("w").urls == ["https://w.example"]
+    assert "known types: " in err("providers:\n- {name: x, type: nope}")
+    assert "warp" in err("providers:\n- {name: x, type: nope}")
+    with pytest.raises(LookupError, match="no adapter serves provider type 'nope'"):
+        registry.load_factory("nope")

@@ -95,7 +95,7 @@ def trust(path: Path, data: bytes) -> TrustEntry:
     """Record ``path`` (made absolute and resolved) as trusted with the bytes ``data``.
     Raises OSError if the store cannot be written."""
     real = str(path.expanduser().resolve())
-    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     entry = TrustEntry(real, digest(data), now)
     with _locked():
         _write([e for e in entries() if e.path != real] + [entry])

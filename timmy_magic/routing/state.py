@@ -26,6 +26,7 @@ from timmy_magic.model.errors import TimmyError, UnknownProvider
 from timmy_magic.routing.endpoints import Endpoint, ProviderState, build_report
 from timmy_magic.servers.launch import Launcher
 from timmy_magic.providers.base import Backend, Probe, Timeouts
+from timmy_magic.providers import registry
 from timmy_magic.routing.retry import RetryPolicy
 from timmy_magic.routing.runner import Runner
 from timmy_magic.privacy.redact import REDACT, get_logger
@@ -168,7 +169,7 @@ class Core:
 
     def backend(self, st: ProviderState, ep: Endpoint) -> Backend:
         if ep.backend is None:
-            ep.backend = st.cfg.kind.load_factory()(st.cfg, ep.url, self.timeouts)
+            ep.backend = registry.load_factory(st.cfg.type)(st.cfg, ep.url, self.timeouts)
         return ep.backend
 
     def report(self, st: ProviderState, now: float | None = None) -> HealthReport:
