@@ -48,8 +48,23 @@ def test_bench_line_runs_stores_exports_and_displays(bench_shell: InteractiveShe
     assert json.loads((tmp_path / "out.json").read_text())["records"] == res.records
     shown = [o.data for o in cap.outputs]
     assert any("<table class='tm-bench'>" in d.get("text/html", "") for d in shown)
-    # a terminal shell: the progress bar is text, on stderr, ending full
-    assert cap.stderr.rstrip().endswith("[" + "#" * 24 + "] 10/10 b · c=2 · 2/2")
+    # a front end collects the outputs: the notebook's widget bar, which at the end leaves
+    # one line of text under its display id instead of a widget a saved notebook can't show
+    bar, *updates = [o for o in cap.outputs if o.transient]
+    assert "application/vnd.jupyter.widget-view+json" in bar.data
+    last = updates[-1]
+    assert last.update and last.transient == bar.transient
+    assert last.data["text/plain"].startswith("bench: ran 10/10 requests in ")
+    assert cap.stderr == ""
+
+
+def test_bench_in_a_terminal_shell_draws_one_terminal_line(
+        bench_shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    bench_shell.run_line_magic("llm", "bench -p a -n 2 --max-tokens 3 --warmup 0")
+    err = capsys.readouterr().err
+    assert err.endswith("\033[K\n") and err.count("\n") == 1
+    assert err.rsplit("\r", 1)[1].startswith("bench: ran 2/2 requests in ")
 
 
 def test_help_prints_and_returns_nothing(bench_shell: InteractiveShell) -> None:

@@ -10,15 +10,7 @@ import re
 import pytest
 
 from timmy_magic.bench.metrics import Timeline
-from timmy_magic.bench.report import (
-    BenchResult,
-    Cell,
-    NullProgress,
-    TextProgress,
-    WidgetProgress,
-    best_cells,
-    make_progress,
-)
+from timmy_magic.bench.report import BenchResult, Cell, best_cells
 
 REQUIRED = ("provider", "model", "concurrency", "completed", "errors", "ttft_ms_p50",
             "ttft_ms_p95", "tpot_ms_p50", "itl_ms_p99", "e2e_ms_p50", "output_tok_s",
@@ -173,53 +165,6 @@ def test_empty_result_renders() -> None:
     assert "(no finished runs)" in str(r)
     assert "(no finished runs)" in r._repr_html_()
     assert r.to_csv().splitlines()[0] == "provider,model,concurrency"
-
-
-def test_text_progress_draws_one_line() -> None:
-    out = io.StringIO()
-    now = [0.0]
-    bar = TextProgress(out, width=10, clock=lambda: now[0])
-    bar.update(0, 4, "warm-up")
-    now[0] = 1.0
-    bar.update(2, 4, "fast c=1")
-    bar.update(2, 4, "fast c=1")  # unchanged: not redrawn
-    now[0] = 2.0
-    bar.update(4, 4, "done")
-    bar.close()
-    assert out.getvalue() == ("\r[..........] 0/4 warm-up\r[#####.....] 2/4 fast c=1"
-                              "\r[##########] 4/4 done    \n")
-    out2 = io.StringIO()
-    TextProgress(out2).close(interrupted=True)
-    assert out2.getvalue() == " (interrupted)\n"
-
-
-def test_widget_progress_state_and_final_line(shell: object) -> None:
-    from IPython.utils.capture import capture_output
-
-    now = [10.0]
-    with capture_output() as cap:
-        bar = WidgetProgress(clock=lambda: now[0])
-        bar.update(3, 12, "fast · c=4")
-        assert (bar.bar.value, bar.bar.max) == (3, 12)
-        assert bar.label.value == "3/12 fast · c=4"
-        now[0] = 12.5
-        bar.close(interrupted=True)
-    assert bar.bar.bar_style == "warning"
-    assert bar.summary == "bench interrupted after 3/12 requests in 2.5 s"
-    first, last = cap.outputs
-    assert "application/vnd.jupyter.widget-view+json" in first.data
-    # the widget's output is replaced by a line of text, under the same display id
-    assert last.update and last.data == {"text/plain": bar.summary}
-    assert first.transient["display_id"] == last.transient["display_id"]
-
-
-def test_make_progress_modes() -> None:
-    assert isinstance(make_progress("none"), NullProgress)
-    assert isinstance(make_progress(False), NullProgress)
-    assert isinstance(make_progress("text"), TextProgress)
-    assert isinstance(make_progress("widget"), WidgetProgress)
-    # outside a kernel and without a terminal, "auto" stays quiet
-    assert isinstance(make_progress("auto"), NullProgress)
 
 
 def test_chart_ticks_are_the_levels_and_axes_start_at_zero() -> None:

@@ -112,19 +112,23 @@ def test_settings_validation() -> None:
 
 
 class InterruptAfter:
-    """A progress bar that sends this process a real SIGINT once ``k`` requests are done
-    (what a kernel interrupt is), and records what it saw."""
+    """A progress display that sends this process a real SIGINT once ``k`` requests are
+    done (what a kernel interrupt is), and records how the run finished."""
 
     def __init__(self, k: int) -> None:
-        self.k, self.sent, self.closed = k, False, None
+        self.k, self.sent, self.total = k, False, 0
+        self.finished: tuple[int, str] | None = None
 
-    def update(self, done: int, total: int, label: str) -> None:
+    def start(self, total: int) -> None:
+        self.total = total
+
+    def advance(self, done: int, line: str) -> None:
         if done >= self.k and not self.sent:
             self.sent = True
             signal.raise_signal(signal.SIGINT)
 
-    def close(self, interrupted: bool = False) -> None:
-        self.closed = interrupted
+    def finish(self, done: int, line: str) -> None:
+        self.finished = (done, line)
 
 
 def test_interrupt_stops_the_run_and_keeps_finished_results(
@@ -136,7 +140,9 @@ def test_interrupt_stops_the_run_and_keeps_finished_results(
     res = bench.run(router, ["a", "b"], concurrency=(1, 2), n=4, max_tokens=6, warmup=0,
                     progress=bar)
     elapsed = time.monotonic() - t0
-    assert bar.sent and bar.closed is True
+    assert bar.sent and bar.finished is not None
+    done, line = bar.finished
+    assert done < bar.total and line.startswith(f"interrupted after {done}/{bar.total} ")
     assert res.interrupted
     # a at c=1 finished whole; a at c=2 is partial; b never started
     first, partial = res.records

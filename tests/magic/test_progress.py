@@ -67,3 +67,34 @@ def test_without_ipywidgets_the_display_is_one_line_updated_in_place(
     ids = {o.transient["display_id"] for o in cap.outputs}
     assert len(ids) == 1 and cap.outputs[-1].update
     assert cap.outputs[-1].data == {"text/plain": "map: 2/2 rows · 0.2s"}
+
+
+def test_a_run_that_stops_short_finishes_amber(shell: Any) -> None:
+    with capture_output():
+        bar = make_progress("map", shell)
+        assert isinstance(bar, WidgetBar)
+        bar.start(5)
+        bar.finish(2, "2/5 rows · interrupted")
+    assert bar.bar.bar_style == "warning" and bar.bar.value == 2
+
+
+def test_a_bar_can_leave_its_last_line_as_text(shell: Any) -> None:
+    """What ``%llm bench`` asks for: the saved notebook keeps ``bench: ...`` as text, not a
+    closed widget it can no longer show."""
+    with capture_output() as cap:
+        bar = make_progress("bench", shell, leave_line=True)
+        assert isinstance(bar, WidgetBar)
+        bar.start(3)
+        bar.advance(1, "1/3 requests · fast · c=1")
+        bar.finish(3, "ran 3/3 requests in 0.4 s")
+    first, last = cap.outputs
+    assert "application/vnd.jupyter.widget-view+json" in first.data
+    assert last.update and last.transient == first.transient
+    assert last.data == {"text/plain": "bench: ran 3/3 requests in 0.4 s"}
+    assert bar.bar.bar_style == "success" and bar.box.comm is None  # closed
+
+
+def test_a_terminal_line_shows_a_name_as_text_on_one_line() -> None:
+    out = io.StringIO()
+    TerminalLine("bench", out).finish(1, "1/1 requests · evil\x1b[2J\nname")
+    assert out.getvalue() == "\rbench: 1/1 requests · evil\ufffd[2J name\033[K\n"

@@ -1,4 +1,4 @@
-"""Benchmark results: records, CSV/JSON/pandas, tables (HTML and text), chart, progress.
+"""Benchmark results: records, CSV/JSON/pandas, tables (HTML and text), chart.
 
 Display only: the numbers come from ``metrics.summarize``. The best value of each column is
 highlighted among the providers measured at the same concurrency level (comparing TTFT at
@@ -13,15 +13,13 @@ import base64
 import csv
 import io
 import json
-import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from timmy_magic.text.markup import html, plain
 from timmy_magic.bench.metrics import Timeline, peak_streams, summarize
+from timmy_magic.text.markup import html, plain
 
 if TYPE_CHECKING:
     import pandas
@@ -381,107 +379,3 @@ def chart_png(records: Sequence[dict[str, Any]]) -> str | None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-# ------------------------------------------------------------------ progress
-
-
-class TextProgress:
-    """``[#####.....] 12/40 label`` on one line of a terminal, redrawn at most 10x/s."""
-
-    def __init__(self, stream: IO[str] | None = None, width: int = 24,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream or sys.stderr
-        self.width, self._clock = width, clock
-        self._last = float("-inf")
-        self._shown = ""
-
-    def update(self, done: int, total: int, label: str) -> None:
-        now = self._clock()
-        filled = self.width * done // max(total, 1)
-        text = f"[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} {label}"
-        if text == self._shown or (now - self._last < 0.1 and done < total):
-            return
-        self._last = now
-        pad = " " * max(0, len(self._shown) - len(text))
-        self.stream.write("\r" + text + pad)
-        self.stream.flush()
-        self._shown = text
-
-    def close(self, interrupted: bool = False) -> None:
-        self.stream.write(" (interrupted)\n" if interrupted else "\n")
-        self.stream.flush()
-
-
-class WidgetProgress:
-    """An ipywidgets IntProgress with a label while the run lasts; at the end the widget
-    is closed and its output replaced by one line of text (no dead widget is left in the
-    saved notebook)."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        import ipywidgets as w
-        from IPython.display import display
-
-        self._clock = clock
-        self._t0 = clock()
-        self.bar = w.IntProgress(value=0, min=0, max=1, description="bench")
-        self.label = w.Label("starting")
-        self.box = w.HBox([self.bar, self.label])
-        self.handle = display(self.box, display_id=True)  # type: ignore[no-untyped-call]
-        self.summary = ""
-
-    def update(self, done: int, total: int, label: str) -> None:
-        if self.bar.max != max(total, 1):
-            self.bar.max = max(total, 1)
-        if self.bar.value != done:
-            self.bar.value = done
-        text = f"{done}/{total} {label}"
-        if self.label.value != text:
-            self.label.value = text
-
-    def close(self, interrupted: bool = False) -> None:
-        self.bar.bar_style = "warning" if interrupted else "success"
-        verb = "interrupted after" if interrupted else "ran"
-        self.summary = (f"bench {verb} {self.bar.value}/{self.bar.max} requests in "
-                        f"{self._clock() - self._t0:.1f} s")
-        if self.handle is not None:
-            self.handle.update({"text/plain": self.summary}, raw=True)
-        self.box.close()
-
-
-class NullProgress:
-    def update(self, done: int, total: int, label: str) -> None:
-        pass
-
-    def close(self, interrupted: bool = False) -> None:
-        pass
-
-
-ProgressMode = Literal["auto", "widget", "text", "none"]
-
-
-def in_kernel() -> bool:
-    """True inside a Jupyter kernel (where widgets can render)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    shell = get_ipython()
-    return shell is not None and getattr(shell, "kernel", None) is not None
-
-
-def make_progress(mode: ProgressMode | bool = "auto") -> TextProgress | WidgetProgress \
-        | NullProgress:
-    if mode is False or mode == "none":
-        return NullProgress()
-    if mode == "auto" or mode is True:
-        if in_kernel():
-            mode = "widget"
-        else:
-            mode = "text" if (mode is True or sys.stderr.isatty()) else "none"
-    if mode == "widget":
-        try:
-            return WidgetProgress()
-        except ImportError:
-            return TextProgress()
-    return TextProgress() if mode == "text" else NullProgress()

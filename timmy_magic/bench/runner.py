@@ -7,7 +7,8 @@ by ``c`` workers that each start the next request as soon as their previous one 
 same shape as vLLM's ``--max-concurrency``). Warm-up requests run first, one at a time, and
 are reported apart.
 
-The kernel thread only waits and updates the progress bar; an interrupt (KeyboardInterrupt)
+The kernel thread only waits and redraws the progress (``model.progress.Progress``, passed
+in: this package knows no notebook) when its line changed; an interrupt (KeyboardInterrupt)
 cancels the run on the loop, and everything that finished is kept.
 """
 
@@ -21,17 +22,19 @@ import platform
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from timmy_magic.model.errors import TimmyError, UnknownProvider
-from timmy_magic.model.chat import ChatRequest, Delta, Done, Result, Trying
 from timmy_magic.bench.metrics import Timeline
+from timmy_magic.bench.progress import progress_line, summary_line
 from timmy_magic.bench.report import BenchResult, Cell
+from timmy_magic.model.chat import ChatRequest, Delta, Done, Result, Trying
+from timmy_magic.model.errors import TimmyError, UnknownProvider
 
 if TYPE_CHECKING:
+    from timmy_magic.model.progress import Progress
     from timmy_magic.routing.router import Router
 
 clock: Callable[[], float] = time.perf_counter
@@ -43,12 +46,6 @@ continues this for the whole ``max_tokens``, and a chat model still answers at l
 
 class NothingToBench(TimmyError):
     """No provider could be selected for a benchmark."""
-
-
-class Progress(Protocol):
-    def update(self, done: int, total: int, label: str) -> None: ...
-
-    def close(self, interrupted: bool = False) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,12 +311,16 @@ def machine_info() -> dict[str, Any]:
 
 def execute(router: Router, settings: BenchSettings, progress: Progress | None = None,
             notes: Sequence[str] = (), poll: float = 0.1) -> BenchResult:
-    """Run ``settings`` on the router's loop and wait here, updating ``progress``. On
-    KeyboardInterrupt, stop the run and return what finished (``result.interrupted``)."""
+    """Run ``settings`` on the router's loop and wait here, redrawing ``progress`` at most
+    every ``poll`` seconds and finishing it with a summary line. On KeyboardInterrupt,
+    stop the run and return what finished (``result.interrupted``)."""
     if router.runner.on_loop():
         raise RuntimeError("bench.run() cannot be called from the router's own loop")
     col = Collector(settings)
     machine = machine_info()
+    total, started, shown = settings.total_requests, clock(), ""
+    if progress is not None:
+        progress.start(total)
     fut = router.runner.submit(drive(router, settings, col))
     interrupted = False
     try:
@@ -328,16 +329,19 @@ def execute(router: Router, settings: BenchSettings, progress: Progress | None =
                 fut.result(timeout=poll)
                 break
             except concurrent.futures.TimeoutError:
-                if progress is not None:
-                    progress.update(col.done, settings.total_requests, col.label)
+                line = progress_line(col.done, total, col.label)
+                if progress is not None and line != shown:
+                    progress.advance(col.done, line)
+                    shown = line
     except KeyboardInterrupt:
         interrupted = True
         fut.cancel()
         col.finished.wait(10)  # the cancelled requests record themselves first
     finally:
         if progress is not None:
-            progress.update(col.done, settings.total_requests, col.label)
-            progress.close(interrupted)
+            with suppress(KeyboardInterrupt):  # the results are kept all the same
+                progress.finish(col.done, summary_line(col.done, total, clock() - started,
+                                                       interrupted))
     stop_note = ("interrupted: later runs were not made; in-flight requests are counted "
                  "as cancelled")
     all_notes = list(notes) + ([stop_note] if interrupted else [])

@@ -1,4 +1,5 @@
-"""``%llm bench``: parse the line, run ``bench.run``, store and export the result.
+"""``%llm bench``: parse the line, run ``bench.run`` with the notebook's progress display
+(a bar that leaves one line of text, or a terminal line), store and export the result.
 
     %llm bench [-p A,B] [-c 1,4,16] [-n N] [--max-tokens T] [--prompt TEXT | --prompts FILE]
                [--warmup K] [-m MODEL] [-t TEMP] [-o VAR] [--csv PATH] [--json PATH]
@@ -16,10 +17,11 @@ from typing import Any, NoReturn, Protocol
 
 from IPython.core.error import UsageError
 
-from timmy_magic.model.errors import TimmyError
 from timmy_magic.bench import run
-from timmy_magic.bench.report import BenchResult, in_kernel
+from timmy_magic.bench.report import BenchResult
 from timmy_magic.bench.runner import DEFAULT_PROMPT
+from timmy_magic.model.errors import TimmyError
+from timmy_magic.notebook.progress import make_progress
 
 USAGE = ("%llm bench [-p A,B] [-c 1,4,16] [-n N] [--max-tokens T] "
          "[--prompt TEXT | --prompts FILE] [--warmup K] [-m MODEL] [-t TEMP] [-o VAR] "
@@ -155,7 +157,7 @@ def bench_line(ext: Extension, line: str) -> BenchResult | None:
         result = run(ext.router, providers=args.providers, concurrency=args.concurrency,
                      n=args.n, max_tokens=args.max_tokens, prompts=prompts,
                      warmup=args.warmup, model=args.model, temperature=args.temperature,
-                     progress="widget" if in_kernel() else "text")
+                     progress=make_progress("bench", ext.shell, leave_line=True))
     except (TimmyError, ValueError) as exc:
         raise UsageError(f"%llm bench: {exc}") from None
     if args.output:

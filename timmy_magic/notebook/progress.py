@@ -1,34 +1,44 @@
 """How a run's progress is shown (``timmy_magic.model.progress.Progress``): an ipywidgets
 bar with its line in a notebook, a display line updated in place where widgets are
-missing, one rewritten line on stderr in a terminal. The run says how far it is and when
-to redraw; these only show it."""
+missing, one rewritten line on stderr in a terminal (``model.progress.TerminalLine``, the
+one display below this layer). The run says how far it is and when to redraw; these only
+show it. A run that finishes short of its total (interrupted) is shown as such: an amber
+bar, where a whole run's turns green."""
 
 from __future__ import annotations
 
-import sys
-from typing import IO, Any
+from typing import Any
 
-from timmy_magic.model.progress import Progress
+from timmy_magic.model.progress import Progress, TerminalLine
 from timmy_magic.notebook.render import display, rich_frontend
-from timmy_magic.text.markup import md
+from timmy_magic.text.markup import md, plain
+
+__all__ = ["DisplayLine", "TerminalLine", "WidgetBar", "make_progress"]
 
 
 class WidgetBar:
-    """An ``IntProgress`` named ``name`` and an HTML label holding the line; green at the
-    end."""
+    """An ``IntProgress`` named ``name`` and an HTML label holding the line; at the finish
+    green, or amber when the run stopped short. ``leave_line``: at the finish the widget is
+    closed and its output replaced by ``name: line`` as text, so a saved notebook keeps
+    that line rather than a widget it can no longer show."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, leave_line: bool = False) -> None:
         import ipywidgets as w  # ImportError when missing: the caller falls back
 
-        self._w, self.name = w, name
+        self._w, self.name, self.leave_line = w, name, leave_line
+        self.total = 0
         self.bar: Any = None
         self.label: Any = None
+        self.box: Any = None
+        self._handle: Any = None
 
     def start(self, total: int) -> None:
+        self.total = total
         self.bar = self._w.IntProgress(value=0, min=0, max=max(total, 1),
                                        description=self.name)
         self.label = self._w.HTML()
-        display(self._w.HBox([self.bar, self.label]))
+        self.box = self._w.HBox([self.bar, self.label])
+        self._handle = display(self.box, display_id=True)
 
     def advance(self, done: int, line: str) -> None:
         self.bar.value = min(done, self.bar.max)
@@ -36,7 +46,10 @@ class WidgetBar:
 
     def finish(self, done: int, line: str) -> None:
         self.advance(done, line)
-        self.bar.bar_style = "success"
+        self.bar.bar_style = "success" if done >= self.total else "warning"
+        if self.leave_line:
+            self._handle.update({"text/plain": plain(f"{self.name}: {line}")}, raw=True)
+            self.box.close()
 
 
 class DisplayLine:
@@ -50,45 +63,24 @@ class DisplayLine:
         self._handle = display({"text/plain": ""}, raw=True, display_id=True)
 
     def advance(self, done: int, line: str) -> None:
-        self._handle.update({"text/plain": f"{self.name}: {line}"}, raw=True)
+        self._handle.update({"text/plain": plain(f"{self.name}: {line}")}, raw=True)
 
     def finish(self, done: int, line: str) -> None:
         self.advance(done, line)
 
 
-class TerminalLine:
-    """``name: line`` rewritten in place on one line of ``stream`` (default: stderr as it
-    is when written to), ended by a newline at the finish."""
-
-    def __init__(self, name: str, stream: IO[str] | None = None) -> None:
-        self.name, self.stream = name, stream
-
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, done: int, line: str) -> None:
-        self._write(f"\r{self.name}: {line}\033[K")
-
-    def finish(self, done: int, line: str) -> None:
-        self._write(f"\r{self.name}: {line}\033[K\n")
-
-    def _write(self, text: str) -> None:
-        out = self.stream if self.stream is not None else sys.stderr
-        out.write(text)
-        out.flush()
-
-
-def make_progress(name: str, shell: Any = None) -> Progress:
+def make_progress(name: str, shell: Any = None, *, leave_line: bool = False) -> Progress:
     """The display that fits where the code runs: a widget bar where a front end shows
     displays (``shell``: default, the running one), a display line if ipywidgets is
-    missing there, a terminal line otherwise (plain Python, a terminal IPython)."""
+    missing there, a terminal line otherwise (plain Python, a terminal IPython).
+    ``leave_line``: the widget bar leaves its last line as text (``WidgetBar``)."""
     if shell is None:
         from IPython import get_ipython
 
         shell = get_ipython()
     if shell is not None and rich_frontend(shell):
         try:
-            return WidgetBar(name)
+            return WidgetBar(name, leave_line)
         except ImportError:
             return DisplayLine(name)
     return TerminalLine(name)
