@@ -23,10 +23,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from IPython.core.interactiveshell import InteractiveShell
 
     from timmy_magic.batch import MapResult, map_results  # noqa: F401
-    from timmy_magic.notebook.api import map  # noqa: F401
     from timmy_magic.config import Config, load_config  # noqa: F401
-    from timmy_magic.model.errors import ConfigError, NoProviderAvailable, PinnedProviderFailed, TimmyError  # noqa: F401
-    from timmy_magic.routing.router import Router  # noqa: F401
     from timmy_magic.model.chat import (  # noqa: F401
         ChatRequest,  # noqa: F401
         Delta,
@@ -36,6 +33,14 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
         Status,
         Trying,
     )
+    from timmy_magic.model.errors import (  # noqa: F401
+        ConfigError,
+        NoProviderAvailable,
+        PinnedProviderFailed,
+        TimmyError,
+    )
+    from timmy_magic.notebook.api import map  # noqa: F401
+    from timmy_magic.routing.router import Router  # noqa: F401
 
 _LAZY = {
     "Config": "config", "load_config": "config",

@@ -14,8 +14,8 @@ import pytest
 from tests.support.servers import free_port, llama_server_binary
 from timmy_magic import ChatRequest, Router
 from timmy_magic.config import parse_config
-from timmy_magic.servers.embedded import NotInstalled, resolve_command
 from timmy_magic.model.chat import Status
+from timmy_magic.servers.embedded import NotInstalled, resolve_command
 
 pytestmark = pytest.mark.integration
 

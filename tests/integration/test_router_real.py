@@ -11,8 +11,8 @@ import pytest
 from tests.support.faultserver import closed_port
 from timmy_magic import ChatRequest, Router
 from timmy_magic.config import parse_config
-from timmy_magic.model.errors import PinnedProviderFailed
 from timmy_magic.model.chat import Delta, Done
+from timmy_magic.model.errors import PinnedProviderFailed
 
 pytestmark = pytest.mark.integration
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from timmy_magic.notebook.history import Conversation, Turn, source_key
 from timmy_magic.model.chat import Message
+from timmy_magic.notebook.history import Conversation, Turn, source_key
 
 
 def test_new_cells_append_and_see_every_earlier_turn() -> None:

@@ -21,8 +21,8 @@ from IPython.utils.capture import CapturedIO, capture_output
 import timmy_magic
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
 from timmy_magic import notebook as magics
-from timmy_magic.notebook.render import Final, answer_markdown
-from timmy_magic.notebook.tables import state_badge
+from timmy_magic.notebook.display.render import Final, answer_markdown
+from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import WriteProviders, local, thread_names, wait_for
 
@@ -638,7 +638,7 @@ def test_bench_dispatch_and_missing_bench(ok_shell: InteractiveShell,
     monkeypatch.setitem(sys.modules, "timmy_magic.bench", ModuleType("timmy_magic.bench"))
     monkeypatch.setitem(sys.modules, "timmy_magic.notebook.bench_magic", fake)
     _, cap = run(ok_shell, "%llm bench -n 3 alpha")
-    assert calls == [(magics.extension(), "-n 3 alpha")]
+    assert calls == [(magics.session(), "-n 3 alpha")]
     assert cap.outputs[0].data["text/plain"] == "'bench table'"
     monkeypatch.setitem(sys.modules, "timmy_magic.notebook.bench_magic", None)
     res, cap = run(ok_shell, "%llm bench")
@@ -700,7 +700,12 @@ def test_views_show_progress_events_before_the_first_token(
 
     from timmy_magic.model.chat import Delta, Done, RouteTrace, Status, Timings, Trying, Usage
     from timmy_magic.model.chat import Result as R
-    from timmy_magic.notebook.render import AnswerCollector, NotebookView, TerminalView, consume
+    from timmy_magic.notebook.display.render import (
+        AnswerCollector,
+        NotebookView,
+        TerminalView,
+        consume,
+    )
 
     done = R("hi", "g", "m", Usage(1, 1), Timings(0.1, 0.2, 5.0), RouteTrace())
     events = [Trying("g", "http://x", 1), Status("g", "starting the server…"), Delta("hi"),
@@ -712,7 +717,7 @@ def test_views_show_progress_events_before_the_first_token(
         assert consume(iter(events), view, AnswerCollector(0.0), clock) is done
     assert [o.data["text/plain"] for o in cap.outputs] == [
         "waiting for an answer…", "asking g…", "g: starting the server…", "hi"]
-    from timmy_magic.notebook.render import Final
+    from timmy_magic.notebook.display.render import Final
 
     term = TerminalView()
     consume(iter(events), term, AnswerCollector(0.0), itertools.count(1.0).__next__)

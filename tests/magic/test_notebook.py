@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.servers import ManagedServer
 from timmy_magic.config import load_config, packaged_default
-from timmy_magic.notebook.tables import state_badge
+from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import WriteProviders
 

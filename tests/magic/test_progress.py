@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from IPython.utils.capture import capture_output
 
-from timmy_magic.notebook.progress import (
+from timmy_magic.notebook.display.progress import (
     DisplayLine,
     TerminalLine,
     WidgetBar,

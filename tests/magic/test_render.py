@@ -7,8 +7,8 @@ import pytest
 from timmy_magic.model.chat import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
 from timmy_magic.model.schema import JSONAnswerError, parse_json
-from timmy_magic.notebook.failures import describe_failure
-from timmy_magic.notebook.render import AnswerCollector, Final, Throttle, answer_markdown
+from timmy_magic.notebook.display.failures import describe_failure
+from timmy_magic.notebook.display.render import AnswerCollector, Final, Throttle, answer_markdown
 from timmy_magic.text.formats import extract_code, extract_html, fenced_block
 
 
@@ -183,7 +183,7 @@ def test_a_live_display_publishes_linear_in_the_answer(size: int, seconds: float
     answer streamed in 8 s published 104 MB (issue 11). The throttle grows the gap with
     the text, so what is published stays within 10x the final text, while a slow stream
     still moves at least once a second."""
-    from timmy_magic.notebook.render import NotebookView
+    from timmy_magic.notebook.display.render import NotebookView
 
     published: list[int] = []
     times: list[float] = []
@@ -199,7 +199,7 @@ def test_a_live_display_publishes_linear_in_the_answer(size: int, seconds: float
         times.append(now[0])
         return Handle()
 
-    monkeypatch.setattr("timmy_magic.notebook.render.display", display)
+    monkeypatch.setattr("timmy_magic.notebook.display.render.display", display)
     view = NotebookView(per_second=20.0)
     view.start(0.0)
     chunk = "word " * 10  # 50 characters a delta
@@ -225,7 +225,7 @@ def test_data_renders_as_a_table_list_as_columns_and_nested_as_json() -> None:
 
     from pydantic import BaseModel
 
-    from timmy_magic.notebook.render import data_markdown
+    from timmy_magic.notebook.display.render import data_markdown
 
     class City(BaseModel):
         city: str
@@ -254,7 +254,7 @@ def test_an_invalid_answer_says_not_valid_not_interrupted() -> None:
 def test_a_discard_drops_the_streamed_text_everywhere(capsys: pytest.CaptureFixture[str]
                                                       ) -> None:
     from timmy_magic.model.chat import Discard
-    from timmy_magic.notebook.render import NotebookView, TerminalView
+    from timmy_magic.notebook.display.render import NotebookView, TerminalView
 
     got = AnswerCollector(0.0)
     got.delta("not json", 0.1)
@@ -280,7 +280,7 @@ def test_a_discard_drops_the_streamed_text_everywhere(capsys: pytest.CaptureFixt
 
 def test_a_terminal_never_prints_a_configured_key_even_split_across_deltas(
         capsys: pytest.CaptureFixture[str]) -> None:
-    from timmy_magic.notebook.render import TerminalView
+    from timmy_magic.notebook.display.render import TerminalView
     from timmy_magic.privacy.redact import REDACT
 
     key = "canary-term-key-0a1b2c3d4e5f6789"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import free_port
-from timmy_magic.notebook.tables import state_badge
+from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import (
     NOTEBOOKS,

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support import rendered
 from tests.support.servers import free_port
-from timmy_magic.notebook.tables import state_badge
+from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import (
     NOTEBOOKS,

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.servers import ManagedServer
-from timmy_magic.notebook.tables import state_badge
+from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import (
     NOTEBOOKS,

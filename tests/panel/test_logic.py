@@ -7,9 +7,8 @@ import typing
 
 import pytest
 
-from timmy_magic.routing.metrics import MetricsSnapshot
 from timmy_magic.model.chat import EndpointHealth, HealthReport, HealthState
-from timmy_magic.notebook.panel_html import (
+from timmy_magic.notebook.display.panel_html import (
     AUTO,
     AUTO_VALUE,
     Coalescer,
@@ -22,6 +21,7 @@ from timmy_magic.notebook.panel_html import (
     table_html,
     tone_of,
 )
+from timmy_magic.routing.metrics import MetricsSnapshot
 
 SNAP = MetricsSnapshot(requests=3, successes=2, failures=1, cancelled=0, in_flight=0,
                        consecutive_failures=1, latency_p50_s=0.42, latency_p95_s=1.5,
@@ -84,7 +84,7 @@ def test_every_health_state_has_a_tone() -> None:
     assert {tone_of(s) for s in typing.get_args(HealthState)} <= {
         "green", "amber", "red", "grey", "neutral"}
     assert set(typing.get_args(HealthState)) <= set(__import__(
-        "timmy_magic.notebook.tables", fromlist=["TONES"]).TONES)
+        "timmy_magic.notebook.display.tables", fromlist=["TONES"]).TONES)
 
 
 def test_badge_colours_and_checking_marker() -> None:
@@ -172,7 +172,7 @@ def test_no_cloud_provider_means_no_green_cloud_open() -> None:
 
 
 def test_a_managed_server_not_started_says_it_starts_on_first_request() -> None:
-    from timmy_magic.notebook.panel_html import row_html, state_label
+    from timmy_magic.notebook.display.panel_html import row_html, state_label
 
     report = HealthReport("local-gemma", "llama_cpp", "stopped", False, None, (), {},
                           hint="starts on first request (or %llm start local-gemma)")

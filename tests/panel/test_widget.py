@@ -18,8 +18,8 @@ from tests.support.faultserver import FaultServer, closed_port
 from timmy_magic import Router
 from timmy_magic.config import load_config
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
-from timmy_magic.notebook.panel_html import AUTO_VALUE
-from timmy_magic.notebook.widget import Panel, panel
+from timmy_magic.notebook.display.panel_html import AUTO_VALUE
+from timmy_magic.notebook.display.widget import Panel, panel
 
 from .conftest import FakeClock, ManualTimers, make_router, prov
 
@@ -362,11 +362,11 @@ def test_a_click_during_a_background_render_is_not_muted(mixed: Router,
 
 
 def test_timmy_magic_panel_is_the_function_whatever_was_imported(srv: FaultServer) -> None:
-    """The widget module is ``timmy_magic.notebook.widget``, so importing it cannot rebind the
+    """The widget module is ``timmy_magic.notebook.display.widget``, so importing it cannot rebind the
     documented call ``timmy_magic.panel(...)`` (no module-class trick needed)."""
     import timmy_magic
     import timmy_magic.notebook
-    import timmy_magic.notebook.widget  # noqa: F401
+    import timmy_magic.notebook.display.widget  # noqa: F401
 
     r = make_router(prov("a", srv.base_url("ok"), 1))
     p = timmy_magic.panel(r, check_on_open=False)

@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.config import parse_config
+from timmy_magic.model.chat import ChatRequest, Delta, Done
 from timmy_magic.model.errors import ProviderError, RoutingError
 from timmy_magic.providers import base as base_mod
+from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.routing.router import Router
-from timmy_magic.model.chat import ChatRequest, Delta, Done
 
 from ..support.faultserver import Blackhole, FaultServer, closed_port
 from ..support.scriptserver import ScriptServer, sse

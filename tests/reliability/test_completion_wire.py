@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from timmy_magic import ChatRequest
 from timmy_magic.config import parse_config
+from timmy_magic.model.chat import Message, Result
 from timmy_magic.model.errors import RoutingError
 from timmy_magic.routing.router import Router
-from timmy_magic.model.chat import Message, Result
 
 from ..support.scriptserver import ScriptServer, sse
 from .conftest import Figures

@@ -36,8 +36,8 @@ from tests.reliability.conftest import Figures, Hang, run_bounded
 from tests.support.faultserver import FaultServer
 from timmy_magic import ChatRequest, Router
 from timmy_magic.config import parse_config
-from timmy_magic.notebook.widget import Panel, panel
 from timmy_magic.model.chat import Delta, Done, Result
+from timmy_magic.notebook.display.widget import Panel, panel
 
 pytestmark = pytest.mark.integration
 PART = "load"

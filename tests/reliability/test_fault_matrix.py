@@ -34,8 +34,8 @@ from tests.reliability.conftest import Figures, Hang, run_bounded
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
 from timmy_magic import Router
 from timmy_magic.config import parse_config
-from timmy_magic.model.errors import NoProviderAvailable
 from timmy_magic.model.chat import Delta, Done, Result, Trying
+from timmy_magic.model.errors import NoProviderAvailable
 
 FIRST_TOKEN = 0.8
 IDLE = 0.5

@@ -33,13 +33,6 @@ from tests.reliability.conftest import Figures
 from tests.support.rendered import PARSER, math, render, structure, text_of
 from timmy_magic.bench.report import BenchResult, render_html, render_text
 from timmy_magic.config import Config, ModelConfig, ProviderConfig
-from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
-from timmy_magic.notebook.failures import ErrorBlock, describe_failure
-from timmy_magic.notebook.history import Conversation, Turn
-from timmy_magic.text.markup import clean
-from timmy_magic.notebook.render import Final, NotebookView, answer_markdown
-from timmy_magic.privacy.redact import REDACT
-from timmy_magic.notebook.tables import providers_bundle, status_bundle
 from timmy_magic.model.chat import (
     Attempt,
     HealthReport,
@@ -51,6 +44,13 @@ from timmy_magic.model.chat import (
     Trying,
     Usage,
 )
+from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
+from timmy_magic.notebook.display.failures import ErrorBlock, describe_failure
+from timmy_magic.notebook.display.render import Final, NotebookView, answer_markdown
+from timmy_magic.notebook.display.tables import providers_bundle, status_bundle
+from timmy_magic.notebook.history import Conversation, Turn
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.text.markup import clean
 
 PART = "injection"
 SECRET = "sk-inject-0123456789abcdefXYZ"
@@ -223,7 +223,7 @@ def live(v: Values) -> list[Rendered]:
         return Handle()
 
     mp = pytest.MonkeyPatch()
-    mp.setattr("timmy_magic.notebook.render.display", display)
+    mp.setattr("timmy_magic.notebook.display.render.display", display)
     try:
         view = NotebookView(per_second=1000)
         view.start(0.0)

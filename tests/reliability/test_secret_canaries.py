@@ -30,7 +30,7 @@ from IPython.utils.capture import capture_output
 from tests.reliability.conftest import Figures
 from tests.reliability.test_secrets import everything_shown, widget_states
 from tests.support.faultserver import FaultServer
-from timmy_magic.notebook.render import answer_markdown
+from timmy_magic.notebook.display.render import answer_markdown
 
 PART = "secret canaries"
 API_KEY = "sk-canaryAPIKEY0a1b2c3d4e5f6a7b"

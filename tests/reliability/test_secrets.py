@@ -27,7 +27,7 @@ from IPython.utils.capture import capture_output
 
 from tests.reliability.conftest import Figures
 from tests.support.faultserver import Blackhole, FaultServer
-from timmy_magic.notebook.render import answer_markdown
+from timmy_magic.notebook.display.render import answer_markdown
 
 KEY = "sk-timmy-PLANTED-7f3a9c1e5b2d4068e1a9-secret"
 CORE = "PLANTED-7f3a9c1e5b2d4068"  # any piece of the key long enough to be a leak

@@ -46,7 +46,7 @@ from timmy_magic.model.errors import RoutingError, TimmyError
 from timmy_magic.model.schema import InvalidAnswer, Schema
 from timmy_magic.notebook import api
 from timmy_magic.notebook.api import map
-from timmy_magic.notebook.render import Final, answer_markdown, data_markdown
+from timmy_magic.notebook.display.render import Final, answer_markdown, data_markdown
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.text.markup import clean
 

@@ -20,8 +20,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from timmy_magic.routing import attempt as attempt_mod
 from timmy_magic.config import parse_config
+from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import RoutingError, TimmyError
 from timmy_magic.providers.wire import (
     LineSplitter,
@@ -32,8 +32,8 @@ from timmy_magic.providers.wire import (
     count,
     model_name,
 )
+from timmy_magic.routing import attempt as attempt_mod
 from timmy_magic.routing.router import Router
-from timmy_magic.model.chat import Result
 
 from ..support.scriptserver import ScriptServer, sse
 from .conftest import Figures

@@ -13,8 +13,8 @@ import pytest
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
 from timmy_magic import ChatRequest, Done, Router
 from timmy_magic.config import parse_config
-from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed, UnknownProvider
 from timmy_magic.model.chat import Delta, Trying
+from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed, UnknownProvider
 
 SLACK = 0.6  # scheduling slack on a shared 2-core machine
 

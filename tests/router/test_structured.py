@@ -13,8 +13,8 @@ from pydantic import BaseModel
 from tests.support.fake_ollama import FakeOllama
 from tests.support.faultserver import FaultServer
 from timmy_magic import ChatRequest
-from timmy_magic.model.schema import Schema
 from timmy_magic.model.chat import Delta, Discard, Done, Trying
+from timmy_magic.model.schema import Schema
 
 from .test_router_faults import make_router, prov
 
@@ -217,8 +217,8 @@ def test_a_configured_key_a_server_echoes_into_the_answer_is_masked(srv):
     """A hostile server puts the request's Authorization header into the answer's text:
     the kept answer (and so the cache, history, renders) and the live display mask the
     configured key; text that merely looks like a credential is the model's to say."""
-    from timmy_magic.notebook.render import NotebookView
     from timmy_magic.model.chat import Delta
+    from timmy_magic.notebook.display.render import NotebookView
 
     key = "canary-key-7f3e9a1b2c4d5e6f"
     url = srv.base_url("echo", mode="text", case="echo-key")

@@ -14,9 +14,9 @@ from tests.support.fake_ollama import FakeOllama
 from tests.support.faultserver import FaultServer
 from timmy_magic import Router
 from timmy_magic.config import parse_config
-from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
-from timmy_magic.notebook.failures import describe_failure
 from timmy_magic.model.chat import ChatRequest, ImagePart, Message
+from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
+from timmy_magic.notebook.display.failures import describe_failure
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQ"
                        "DwAEhQGAhKmMIQAAAABJRU5ErkJggg==")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from timmy_magic.config import load_config, packaged_default, parse_config
+from timmy_magic.model.chat import Message
 from timmy_magic.model.errors import ConfigError
 from timmy_magic.providers.openai_compat import TRANSCRIPT_STOP, completion_prompt
-from timmy_magic.model.chat import Message
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -35,8 +35,8 @@ from timmy_magic.context import (
     parse_cells_spec,
     split_fix,
 )
-from timmy_magic.privacy.redact import REDACT
 from timmy_magic.context.summaries import image_kind, is_instance_of, summarize
+from timmy_magic.privacy.redact import REDACT
 
 matplotlib.use("Agg")
 

@@ -10,7 +10,6 @@ from typing import get_args
 
 import pytest
 
-from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.model.errors import (
     ProviderAuthError,
     ProviderConnectError,
@@ -19,6 +18,7 @@ from timmy_magic.model.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
+from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.routing.retry import COUNTED, FailureKind, RetryPolicy, failure_kind
 
 

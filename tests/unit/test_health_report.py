@@ -1,9 +1,9 @@
 """build_report is pure: provider state and a time in, the badge's state and reason out."""
 
-from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.config import parse_config
-from timmy_magic.routing.endpoints import Endpoint, ProviderState, build_report
 from timmy_magic.providers.base import Probe
+from timmy_magic.routing.breaker import CircuitBreaker
+from timmy_magic.routing.endpoints import Endpoint, ProviderState, build_report
 
 
 def state(yaml: str, probes: list[Probe | None]) -> ProviderState:

@@ -9,11 +9,16 @@ import typing
 import pytest
 
 from timmy_magic.config import parse_config
-from timmy_magic.routing.gate import money
-from timmy_magic.text.markup import count
-from timmy_magic.routing.metrics import MetricsSnapshot
-from timmy_magic.notebook.tables import TONE_COLOURS, providers_bundle, state_badge, status_bundle
 from timmy_magic.model.chat import HealthReport, HealthState
+from timmy_magic.notebook.display.tables import (
+    TONE_COLOURS,
+    providers_bundle,
+    state_badge,
+    status_bundle,
+)
+from timmy_magic.routing.gate import money
+from timmy_magic.routing.metrics import MetricsSnapshot
+from timmy_magic.text.markup import count
 
 EMOJI = ("🟢", "🟡", "🔴", "⛔", "⚠", "⚪", "🔑", "📦", "❔", "💤", "⏳")
 

@@ -9,10 +9,10 @@ import base64
 import pytest
 
 from timmy_magic.cache import RequestFields, request_key, summarize
-from timmy_magic.model.errors import InvalidRequest
-from timmy_magic.routing.planner import ProviderView, plan_route, short_count
-from timmy_magic.providers.parts import anthropic_content, ollama_message, openai_content
 from timmy_magic.model.chat import ChatRequest, ImagePart, Message, Skip, TextPart, image_tokens
+from timmy_magic.model.errors import InvalidRequest
+from timmy_magic.providers.parts import anthropic_content, ollama_message, openai_content
+from timmy_magic.routing.planner import ProviderView, plan_route, short_count
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQ"
                        "DwAEhQGAhKmMIQAAAABJRU5ErkJggg==")

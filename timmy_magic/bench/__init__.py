@@ -57,7 +57,7 @@ def run(router: Router, providers: Sequence[str] | str | None = None,
     interrupt stops the run and returns what finished (``result.interrupted``).
 
     ``progress``: a display (``timmy_magic.model.progress.Progress``; in a notebook,
-    ``timmy_magic.notebook.progress.make_progress("bench")`` draws a bar), or "auto" (a
+    ``timmy_magic.notebook.display.progress.make_progress("bench")`` draws a bar), or "auto" (a
     terminal line when stderr is a terminal, else nothing), "text", "none" / False / None.
     """
     display = pick_progress(progress)  # a bad mode fails before any request

@@ -31,7 +31,7 @@ def pick_progress(mode: ProgressMode | bool | Progress | None,
         return TerminalLine("bench", stream) if out.isatty() else None
     if isinstance(mode, str):
         raise ValueError(f"progress={mode!r}: expected 'auto', 'text', 'none' or a display "
-                         "such as timmy_magic.notebook.progress.make_progress('bench')")
+                         "such as timmy_magic.notebook.display.progress.make_progress('bench')")
     return mode
 
 

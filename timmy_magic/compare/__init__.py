@@ -7,7 +7,7 @@ conversation with the answer chosen, ``best()`` the columns with the best TTFT a
 tokens/s. ``run_columns`` feeds the merged events of the columns to a ``ColumnSink`` and
 makes each column's Result (a partial one for a column that failed or was interrupted).
 How a comparison is shown (a grid in a notebook, blocks in a terminal) is the notebook
-layer's (``timmy_magic.notebook.compare_view``).
+layer's (``timmy_magic.notebook.display.compare_view``).
 """
 
 from __future__ import annotations

@@ -61,9 +61,6 @@ from timmy_magic.context.items import (
     fence,
     short_count,
 )
-from timmy_magic.text.formats import fenced_block
-from timmy_magic.text.markup import md, md_code
-from timmy_magic.privacy.masking import Masker, mask_item, mask_secrets, secret_env_values
 from timmy_magic.context.kernel import (
     cells_from_history,
     image_item,
@@ -77,6 +74,9 @@ from timmy_magic.context.summaries import DEFAULT_MAX_CHARS, summarize
 from timmy_magic.model.chat import Message
 from timmy_magic.model.framing import INTRO as INTRO
 from timmy_magic.model.framing import with_context
+from timmy_magic.privacy.masking import Masker, mask_item, mask_secrets, secret_env_values
+from timmy_magic.text.formats import fenced_block
+from timmy_magic.text.markup import md, md_code
 
 __all__ = [
     "CHARS_PER_TOKEN",

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from timmy_magic.model.errors import TimmyError
 from timmy_magic.model.chat import ImagePart, image_tokens
+from timmy_magic.model.errors import TimmyError
 
 CHARS_PER_TOKEN = 4
 """Token estimate: about 4 characters a token (English text and code, BPE tokenizers)."""

@@ -28,8 +28,6 @@ from timmy_magic.context.items import (
     ImageItem,
     VarItem,
 )
-from timmy_magic.model.template import InterpolationError, resolve
-from timmy_magic.privacy.masking import Masker
 from timmy_magic.context.summaries import (
     DEFAULT_MAX_CHARS,
     image_bytes,
@@ -40,6 +38,8 @@ from timmy_magic.context.summaries import (
     summarize,
     type_name,
 )
+from timmy_magic.model.template import InterpolationError, resolve
+from timmy_magic.privacy.masking import Masker
 
 MAX_IMAGE_BYTES = 5 * 1024 * 1024
 

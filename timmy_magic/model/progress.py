@@ -1,7 +1,7 @@
 """The progress of a long run, as the code that runs it reports it.
 
 A feature (``batch``, ``bench``) knows how far it is and says it in words; how that is
-shown is the notebook layer's (``timmy_magic.notebook.progress``: an ipywidgets bar, a
+shown is the notebook layer's (``timmy_magic.notebook.display.progress``: an ipywidgets bar, a
 display line). The one display that needs no front end, ``TerminalLine``, lives here so
 that a feature run from plain Python in a terminal can show it without the notebook
 layer; it writes only to the stream it is given. Tests pass their own.

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from timmy_magic import batch
 from timmy_magic.batch import MapError, MapInterrupted
-from timmy_magic.notebook.extension import extension
-from timmy_magic.notebook.progress import make_progress
+from timmy_magic.notebook.display.progress import make_progress
+from timmy_magic.notebook.extension import session as current_session
 
 if TYPE_CHECKING:
     from timmy_magic.model.chat import ChatRequest, Result
     from timmy_magic.notebook.cached import CellCache
-    from timmy_magic.notebook.cell import TimmyMagics
+    from timmy_magic.notebook.session import Session
     from timmy_magic.routing.router import Router
 
 
@@ -59,10 +59,10 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
     return result
 
 
-def _surface(router: Router | None) -> tuple[TimmyMagics | None, Router]:
-    """(the loaded extension, when the map runs on its router; the router to use)."""
+def _surface(router: Router | None) -> tuple[Session | None, Router]:
+    """(the shell's session, when the map runs on its router; the router to use)."""
     try:
-        session = extension()
+        session = current_session()
     except RuntimeError:
         session = None
     if router is not None:

@@ -21,7 +21,7 @@ from timmy_magic.bench import run
 from timmy_magic.bench.report import BenchResult
 from timmy_magic.bench.runner import DEFAULT_PROMPT
 from timmy_magic.model.errors import TimmyError
-from timmy_magic.notebook.progress import make_progress
+from timmy_magic.notebook.display.progress import make_progress
 
 USAGE = ("%llm bench [-p A,B] [-c 1,4,16] [-n N] [--max-tokens T] "
          "[--prompt TEXT | --prompts FILE] [--warmup K] [-m MODEL] [-t TEMP] [-o VAR] "

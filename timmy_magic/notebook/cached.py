@@ -28,7 +28,7 @@ from timmy_magic.model.chat import ChatRequest, Result
 from timmy_magic.model.schema import Schema
 
 if TYPE_CHECKING:
-    from timmy_magic.notebook.cell import TimmyMagics
+    from timmy_magic.notebook.session import Session
 
 REPLAY_HINTS = (
     ("Replay answers only from the cache, so a notebook runs offline and the same: this "
@@ -39,7 +39,7 @@ REPLAY_HINTS = (
 
 
 class CellCache:
-    def __init__(self, ext: TimmyMagics) -> None:
+    def __init__(self, ext: Session) -> None:
         self.ext = ext
         self.session_mode: CacheMode | None = None
         """Set by ``%llm cache on|off|replay``: wins over the environment and the file."""

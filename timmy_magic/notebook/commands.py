@@ -12,19 +12,20 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 from IPython.core.error import UsageError
 
-from timmy_magic.config import trust as trust
 from timmy_magic.config import find_config, found_by_search, load_config, trust_reason
+from timmy_magic.config import trust as trust
 from timmy_magic.context import Context, ContextError, error_context, split_fix
+from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import ConfigError, UnknownProvider
-from timmy_magic.notebook.failures import ErrorBlock
+from timmy_magic.notebook.display.failures import ErrorBlock
+from timmy_magic.notebook.display.render import display
+from timmy_magic.notebook.display.tables import providers_bundle, status_bundle
 from timmy_magic.servers.launch import LaunchError
 from timmy_magic.text.markup import count
-from timmy_magic.notebook.render import display
-from timmy_magic.notebook.tables import providers_bundle, status_bundle
-from timmy_magic.model.chat import Result
 
 if TYPE_CHECKING:
-    from timmy_magic.notebook.cell import CellOptions, TimmyMagics
+    from timmy_magic.notebook.cell import TimmyMagics
+    from timmy_magic.notebook.session import CellOptions
 
 START_HINT = "`%llm status` shows its state; check its `launch:` section in providers.yaml."
 
@@ -280,11 +281,11 @@ class LineCommands:
             ext.ip.set_next_input(code, replace=False)
             return (f"fix proposed in a new cell below: {explanation or 'see above'}",)
 
-        ext.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=propose)
+        ext.session.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=propose)
 
     def _explain(self, args: argparse.Namespace) -> None:
         ctx = self._error_context("explain")
-        self.ext.ask(ctx, self._error_options(args, "explain"), f"explain:{id(ctx)}",
+        self.ext.session.ask(ctx, self._error_options(args, "explain"), f"explain:{id(ctx)}",
                      "%llm explain")
 
     def _error_options(self, args: argparse.Namespace, command: str) -> CellOptions:
@@ -319,7 +320,7 @@ class LineCommands:
         except ImportError as exc:
             print(f"bench not available ({exc})")
             return None
-        out = bench_line(self.ext, rest)
+        out = bench_line(self.ext.session, rest)
         if out is not None:
             display(out)
         return None

@@ -12,11 +12,12 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from timmy_magic.config import Config, find_config, found_by_search, load_config
-from timmy_magic.model.errors import ConfigError
-from timmy_magic.text.markup import count
-from timmy_magic.routing.router import Router
 from timmy_magic.model.chat import Result
+from timmy_magic.model.errors import ConfigError
 from timmy_magic.notebook.cell import TimmyMagics
+from timmy_magic.notebook.session import Session
+from timmy_magic.routing.router import Router
+from timmy_magic.text.markup import count
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -53,8 +54,8 @@ def _markdown_formatter(ip: Any) -> Any:
 def register_displays(ip: Any) -> None:
     """How the notebook shows our values: a ``Result`` as its rendered answer. The values
     (``model/``) know no renderer; the notebook layer registers one for them here."""
-    from timmy_magic.notebook.compare_view import register_display as register_comparison
-    from timmy_magic.notebook.render import answer_markdown
+    from timmy_magic.notebook.display.answer import answer_markdown
+    from timmy_magic.notebook.display.compare_view import register_display as register_comparison
 
     markdown = _markdown_formatter(ip)
     if markdown is not None:
@@ -63,7 +64,9 @@ def register_displays(ip: Any) -> None:
 
 
 def unregister_displays(ip: Any) -> None:
-    from timmy_magic.notebook.compare_view import unregister_display as unregister_comparison
+    from timmy_magic.notebook.display.compare_view import (
+        unregister_display as unregister_comparison,
+    )
 
     markdown = _markdown_formatter(ip)
     if markdown is not None:
@@ -107,16 +110,22 @@ def extension(ip: Any = None) -> TimmyMagics:
     return ext
 
 
+def session(ip: Any = None) -> Session:
+    """The notebook session of ``ip`` (default: the running shell): what ``map``, the
+    panel and the accessors below use, never the magics object."""
+    return extension(ip).session
+
+
 def last() -> Result | Comparison | MapResult | None:
     """The last %%llm result of this shell (partial if it was interrupted; a Comparison
     after a side-by-side cell), or None."""
-    return extension().last_result
+    return session().last_result
 
 
 def get_router() -> Router:
     """The router shared by %%llm, the panel and %llm bench (``timmy_magic.get_router()``;
     ``timmy_magic.routing.router`` is the module)."""
-    return extension().router
+    return session().router
 
 
 
@@ -124,8 +133,8 @@ def get_router() -> Router:
 def panel(router: Router | None = None, **kw: Any) -> Any:
     """A provider panel (ipywidgets) over this shell's router, or over ``router``."""
     if router is None:
-        return extension().panel()
-    from timmy_magic.notebook.widget import panel as make_panel
+        return session().panel()
+    from timmy_magic.notebook.display.widget import panel as make_panel
 
     return make_panel(router, **kw)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from timmy_magic.text.markup import md, plain, shorten
 from timmy_magic.model.chat import Message
+from timmy_magic.text.markup import md, plain, shorten
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from timmy_magic.model.errors import ProviderConnectError, ProviderProtocolError
 from timmy_magic.model.chat import ChatRequest
+from timmy_magic.model.errors import ProviderConnectError, ProviderProtocolError
 from timmy_magic.providers.base import (
     Body,
     Chunk,

@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from timmy_magic.model.errors import ProviderProtocolError, ProviderTimeout
 from timmy_magic.model.chat import ChatRequest, Message
+from timmy_magic.model.errors import ProviderProtocolError, ProviderTimeout
 from timmy_magic.providers.base import (
     Body,
     Chunk,

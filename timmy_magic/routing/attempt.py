@@ -17,14 +17,29 @@ from dataclasses import replace
 from typing import Any
 
 from timmy_magic.config.request_defaults import with_defaults
+from timmy_magic.model.chat import (
+    ChatRequest,
+    Delta,
+    Done,
+    Event,
+    Result,
+    RouteTrace,
+    Timings,
+    Usage,
+)
+from timmy_magic.model.errors import (
+    ConnectionRefused,
+    ProviderConnectError,
+    ProviderError,
+    ProviderProtocolError,
+    ProviderTimeout,
+)
+from timmy_magic.privacy.redact import REDACT
+from timmy_magic.providers.base import Chunk, Probe, map_error
 from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing.breaker import Permit
-from timmy_magic.routing.state import Core, shown_url
-from timmy_magic.model.errors import ConnectionRefused, ProviderConnectError, ProviderError, ProviderProtocolError, ProviderTimeout
 from timmy_magic.routing.endpoints import Endpoint, ProviderState
-from timmy_magic.providers.base import Chunk, Probe, map_error
-from timmy_magic.privacy.redact import REDACT
-from timmy_magic.model.chat import ChatRequest, Delta, Done, Event, Result, RouteTrace, Timings, Usage
+from timmy_magic.routing.state import Core, shown_url
 
 MIN_RATE_WINDOW_S = 0.01
 """Shortest time from the first to the last token over which tokens/s is reported."""

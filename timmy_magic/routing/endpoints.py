@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from timmy_magic.routing.breaker import CircuitBreaker
 from timmy_magic.config import ProviderConfig
-from timmy_magic.servers.launch import Launcher
-from timmy_magic.routing.metrics import ProviderMetrics
-from timmy_magic.providers.base import Backend, Probe
-from timmy_magic.privacy.redact import REDACT, display_url
 from timmy_magic.model.chat import EndpointHealth, HealthReport, HealthState
+from timmy_magic.privacy.redact import REDACT, display_url
+from timmy_magic.providers.base import Backend, Probe
+from timmy_magic.routing.breaker import CircuitBreaker
+from timmy_magic.routing.metrics import ProviderMetrics
+from timmy_magic.servers.launch import Launcher
 
 
 @dataclass

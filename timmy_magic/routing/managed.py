@@ -8,10 +8,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from timmy_magic.routing.state import Core
+from timmy_magic.model.chat import Status
 from timmy_magic.model.errors import UnknownProvider
 from timmy_magic.routing.endpoints import Endpoint, ProviderState
-from timmy_magic.model.chat import Status
+from timmy_magic.routing.state import Core
 
 
 async def launch(core: Core, st: ProviderState, ep: Endpoint) -> AsyncIterator[Status]:

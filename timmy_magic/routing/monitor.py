@@ -12,12 +12,12 @@ import asyncio
 import concurrent.futures
 import time
 
-from timmy_magic.routing.state import Core, log
-from timmy_magic.routing.endpoints import Endpoint, ProviderState
-from timmy_magic.servers.launch import Launcher
+from timmy_magic.model.chat import HealthReport
 from timmy_magic.model.errors import ConnectionRefused
 from timmy_magic.providers.base import Probe, map_error
-from timmy_magic.model.chat import HealthReport
+from timmy_magic.routing.endpoints import Endpoint, ProviderState
+from timmy_magic.routing.state import Core, log
+from timmy_magic.servers.launch import Launcher
 
 
 class Monitor:

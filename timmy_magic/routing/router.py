@@ -21,19 +21,19 @@ from contextlib import aclosing
 from typing import Any, TypeVar
 
 from timmy_magic.cache import RequestCache
+from timmy_magic.config import Config, load_config
+from timmy_magic.model.chat import ChatRequest, Done, Event, Failed, HealthReport, Result
 from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing import managed as servers
 from timmy_magic.routing.cascade import Cascade
-from timmy_magic.config import Config, load_config
-from timmy_magic.routing.state import ChangeKind, Core, log
 from timmy_magic.routing.endpoints import ProviderState
-from timmy_magic.text.markup import count
 from timmy_magic.routing.metrics import MetricsSnapshot
 from timmy_magic.routing.monitor import Monitor
 from timmy_magic.routing.planner import Plan
 from timmy_magic.routing.retry import RetryPolicy
 from timmy_magic.routing.runner import Runner, Tick, bridge
-from timmy_magic.model.chat import ChatRequest, Done, Event, Failed, HealthReport, Result
+from timmy_magic.routing.state import ChangeKind, Core, log
+from timmy_magic.text.markup import count
 
 __all__ = ["ChangeKind", "Router"]
 T = TypeVar("T")

@@ -19,18 +19,18 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal
 
+from timmy_magic.config import Config
+from timmy_magic.model.chat import HealthReport
+from timmy_magic.model.errors import TimmyError, UnknownProvider
+from timmy_magic.privacy.redact import REDACT, get_logger
+from timmy_magic.providers import registry
+from timmy_magic.providers.base import Backend, Probe, Timeouts
 from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing.breaker import CircuitBreaker
-from timmy_magic.config import Config
-from timmy_magic.model.errors import TimmyError, UnknownProvider
 from timmy_magic.routing.endpoints import Endpoint, ProviderState, build_report
-from timmy_magic.servers.launch import Launcher
-from timmy_magic.providers.base import Backend, Probe, Timeouts
-from timmy_magic.providers import registry
 from timmy_magic.routing.retry import RetryPolicy
 from timmy_magic.routing.runner import Runner
-from timmy_magic.privacy.redact import REDACT, get_logger
-from timmy_magic.model.chat import HealthReport
+from timmy_magic.servers.launch import Launcher
 
 log = get_logger("timmy_magic.routing.router")
 _SHOWN: dict[tuple[str, Any], str] = {}

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from timmy_magic.model.errors import UnknownProvider
-from timmy_magic.notebook.panel_html import (
+from timmy_magic.notebook.display.panel_html import (
     AUTO_REFRESH_CHOICES,
     AUTO_VALUE,
     RED,
@@ -47,7 +47,7 @@ from timmy_magic.text.markup import count, html
 if TYPE_CHECKING:
     from timmy_magic.routing.router import Router
 
-log = get_logger("timmy_magic.notebook.widget")
+log = get_logger("timmy_magic.notebook.display.widget")
 
 # ------------------------------------------------------------------ the widget
 

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from timmy_magic.model.chat import HealthReport
-from timmy_magic.notebook.tables import TONE_COLOURS, Tone, tone_of
-from timmy_magic.notebook.tables import secs as _secs
+from timmy_magic.notebook.display.tables import TONE_COLOURS, Tone, tone_of
+from timmy_magic.notebook.display.tables import secs as _secs
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.routing.gate import money
 from timmy_magic.routing.metrics import MetricsSnapshot

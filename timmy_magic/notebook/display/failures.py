@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from timmy_magic.model.errors import PinnedProviderFailed, RoutingError
-from timmy_magic.text.markup import LITERAL_TICK, md, md_code, md_spans, plain
-from timmy_magic.privacy.redact import display_url
 from timmy_magic.model.chat import RouteTrace
+from timmy_magic.model.errors import PinnedProviderFailed, RoutingError
+from timmy_magic.privacy.redact import display_url
+from timmy_magic.text.markup import LITERAL_TICK, md, md_code, md_spans, plain
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from timmy_magic.model.progress import Progress, TerminalLine
-from timmy_magic.notebook.render import display, rich_frontend
+from timmy_magic.notebook.display.render import display, rich_frontend
 from timmy_magic.text.markup import md, plain
 
 __all__ = ["DisplayLine", "TerminalLine", "WidgetBar", "make_progress"]

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from timmy_magic.config import Config
-from timmy_magic.routing.gate import money
-from timmy_magic.text.markup import count, md, plain, shorten
-from timmy_magic.routing.metrics import MetricsSnapshot
 from timmy_magic.model.chat import HealthReport
+from timmy_magic.routing.gate import money
+from timmy_magic.routing.metrics import MetricsSnapshot
+from timmy_magic.text.markup import count, md, plain, shorten
 
 Tone = Literal["green", "amber", "red", "grey", "neutral"]
 TONES: dict[str, Tone] = {

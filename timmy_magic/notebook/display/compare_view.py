@@ -16,7 +16,7 @@ from typing import Any
 
 from timmy_magic.compare import Column, Comparison
 from timmy_magic.model.chat import Delta, Discard, Event, Result, Status, Trying
-from timmy_magic.notebook.render import Throttle, display
+from timmy_magic.notebook.display.render import Throttle, display
 from timmy_magic.text.markup import html, plain
 
 CURSOR = "▌"
