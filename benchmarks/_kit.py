@@ -196,8 +196,8 @@ class NullBackend:
     def __init__(self, cfg: Any, url: str, timeouts: Any) -> None:
         from fastserver import DEFAULT_TOKENS, words
 
-        from timmy_magic.providers.base import Chunk
         from timmy_magic.model.chat import Usage
+        from timmy_magic.providers.base import Chunk
 
         self.url = url
         self._chunks = [Chunk(model="fast"), *(Chunk(text=w) for w in words(DEFAULT_TOKENS)),

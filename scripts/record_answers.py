@@ -26,14 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.notebooks.conftest import no_servers_left
-from tests.notebooks.replay import (
+from tests.notebooks.conftest import no_servers_left  # noqa: E402
+from tests.notebooks.replay import (  # noqa: E402
     REPLAYED,
     answers_path,
     checked_in_replay,
     replay_env,
 )
-from tests.support.servers import ensure_tiny_model, start_llama_server, start_vllm_mlx
+from tests.support.servers import ensure_tiny_model, start_llama_server, start_vllm_mlx  # noqa: E402
 
 
 def execute(path: Path, env: dict[str, str], workdir: Path) -> object:

@@ -5,6 +5,7 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh --all || { echo "test.sh: setup failed" >&2; exit 1; }
+bash scripts/check || { echo "test.sh: the checks failed (lint, types or layer rules)" >&2; exit 1; }
 export TIMMY_TEST_STRICT=1   # a missing backend or tool is a failure, never a skip
 # The tutorials in notebooks/ run under nbval from tests/*/test_notebook*.py, each against
 # the real servers it needs (started by fixtures), so they are not collected directly.

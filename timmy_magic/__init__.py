@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
     from timmy_magic.batch import MapResult, map_results  # noqa: F401
     from timmy_magic.config import Config, load_config  # noqa: F401
     from timmy_magic.model.chat import (  # noqa: F401
-        ChatRequest,  # noqa: F401
+        ChatRequest,
         Delta,
         Done,
         Message,
@@ -53,7 +53,7 @@ _LAZY = {
     "last": "notebook", "get_router": "notebook", "panel": "notebook",
     "map": "notebook.api", "map_results": "batch", "MapResult": "batch",
 }
-__all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]
+__all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]  # noqa: PLE0604
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:

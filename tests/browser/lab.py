@@ -56,7 +56,7 @@ class JupyterLab:
         (tracker / "tracker.jupyterlab-settings").write_text(
             json.dumps({"windowingMode": "none"}))
         env = {"JUPYTERLAB_SETTINGS_DIR": str(settings), **env}
-        self._log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the server
+        self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
              "--ip=127.0.0.1", f"--port={self.port}", "--ServerApp.port_retries=0",

@@ -171,7 +171,7 @@ def test_fix_context_carries_the_cell_and_traceback_masked(
     run(ip, "import os\nkey = os.environ['EXAMPLE_API_KEY']\nprint(key + 1)")
     ctx = error_context(ip, "fix")
     assert ctx.system is not None and "```python" in ctx.system
-    [err] = ctx.items  # the error is an item, so it is fitted as --error's is
+    [err] = ctx.items  # the error is an item, so it is fitted as --error's is  # noqa: RUF059
     sent = ctx.prompt_text()
     assert "TypeError" in sent and "print(key + 1)" in sent
     assert ctx.prompt == "Fix the cell In[1] (the last error above)."

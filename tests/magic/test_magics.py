@@ -582,7 +582,7 @@ def test_help_unknown_and_future_commands(ok_shell: InteractiveShell) -> None:
 
 
 @pytest.mark.parametrize("line, says", [
-    ("%llm status --bogus", "%llm status: unrecognized arguments: --bogus (usage: %llm "
+    ("%llm status --bogus", "%llm status: unrecognized arguments: --bogus (usage: %llm "  # noqa: ISC004
                             "status [--cached])"),
     ("%llm pin alpha beta", "%llm pin: unrecognized arguments: beta (usage: %llm pin NAME)"),
     ("%llm local-only maybe", "invalid choice: 'maybe'"),

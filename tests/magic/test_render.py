@@ -154,8 +154,8 @@ def test_gate_key_model_and_empty_config_hints() -> None:
     assert "cloud gate is closed (local-only mode)" in text and "`%llm local-only off`" in text
     assert "API key of k" in text and "model 'big'" in text
     empty = describe_failure(NoProviderAvailable("none", RouteTrace()), config_source="/p")
-    assert empty.hints == ("No providers are configured: add some to `/p`, then run "
-                           + "`%llm reload`.",)
+    assert empty.hints == ("No providers are configured: add some to `/p`, then run "  # noqa: ISC004
+                            "`%llm reload`.",)
 
 
 # ------------------------------------------------------------------ collecting and ticks

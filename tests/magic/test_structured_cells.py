@@ -80,7 +80,7 @@ def test_schema_from_a_dict_and_an_invalid_answer_is_one_block(
 def test_schema_mistakes_are_one_line_and_send_nothing(
         loaded: InteractiveShell, fault: FaultServer, line: str, why: str) -> None:
     run(loaded, "n = 3")
-    res, shown = run(loaded, f"%%llm -p alpha {line}\nWhere?")
+    res, shown = run(loaded, f"%%llm -p alpha {line}\nWhere?")  # noqa: RUF059
     assert why in shown and "Traceback" not in shown
     assert chats(fault) == 0
 
@@ -90,7 +90,7 @@ def test_a_cached_schema_answer_comes_back_as_data(loaded: InteractiveShell,
     run(loaded, "%llm cache on")
     run(loaded, "%%llm -p alpha --schema City -o a\nWhere is the Eiffel Tower?")
     sent = chats(fault)
-    res, shown = run(loaded, "%%llm -p alpha --schema City -o b\nWhere is the Eiffel Tower?")
+    res, shown = run(loaded, "%%llm -p alpha --schema City -o b\nWhere is the Eiffel Tower?")  # noqa: RUF059
     b = loaded.user_ns["b"]
     assert chats(fault) == sent and b.cached and b.data.city == "Paris"
 

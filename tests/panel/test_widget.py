@@ -220,7 +220,7 @@ def test_twelve_providers_all_down(timers: ManualTimers, clock: FakeClock) -> No
     p = open_panel(r, timers, clock)
     r.check_health()
     timers.run()
-    assert badges(p) == {n: "not_running" for n in names}  # local, never answered
+    assert badges(p) == dict.fromkeys(names, "not_running")  # local, never answered
     assert [v for _, v in p.pin_control.options] == [AUTO_VALUE]
     assert p.table.value.count('class="timmy-row"') == 12
     with pytest.raises(NoProviderAvailable):
@@ -366,7 +366,7 @@ def test_timmy_magic_panel_is_the_function_whatever_was_imported(srv: FaultServe
     documented call ``timmy_magic.panel(...)`` (no module-class trick needed)."""
     import timmy_magic
     import timmy_magic.notebook
-    import timmy_magic.notebook.display.widget  # noqa: F401
+    import timmy_magic.notebook.display.widget
 
     r = make_router(prov("a", srv.base_url("ok"), 1))
     p = timmy_magic.panel(r, check_on_open=False)

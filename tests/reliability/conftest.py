@@ -48,7 +48,7 @@ class Figures:
         """The part called ``title``; ``labels`` fix the order of its counts (all 0)."""
         with self.lock:
             if title not in self.parts:
-                self.parts[title] = Part(title, {label: 0 for label in labels})
+                self.parts[title] = Part(title, dict.fromkeys(labels, 0))
             return self.parts[title]
 
 
@@ -90,7 +90,7 @@ def run_bounded(fn: Callable[[], T], limit: float) -> tuple[T, float]:
     def target() -> None:
         try:
             box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        except BaseException as exc:
             box["error"] = exc
 
     t0 = time.monotonic()

@@ -53,7 +53,7 @@ class CancelAt:
                 task.cancel()
             try:
                 send, throw = (yield out), None
-            except BaseException as exc:  # noqa: BLE001 - handed to the coroutine
+            except BaseException as exc:
                 send, throw = None, exc
 
 

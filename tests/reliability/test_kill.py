@@ -139,7 +139,7 @@ class Stream:
                     self.deltas.append(ev.text)
                 elif isinstance(ev, Done):
                     self.result = ev.result
-        except BaseException as exc:  # noqa: BLE001 - asserted by the test
+        except BaseException as exc:
             self.error = exc
 
     def join(self, limit: float) -> None:

@@ -124,7 +124,7 @@ CELLS = [
     "%%llm --trace\nthrough the cascade", "%%llm -f json --trace\nthrough the cascade",
     "%llm status", "%llm status --cached", "%llm providers", "%llm pin echo-basic",
     "%llm unpin", "%llm history", "%llm reload", "%llm help",
-    "import timmy_magic; r = timmy_magic.get_router(); print(r, r.config, r.health(), "
+    "import timmy_magic; r = timmy_magic.get_router(); print(r, r.config, r.health(), "  # noqa: ISC004
     "r.metrics(), [r.provider(n) for n in r.names], repr(timmy_magic.last()))",
 ]
 

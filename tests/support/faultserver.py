@@ -147,7 +147,7 @@ class _LoopServer:
         self._stop_evt = asyncio.Event()
         try:
             server = await asyncio.start_server(self._on_connect, self.host, 0, limit=_MAX_HEAD)
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:
             self._startup_error = exc
             self._ready.set()
             return
@@ -178,7 +178,7 @@ class _LoopServer:
             pass
         except asyncio.CancelledError:
             pass
-        except Exception:  # noqa: BLE001 - a bug in a handler: keep it visible
+        except Exception:
             self.errors.append(traceback.format_exc())
         finally:
             self._writers.discard(writer)

@@ -57,7 +57,7 @@ def _kernel(path: str, n: int, barrier: Any, out: Any) -> None:
                 if cache.get(other) is not None:
                     report["seen_others"] += 1
             report["stats_entries"] = cache.stats().entries
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         report["errors"].append(f"{type(exc).__name__}: {exc}")
     report["warnings"] = handler.messages
     out.put(report)
@@ -111,7 +111,7 @@ def _opener(root: str, n: int, barrier: Any, out: Any) -> None:
                     failures.append(f"round {round_}: {cache.problem}")
                 elif not cache.put(f"{n}", _answer(f"{n}")):
                     failures.append(f"round {round_}: put failed")
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+    except BaseException as exc:
         failures.append(f"{type(exc).__name__}: {exc}")
     out.put({"n": n, "failures": failures, "warnings": handler.messages})
 

@@ -17,7 +17,7 @@ from timmy_magic.providers.openai_compat import TRANSCRIPT_STOP, completion_prom
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def one_model(fields: str, env: dict[str, str] | None = None):  # noqa: ANN201
+def one_model(fields: str, env: dict[str, str] | None = None):
     cfg = parse_config("providers:\n  - name: local\n    type: llama_cpp\n"
                        f"    models: [{{name: m, {fields}}}]\n", env=env or {})
     return cfg.providers[0].models[0]

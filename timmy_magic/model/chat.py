@@ -101,8 +101,8 @@ class ImagePart:
         return f"ImagePart({self.mime}, {len(self.data) * 3 // 4:,} bytes{size})"
 
 
-Part = Union[TextPart, ImagePart]
-Content = Union[str, tuple[Part, ...]]
+Part = Union[TextPart, ImagePart]  # noqa: UP007
+Content = Union[str, tuple[Part, ...]]  # noqa: UP007
 _DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+);base64,(.*)", re.DOTALL)
 
 
@@ -385,7 +385,7 @@ class Failed:
     error: RoutingError
 
 
-Event = Union[Delta, Trying, Status, Discard, Done]
+Event = Union[Delta, Trying, Status, Discard, Done]  # noqa: UP007
 
 
 # ---------------------------------------------------------------- health

@@ -80,7 +80,7 @@ class Schema:
 
             adapter: Any = TypeAdapter(spec)
             schema = adapter.json_schema()
-        except Exception as exc:  # pydantic's errors for unschemable types vary
+        except Exception as exc:  # pydantic's errors for unschemable types vary  # noqa: BLE001
             raise InvalidRequest(f"cannot make a JSON schema of {_shown(spec)}: "
                                  f"{_one_line(exc)}") from None
         return cls(_name(name or getattr(spec, "__name__", None) or schema.get("title")),
@@ -135,7 +135,7 @@ class Schema:
             raise
         except RecursionError:
             raise InvalidAnswer(f"{INVALID_PREFIX} nested too deeply to check") from None
-        except Exception as exc:  # a user's validator, a jsonschema format checker...
+        except Exception as exc:  # a user's validator, a jsonschema format checker...  # noqa: BLE001
             raise InvalidAnswer(f"{INVALID_PREFIX} checking it raised {type(exc).__name__}: "
                                 f"{_one_line(exc)}") from None
 

@@ -246,7 +246,7 @@ class Session:
             self.shell.user_ns[opts.out] = comparison
         notes: tuple[str, ...] = (ctx.note(),) if ctx.note() else ()
         if opts.chat:
-            notes += ("--chat: continue with one answer: "
+            notes += ("--chat: continue with one answer: "  # noqa: ISC004
                       f"{opts.out or 'timmy_magic.last()'}.keep('{columns[0].label}')",)
         view.finish(comparison, notes)
         if interrupted:

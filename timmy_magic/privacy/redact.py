@@ -252,7 +252,7 @@ class Redactor:
                 self.add([value, unquote_plus(value)])
 
     def _add_user_password(self, user_password: str) -> None:
-        user, colon, password = user_password.partition(":")
+        user, colon, password = user_password.partition(":")  # noqa: RUF059
         if not colon or not password:
             return
         b64 = base64.b64encode(user_password.encode()).decode()

@@ -161,7 +161,7 @@ class AnthropicBackend:
         try:
             status, body, latency = await get_json(self._http, self._root + "/v1/models",
                                                    timeout, self._headers)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             return probe_error(exc, self.provider, timeout)
         if status != 200:
             return Probe("down", latency, error=f"/v1/models answered HTTP {status}")

@@ -225,7 +225,7 @@ def mapped_errors(provider: str) -> Iterator[None]:
         if not exc.provider:
             exc.provider = provider
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001
         err = map_error(exc, provider)
         raise err from exc.with_traceback(None)
 

@@ -124,7 +124,7 @@ class OllamaBackend:
             models = tuple(str(m.get("name")) for m in (body or {}).get("models", [])
                            if isinstance(m, dict))
             ps_status, ps, _ = await get_json(self._http, self._root + "/api/ps", timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             return probe_error(exc, self.provider, timeout)
         loaded = [m.get("name") for m in (ps or {}).get("models", [])] if ps_status == 200 else []
         if models:

@@ -340,7 +340,7 @@ class OpenAICompatBackend:
                                                    self._headers)
             state, detail, error = _parse_health(self.type, status, body)
             models = await self._models(body, timeout)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             return probe_error(exc, self.provider, timeout)
         if models:
             self.served_models = models
@@ -365,14 +365,14 @@ class OpenAICompatBackend:
                 settings = body.get("default_generation_settings") \
                     if isinstance(body, dict) else None
                 n = count(settings.get("n_ctx")) if isinstance(settings, dict) else None
-                found = {m: n for m in models} if n else {}
+                found = dict.fromkeys(models, n) if n else {}
             elif self.type == "vllm_mlx":  # vllm-mlx 0.6 lists no max_model_len (yet)
                 status, body, _ = await get_json(self._http, self._base + "/models",
                                                  timeout, self._headers)
                 found = listed_windows(body)
             else:
                 return {}
-        except Exception:
+        except Exception:  # noqa: BLE001
             return self._known_windows
         if status == 200:
             self._windows_for, self._known_windows = models, found
@@ -387,7 +387,7 @@ class OpenAICompatBackend:
             try:
                 status, body, _ = await get_json(self._http, self._base + "/models", timeout,
                                                  self._headers)
-            except Exception:
+            except Exception:  # noqa: BLE001
                 return ()
             if status == 200:
                 return model_ids(body)

@@ -184,7 +184,7 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
         error = ProviderTimeout(_timeout_message(core, ttft, deadline), provider=st.name)
     except ProviderError as exc:
         error = exc
-    except Exception as exc:  # an adapter bug must not kill the route: count it
+    except Exception as exc:  # an adapter bug must not kill the route: count it  # noqa: BLE001
         error = map_error(exc, st.name)
     finally:
         ep.outstanding -= 1

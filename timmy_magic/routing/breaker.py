@@ -98,7 +98,7 @@ class Permit:
     """The admission of one call by a breaker, settled exactly once: later settlements
     are ignored, so a ``finally: permit.release(now)`` after a recorded outcome is safe."""
 
-    __slots__ = ("breaker", "probe", "outcome")
+    __slots__ = ("breaker", "outcome", "probe")
 
     def __init__(self, breaker: CircuitBreaker, probe: bool) -> None:
         self.breaker, self.probe = breaker, probe

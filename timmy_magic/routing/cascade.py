@@ -267,7 +267,7 @@ class Cascade:
                 failed(f"launch failed: {exc}")
                 core.notify("health")
                 return
-            except Exception as exc:  # a bug in launching must not kill the route either
+            except Exception as exc:  # a bug in launching must not kill the route either  # noqa: BLE001
                 log.warning("provider %s: launch broke: %r", st.name, exc)
                 failed(f"launch failed: {map_error(exc, st.name)}")
                 core.notify("health")
@@ -303,7 +303,7 @@ class Cascade:
         """Build the endpoint's backend (a plugin's factory may fail): the reason, or None."""
         try:
             self.core.backend(st, ep)
-        except Exception as exc:  # a broken adapter fails this provider, not the route
+        except Exception as exc:  # a broken adapter fails this provider, not the route  # noqa: BLE001
             log.warning("provider %s: backend could not be built: %s", st.name, exc)
             return f"backend could not be built: {map_error(exc, st.name)}"
         return None

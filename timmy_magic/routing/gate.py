@@ -123,7 +123,7 @@ class QuotaSignal:
     def _read(self) -> Tier | None:
         try:
             raw = self._raw()
-        except Exception as exc:  # any failure of user code means "no opinion"
+        except Exception as exc:  # any failure of user code means "no opinion"  # noqa: BLE001
             self.last_error = f"quota signal failed: {type(exc).__name__}: {exc}"
             log.warning(self.last_error)
             return None

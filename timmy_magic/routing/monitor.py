@@ -54,7 +54,7 @@ class Monitor:
                                            timeout + 0.25)
         except TimeoutError:
             probe = Probe("down", error=f"health check timed out after {timeout:g}s")
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001
             err = map_error(exc, st.name)
             probe = Probe("down", error=str(err), refused=isinstance(err, ConnectionRefused))
         if probe.state == "down" and ep.outstanding and "timed out" in (probe.error or ""):
@@ -78,7 +78,7 @@ class Monitor:
                     next_pass = time.monotonic() + every
                     try:
                         await self.check()
-                    except Exception:
+                    except Exception:  # noqa: BLE001
                         log.exception("health pass failed")
                 await self._reap_idle()
                 await asyncio.sleep(min(every, 1.0))

@@ -320,7 +320,7 @@ class Router:
             return
         try:
             core.runner.run(self.aclose(), timeout=5)
-        except Exception:
+        except Exception:  # noqa: BLE001
             log.debug("close: connections did not close cleanly", exc_info=True)
         if core.own_runner:
             core.runner.stop()

@@ -134,7 +134,7 @@ class Launcher:
         progress(f"starting {self.provider}: {self.runtime}, log {name}")
         env = {**os.environ, **self.cfg.env}
         try:
-            self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT,  # noqa: ASYNC220
                                          stdin=subprocess.DEVNULL, cwd=self.cfg.cwd, env=env,
                                          start_new_session=True, preexec_fn=_die_with_parent)
         except FileNotFoundError:  # gone from PATH since the config was read
