@@ -53,7 +53,10 @@ _LAZY = {
     "last": "notebook", "get_router": "notebook", "panel": "notebook",
     "map": "notebook.api", "map_results": "batch", "MapResult": "batch",
 }
-__all__ = [*_LAZY, "load_ipython_extension", "unload_ipython_extension"]  # noqa: PLE0604
+__all__ = [name for name in (*_LAZY, "load_ipython_extension", "unload_ipython_extension")
+           if name != "map"]
+"""``from timmy_magic import *`` exports these; ``map`` is left out so it cannot shadow the
+builtin (``timmy_magic.map`` is the way to call it)."""
 
 
 def load_ipython_extension(ip: InteractiveShell) -> None:
