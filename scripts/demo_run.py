@@ -141,7 +141,7 @@ def main() -> int:
                 print(f"          ({footer})")
     print(f"\nNext: the tutorials (notebooks/01 to 08) in JupyterLab, from {ROOT}:")
     if not (ROOT / ".venv/bin/jupyter-lab").exists():
-        print("  .venv/bin/pip install jupyterlab     # once")
+        print("  .venv/bin/pip install -e '.[lab]'   # once: JupyterLab, widgets, pandas")
     print("  .venv/bin/jupyter lab notebooks/")
     print("Gemma 3 270M is a small base model: write the start of the answer. For real work, "
           "point providers.yaml at a bigger model or a cloud API (README: providers.yaml).")
