@@ -9,9 +9,17 @@ import math
 
 import pytest
 
-from timmy_magic.bench.metrics import Dist, Timeline, max_overlap, peak_streams, span, summarize
+from timmy_magic.bench.metrics import (
+    Dist,
+    Timeline,
+    max_overlap,
+    peak_streams,
+    span,
+    timeline_stats,
+)
 from timmy_magic.bench.runner import _timeline
 from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
+from timmy_magic.model.tokens import estimate_tokens
 
 approx = pytest.approx
 
@@ -38,7 +46,7 @@ def test_per_request_values() -> None:
 
 
 def test_summary_of_a_mixed_run() -> None:
-    s = summarize([A, B, C, D, E])
+    s = timeline_stats([A, B, C, D, E])
     assert (s.requests, s.completed, s.errors, s.incomplete, s.cancelled) == (5, 3, 1, 1, 0)
     assert s.retries == 2
     assert s.duration_s == approx(0.6)  # span: first start 0.0 to last end 0.6
@@ -63,20 +71,20 @@ def test_summary_of_a_mixed_run() -> None:
 
 
 def test_wall_duration_overrides_the_span() -> None:
-    s = summarize([A, B, C], duration_s=1.5)
+    s = timeline_stats([A, B, C], duration_s=1.5)
     assert s.duration_s == 1.5
     assert s.requests_per_s == approx(2.0) and s.output_tok_s == approx(6.0)
 
 
 def test_one_token_answers_have_no_tpot_or_itl() -> None:
-    s = summarize([C, Timeline(0.0, (0.05,), 0.07, output_tokens=1)])
+    s = timeline_stats([C, Timeline(0.0, (0.05,), 0.07, output_tokens=1)])
     assert s.completed == 2
     assert s.tpot == Dist() and s.itl == Dist()
     assert s.ttft.mean == approx(75.0) and s.ttft.p50 == approx(75.0)
 
 
 def test_only_errors() -> None:
-    s = summarize([D, Timeline(0.0, (), 0.1, status="error", error="refused")])
+    s = timeline_stats([D, Timeline(0.0, (), 0.1, status="error", error="refused")])
     assert (s.completed, s.errors) == (0, 2)
     assert s.ttft == s.e2e == s.tpot == s.itl == Dist()
     assert s.requests_per_s == 0.0 and s.output_tok_s == 0.0
@@ -84,14 +92,14 @@ def test_only_errors() -> None:
 
 
 def test_nothing_at_all() -> None:
-    s = summarize([])
+    s = timeline_stats([])
     assert s.requests == 0 and s.duration_s == 0.0
     assert s.requests_per_s is None and s.output_tok_s is None and s.total_tok_s is None
 
 
 def test_cancelled_requests_are_counted_not_measured() -> None:
     cut = Timeline(0.0, (0.1,), 0.2, status="cancelled", error="interrupted")
-    s = summarize([A, cut])
+    s = timeline_stats([A, cut])
     assert (s.requests, s.completed, s.cancelled) == (2, 1, 1)
     assert s.ttft.p50 == approx(100.0)
 
@@ -108,10 +116,10 @@ def test_tpot_equals_mean_itl_when_one_token_per_chunk_and_end_at_last_chunk() -
 
 def test_estimated_tokens_are_flagged_in_the_summary() -> None:
     est = Timeline(0.0, (0.1, 0.2), 0.3, input_tokens=4, output_tokens=2, estimated=True)
-    assert summarize([A, est]).tokens_estimated
+    assert timeline_stats([A, est]).tokens_estimated
     # an estimate on a failed request does not taint the completed ones
     failed = Timeline(0.0, (0.1,), 0.3, estimated=True, status="incomplete", error="x")
-    assert not summarize([A, failed]).tokens_estimated
+    assert not timeline_stats([A, failed]).tokens_estimated
 
 
 def _result(usage: Usage, error: str | None = None) -> Result:
@@ -120,7 +128,7 @@ def _result(usage: Usage, error: str | None = None) -> Result:
 
 
 def test_token_counts_from_server_usage() -> None:
-    t = _timeline(0.0, [0.1, 0.2], 0.3, _result(Usage(12, 7)), 1, prompt_chars=40)
+    t = _timeline(0.0, [0.1, 0.2], 0.3, _result(Usage(12, 7)), 1, estimated_input=10)
     assert (t.input_tokens, t.output_tokens, t.estimated) == (12, 7, False)
     assert t.status == "ok" and t.model == "served"
 
@@ -128,7 +136,7 @@ def test_token_counts_from_server_usage() -> None:
 def test_no_usage_means_estimated_counts() -> None:
     # what the router hands back when the server sent no usage: chunks counted, flagged
     t = _timeline(0.0, [0.1, 0.2, 0.25], 0.3, _result(Usage(None, 3, estimated=True)), 1,
-                  prompt_chars=41)
+                  estimated_input=estimate_tokens("x" * 41))
     assert t.output_tokens == 3 and t.input_tokens == math.ceil(41 / 4) and t.estimated
 
 
@@ -149,7 +157,7 @@ def test_span_and_overlap() -> None:
 
 
 def test_fields_are_flat_and_named_in_ms() -> None:
-    f = summarize([A, B]).fields()
+    f = timeline_stats([A, B]).fields()
     for key in ("ttft_ms_p50", "ttft_ms_p95", "tpot_ms_p50", "itl_ms_p99", "e2e_ms_p50",
                 "output_tok_s", "requests_per_s", "completed", "errors", "total_tok_s"):
         assert key in f

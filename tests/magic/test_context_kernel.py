@@ -208,7 +208,7 @@ def test_variables_are_summarised_and_figures_become_images(ip: InteractiveShell
         assert items[1].text.startswith("numpy ndarray: shape (2, 3), dtype float64")
         assert isinstance(items[2], ImageItem) and items[2].data.startswith(b"\x89PNG")
         assert items[3].text == "tuple of 2 items: (3, 1)"
-        assert items[4].text == "str of 1 characters:\nx"
+        assert items[4].text == "str of 1 character:\nx"
         ctx = build_context(ip, "plot?", names=["fig"])
         assert ctx.needs_vision
     finally:

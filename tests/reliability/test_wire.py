@@ -29,8 +29,8 @@ from timmy_magic.providers.wire import (
     TextJoiner,
     WireError,
     content_text,
-    count,
     model_name,
+    token_count,
 )
 from timmy_magic.routing import attempt as attempt_mod
 from timmy_magic.routing.router import Router
@@ -118,7 +118,7 @@ def test_joined_text_is_always_encodable(pieces: list[str]) -> None:
 @given(json_values)
 @settings(max_examples=400, deadline=None, derandomize=True)
 def test_server_values_are_checked_or_refused(value: object) -> None:
-    n = count(value)
+    n = token_count(value)
     assert n is None or (type(n) is int and 0 <= n < 2**53)
     m = model_name(value)
     assert m is None or (isinstance(m, str) and 0 < len(m) <= 256 and "\n" not in m)

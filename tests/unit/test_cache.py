@@ -616,7 +616,7 @@ def test_the_public_surface_does_not_drift() -> None:
         "APPLICATION_ID", "AnswerCache", "CacheMode", "CacheSettingError", "CacheStats",
         "CachedAnswer", "ENV_VAR", "MODES", "PATH_VAR", "ReplayMiss", "RequestCache",
         "RequestFields", "SUMMARY_CHARS", "canonical_json", "cell_mode", "configured_mode",
-        "configured_path", "default_path", "request_key", "sent_settings", "summarize"]
+        "configured_path", "default_path", "request_key", "request_summary", "sent_settings"]
     assert all(hasattr(cache, name) for name in cache.__all__)
 
 

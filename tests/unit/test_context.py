@@ -26,7 +26,6 @@ from timmy_magic.context import (
     Frame,
     VarItem,
     cut_middle,
-    estimate_tokens,
     explain_request,
     fix_request,
     image_item,
@@ -36,6 +35,7 @@ from timmy_magic.context import (
     split_fix,
 )
 from timmy_magic.context.summaries import image_kind, is_instance_of, summarize
+from timmy_magic.model.tokens import estimate_tokens
 from timmy_magic.privacy.redact import REDACT
 
 matplotlib.use("Agg")
@@ -282,7 +282,6 @@ def var(name: str, size: int) -> VarItem:
 def test_estimates_are_four_characters_a_token() -> None:
     assert estimate_tokens("") == 0 and estimate_tokens("abcd") == 1
     assert estimate_tokens("abcde") == 2
-    assert C.short_count(850) == "850" and C.short_count(1234) == "1.2k"
 
 
 def test_a_context_that_fits_is_unchanged() -> None:

@@ -111,3 +111,39 @@ def test_the_public_surface_does_not_drift() -> None:
     star: dict[str, object] = {}
     exec("from timmy_magic import *", star)
     assert "map" not in star and "Router" in star  # the builtin map is not shadowed
+
+
+OWNERS = {
+    "shorten": "text/markup.py", "fence": "text/markup.py", "count": "text/markup.py",
+    "short_count": "text/markup.py", "CHARS_PER_TOKEN": "model/tokens.py",
+    "estimate_tokens": "model/tokens.py", "image_tokens": "model/tokens.py",
+    "cut_middle": "context/items.py", "summarize": "context/summaries.py",
+    "rich_frontend": "notebook/display/render.py", "UsageParser": "notebook/args.py",
+}
+"""Each small guarantee and the one module that defines it: a second definition (a
+function or class of that name, even nested; a module constant; any argparse subclass)
+is a copy that can drift."""
+
+
+def _definitions(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        if isinstance(node, ast.ClassDef) and any(
+                ast.unparse(base).endswith("ArgumentParser") for base in node.bases):
+            names.add("UsageParser")  # an argparse that raises instead of exiting
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(t.id for t in targets if isinstance(t, ast.Name))
+    return names
+
+
+def test_each_small_guarantee_has_one_owner() -> None:
+    where: dict[str, list[str]] = {name: [] for name in OWNERS}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name in _definitions(ast.parse(path.read_text())):
+            if name in where:
+                where[name].append(str(path.relative_to(PACKAGE)))
+    assert where == {name: [owner] for name, owner in OWNERS.items()}

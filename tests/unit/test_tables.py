@@ -18,7 +18,6 @@ from timmy_magic.notebook.display.tables import (
 )
 from timmy_magic.routing.gate import money
 from timmy_magic.routing.metrics import MetricsSnapshot
-from timmy_magic.text.markup import count
 
 EMOJI = ("🟢", "🟡", "🔴", "⛔", "⚠", "⚪", "🔑", "📦", "❔", "💤", "⏳")
 
@@ -87,11 +86,6 @@ def test_status_head_uses_the_money_format() -> None:
 def test_providers_head_counts_in_words() -> None:
     one = parse_config("providers:\n  - {name: a, type: llama_cpp}", source="t.yaml", env={})
     assert providers_bundle(one, None)["text/plain"].startswith("1 provider from t.yaml")
-
-
-def test_count_pluralises() -> None:
-    assert (count(0, "provider"), count(1, "provider"), count(2, "turn")) == \
-        ("0 providers", "1 provider", "2 turns")
 
 
 def snapshot(requests: int, successes: int, failures: int, in_flight: int = 0

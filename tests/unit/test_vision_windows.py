@@ -8,11 +8,12 @@ import base64
 
 import pytest
 
-from timmy_magic.cache import RequestFields, request_key, summarize
-from timmy_magic.model.chat import ChatRequest, ImagePart, Message, Skip, TextPart, image_tokens
+from timmy_magic.cache import RequestFields, request_key, request_summary
+from timmy_magic.model.chat import ChatRequest, ImagePart, Message, Skip, TextPart
 from timmy_magic.model.errors import InvalidRequest
+from timmy_magic.model.tokens import image_tokens
 from timmy_magic.providers.parts import anthropic_content, ollama_message, openai_content
-from timmy_magic.routing.planner import ProviderView, plan_route, short_count
+from timmy_magic.routing.planner import ProviderView, plan_route
 
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQ"
                        "DwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
@@ -108,7 +109,7 @@ def test_cache_keys_over_images() -> None:
         {"type": "text", "text": "q"},
         {"type": "image_url", "image_url": {"url": IMG.data_url}}]}], model="m")
     assert request_key(dicts) == one
-    summary = summarize([Message("user", ("what is this?", IMG))])
+    summary = request_summary([Message("user", ("what is this?", IMG))])
     assert summary == "what is this? [image_url]" and IMG.data not in summary
 
 
@@ -158,8 +159,3 @@ def test_state_reasons_come_before_capability_reasons() -> None:
     p = plan_route([v("down", 1, state="down", detail="refused", window=10)],
                    needs_vision=True, input_tokens=100)
     assert [s.reason for s in p.skipped] == ["unhealthy"]
-
-
-def test_short_counts() -> None:
-    assert [short_count(n) for n in (850, 4000, 5120, 4096, 131072)] == \
-        ["850", "4k", "5.1k", "4.1k", "131k"]

@@ -22,8 +22,7 @@ from timmy_magic.model.prompting import with_instruction
 from timmy_magic.model.schema import Schema
 from timmy_magic.model.template import InterpolationError
 from timmy_magic.providers.wire import WireError, content_text, fix_surrogates, model_name
-from timmy_magic.text.markup import count
-from timmy_magic.text.markup import shorten as _cut
+from timmy_magic.text.markup import count, shorten
 
 if TYPE_CHECKING:
     from timmy_magic.routing.router import Router
@@ -194,7 +193,7 @@ def _batch_result(obj: Mapping[str, Any], spec: Schema | None) -> Result:
         why = error.get("message") if isinstance(error, dict) else error
         if not why and isinstance(body, dict) and isinstance(body.get("error"), dict):
             why = body["error"].get("message")
-        return failed(f"batch error: {_cut(clean_message(why or f'HTTP {status}'), 200)}")
+        return failed(f"batch error: {shorten(clean_message(why or f'HTTP {status}'), 200)}")
     choices = body.get("choices")
     message = choices[0].get("message") if isinstance(choices, list) and choices \
         and isinstance(choices[0], dict) else None

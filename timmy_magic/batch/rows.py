@@ -17,8 +17,7 @@ from timmy_magic.model.schema import Schema
 from timmy_magic.model.template import InterpolationError, interpolate, references
 from timmy_magic.model.values import NotShowable, jsonable
 from timmy_magic.privacy.masking import mask_secrets
-from timmy_magic.text.markup import count, md, plain
-from timmy_magic.text.markup import shorten as _cut
+from timmy_magic.text.markup import count, md, plain, shorten
 
 PREVIEW_ROWS = 10
 """Rows shown in a MapResult's table (all are in ``.results``)."""
@@ -144,7 +143,7 @@ class MapResult:
         for i, r in enumerate(self.results[:PREVIEW_ROWS]):
             shown = _preview(r, self.schema)
             head.append(f"| {i} | {md(shown)} | {md(r.provider or '')} | "
-                        f"{md(_cut(r.error or '', 80))} |")
+                        f"{md(shorten(r.error or '', 80))} |")
         more = len(self.results) - PREVIEW_ROWS
         tail = f"\n\n*… {more} more rows: `.results`, `.to_pandas()`*" if more > 0 else ""
         return f"*{md(self.summary())}*\n\n" + "\n".join(head) + tail
@@ -158,10 +157,10 @@ def _preview(r: Result, schema: Schema | None) -> str:
         return ""
     if schema is not None and r.data is not None:
         try:
-            return _cut(json.dumps(jsonable(r.data), ensure_ascii=False), 80)
+            return shorten(json.dumps(jsonable(r.data), ensure_ascii=False), 80)
         except (NotShowable, RecursionError, ValueError):
             pass
-    return _cut(r.text, 80)
+    return shorten(r.text, 80)
 
 
 def failed(error: str, trace: RouteTrace | None = None) -> Result:
@@ -273,7 +272,7 @@ def records(rows: Any) -> tuple[list[Any], Any]:
         return list(rows), None
     except Exception as exc:  # noqa: BLE001 - a generator of the user's may raise anything
         raise MapError(f"map: reading the rows raised {type(exc).__name__}: "
-                       f"{_cut(str(exc), 200)} (nothing was sent)") from None
+                       f"{shorten(str(exc), 200)} (nothing was sent)") from None
 
 
 def _put(rec: dict[str, Any], key: str, value: Any, prefix: str = "answer_") -> None:

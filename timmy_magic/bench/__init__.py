@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from timmy_magic.bench.metrics import Dist, Summary, Timeline, summarize
+from timmy_magic.bench.metrics import Dist, Summary, Timeline, timeline_stats
 from timmy_magic.bench.progress import ProgressMode, pick_progress
 from timmy_magic.bench.report import BenchResult
 from timmy_magic.bench.runner import (
@@ -41,7 +41,7 @@ __all__ = [
     "Summary",
     "Timeline",
     "run",
-    "summarize",
+    "timeline_stats",
 ]
 
 

@@ -176,7 +176,7 @@ def _most_common(values: Sequence[str | None]) -> str | None:
     return Counter(named).most_common(1)[0][0] if named else None
 
 
-def summarize(timelines: Sequence[Timeline], duration_s: float | None = None) -> Summary:
+def timeline_stats(timelines: Sequence[Timeline], duration_s: float | None = None) -> Summary:
     """Statistics over ``timelines``; ``duration_s`` is the run's wall time (default: the
     span of the timelines). vLLM's ``calculate_metrics``, with every failure counted."""
     done = [t for t in timelines if t.completed]

@@ -1,10 +1,10 @@
 """Benchmark results: records, CSV/JSON/pandas, tables (HTML and text), chart.
 
-Display only: the numbers come from ``metrics.summarize``. The best value of each column is
-highlighted among the providers measured at the same concurrency level (comparing TTFT at
-c=1 with TTFT at c=16 would always crown c=1). Provider and model names, errors, prompts
-and notes come from the config and the servers: the HTML writes each through
-``markup.html``, the text through ``markup.plain``.
+Display only: the numbers come from ``metrics.timeline_stats``. The best value of each
+column is highlighted among the providers measured at the same concurrency level
+(comparing TTFT at c=1 with TTFT at c=16 would always crown c=1). Provider and model
+names, errors, prompts and notes come from the config and the servers: the HTML writes
+each through ``markup.html``, the text through ``markup.plain``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from timmy_magic.bench.metrics import Timeline, peak_streams, summarize
-from timmy_magic.text.markup import html, plain
+from timmy_magic.bench.metrics import Timeline, peak_streams, timeline_stats
+from timmy_magic.text.markup import count, html, plain, shorten
 
 if TYPE_CHECKING:
     import pandas
@@ -52,7 +52,7 @@ class Cell:
     def record(self) -> dict[str, Any]:
         duration = (self.ended - self.started) if (self.started is not None and
                                                    self.ended is not None) else None
-        s = summarize(self.timelines, duration)
+        s = timeline_stats(self.timelines, duration)
         chunks = sum(len(t.chunks) for t in self.timelines)
         cpu_ms = self.cpu_s * 1000 / chunks if self.cpu_s is not None and chunks else None
         return {"provider": self.provider, "model": s.model or self.model_hint,
@@ -271,14 +271,13 @@ def footer_lines(result: BenchResult) -> list[str]:
     if s:
         prompts = s.get("prompts") or []
         first = prompts[0] if prompts else ""
-        first = " ".join(first.split())  # one line; escaped where it is rendered
-        shown = first if len(first) <= 80 else first[:79] + "…"
+        shown = shorten(first, 80)  # one line; escaped where it is rendered
         lines.append(
             f"settings: n={s.get('n')} requests per level (at least the concurrency), "
             f"concurrency {', '.join(map(str, s.get('concurrency', [])))}, "
             f"max_tokens={s.get('max_tokens')}, warm-up {s.get('warmup')} per provider, "
             f"temperature={s.get('temperature') if s.get('temperature') is not None else 'server default'}, "
-            f"{len(prompts)} prompt(s): “{shown}”")
+            f"{count(len(prompts), 'prompt')}: “{shown}”")
     lines.append("metrics as in vLLM's benchmark_serving, measured on this client through "
                  "the router. " + ITL_NOTE)
     cpu = [r["client_cpu_ms_per_chunk"] for r in result.records

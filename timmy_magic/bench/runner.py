@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
 import os
 import platform
 import threading
@@ -182,14 +181,14 @@ def _start_stopped(router: Router, names: Sequence[str], reports: dict[str, Any]
 
 
 def _timeline(start: float, chunks: list[float], end: float, result: Result,
-              attempts: int, prompt_chars: int) -> Timeline:
+              attempts: int, estimated_input: int) -> Timeline:
     usage = result.usage
     output = usage.output_tokens if usage.output_tokens is not None else len(chunks)
     estimated = usage.estimated or usage.output_tokens is None
     if usage.input_tokens is not None:
         prompt = usage.input_tokens
-    else:  # about four characters per token: flagged as an estimate
-        prompt, estimated = math.ceil(prompt_chars / 4), True
+    else:  # the request's own estimate (model.tokens): flagged as one
+        prompt, estimated = estimated_input, True
     return Timeline(start, tuple(chunks), end, prompt, output, estimated,
                     "incomplete" if result.error else "ok", result.error, max(1, attempts),
                     result.model)
@@ -200,7 +199,7 @@ async def measure(router: Router, request: ChatRequest) -> Timeline:
     start = clock()
     chunks: list[float] = []
     attempts = 0
-    prompt_chars = sum(len(m.text) for m in request.messages)
+    estimated_input = request.input_tokens
     try:
         stream = router.astream(request, cache=False)  # a benchmark measures live answers
         async with aclosing(stream) as events:  # finalised here, not later by the GC
@@ -211,7 +210,7 @@ async def measure(router: Router, request: ChatRequest) -> Timeline:
                     attempts += 1
                 elif isinstance(ev, Done):
                     end = clock()
-                    return _timeline(start, chunks, end, ev.result, attempts, prompt_chars)
+                    return _timeline(start, chunks, end, ev.result, attempts, estimated_input)
         error = "the stream ended without a final event"
     except Exception as exc:  # noqa: BLE001 - counted, never dropped: a benchmark reports it
         error = " ".join(str(exc).split()) or type(exc).__name__

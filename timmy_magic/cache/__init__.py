@@ -27,8 +27,8 @@ from timmy_magic.cache.keys import (
     RequestFields,
     canonical_json,
     request_key,
+    request_summary,
     sent_settings,
-    summarize,
 )
 from timmy_magic.cache.request_cache import RequestCache
 from timmy_magic.cache.settings import (
@@ -64,6 +64,6 @@ __all__ = [
     "configured_path",
     "default_path",
     "request_key",
+    "request_summary",
     "sent_settings",
-    "summarize",
 ]

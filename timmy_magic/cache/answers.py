@@ -25,6 +25,7 @@ from timmy_magic.cache.settings import ENV_VAR
 from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
 from timmy_magic.model.errors import TimmyError
 from timmy_magic.privacy.redact import REDACT
+from timmy_magic.text.markup import shorten
 
 MISS_CHARS = 80
 """How much of the prompt a replay miss shows."""
@@ -39,7 +40,7 @@ class ReplayMiss(TimmyError):
                  problem: str | None = None, how: str = RECORD_IN_A_CELL) -> None:
         self.summary, self.provider, self.model = summary, provider, model
         self.problem = problem
-        shown = summary if len(summary) <= MISS_CHARS else summary[: MISS_CHARS - 1] + "…"
+        shown = shorten(summary, MISS_CHARS)
         target = f"provider {provider or 'cascade'}, model {model or 'default'}"
         why = f"; the cache is unavailable ({problem})" if problem else ""
         super().__init__(

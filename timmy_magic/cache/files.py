@@ -35,6 +35,7 @@ from typing import Literal
 
 from timmy_magic.cache.settings import default_path
 from timmy_magic.privacy.redact import get_logger
+from timmy_magic.text.markup import shorten
 
 log = get_logger("timmy_magic.cache")
 
@@ -83,8 +84,7 @@ def reason(exc: BaseException) -> str:
         text = str(exc) or type(exc).__name__
     else:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    line = " ".join(text.split())
-    return line if len(line) <= WARNING_CHARS else line[: WARNING_CHARS - 1] + "…"
+    return shorten(text, WARNING_CHARS)
 
 
 def _our_header(header: bytes) -> bool:

@@ -27,6 +27,7 @@ from timmy_magic.model.errors import InvalidRequest
 from timmy_magic.model.framing import request_of
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.providers.parts import openai_content
+from timmy_magic.text.markup import shorten
 
 if TYPE_CHECKING:
     from timmy_magic.config import CascadeConfig, Config, ProviderConfig
@@ -102,7 +103,7 @@ class RequestFields:
 
     def summary(self) -> str:
         """The prompt (last user message), one line, at most ``SUMMARY_CHARS``."""
-        return summarize(self.messages)
+        return request_summary(self.messages)
 
 
 def sent_settings(req: ChatRequest, provider: ProviderConfig,
@@ -172,7 +173,7 @@ def _canonical_part(part: Any) -> dict[str, Any]:
     return {"type": "unknown", "value": part}
 
 
-def summarize(messages: Sequence[Message | Mapping[str, Any]]) -> str:
+def request_summary(messages: Sequence[Message | Mapping[str, Any]]) -> str:
     """The user's last request, masked (``REDACT``), on one line of at most
     ``SUMMARY_CHARS``: without the notebook context a cell puts before it (``--cells``,
     ``--vars``, ``--error``; ``framing.request_of``), which begins every such message
@@ -182,10 +183,7 @@ def summarize(messages: Sequence[Message | Mapping[str, Any]]) -> str:
         msg = _canonical_message(m)
         if msg["role"] == "user":
             text = _text_of(msg["content"])
-    line = " ".join(REDACT(request_of(text)).split())
-    if len(line) > SUMMARY_CHARS:
-        line = line[: SUMMARY_CHARS - 1] + "…"
-    return line
+    return shorten(REDACT(request_of(text)), SUMMARY_CHARS)
 
 
 def _text_of(content: Any) -> str:

@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, PlainValidator, SecretStr
 
+from timmy_magic.text.markup import shorten
+
 DAY = 86_400.0
 TRUE_WORDS, FALSE_WORDS = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
 """How an expanded ``${VAR}`` may spell a flag."""
@@ -171,8 +173,7 @@ def api_mode(value: object) -> str:
 
 def shown_input(value: object) -> str:
     """A wrong value as a message may quote it: its repr, at most 120 characters."""
-    text = repr(str(value) if isinstance(value, Expanded) else value)
-    return text if len(text) <= 120 else text[:117] + "..."
+    return shorten(repr(str(value) if isinstance(value, Expanded) else value), 120)
 
 
 # ------------------------------------------------------------------ request extras

@@ -11,15 +11,16 @@ returns values; it sends nothing and displays nothing. The magic wires it up::
     request = ChatRequest(messages=ctx.as_messages(), ...)
     ctx.note()                               # "context: 3 cells, 1 var, ~1.2k tokens ..."
 
-Modules: ``context_items`` (the items, the token estimate), ``notebook`` (reading the
-shell), ``masking`` (secrets), ``summaries`` (values). This one is the API: ``Context``,
-``build_context``, the fix/explain prompts, and the others' public names re-exported.
+Modules: ``items`` (the items), ``kernel`` (reading the shell), ``summaries`` (values);
+secrets are masked by ``privacy.masking``, tokens estimated by ``model.tokens``. This one
+is the API: ``Context``, ``build_context``, the fix/explain prompts, and the others'
+public names re-exported.
 
 Decisions, so the wiring need not make them:
 
-- **Tokens** are estimated at 4 characters a token (``CHARS_PER_TOKEN``), an image at
-  ``width × height / 750`` capped at 1,600 (Anthropic's rule; OpenAI's tiles come out
-  close), 1,000 when its size is unknown.
+- **Tokens** are estimated by ``model.tokens``: 4 characters a token
+  (``CHARS_PER_TOKEN``), an image at ``width × height / 750`` capped at 1,600, 1,000 when
+  its size is unknown.
 - **Cells**: ``"N"`` is the previous N code cells before the running one; ``"A:B"`` the
   execution counts A to B *inclusive* (as ``%history A-B``), ``"A:"`` from A on, ``":B"``
   up to B. Only the current session. ``%%llm`` / ``%llm`` cells and empty cells are left
@@ -47,7 +48,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from timmy_magic.context.items import (
-    CHARS_PER_TOKEN,
     CellItem,
     ContextError,
     ContextItem,
@@ -57,9 +57,6 @@ from timmy_magic.context.items import (
     Kind,
     VarItem,
     cut_middle,
-    estimate_tokens,
-    fence,
-    short_count,
 )
 from timmy_magic.context.kernel import (
     cells_from_history,
@@ -74,12 +71,12 @@ from timmy_magic.context.summaries import DEFAULT_MAX_CHARS, summarize
 from timmy_magic.model.chat import Message
 from timmy_magic.model.framing import INTRO as INTRO
 from timmy_magic.model.framing import with_context
+from timmy_magic.model.tokens import CHARS_PER_TOKEN, estimate_tokens
 from timmy_magic.privacy.masking import Masker, mask_item, mask_secrets, secret_env_values
 from timmy_magic.text.formats import fenced_block
-from timmy_magic.text.markup import md, md_code
+from timmy_magic.text.markup import count, md, md_code, short_count
 
 __all__ = [
-    "CHARS_PER_TOKEN",
     "CellItem",
     "Context",
     "ContextError",
@@ -94,9 +91,7 @@ __all__ = [
     "cells_from_history",
     "cut_middle",
     "error_context",
-    "estimate_tokens",
     "explain_request",
-    "fence",
     "fix_request",
     "image_item",
     "is_llm_cell",
@@ -107,7 +102,6 @@ __all__ = [
     "parse_cells_spec",
     "running_cell",
     "secret_env_values",
-    "short_count",
     "split_fix",
     "summarize",
     "var_items",
@@ -220,10 +214,7 @@ class Context:
     # -- what is shown
 
     def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for item in self.items:
-            out[item.kind] = out.get(item.kind, 0) + 1
-        return out
+        return _count_kinds(self.items)
 
     def note(self) -> str:
         """``context: 3 cells, 2 vars, ~1.2k tokens (cut: 1 cell; 2 secrets masked)``;
@@ -231,15 +222,15 @@ class Context:
         if not self.items and not self.dropped and not self.masked:
             return ""
         if not self.items and not self.dropped:
-            return f"{_plural(self.masked, 'secret')} masked in the prompt"
-        parts = [_plural(n, kind) for kind, n in _sorted_counts(self.counts())]
+            return f"{count(self.masked, 'secret')} masked in the prompt"
+        parts = [count(n, kind) for kind, n in _sorted_counts(self.counts())]
         head = "context: " + ", ".join(parts + [f"~{short_count(self.context_tokens)} tokens"])
         extra = []
         cut = _sorted_counts(_count_kinds([*self.dropped, *(i for i in self.items if i.cut)]))
         if cut:
-            extra.append("cut: " + ", ".join(_plural(n, k) for k, n in cut))
+            extra.append("cut: " + ", ".join(count(n, k) for k, n in cut))
         if self.masked:
-            extra.append(f"{_plural(self.masked, 'secret')} masked")
+            extra.append(f"{count(self.masked, 'secret')} masked")
         return head + (f" ({'; '.join(extra)})" if extra else "")
 
     def rows(self) -> list[dict[str, Any]]:
@@ -272,11 +263,6 @@ def _count_kinds(items: Iterable[ContextItem]) -> dict[str, int]:
 
 def _sorted_counts(counts: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda kv: _ORDER.get(kv[0], 9))
-
-
-def _plural(n: int, noun: str) -> str:
-    noun = {"var": "var", "cell": "cell"}.get(noun, noun)
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def build_context(shell: Any, prompt: str, *, cells: str | int | None = None,

@@ -1,23 +1,22 @@
 """What a prompt's context is made of: cells, variables, an error, images.
 
-Each item knows its heading, the text the model reads, its estimated tokens (about 4
-characters a token, ``CHARS_PER_TOKEN``; an image by its size) and whether it was cut.
+Each item knows its heading, the text the model reads, its estimated tokens
+(``model.tokens``: about 4 characters a token; an image by its size) and whether it was
+cut.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
-import math
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from timmy_magic.model.chat import ImagePart, image_tokens
+from timmy_magic.model.chat import ImagePart
 from timmy_magic.model.errors import TimmyError
+from timmy_magic.model.tokens import estimate_tokens, image_tokens
+from timmy_magic.text.markup import count, fence
 
-CHARS_PER_TOKEN = 4
-"""Token estimate: about 4 characters a token (English text and code, BPE tokenizers)."""
 MAX_CELL_CHARS = 4000
 MAX_OUTPUT_CHARS = 1500
 Kind = Literal["cell", "var", "error", "image"]
@@ -26,17 +25,6 @@ Kind = Literal["cell", "var", "error", "image"]
 class ContextError(TimmyError):
     """What was asked for is not in the kernel (an unknown variable, no error yet, a bad
     ``--cells`` spec); the message is one line for the user."""
-
-
-def estimate_tokens(text: str) -> int:
-    return math.ceil(len(text) / CHARS_PER_TOKEN)
-
-
-def short_count(n: int) -> str:
-    """850 -> ``850``, 1234 -> ``1.2k``, 12345 -> ``12k``."""
-    if n < 1000:
-        return str(n)
-    return f"{n / 1000:.1f}k" if n < 10_000 else f"{round(n / 1000)}k"
 
 
 def cut_middle(text: str, max_chars: int) -> str:
@@ -203,8 +191,7 @@ class ErrorItem(ContextItem):
     def traceback_text(self) -> str:
         lines = [str(f) for f in self.frames]
         if self.library_frames:
-            lines.append(f"  ({self.library_frames} library frame"
-                         f"{'s' if self.library_frames != 1 else ''} not shown)")
+            lines.append(f"  ({count(self.library_frames, 'library frame')} not shown)")
         head = "Traceback (user code only, most recent call last):"
         return "\n".join([head, *lines]) if lines else ""
 
@@ -236,10 +223,3 @@ class ImageItem(ContextItem):
 
     def shortened(self, max_chars: int) -> ContextItem:
         return self
-
-
-def fence(text: str, lang: str = "text") -> str:
-    """``text`` in a backtick fence longer than any run of backticks inside it."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    ticks = "`" * max(3, longest + 1)
-    return f"{ticks}{lang}\n{text.rstrip(chr(10))}\n{ticks}"

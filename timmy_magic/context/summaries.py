@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from timmy_magic.privacy.masking import Masker
+from timmy_magic.text.markup import count
 
 DEFAULT_MAX_CHARS = 2000
 HEAD_ROWS = 5
@@ -114,10 +115,6 @@ def _attempt(fn: Callable[[], str], what: str) -> str:
         return f"({what} failed: {type(exc).__name__}: {_first_line(str_or_blank(exc))})"
 
 
-def _s(n: int) -> str:
-    return "" if n == 1 else "s"
-
-
 def type_name(value: object) -> str:
     cls = type(value)
     module = getattr(cls, "__module__", "")
@@ -164,7 +161,7 @@ def _summary(value: object, max_chars: int, m: Masker) -> str:
 
 def _dataframe(df: Any, m: Masker) -> str:
     rows, cols = df.shape
-    parts = [f"pandas DataFrame: {rows:,} row{_s(rows)} × {cols:,} column{_s(cols)}"]
+    parts = [f"pandas DataFrame: {count(rows, 'row')} × {count(cols, 'column')}"]
     parts.append("dtypes:\n" + _attempt(lambda: _dtypes(df, m), "dtypes"))
     parts.append(f"head({HEAD_ROWS}):\n" + _attempt(
         lambda: m.frame(df.head(HEAD_ROWS)).to_string(max_cols=MAX_COLUMNS,
@@ -229,8 +226,8 @@ def _masked_array(a: Any, m: Masker, np: Any) -> Any:
 
 def _text(value: str | bytes | bytearray, max_chars: int, m: Masker) -> str:
     kind = type(value).__name__
-    unit = "characters" if isinstance(value, str) else "bytes"
-    head = f"{kind} of {len(value):,} {unit}"
+    unit = "character" if isinstance(value, str) else "byte"
+    head = f"{kind} of {count(len(value), unit)}"
     body = value if isinstance(value, str) else safe_repr(value, max_chars, m)
     if len(head) + 2 + len(body) <= max_chars:
         return f"{head}:\n{body}"
@@ -243,8 +240,8 @@ def _container(value: dict[Any, Any] | list[Any] | tuple[Any, ...] | set[Any]
     r = reprlib.Repr()
     r.maxlevel, r.maxdict, r.maxlist, r.maxtuple, r.maxset = 3, 20, 20, 20, 20
     r.maxfrozenset, r.maxstring, r.maxother = 20, 80, 80
-    noun = ("key" if isinstance(value, dict) else "item") + ("" if len(value) == 1 else "s")
-    head = f"{type_name(value)} of {len(value):,} {noun}"
+    noun = "key" if isinstance(value, dict) else "item"
+    head = f"{type_name(value)} of {count(len(value), noun)}"
     try:
         body = m.text(r.repr(m.shown(value)))
     except Exception as exc:  # noqa: BLE001 - a key's __hash__/__eq__ or an item's repr may raise

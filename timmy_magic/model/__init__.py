@@ -1,1 +1,2 @@
-"""Values: requests, events, results, traces, schemas and the error tree. No I/O, no renderer."""
+"""Values: requests, events, results, traces, schemas, token estimates and the error tree.
+No I/O, no renderer."""

@@ -15,11 +15,13 @@ from typing import Any, Literal, Union
 
 from timmy_magic.model.errors import InvalidRequest, RoutingError
 from timmy_magic.model.schema import Schema
+from timmy_magic.model.tokens import estimate_tokens, image_tokens
 from timmy_magic.model.trace import Attempt as Attempt  # re-exported: the trace is part of a Result
 from timmy_magic.model.trace import RouteTrace as RouteTrace
 from timmy_magic.model.trace import Skip as Skip
 from timmy_magic.model.trace import SkipReason as SkipReason
 from timmy_magic.privacy.masking import Masker
+from timmy_magic.text.markup import shorten
 
 Role = Literal["system", "user", "assistant"]
 
@@ -44,14 +46,6 @@ IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 """What every vision dialect takes (Anthropic's list; OpenAI and Ollama take these too)."""
 MAX_IMAGE_BYTES = 20 << 20
 """Largest image accepted (OpenAI's limit; Anthropic's is smaller and it says so)."""
-
-
-def image_tokens(width: int | None, height: int | None) -> int:
-    """Estimated tokens of an image: ``width × height / 750`` capped at 1,600 (Anthropic's
-    rule; OpenAI's tiles come out close), 1,000 when its size is unknown."""
-    if width and height:
-        return min(1600, max(1, width * height // 750))
-    return 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +77,7 @@ class ImagePart:
         cannot be sent to every dialect, so it is not taken)."""
         m = _DATA_URL.fullmatch(url) if isinstance(url, str) else None
         if m is None:
-            shown = url[:40] + "…" if isinstance(url, str) and len(url) > 40 else url
+            shown = shorten(url, 40) if isinstance(url, str) else url
             raise InvalidRequest(f"an image must be a base64 data URL "
                                  f"(data:image/png;base64,...), not {shown!r}")
         return cls(m.group(2), m.group(1).lower())
@@ -223,10 +217,10 @@ class ChatRequest:
 
     @property
     def input_tokens(self) -> int:
-        """Estimated tokens of the messages: about 4 characters a token
-        (``context_items.CHARS_PER_TOKEN``), each image by its size (``image_tokens``)."""
-        chars = sum(len(m.text) for m in self.messages)
-        return -(-chars // 4) + sum(p.tokens for m in self.messages for p in m.images)
+        """Estimated tokens of the messages (``tokens.estimate_tokens`` of their text),
+        each image by its size (``tokens.image_tokens``)."""
+        text = "".join(m.text for m in self.messages)
+        return estimate_tokens(text) + sum(p.tokens for m in self.messages for p in m.images)
 
     @classmethod
     def of(cls, prompt: str | ChatRequest, *, system: str | None = None,

@@ -38,6 +38,7 @@ most ``MAX_MESSAGE`` characters.
 from __future__ import annotations
 
 from timmy_magic.model.trace import RouteTrace
+from timmy_magic.text.markup import shorten
 
 MAX_MESSAGE = 500
 
@@ -108,10 +109,7 @@ class ProviderError(TimmyError):
     def __init__(self, message: str, *, provider: str = "", status: int | None = None,
                  retry_after: float | None = None) -> None:
         self.provider, self.status, self.retry_after = provider, status, retry_after
-        text = " ".join(str(message).split())
-        if len(text) > MAX_MESSAGE:
-            text = text[: MAX_MESSAGE - 1] + "…"
-        super().__init__(text)
+        super().__init__(shorten(str(message), MAX_MESSAGE))
 
 
 class ProviderConnectError(ProviderError):

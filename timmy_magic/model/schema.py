@@ -28,7 +28,7 @@ from typing import Any
 
 from timmy_magic.model.errors import InvalidRequest, TimmyError
 from timmy_magic.text.formats import fenced_block
-from timmy_magic.text.markup import shorten as _cut
+from timmy_magic.text.markup import shorten
 
 MAX_ERRORS_SHOWN = 3
 """Validation errors named in the one-line message (then "and N more")."""
@@ -82,7 +82,7 @@ class Schema:
             schema = adapter.json_schema()
         except Exception as exc:  # pydantic's errors for unschemable types vary  # noqa: BLE001
             raise InvalidRequest(f"cannot make a JSON schema of {_shown(spec)}: "
-                                 f"{_one_line(exc)}") from None
+                                 f"{_exception_line(exc)}") from None
         return cls(_name(name or getattr(spec, "__name__", None) or schema.get("title")),
                    schema, spec, adapter, _strict_ok(schema))
 
@@ -105,7 +105,7 @@ class Schema:
         except exceptions.SchemaError as exc:
             where = "/".join(str(p) for p in exc.path) or "the top level"
             raise InvalidRequest(f"not a valid JSON schema at {where}: "
-                                 f"{_cut(exc.message, 200)}") from None
+                                 f"{shorten(exc.message, 200)}") from None
         except RecursionError:
             raise InvalidRequest("the schema dict is nested too deeply") from None
         return cls(_name(name or schema.get("title")), schema, spec, kind(schema), strict)
@@ -137,7 +137,7 @@ class Schema:
             raise InvalidAnswer(f"{INVALID_PREFIX} nested too deeply to check") from None
         except Exception as exc:  # a user's validator, a jsonschema format checker...  # noqa: BLE001
             raise InvalidAnswer(f"{INVALID_PREFIX} checking it raised {type(exc).__name__}: "
-                                f"{_one_line(exc)}") from None
+                                f"{_exception_line(exc)}") from None
 
     def _validate(self, text: str) -> Any:
         try:
@@ -207,7 +207,7 @@ def _mend_escape(m: re.Match[str]) -> str:
 
 
 def _message(found: list[tuple[str, str]]) -> str:
-    shown = "; ".join(f"{where}: {_cut(msg, 160)}" if where else _cut(msg, 160)
+    shown = "; ".join(f"{where}: {shorten(msg, 160)}" if where else shorten(msg, 160)
                       for where, msg in found[:MAX_ERRORS_SHOWN])
     more = len(found) - MAX_ERRORS_SHOWN
     return f"{INVALID_PREFIX} {shown}" + (f" (and {more} more)" if more > 0 else "")
@@ -219,15 +219,15 @@ def _path(loc: Any) -> str:
     parts = [str(p) for p in loc]
     if len(parts) > 12:
         parts = [*parts[:6], f"…({len(parts) - 10} more)…", *parts[-4:]]
-    return _cut(".".join(parts), 120)
+    return shorten(".".join(parts), 120)
 
 
-def _one_line(exc: BaseException) -> str:
-    return _cut(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
+def _exception_line(exc: BaseException) -> str:
+    return shorten(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
 
 
 def _shown(spec: Any) -> str:
-    return getattr(spec, "__name__", None) or _cut(repr(spec), 60)
+    return getattr(spec, "__name__", None) or shorten(repr(spec), 60)
 
 
 def _name(raw: Any) -> str:

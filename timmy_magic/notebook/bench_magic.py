@@ -13,7 +13,7 @@ import argparse
 import json
 import shlex
 from pathlib import Path
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 from IPython.core.error import UsageError
 
@@ -21,6 +21,7 @@ from timmy_magic.bench import run
 from timmy_magic.bench.report import BenchResult
 from timmy_magic.bench.runner import DEFAULT_PROMPT
 from timmy_magic.model.errors import TimmyError
+from timmy_magic.notebook.args import HelpShown, UsageParser
 from timmy_magic.notebook.display.progress import make_progress
 
 USAGE = ("%llm bench [-p A,B] [-c 1,4,16] [-n N] [--max-tokens T] "
@@ -33,20 +34,6 @@ class Extension(Protocol):
 
     router: Any
     shell: Any
-
-
-class _HelpShown(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"%llm bench: {message}")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if status:
-            raise UsageError(f"%llm bench: {message or 'invalid arguments'}".strip())
-        raise _HelpShown
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -79,11 +66,13 @@ def _names(text: str) -> list[str]:
     return names
 
 
-def make_parser() -> _Parser:
-    p = _Parser(prog="%llm bench", add_help=True, description=(
+def make_parser() -> UsageParser:
+    description = (
         "Benchmark providers on the same prompts at each concurrency level (closed loop) "
         "and show TTFT, TPOT, ITL, E2E and throughput as vLLM's benchmark_serving defines "
-        "them. Without -p: every healthy provider."))
+        "them. Without -p: every healthy provider.")
+    # argparse formats the usage with %(prog)s: the "%" of "%llm" is doubled
+    p = UsageParser(prog="%llm bench", usage=USAGE.replace("%", "%%"), description=description)
     p.add_argument("-p", "--providers", type=_names, help="providers to compare, A,B,...")
     p.add_argument("-c", "--concurrency", type=_positive_ints, default=[1],
                    help="concurrency levels, e.g. 1,4,16 (default 1)")
@@ -146,7 +135,7 @@ def bench_line(ext: Extension, line: str) -> BenchResult | None:
         argv = argv[1:]
     try:
         args = make_parser().parse_args(argv)
-    except _HelpShown:
+    except HelpShown:
         return None
     if args.output and not args.output.isidentifier():
         raise UsageError(f"%llm bench: -o needs a variable name, got {args.output!r}")

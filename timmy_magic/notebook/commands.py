@@ -8,7 +8,7 @@ import argparse
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal
 
 from IPython.core.error import UsageError
 
@@ -17,6 +17,7 @@ from timmy_magic.config import trust as trust
 from timmy_magic.context import Context, ContextError, error_context, split_fix
 from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import ConfigError, UnknownProvider
+from timmy_magic.notebook.args import HelpShown, UsageParser
 from timmy_magic.notebook.display.failures import ErrorBlock
 from timmy_magic.notebook.display.render import display
 from timmy_magic.notebook.display.tables import providers_bundle, status_bundle
@@ -30,23 +31,6 @@ if TYPE_CHECKING:
 START_HINT = "`%llm status` shows its state; check its `launch:` section in providers.yaml."
 
 
-class _HelpShown(Exception):
-    """``--help`` printed its text: nothing else to do."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises ``UsageError`` (one line, no traceback) instead of exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        usage = " ".join(self.format_usage().removeprefix("usage: ").split())
-        raise UsageError(f"{self.prog}: {message} (usage: {usage.replace('[-h] ', '')})")
-
-    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
-        if status:
-            raise UsageError(f"{self.prog}: {message or 'invalid arguments'}".strip())
-        raise _HelpShown
-
-
 Handler = Callable[[argparse.Namespace], Any]
 
 
@@ -57,14 +41,14 @@ class LineCommands:
         self.ext = ext
         self.parser = self._build()
 
-    def _build(self) -> _Parser:
-        root = _Parser(prog="%llm", add_help=False,
-                       description="timmy-magic: a cascade of local and cloud LLMs.")
-        subs = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    def _build(self) -> UsageParser:
+        root = UsageParser(prog="%llm", add_help=False,
+                           description="timmy-magic: a cascade of local and cloud LLMs.")
+        subs = root.add_subparsers(dest="command", metavar="COMMAND", parser_class=UsageParser)
 
-        def add(name: str, handler: Handler, summary: str) -> _Parser:
-            sub: _Parser = subs.add_parser(name, help=summary, description=summary,
-                                           prog=f"%llm {name}")
+        def add(name: str, handler: Handler, summary: str) -> UsageParser:
+            sub: UsageParser = subs.add_parser(name, help=summary, description=summary,
+                                               prog=f"%llm {name}")
             sub.set_defaults(handler=handler)
             return sub
 
@@ -129,11 +113,11 @@ class LineCommands:
                 argparse.Namespace(options=argv[1:]))
         try:  # the command's own parser: its errors name it and its usage
             args = self._subparsers().choices[argv[0]].parse_args(argv[1:])
-        except _HelpShown:
+        except HelpShown:
             return None
         return args.handler(args)
 
-    def _subparsers(self) -> argparse._SubParsersAction[_Parser]:
+    def _subparsers(self) -> argparse._SubParsersAction[UsageParser]:
         return next(a for a in self.parser._actions
                     if isinstance(a, argparse._SubParsersAction))
 
@@ -367,8 +351,7 @@ class LineCommands:
         helps = {c.dest: c.help or "" for c in action._choices_actions}
         rows = [("%%llm [options]", "ask; the prompt is the rest of the cell")]
         for name, sub in action.choices.items():
-            usage = " ".join(sub.format_usage().removeprefix("usage: ").split())
-            rows.append((usage.replace("[-h] ", "").replace(" [-h]", ""), helps[name]))
+            rows.append((sub.one_line_usage(), helps[name]))
         width = max(len(u) for u, _ in rows)
         lines = [f"  {u.ljust(width)}  {h}" for u, h in rows]
         options = self.ext.parser.format_help().partition("options:\n")[2]

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from timmy_magic.model.chat import Message
 from timmy_magic.text.markup import md, plain, shorten
 
+TURN_CHARS = 80
+"""How much of a prompt or an answer a turn shows in the conversation's summary."""
+
 
 @dataclass(frozen=True, slots=True)
 class Turn:
@@ -69,18 +72,14 @@ class Conversation:
             return "*No conversation yet: run a cell with `%%llm --chat`.*"
         # prompts, answers (one-line previews, so shown as text) and provider names are
         # not ours: escaped
-        rows = [f"{i}. **you:** {md(_short(t.prompt))}  \n   "
-                f"**{md(t.provider or 'assistant')}:** {md(_short(t.answer))}"
+        rows = [f"{i}. **you:** {md(shorten(t.prompt, TURN_CHARS))}  \n   "
+                f"**{md(t.provider or 'assistant')}:** {md(shorten(t.answer, TURN_CHARS))}"
                 for i, t in enumerate(self._turns, 1)]
         return "\n".join(rows)
 
     def __repr__(self) -> str:
         if not self._turns:
             return "No conversation yet: run a cell with %%llm --chat."
-        return plain("\n".join(f"{i}. you: {_short(t.prompt)}\n   "
-                                f"{t.provider or 'assistant'}: {_short(t.answer)}"
+        return plain("\n".join(f"{i}. you: {shorten(t.prompt, TURN_CHARS)}\n   "
+                                f"{t.provider or 'assistant'}: {shorten(t.answer, TURN_CHARS)}"
                                 for i, t in enumerate(self._turns, 1)))
-
-
-def _short(text: str, limit: int = 80) -> str:
-    return shorten(text, limit)

@@ -43,6 +43,7 @@ from timmy_magic.notebook.history import Conversation, Turn
 from timmy_magic.routing.router import Router
 from timmy_magic.routing.runner import Tick
 from timmy_magic.text.formats import Format, extract_code
+from timmy_magic.text.markup import count
 
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
@@ -194,9 +195,8 @@ class Session:
                                 c.provider, opts.schema) for c in columns]
         except InvalidRequest as exc:
             raise UsageError(str(exc)) from None
-        rich = self.settings.display_mode == "rich" or (self.settings.display_mode == "auto"
-                                               and rich_frontend(self.shell))
-        view = (GridView(columns, self.settings.updates_per_second, live=opts.stream) if rich
+        view = (GridView(columns, self.settings.updates_per_second, live=opts.stream)
+                if rich_frontend(self.shell, self.settings.display_mode)
                 else BlocksView(columns, live=False))
         keyed = [self.answers.fields(r, opts.fmt, opts.cache) for r in reqs]
         hits: dict[int, Result] = {}
@@ -296,7 +296,7 @@ class Session:
     def _context_notes(self, ctx: Context, opts: CellOptions, vision: bool) -> tuple[str, ...]:
         notes = [ctx.note()] if ctx.note() else []
         if ctx.images and not vision:
-            notes.append(f"{len(ctx.images)} image(s) sent as a text description: no "
+            notes.append(f"{count(len(ctx.images), 'image')} sent as a text description: no "
                          "provider here has a model with capabilities: [vision]")
         cut = ctx.dropped or any(i.cut for i in ctx.items)
         if cut and ctx.budget is not None and opts.provider:
@@ -306,10 +306,7 @@ class Session:
         return tuple(notes)
 
     def _view(self, opts: CellOptions) -> View:
-        mode = self.settings.display_mode
-        if mode == "auto":
-            mode = "rich" if rich_frontend(self.shell) else "terminal"
-        if mode == "rich":
+        if rich_frontend(self.shell, self.settings.display_mode):
             return NotebookView(opts.fmt, self.settings.updates_per_second, live=opts.stream)
         return TerminalView(live=opts.stream)
 

@@ -35,7 +35,14 @@ from timmy_magic.providers.base import (
 )
 from timmy_magic.providers.openai_compat import strip_v1
 from timmy_magic.providers.parts import anthropic_content
-from timmy_magic.providers.wire import TextJoiner, WireError, content_text, count, loads, model_name
+from timmy_magic.providers.wire import (
+    TextJoiner,
+    WireError,
+    content_text,
+    loads,
+    model_name,
+    token_count,
+)
 
 if TYPE_CHECKING:
     from timmy_magic.config import ProviderConfig
@@ -111,7 +118,7 @@ class AnthropicBackend:
                     raise WireError("message_start without a message object")
                 usage = msg.get("usage")
                 # 0 means "not counted" (vllm-mlx streams 0 here): a prompt is never empty
-                input_tokens = count(usage.get("input_tokens")) or None \
+                input_tokens = token_count(usage.get("input_tokens")) or None \
                     if isinstance(usage, dict) else None
                 yield Chunk(model=model_name(msg.get("model")))
             elif kind == "content_block_start":
@@ -139,7 +146,7 @@ class AnthropicBackend:
             elif kind == "message_delta":
                 usage = obj.get("usage")
                 if isinstance(usage, dict):
-                    input_tokens = count(usage.get("input_tokens")) or input_tokens
+                    input_tokens = token_count(usage.get("input_tokens")) or input_tokens
                     yield Chunk(usage=usage_of(input_tokens, usage.get("output_tokens")))
             elif kind == "message_stop":
                 if not started:  # a bare message_stop is no answer, not an empty one

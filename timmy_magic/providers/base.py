@@ -26,7 +26,8 @@ from timmy_magic.model.errors import (
     ProviderTimeout,
 )
 from timmy_magic.privacy.redact import redact_http_logs
-from timmy_magic.providers.wire import LineSplitter, SSEDecoder, WireError, count, loads
+from timmy_magic.providers.wire import LineSplitter, SSEDecoder, WireError, loads, token_count
+from timmy_magic.text.markup import count, shorten
 
 if TYPE_CHECKING:  # imported when the first backend is built, not by %load_ext
     import httpx
@@ -46,9 +47,9 @@ class Chunk:
 
 
 def usage_of(input_tokens: Any, output_tokens: Any) -> Usage:
-    """Usage from a server's counts, each validated (``wire.count``); an invalid count is
-    unknown (None), which the router estimates and marks as estimated."""
-    return Usage(count(input_tokens), count(output_tokens))
+    """Usage from a server's counts, each validated (``wire.token_count``); an invalid
+    count is unknown (None), which the router estimates and marks as estimated."""
+    return Usage(token_count(input_tokens), token_count(output_tokens))
 
 
 def extras_note(reasoning_chars: int, tool_calls: int) -> str | None:
@@ -57,7 +58,7 @@ def extras_note(reasoning_chars: int, tool_calls: int) -> str | None:
     if reasoning_chars:
         parts.append(f"reasoning ({reasoning_chars} characters, not shown)")
     if tool_calls:
-        parts.append(f"{tool_calls} tool call{'s' if tool_calls > 1 else ''} (not run)")
+        parts.append(f"{count(tool_calls, 'tool call')} (not run)")
     return ("the model's answer also held " + " and ".join(parts)) if parts else None
 
 
@@ -141,9 +142,8 @@ def make_http_client(t: Timeouts, **kw: Any) -> httpx.AsyncClient:
                              limits=limits, **kw)
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+MESSAGE_CHARS = 300
+"""How much of a server's error message (or a foreign exception's) a ProviderError keeps."""
 
 
 def _status_message(status: int, body: Any) -> str:
@@ -161,7 +161,7 @@ def _status_message(status: int, body: Any) -> str:
 
 def status_error(provider: str, status: int, headers: Any, body: Any) -> ProviderError:
     retry_after = parse_retry_after(headers.get("retry-after") if headers else None, time.time())
-    msg = _one_line(_status_message(status, body))
+    msg = shorten(_status_message(status, body), MESSAGE_CHARS)
     cls = ProviderAuthError if status in (401, 403) else ProviderHTTPError
     return cls(msg, provider=provider, status=status, retry_after=retry_after)
 
@@ -211,8 +211,9 @@ def map_error(exc: BaseException, provider: str) -> ProviderError:
             detail = str(exc)
             if isinstance(exc, httpx.TimeoutException | TimeoutError) or not detail:
                 return cls(prefix, provider=provider)
-            return cls(_one_line(f"{prefix}: {detail}"), provider=provider)
-    return ProviderProtocolError(_one_line(f"{type(exc).__name__}: {exc}"), provider=provider)
+            return cls(shorten(f"{prefix}: {detail}", MESSAGE_CHARS), provider=provider)
+    return ProviderProtocolError(shorten(f"{type(exc).__name__}: {exc}", MESSAGE_CHARS),
+                                 provider=provider)
 
 
 @contextlib.contextmanager
@@ -253,7 +254,7 @@ def listed_windows(body: Any) -> dict[str, int]:
     if not isinstance(data, list):
         return {}
     return {str(m.get("id")): n for m in data if isinstance(m, dict)
-            and (n := count(m.get("max_model_len")))}
+            and (n := token_count(m.get("max_model_len")))}
 
 
 def _stale() -> tuple[type[Exception], ...]:

@@ -30,7 +30,7 @@ from timmy_magic.providers.base import (
 )
 from timmy_magic.providers.openai_compat import strip_v1
 from timmy_magic.providers.parts import ollama_message
-from timmy_magic.providers.wire import TextJoiner, WireError, content_text, count, model_name
+from timmy_magic.providers.wire import TextJoiner, WireError, content_text, model_name, token_count
 
 if TYPE_CHECKING:
     from timmy_magic.config import ProviderConfig
@@ -160,12 +160,12 @@ class OllamaBackend:
             for line in params.splitlines():
                 key, _, value = line.strip().partition(" ")
                 if key == "num_ctx" and value.strip().isdigit():
-                    return count(int(value.strip())) or None
+                    return token_count(int(value.strip())) or None
         info = body.get("model_info")
         if isinstance(info, dict):
             for key, value in info.items():
                 if isinstance(key, str) and key.endswith(".context_length"):
-                    return count(value) or None
+                    return token_count(value) or None
         return None
 
     async def aclose(self) -> None:

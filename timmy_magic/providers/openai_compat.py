@@ -57,9 +57,9 @@ from timmy_magic.providers.wire import (
     WireError,
     completion_text,
     content_text,
-    count,
     loads,
     model_name,
+    token_count,
 )
 
 if TYPE_CHECKING:
@@ -364,7 +364,7 @@ class OpenAICompatBackend:
                                                  timeout, self._headers)
                 settings = body.get("default_generation_settings") \
                     if isinstance(body, dict) else None
-                n = count(settings.get("n_ctx")) if isinstance(settings, dict) else None
+                n = token_count(settings.get("n_ctx")) if isinstance(settings, dict) else None
                 found = dict.fromkeys(models, n) if n else {}
             elif self.type == "vllm_mlx":  # vllm-mlx 0.6 lists no max_model_len (yet)
                 status, body, _ = await get_json(self._http, self._base + "/models",

@@ -30,6 +30,7 @@ from typing import Any
 
 from timmy_magic.model.errors import TimmyError
 from timmy_magic.privacy.redact import REDACT
+from timmy_magic.text.markup import shorten
 
 MAX_LINE_BYTES = 4 << 20
 """Longest line accepted (a 1 MiB delta of JSON-escaped text fits several times)."""
@@ -150,14 +151,13 @@ def loads(text: str) -> Any:
 
 
 def _preview(text: str, limit: int = 80) -> str:
-    text = " ".join(text.split())
-    return repr(text if len(text) <= limit else text[: limit - 1] + "…")
+    return repr(shorten(text, limit))
 
 
 # ---------------------------------------------------------------- values
 
 
-def count(value: Any) -> int | None:
+def token_count(value: Any) -> int | None:
     """A token count as sent by a server: a non-negative integer (or integral float)
     below 2**53, else None (unknown). Never a bool, a string, NaN or infinity."""
     if isinstance(value, bool):

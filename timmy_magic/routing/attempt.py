@@ -34,6 +34,7 @@ from timmy_magic.model.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
+from timmy_magic.model.tokens import estimate_tokens
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.providers.base import Chunk, Probe, map_error
 from timmy_magic.routing import gate as gate_mod
@@ -240,14 +241,14 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
 def settle_usage(st: ProviderState, usage: Usage | None, req: ChatRequest, text: str,
                   chunks: int) -> Usage:
     """The usage to count: the server's (validated at the wire), else an estimate
-    (about 4 characters a token) marked as such, so a server that sends nonsense can
-    neither hide a paid answer from the budget nor show an absurd count."""
+    (``model.tokens``) marked as such, so a server that sends nonsense can neither hide a
+    paid answer from the budget nor show an absurd count."""
     inp = usage.input_tokens if usage else None
     out = usage.output_tokens if usage else None
     if usage is not None and out is not None and (inp is not None or not st.cfg.is_cloud):
         return usage
     if out is None:
-        out = max(chunks, -(-len(text) // 4)) if text else 0
+        out = max(chunks, estimate_tokens(text)) if text else 0
     if inp is None and st.cfg.is_cloud:
         inp = req.input_tokens
     return Usage(inp, out, estimated=True)

@@ -18,6 +18,7 @@ from timmy_magic.providers.base import Probe, map_error
 from timmy_magic.routing.endpoints import Endpoint, ProviderState
 from timmy_magic.routing.state import Core, log
 from timmy_magic.servers.launch import Launcher
+from timmy_magic.text.markup import count
 
 
 class Monitor:
@@ -59,7 +60,7 @@ class Monitor:
             probe = Probe("down", error=str(err), refused=isinstance(err, ConnectionRefused))
         if probe.state == "down" and ep.outstanding and "timed out" in (probe.error or ""):
             probe = Probe("degraded", probe.latency_s, probe.models, probe.detail,
-                          f"{probe.error} while serving {ep.outstanding} request(s)")
+                          f"{probe.error} while serving {count(ep.outstanding, 'request')}")
         ep.probe, ep.checked_at = probe, self.core.clock()
         ep.answered = ep.answered or probe.state != "down"
         if probe.windows and any(st.windows.get(m) != n for m, n in probe.windows.items()):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from timmy_magic.model.chat import ConfigState, ProbeState, Skip, SkipReason
+from timmy_magic.text.markup import short_count
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,15 +126,6 @@ def _capability(v: ProviderView, pinned: bool, needs_vision: bool,
     if v.window is not None and need > v.window and not pinned:
         return "context_window", f"{short_count(need)} tokens > {short_count(v.window)}"
     return None, ""
-
-
-def short_count(n: int) -> str:
-    """850 -> ``850``, 5120 -> ``5.1k``, 4000 -> ``4k``, 131072 -> ``131k``."""
-    if n < 1000:
-        return str(n)
-    if n < 10_000:
-        return f"{n / 1000:.1f}".removesuffix(".0") + "k"
-    return f"{round(n / 1000)}k"
 
 
 def pick_endpoint(outstanding: Sequence[int], available: Sequence[bool],

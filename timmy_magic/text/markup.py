@@ -12,10 +12,15 @@ echoes it), then escapes it for where it goes:
   ``#``, ``-``, ``+``, ``=`` or ``1.`` cannot start a block, newlines become spaces.
 - ``md_spans(text)``: the same for text of ours with `code` spans in backticks (the
   hints): the spans stay code, the rest is escaped as by ``md``.
-- ``md_code(text, lang)``: a fenced block whose fence is longer than any backtick run in
-  the text, so the text cannot close it.
+- ``md_code(text, lang)``: a fenced block (``fence``) that the text cannot close.
 - ``html(text)`` for element content, ``html_attr(text)`` for an attribute value.
 - ``plain(text)``: text/plain (cleaned and redacted, nothing to escape).
+
+The owners of the small guarantees text needs before it goes anywhere (these take the
+text as it is; clean and escape the result as above): ``shorten`` (one line, at most n
+characters, "…" when cut), ``fence`` (a backtick fence nothing inside can close: the
+prompt's context blocks and ``md_code``), ``count`` ("1 cell", "3 cells") and
+``short_count`` ("1.2k").
 
 Math. Jupyter front ends typeset ``$...$``, ``$$...$$``, ``\\(...\\)``, ``\\[...\\]`` and
 ``\\begin{env}`` in Markdown *and* HTML outputs: JupyterLab first hides math from its
@@ -122,10 +127,9 @@ def md_spans(text: object) -> str:
         if code and part.strip() and "\\" not in part:
             # removeMath reads backslashes even in code spans: such a part stays text
             part = part.replace(LITERAL_TICK, "`")
-            run = max((len(r) for r in re.findall(r"`+", part)), default=0)
-            fence = "`" * (run + 1)  # longer than any backtick run of the value's own
-            pad = " " if run or (part.startswith(" ") and part.endswith(" ")) else ""
-            out.append(f"{fence}{pad}{part}{pad}{fence}")
+            ticks = _ticks(part, 1)  # longer than any backtick run of the value's own
+            pad = " " if len(ticks) > 1 or (part.startswith(" ") and part.endswith(" ")) else ""
+            out.append(f"{ticks}{pad}{part}{pad}{ticks}")
         else:
             out.append(_inline(f"`{part}`" if code else part))
     text_parts = "".join(p for i, p in enumerate(parts) if i % 2 == 0 or "\\" in p)
@@ -137,15 +141,33 @@ def md_code(text: object, lang: str = "text") -> str:
     ``\\`` goes in a ``<pre>`` block instead, with those as entities: JupyterLab's
     ``removeMath`` reads ``\\begin{..}``, ``\\(`` and ``\\[`` even inside a fence, so an
     unbalanced one there could take the closing fence and what follows it."""
-    body = clean(text).rstrip("\n")
-    info = re.sub(r"[^\w+.#-]", "", lang)
+    body = clean(text)
     if _MATH_CHARS.search(body):
-        escaped = _html.escape(body, quote=False).replace("$", "&#36;").replace("\\", "&#92;")
-        return (f'<pre class="tex2jax_ignore mathjax_ignore"><code class="language-{info}">'
-                f"{escaped}</code></pre>")
-    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
-    fence = "`" * max(3, longest + 1)
-    return f"{fence}{info}\n{body}\n{fence}"
+        escaped = (_html.escape(body.rstrip("\n"), quote=False)
+                   .replace("$", "&#36;").replace("\\", "&#92;"))
+        return (f'<pre class="tex2jax_ignore mathjax_ignore"><code class="language-'
+                f'{_info(lang)}">{escaped}</code></pre>')
+    return fence(body, lang)
+
+
+def fence(text: str, lang: str = "text") -> str:
+    """``text`` as it is (nothing cleaned, masked or escaped: the prompt's context blocks
+    use it raw; ``md_code`` cleans first) in a backtick fence longer than any run of
+    backticks inside it, so nothing in the text can close the fence; ``lang`` keeps only
+    the characters an info string may hold (no backtick, no newline)."""
+    body = text.rstrip("\n")
+    ticks = _ticks(body, 3)
+    return f"{ticks}{_info(lang)}\n{body}\n{ticks}"
+
+
+def _ticks(text: str, at_least: int) -> str:
+    """A run of backticks longer than any in ``text`` (and at least ``at_least`` long)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(at_least, longest + 1)
+
+
+def _info(lang: str) -> str:
+    return re.sub(r"[^\w+.#-]", "", lang)
 
 
 def html(text: object) -> str:
@@ -163,5 +185,16 @@ def html_attr(text: object) -> str:
 
 
 def count(n: int, noun: str, plural: str | None = None) -> str:
-    """``n`` and ``noun``, plural unless ``n`` is 1: "1 provider", "3 providers"."""
-    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+    """``n`` and ``noun``, plural unless ``n`` is 1: "1 provider", "3 providers",
+    "1,234 rows" (thousands separated)."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
+def short_count(n: int) -> str:
+    """A count as a person skims it (token counts in notes and skip reasons):
+    850 -> ``850``, 1234 -> ``1.2k``, 4000 -> ``4k``, 12345 -> ``12k``."""
+    if n < 1000:
+        return str(n)
+    if n < 10_000:
+        return f"{n / 1000:.1f}".removesuffix(".0") + "k"
+    return f"{round(n / 1000)}k"

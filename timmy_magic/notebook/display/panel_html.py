@@ -14,7 +14,7 @@ from timmy_magic.notebook.display.tables import secs as _secs
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.routing.gate import money
 from timmy_magic.routing.metrics import MetricsSnapshot
-from timmy_magic.text.markup import html, html_attr
+from timmy_magic.text.markup import html, html_attr, shorten
 
 AUTO = "Auto (cascade)"
 AUTO_VALUE = ""  # the pin control's value for "no pin" (provider names are never empty)
@@ -109,8 +109,7 @@ def _value(v: Any, limit: int = 80) -> str:
             _value(x, limit) for x in v)
     else:
         text = str(v)
-    text = REDACT(" ".join(text.split()))
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return shorten(REDACT(text), limit)  # masked before the cut: no part of a key shows
 
 
 def detail_lines(report: HealthReport, snap: MetricsSnapshot | None = None,

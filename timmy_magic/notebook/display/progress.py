@@ -78,7 +78,7 @@ def make_progress(name: str, shell: Any = None, *, leave_line: bool = False) -> 
         from IPython import get_ipython
 
         shell = get_ipython()
-    if shell is not None and rich_frontend(shell):
+    if rich_frontend(shell):
         try:
             return WidgetBar(name, leave_line)
         except ImportError:

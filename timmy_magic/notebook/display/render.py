@@ -275,10 +275,15 @@ def display(obj: Any, **kw: Any) -> Any:
     return show(obj, **kw)
 
 
-def rich_frontend(shell: Any) -> bool:
-    """Is something other than a plain terminal collecting display outputs (a kernel's
-    publisher, ``capture_output``...)? IPython's base DisplayPublisher just prints
-    text/plain and cannot update a display in place."""
+def rich_frontend(shell: Any, mode: str = "auto") -> bool:
+    """The one check of where output goes: rich displays (updated in place, widgets) or
+    plain text. ``mode`` is the user's choice (``%config TimmyMagics.display_mode``):
+    ``"rich"`` and ``"terminal"`` decide; ``"auto"`` asks whether something other than a
+    plain terminal collects ``shell``'s display outputs (a kernel's publisher,
+    ``capture_output``...): IPython's base DisplayPublisher just prints text/plain and
+    cannot update a display in place, and no shell (plain Python) has none."""
+    if mode != "auto":
+        return mode == "rich"
     from IPython.core.displaypub import DisplayPublisher
 
     pub = getattr(shell, "display_pub", None)

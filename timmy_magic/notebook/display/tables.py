@@ -78,12 +78,6 @@ def _models(models: Sequence[str], limit: int = 2) -> str:
     return ", ".join(models[:limit]) + more
 
 
-def _short(text: str, limit: int) -> str:
-    """At most ``limit`` characters of ``text`` on one line (cut before escaping, so an
-    escape is never cut in half)."""
-    return shorten(text, limit)
-
-
 def requests_cell(m: MetricsSnapshot | None) -> str:
     """The status table's requests cell in words: "2 of 3 answered", "1 in flight", never
     a bare "0/1" (answered of sent? failed of tried?)."""
@@ -104,7 +98,7 @@ def status_bundle(reports: Mapping[str, HealthReport],
     for name, r in reports.items():
         m = metrics.get(name)
         reqs = requests_cell(m)
-        note = _short(plain(r.hint or r.last_error or ""), NOTE_CHARS)
+        note = shorten(plain(r.hint or r.last_error or ""), NOTE_CHARS)
         label = name + (" (pinned)" if name == pinned else "") + (" ☁" if r.is_cloud else "")
         rows.append([label, r.state.replace("_", " "), secs(r.latency_s), _models(r.models),
                      r.circuit.replace("_", "-"), reqs, note])
