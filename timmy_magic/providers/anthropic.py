@@ -19,6 +19,7 @@ import httpx
 from timmy_magic.model.chat import ChatRequest
 from timmy_magic.model.errors import ProviderProtocolError
 from timmy_magic.providers.base import (
+    LIMIT_NOTE,
     Body,
     Chunk,
     Probe,
@@ -102,7 +103,7 @@ class AnthropicBackend:
         """``answer_tool``: the forced tool of a schema request, whose input is the answer."""
         input_tokens: int | None = None
         answering = False
-        started = False
+        started = cut = False
         joiner = TextJoiner()
         reasoning = tools = 0
         body = Body(r)
@@ -144,6 +145,8 @@ class AnthropicBackend:
                     thought = delta.get("thinking")
                     reasoning += len(thought) if isinstance(thought, str) else 0
             elif kind == "message_delta":
+                stop = obj.get("delta")
+                cut = cut or (isinstance(stop, dict) and stop.get("stop_reason") == "max_tokens")
                 usage = obj.get("usage")
                 if isinstance(usage, dict):
                     input_tokens = token_count(usage.get("input_tokens")) or input_tokens
@@ -156,6 +159,8 @@ class AnthropicBackend:
                     yield Chunk(text=tail)
                 if note := extras_note(reasoning, tools):
                     yield Chunk(note=note)
+                if cut:
+                    yield Chunk(note=LIMIT_NOTE)
                 await body.drain()
                 return
             elif kind == "error":

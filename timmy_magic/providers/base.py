@@ -52,6 +52,13 @@ def usage_of(input_tokens: Any, output_tokens: Any) -> Usage:
     return Usage(token_count(input_tokens), token_count(output_tokens))
 
 
+LIMIT_NOTE = ("stopped at the token limit (max_tokens): the answer may be cut; "
+              "raise --max-tokens for more")
+"""The note of an answer the server ended because it reached ``max_tokens``
+(OpenAI ``finish_reason: length``, Anthropic ``stop_reason: max_tokens``, Ollama
+``done_reason: length``): said, so a cut answer is not taken for a whole one."""
+
+
 def extras_note(reasoning_chars: int, tool_calls: int) -> str | None:
     """The note for an answer's parts that are not text."""
     parts = []

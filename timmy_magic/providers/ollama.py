@@ -15,6 +15,7 @@ import httpx
 from timmy_magic.model.chat import ChatRequest
 from timmy_magic.model.errors import ProviderConnectError, ProviderProtocolError
 from timmy_magic.providers.base import (
+    LIMIT_NOTE,
     Body,
     Chunk,
     Probe,
@@ -110,6 +111,8 @@ class OllamaBackend:
                     yield Chunk(text=tail)
                 if note := extras_note(reasoning, tools):
                     yield Chunk(note=note)
+                if obj.get("done_reason") == "length":
+                    yield Chunk(note=LIMIT_NOTE)
                 yield Chunk(usage=usage_of(obj.get("prompt_eval_count"), obj.get("eval_count")))
                 await body.drain()
                 return

@@ -36,6 +36,7 @@ import httpx
 from timmy_magic.model.chat import ChatRequest, Message
 from timmy_magic.model.errors import ProviderProtocolError, ProviderTimeout
 from timmy_magic.providers.base import (
+    LIMIT_NOTE,
     Body,
     Chunk,
     Probe,
@@ -259,6 +260,8 @@ class OpenAICompatBackend:
         if note := extras_note(len(thought) if isinstance(thought, str) else 0,
                                len(calls) if isinstance(calls, list) else 0):
             out.append(Chunk(note=note))
+        if isinstance(choice, dict) and choice.get("finish_reason") == "length":
+            out.append(Chunk(note=LIMIT_NOTE))
         usage = obj.get("usage")
         if isinstance(usage, dict) and usage:
             out.append(Chunk(usage=usage_of(usage.get("prompt_tokens"),
@@ -271,7 +274,7 @@ class OpenAICompatBackend:
         ``choices[0].text``) -> Chunks. Plain dicts, no SDK models: building a pydantic
         model per chunk cost more CPU than the rest of the router together.
         Every value a server controls is checked here (``wire``) before it goes on."""
-        finished = done = False
+        finished = done = cut = False
         first = True
         joiner = TextJoiner()
         reasoning = 0
@@ -314,6 +317,7 @@ class OpenAICompatBackend:
                                      for i, c in enumerate(calls))
                 if choice.get("finish_reason"):
                     finished = True
+                    cut = cut or choice.get("finish_reason") == "length"
             usage = obj.get("usage")
             if isinstance(usage, dict) and usage:
                 finished = True
@@ -323,6 +327,8 @@ class OpenAICompatBackend:
             yield Chunk(text=tail)
         if note := extras_note(reasoning, len(tools)):
             yield Chunk(note=note)
+        if cut:
+            yield Chunk(note=LIMIT_NOTE)
         if first:
             raise ProviderProtocolError("empty stream: the server sent no data",
                                         provider=self.provider)
