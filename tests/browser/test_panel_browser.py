@@ -36,7 +36,7 @@ CELLS = [
     "%%llm --max-tokens 8\nSay hello again.",
     "%llm unpin",
     # keeps the kernel busy while the router's own thread probes: the panel must update live
-    ("import time\nfrom timmy_magic.notebook import router\n"
+    ("import time\nfrom timmy_magic import get_router as router\n"
      "router().runner.submit(router().acheck_health())\ntime.sleep(8)"),
     "%%llm -p vllm-mlx,backup --max-tokens 8\nSay hello, side by side.",
 ]

@@ -92,6 +92,9 @@ def test_mlx_servers_serve_completion_mode(kind, request):
         assert "".join(e.text for e in events if isinstance(e, Delta)) == res.text
         # both send usage in the last chunk of a completion stream
         assert 1 <= res.usage.output_tokens <= 8 and not res.usage.estimated
-        assert res.timings.output_tokens_per_s and f"p · {name} · TTFT" in res.footer()
+        # a tiny model may answer in one burst, which gives no rate (attempt.py): no
+        # figure then, never a made-up one
+        tps = res.timings.output_tokens_per_s
+        assert (tps is None or tps > 0) and f"p · {name} · TTFT" in res.footer()
         whole = r.complete("Hello there", max_tokens=8, stream=False)
         assert whole.ok and 1 <= whole.usage.output_tokens <= 8
