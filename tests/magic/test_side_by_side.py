@@ -64,6 +64,8 @@ def test_providers_side_by_side_at_once_with_a_failing_column(
     for text in ("alpha", "beta", "broken", "from alpha slowly", "from beta slowly", "500"):
         assert text in final, text
     assert "<b>" in final
+    # the failed column says it has no answer, not "asking broken..." nor "~0 tok"
+    assert "no answer: " in final and "asking " not in final and "~0 tok" not in final
     frame = cmp.to_pandas()
     assert list(frame["column"]) == ["alpha", "beta", "broken"]
     assert frame["error"].isna().tolist() == [True, True, False]

@@ -35,6 +35,9 @@ def comparison_html(comparison: Comparison) -> str:
 def _footer(result: Result | None, best: dict[str, str | None], label: str) -> str:
     if result is None:
         return ""
+    if result.error and not result.text:  # no answer: its figures would only read "~0 tok"
+        return (f"<div class='tm-foot'><span style='color:#b00'>no answer: "
+                f"{html(result.error)}</span></div>")
     parts = [html(p) for p in result.footer().split(" · ")]
     t, tps = result.timings.ttft_s, result.timings.output_tokens_per_s
     for i, p in enumerate(parts):  # highlight the winning figures
@@ -130,6 +133,7 @@ class GridView:
     def done(self, i: int, result: Result) -> None:
         self.results[i] = result
         self.texts[i] = result.text
+        self.status[i] = ""  # "asking ..." is over, answered or not
 
     def tick(self, now: float) -> None:
         if self.live and self.throttle.due(now):
@@ -138,6 +142,7 @@ class GridView:
 
     def finish(self, comparison: Comparison, notes: tuple[str, ...] = ()) -> None:
         self.live = False
+        self.status = [""] * len(self.status)
         self.results = list(comparison.results)
         self.texts = [r.text for r in comparison.results]
         bundle = self._bundle(comparison.best())
