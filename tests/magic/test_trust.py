@@ -181,3 +181,25 @@ def test_a_corrupt_trust_store_trusts_nothing_and_is_rewritten(
     assert trust.is_trusted(f.resolve(), entry.sha256)
     assert json.loads(store.read_text())["trusted"][0]["path"] == str(f.resolve())
     assert trust.untrust(f) and not trust.untrust(f)
+
+
+def test_a_failure_caused_by_what_was_held_back_names_it_and_the_fix(
+        shell: InteractiveShell, home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An edited copy of the repo's providers.yaml is untrusted: its default's launch is
+    held back and no provider can answer. The block says so first, with the command that
+    fixes it, not "set an API key" or "start a server"."""
+    work = tmp_path / "clone"
+    work.mkdir()
+    marker = work / "launched"
+    launch = [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"]
+    (work / "providers.yaml").write_text(json.dumps({"cascade": FAST_CASCADE, "providers": [
+        {"name": "local-gemma", "type": "llama_cpp", "base_url": "http://127.0.0.1:9/v1",
+         "models": [{"name": "m"}], "launch": {"command": launch, "ready_timeout": 3}}]}))
+    monkeypatch.chdir(work)
+    run(shell, "%load_ext timmy_magic")
+    shown = run(shell, "%%llm\nhello")
+    assert "no provider could answer" in shown
+    first_hint = shown.split("What to do", 1)[-1]
+    assert "is not trusted, so it was loaded without launch of" in first_hint, shown
+    assert "%llm trust" in first_hint and not marker.exists()

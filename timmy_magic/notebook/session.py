@@ -159,7 +159,8 @@ class Session:
                 view.fail(describe_failure(exc, pin_source=opts.pin_source,
                                            gate_reason=self.router.gate().reason,
                                            config_source=self.router.config.source,
-                                           model=opts.model))
+                                           model=opts.model,
+                                           held_back=self.router.config.held_back))
                 return None
         else:
             result = hit

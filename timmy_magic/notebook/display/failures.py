@@ -52,16 +52,24 @@ class ErrorBlock:
 
 def describe_failure(exc: RoutingError, *, pin_source: str | None = None,
                      gate_reason: str = "", config_source: str = "providers.yaml",
-                     model: str | None = None) -> ErrorBlock:
+                     model: str | None = None, held_back: tuple[str, ...] = ()
+                     ) -> ErrorBlock:
     """The block for a request that got no answer. ``pin_source`` says where a pin came
-    from: "option" (-p), "default" (TimmyMagics.default_provider) or "session" (%llm pin)."""
+    from: "option" (-p), "default" (TimmyMagics.default_provider) or "session" (%llm pin).
+    ``held_back``: what an untrusted providers.yaml asked for and did not get (a
+    ``launch:``, a ``${VAR}``): then that is the first thing to say, with the one command
+    that fixes it, since keys and servers are not what is missing."""
     trace = exc.trace
     pinned = isinstance(exc, PinnedProviderFailed)
     title = (f"pinned provider '{trace.pinned}' did not answer" if pinned
              else "no provider could answer")
-    return ErrorBlock(title, str(exc), tuple(trace.lines()),
-                      tuple(_hints(trace, pinned, pin_source, gate_reason, config_source,
-                                   model)))
+    hints = _hints(trace, pinned, pin_source, gate_reason, config_source, model)
+    if held_back:
+        source = literal(config_source)
+        hints.insert(0, f"`{source}` is not trusted, so it was loaded without "
+                        f"{literal(', '.join(held_back))}: if you wrote or checked it, run "
+                        f"`%llm trust {source}` (it reloads), and the cell will work.")
+    return ErrorBlock(title, str(exc), tuple(trace.lines()), tuple(hints))
 
 
 def literal(value: object) -> str:
