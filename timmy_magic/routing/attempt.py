@@ -227,6 +227,10 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
         st.metrics.succeeded(now - started, own_ttft, tok_s, cost)
     elif cost:
         st.metrics.add_cost(cost)
+    if (req.model and served_model and st.cfg.model(req.model) is None
+            and not _same_model(req.model, served_model)):
+        notes.append(f"asked for model '{req.model}', which {st.name} does not configure; "
+                     f"the server answered as '{served_model}'")
     if not text and error is None and not notes:
         notes.append("the model returned an empty answer" + (
             " (it continues the prompt's text: write the start of the answer, e.g. "
@@ -275,3 +279,12 @@ def _record_failure(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
         ep.probe = Probe("down", error=str(err), refused=isinstance(err, ConnectionRefused))
         ep.checked_at = now
     core.notify("metrics")
+
+
+def _same_model(asked: str, served: str) -> bool:
+    """The name a server reports for the model it was asked for: the same, or the same
+    with Ollama's ``:latest`` tag or a path in front (``models/gemma.gguf``)."""
+    def bare(name: str) -> str:
+        name = name.rsplit("/", 1)[-1].lower()
+        return name.removesuffix(":latest").removesuffix(".gguf")
+    return bare(asked) == bare(served)
