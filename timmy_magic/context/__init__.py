@@ -239,11 +239,8 @@ class Context:
 
     def render_markdown(self) -> str:
         """For ``--show-context``: the note, a table of the items, and the exact text."""
-        if not self.items and not self.dropped:  # no table with nothing in it
-            lines = [f"**{md(self.note() or 'no context: only the prompt is sent')}**"]
-        else:
-            lines = [f"**{md(self.note())}**", "", "| kind | name | characters | ~tokens | |",
-                     "| --- | --- | ---: | ---: | --- |"]
+        lines = [f"**{md(self.note() or 'no context')}**", "",
+                 "| kind | name | characters | ~tokens | |", "| --- | --- | ---: | ---: | --- |"]
         for row in self.rows():
             status = "dropped" if row["dropped"] else ("shortened" if row["cut"] else "")
             lines.append(f"| {row['kind']} | {md(row['name']).replace('|', '&#124;')} | "
