@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import re
 import threading
@@ -69,6 +70,7 @@ _NOT_SECRET_LAST = frozenset({
     "hash", "header", "prefix", "format", "policy", "field", "column"})
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every environment variable of every request
 def is_secret_name(name: str, *, env: bool | None = None) -> bool:
     """Does a variable, key, column or field of this name hold a secret? ``MYSQL_PWD``,
     ``DB_PASS``, ``NPM_AUTH``, ``OPENAI_API_KEY``, ``apiKey``, ``password`` do;
