@@ -25,7 +25,7 @@ Not masked: a secret under ``MIN_SECRET`` (4) characters (masking it would rewri
 ordinary words, and it protects nothing); ``name=value`` in code when the value is a
 name, not a literal (``api_key=key`` is an argument); images (pixels cannot be masked).
 
-Every ``ChatRequest`` masks its messages' text with ``outbound_text`` when it is made, so
+Every ``ChatRequest`` masks its messages' text with ``Masker.text`` when it is made, so
 no path can send a whole secret even if it forgot the context step; the context step is
 what keeps *parts* of secrets from surviving a summary's cut.
 """
@@ -286,11 +286,6 @@ def mask_secrets(text: str, extra_secrets: Iterable[str] = (), *,
     """``text`` with every secret replaced by ``***``, and how many were replaced."""
     masker = Masker(extra_secrets, environ=environ)
     return masker.text(text), masker.count
-
-
-def outbound_text(text: str) -> str:
-    """The last net, for every message of every request: whole secrets masked."""
-    return Masker().text(text)
 
 
 def mask_item(item: _T, extra_secrets: Sequence[str] = (), *,
