@@ -63,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+_PLAIN_FLAGS = (("ctx_size", "n_ctx"), ("parallel", "n_parallel"), ("batch_size", "n_batch"),
+                ("ubatch_size", "n_ubatch"), ("n_predict", "n_predict"),
+                ("kv_unified", "kv_unified"), ("jinja", "use_jinja"))
+"""llama-server flags that map one to one onto a ``CommonParams`` field."""
+
+
 def params(args: argparse.Namespace) -> Any:
     """The ``xllamacpp.CommonParams`` for the parsed flags (ImportError without it)."""
     import xllamacpp as xlc
@@ -73,25 +79,14 @@ def params(args: argparse.Namespace) -> Any:
     p.port = args.port
     if args.alias:
         p.model_alias = {args.alias}
-    if args.ctx_size is not None:
-        p.n_ctx = args.ctx_size
     if args.threads is not None:
         p.cpuparams.n_threads = args.threads
     batch_threads = args.threads_batch if args.threads_batch is not None else args.threads
     if batch_threads is not None:
         p.cpuparams_batch.n_threads = batch_threads
-    if args.parallel is not None:
-        p.n_parallel = args.parallel
-    if args.batch_size is not None:
-        p.n_batch = args.batch_size
-    if args.ubatch_size is not None:
-        p.n_ubatch = args.ubatch_size
-    if args.n_predict is not None:
-        p.n_predict = args.n_predict
-    if args.kv_unified is not None:
-        p.kv_unified = args.kv_unified
-    if args.jinja is not None:
-        p.use_jinja = args.jinja
+    for flag, field in _PLAIN_FLAGS:  # set only when given: llama.cpp's defaults stand
+        if (value := getattr(args, flag)) is not None:
+            setattr(p, field, value)
     if args.chat_template:
         p.chat_template = args.chat_template
     if args.metrics:
