@@ -43,7 +43,7 @@ def test_notebook_context_final_state(env: dict[str, str], tmp_path: Path) -> No
     assert "local-gemma" in cell_text(find(nb, "%llm explain"))
     masked = cell_text(find(nb, "%%llm --show-context"))
     assert "'key': '***'" in masked and "sk-demo-0123456789abcdef" not in masked
-    assert "1 secret masked" in masked
+    assert "1 secret masked" in masked and "| kind |" not in masked  # no empty table
     notebook_text = "".join(cell_text(c) for c in code_cells(nb)[1:])
     assert "sk-demo-0123456789abcdef" not in notebook_text.replace(
         code_cells(nb)[-2].source, "")

@@ -440,3 +440,14 @@ def test_split_fix_answer() -> None:
     assert split_fix(answer) == ("Guard the zero.", "x = 0\nprint(1 / x if x else 0)")
     assert split_fix("no code here") == ("no code here", None)
     assert split_fix("Fix:\n```\ny = 2\n```") == ("Fix:", "y = 2")
+
+
+def test_show_context_with_no_context_has_no_empty_table() -> None:
+    shown = Context(prompt="just a question").render_markdown()
+    assert "no context: only the prompt is sent" in shown and "| kind |" not in shown
+    assert "just a question" in shown
+    masked = Context(prompt="key=***", masked=1).render_markdown()
+    assert "no context: only the prompt is sent (1 secret masked in it)" in masked
+    assert "| kind |" not in masked
+    with_items = Context(prompt="q", items=(CellItem.of(3, "x = 1", ""),)).render_markdown()
+    assert "| kind | name |" in with_items

@@ -239,8 +239,12 @@ class Context:
 
     def render_markdown(self) -> str:
         """For ``--show-context``: the note, a table of the items, and the exact text."""
-        lines = [f"**{md(self.note() or 'no context')}**", "",
-                 "| kind | name | characters | ~tokens | |", "| --- | --- | ---: | ---: | --- |"]
+        if not self.items and not self.dropped:  # no table with nothing in it
+            masked = f" ({count(self.masked, 'secret')} masked in it)" if self.masked else ""
+            lines = [f"**{md('no context: only the prompt is sent' + masked)}**"]
+        else:
+            lines = [f"**{md(self.note())}**", "", "| kind | name | characters | ~tokens | |",
+                     "| --- | --- | ---: | ---: | --- |"]
         for row in self.rows():
             status = "dropped" if row["dropped"] else ("shortened" if row["cut"] else "")
             lines.append(f"| {row['kind']} | {md(row['name']).replace('|', '&#124;')} | "
