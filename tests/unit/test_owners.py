@@ -26,6 +26,14 @@ def test_shorten_keeps_text_at_the_limit_and_cuts_one_over() -> None:
 def test_shorten_makes_one_line_before_it_measures() -> None:
     assert shorten("  a\n  b\tc\r\n", 10) == "a b c"
     assert shorten("one\n\ntwo three", 8) == "one two…"
+    # a word is never cut in half where a space is near the end; a long token is cut inside
+    note = "nothing listening at http://127.0.0.1:9: start it or set enabled: false"
+    assert shorten(note, 58) == "nothing listening at http://127.0.0.1:9: start it or set…"
+    assert shorten(note, 56) == "nothing listening at http://127.0.0.1:9: start it or…"
+    assert shorten("see https://example.invalid/a/very/long/path/without/spaces", 30) \
+        == "see https://example.invalid/a…"
+    assert all(note.startswith(shorten(note, n)[:-1]) and len(shorten(note, n)) <= n
+               for n in range(1, len(note)))
 
 
 def test_short_count() -> None:

@@ -105,3 +105,18 @@ def test_requests_column_says_in_words_how_many_were_answered() -> None:
     assert "| 1 of 2 answered, 1 in flight |" in md
     assert md.splitlines()[-1].split(" | ")[5] == "—"  # p3: nothing sent yet
     assert "0 of 1 answered" in text and not re.search(r"\b\d+/\d+\b", md + text)
+
+
+def test_a_long_note_in_the_status_table_is_cut_between_words() -> None:
+    hint = ("nothing listening at http://127.0.0.1:9: start it (llama-server -m MODEL.gguf "
+            "--port 9) or set enabled: false for it in providers.yaml, then %llm reload")
+    for pad in range(12):  # every cut point near the end of the note's room
+        long = f"{'x' * pad} {hint}"
+        b = status_bundle({"p": HealthReport("p", "llama_cpp", "not_running", False, hint=long)},
+                          {}, pinned=None, gate_open=True, gate_reason="", spent_usd=0.0,
+                          budget_usd=None)
+        cut = next(line for line in b["text/plain"].split("\n") if "…" in line)
+        shown = cut.rsplit("…", 1)[0].split(" start it ", 1)[1]
+        assert f" start it {shown} " in long, (pad, shown)  # it ends with a whole word
+        md_cut = next(line for line in b["text/markdown"].split("\n") if "…" in line)
+        assert md_cut.rsplit("…", 1)[0].endswith(shown.rsplit(" ", 1)[-1]), md_cut

@@ -79,12 +79,25 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+WORD_CUT_SHARE = 0.6
+"""A cut goes back to the last space when that keeps at least this share of the room:
+"... or set…", not "... or se…"; a long unbroken token (a URL, a path) is cut inside."""
+
+
 def shorten(text: str, limit: int) -> str:
     """``text`` on one line (runs of whitespace as one space), at most ``limit``
-    characters, ending in "…" when cut. Nothing escaped or masked: for that, pass the
-    result to ``md``/``plain`` (cut first, so an escape is never cut in half)."""
+    characters, ending in "…" when cut, at a word boundary where there is one near the
+    end (``WORD_CUT_SHARE``). Nothing escaped or masked: for that, pass the result to
+    ``md``/``plain`` (cut first, so an escape is never cut in half)."""
     flat = _one_line(text)
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    if len(flat) <= limit:
+        return flat
+    room = max(limit - 1, 0)
+    head = flat[:room]
+    space = head.rfind(" ")
+    if flat[room:room + 1] != " " and space >= WORD_CUT_SHARE * room:
+        head = head[:space]
+    return head.rstrip() + "…"
 
 
 def _inline(text: str) -> str:
