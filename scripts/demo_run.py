@@ -53,7 +53,7 @@ def ask_once(router: Any) -> bool:
     say(f"asking the embedded default: {PROMPT!r}")
     for ev in router.stream(PROMPT, max_tokens=24):
         if isinstance(ev, Status):
-            say(f"server: {ev.message}")
+            say(f"{ev.provider}: {ev.message}")
         elif isinstance(ev, Delta):
             if first:
                 say(f"first token after {time.monotonic() - t0:.2f}s (server start included)")

@@ -82,8 +82,11 @@ def test_starts_on_first_need_then_idle_stop_and_no_orphan(gemma_gguf):
         assert r.health()["gemma"].state == "stopped"
         events = list(r.stream("Hello", max_tokens=4))
         statuses = [e.message for e in events if isinstance(e, Status)]
-        assert any("starting gemma" in m for m in statuses)
-        assert any("ready in" in m for m in statuses)
+        assert {e.provider for e in events if isinstance(e, Status)} == {"gemma"}
+        # the event names the provider; its message does not name it again
+        assert any(m.startswith("starting llama-server (compiled), log ") for m in statuses)
+        assert any(m.startswith("ready in ") for m in statuses), statuses
+        assert not any("gemma" in m.partition(", log ")[0] for m in statuses), statuses
         res = events[-1].result
         assert res.ok and res.provider == "gemma"
         # the first answer's TTFT waited for the start, and its notes say so

@@ -273,7 +273,7 @@ def test_the_shipped_default_launches_the_prebuilt_when_nothing_is_compiled(
         assert r.health()["gemma"].state == "stopped"
         events = list(r.stream("The three primary colors are", provider="gemma"))
         notes = [e.message for e in events if isinstance(e, Status)]
-        assert any(m.startswith("starting gemma: llama.cpp prebuilt (xllamacpp)")
+        assert any(m.startswith("starting llama.cpp prebuilt (xllamacpp)")
                    for m in notes), notes
         assert any("ready in" in m and "(llama.cpp prebuilt (xllamacpp))" in m
                    for m in notes), notes

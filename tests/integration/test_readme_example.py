@@ -32,7 +32,7 @@ def test_readme_python_example_streams_from_a_real_local_model(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "Trying(provider='local-gemma'" in out
-    assert "Status(provider='local-gemma', message='starting local-gemma" in out
+    assert "Status(provider='local-gemma', message='starting llama" in out
     assert "Delta(text=" in out and "Done(result=Result(" in out
     assert "local-gemma · gemma-3-270m" in out  # the footer of the pinned answer
     assert "local-gemma#1 answered" in out       # the route trace

@@ -100,7 +100,9 @@ class Launcher:
 
     async def ensure(self, healthy: Callable[[], Awaitable[bool]],
                      progress: Callable[[str], None] = lambda _m: None) -> None:
-        """Make sure a healthy server answers at ``url``: adopt, or start and wait."""
+        """Make sure a healthy server answers at ``url``: adopt, or start and wait.
+        ``progress`` gets notes that do not name the provider (``starting llama-server
+        (compiled), log ...``, ``ready in 1.2s``): whoever shows one names it once."""
         self.last_used = time.monotonic()
         self.held = False
         if self._lock is None:
@@ -133,7 +135,7 @@ class Launcher:
         fd, name = tempfile.mkstemp(prefix=f"timmy-{self.provider}-", suffix=".log")
         self.log_path = Path(name)
         self.runtime = describe(argv)
-        progress(f"starting {self.provider}: {self.runtime}, log {name}")
+        progress(f"starting {self.runtime}, log {name}")
         env = {**os.environ, **self.cfg.env}
         try:
             self.proc = subprocess.Popen(argv, stdout=fd, stderr=subprocess.STDOUT,  # noqa: ASYNC220
@@ -192,10 +194,10 @@ class Launcher:
                 ready = f"ready in {time.monotonic() - t0:.1f}s" + \
                     (f" ({self.runtime})" if self.runtime else "")
                 self.state, self.message = "running", f"pid {self.pid}, {ready}"
-                progress(f"{self.provider} {ready}")
+                progress(ready)
                 return
             if time.monotonic() >= next_note:
-                progress(f"waiting for {self.provider} ({time.monotonic() - t0:.0f}s)")
+                progress(f"waiting for it to be ready ({time.monotonic() - t0:.0f}s)")
                 next_note += 2
             await asyncio.sleep(0.2)
         self.stop(wait=False)
