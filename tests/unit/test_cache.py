@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -632,3 +633,20 @@ def test_the_cache_imports_nothing_above_it() -> None:
                      if any(m == f"timmy_magic.{a}" or m.startswith(f"timmy_magic.{a}.")
                             for a in above))
         assert not bad, f"{module} imports {bad}"
+
+
+def test_an_answer_cut_at_the_token_limit_says_so_when_replayed() -> None:
+    from timmy_magic.model.chat import Result, RouteTrace
+    from timmy_magic.providers.base import LIMIT_NOTE
+
+    cut = Result(text="A circuit breaker stops", provider="p", model="m", usage=Usage(3, 4),
+                 trace=RouteTrace(),
+                 timings=Timings(0.1, 1.0, 10.0), notes=(LIMIT_NOTE,))
+    stored = CachedAnswer.from_result(cut, fields())
+    assert stored is not None and stored.at_limit
+    replayed = CachedAnswer.from_json(stored.to_json()).to_result()
+    assert replayed.cached and LIMIT_NOTE in replayed.notes
+    whole = CachedAnswer.from_result(dataclasses.replace(cut, notes=()), fields())
+    assert whole is not None and not whole.at_limit
+    assert '"at_limit"' not in whole.to_json()  # an answer that was not cut is stored as before
+    assert LIMIT_NOTE not in CachedAnswer.from_json(whole.to_json()).to_result().notes

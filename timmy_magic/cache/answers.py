@@ -25,6 +25,7 @@ from timmy_magic.cache.settings import ENV_VAR
 from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
 from timmy_magic.model.errors import TimmyError
 from timmy_magic.privacy.redact import REDACT
+from timmy_magic.providers.base import LIMIT_NOTE
 from timmy_magic.text.markup import shorten
 
 MISS_CHARS = 80
@@ -71,6 +72,8 @@ class CachedAnswer:
     timings: Timings
     created: str
     summary: str = ""
+    at_limit: bool = False
+    """The server ended the answer at ``max_tokens``: replayed, it says so as it did."""
 
     @classmethod
     def from_result(cls, result: Result, fields: RequestFields, *,
@@ -83,7 +86,7 @@ class CachedAnswer:
         return cls(text=result.text, provider=result.provider, model=result.model,
                    usage=result.usage, timings=result.timings,
                    created=iso(time.time() if now is None else now),
-                   summary=fields.summary())
+                   summary=fields.summary(), at_limit=LIMIT_NOTE in result.notes)
 
     def note(self) -> str:
         """For the footer: ``cached · local-gemma · 2025-05-01``."""
@@ -94,14 +97,15 @@ class CachedAnswer:
         return Result(text=self.text, provider=self.provider, model=self.model,
                       usage=self.usage, timings=self.timings, trace=trace or RouteTrace(),
                       notes=((f"answered from the cache: recorded {self.created[:16]} UTC "
-                              f"from {self.provider or 'an unknown provider'}"),),
+                              f"from {self.provider or 'an unknown provider'}"),
+                             *((LIMIT_NOTE,) if self.at_limit else ())),
                       cached=True)
 
     def redacted(self) -> CachedAnswer:
         return CachedAnswer(
             text=REDACT(self.text), provider=_redact_opt(self.provider),
             model=_redact_opt(self.model), usage=self.usage, timings=self.timings,
-            created=self.created, summary=REDACT(self.summary))
+            created=self.created, summary=REDACT(self.summary), at_limit=self.at_limit)
 
     def to_json(self) -> str:
         u, t = self.usage, self.timings
@@ -111,7 +115,8 @@ class CachedAnswer:
                       "estimated": u.estimated},
             "timings": {"ttft_s": _finite(t.ttft_s), "total_s": _finite(t.total_s) or 0.0,
                         "output_tokens_per_s": _finite(t.output_tokens_per_s)},
-            "created": self.created, "summary": self.summary})
+            "created": self.created, "summary": self.summary,
+            **({"at_limit": True} if self.at_limit else {})})
 
     @classmethod
     def from_json(cls, text: str) -> CachedAnswer:
@@ -126,7 +131,8 @@ class CachedAnswer:
                         bool(u["estimated"])),
             timings=Timings(_opt_float(t["ttft_s"]), _opt_float(t["total_s"]) or 0.0,
                             _opt_float(t["output_tokens_per_s"])),
-            created=_str(d["created"]), summary=_str(d.get("summary", "")))
+            created=_str(d["created"]), summary=_str(d.get("summary", "")),
+            at_limit=d.get("at_limit", False) is True)
 
 
 @dataclass(frozen=True, slots=True)
