@@ -58,6 +58,15 @@ def test_bench_line_runs_stores_exports_and_displays(bench_shell: InteractiveShe
     assert cap.stderr == ""
 
 
+def test_bench_without_arguments_shows_the_table_and_the_chart(
+        bench_shell: InteractiveShell) -> None:
+    with capture_output() as cap:
+        assert bench_shell.run_cell("%llm bench").success
+    (page,) = [o.data["text/html"] for o in cap.outputs if "text/html" in o.data]
+    assert "<table class='tm-bench'>" in page
+    assert "<img alt='output tok/s and TTFT per provider' src='data:image/png;base64," in page
+
+
 def test_bench_in_a_terminal_shell_draws_one_terminal_line(
         bench_shell: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()

@@ -109,10 +109,20 @@ def test_html_table_highlights_and_escapes() -> None:
     assert "data:image/png;base64," in page  # two levels: the chart is inline
 
 
-def test_html_without_chart_for_a_single_level() -> None:
+def test_a_single_level_is_charted_as_a_bar_per_provider() -> None:
     r = sample()
     r.records = [x for x in r.records if x["concurrency"] == 1]
-    assert "<img" not in r._repr_html_()
+    assert "data:image/png;base64," in r._repr_html_()  # %llm bench without -c: a chart too
+    fig = r.chart()
+    assert fig is not None
+    tput, ttft = fig.axes
+    assert [t.get_text() for t in tput.get_xticklabels()] == ["fast", "slow"]
+    assert [p.get_height() for p in tput.patches] == pytest.approx(
+        [x["output_tok_s"] for x in r.records])
+    assert [p.get_height() for p in ttft.patches] == pytest.approx(
+        [x["ttft_ms_p50"] for x in r.records])
+    assert ttft.get_xlabel() == "concurrency 1" and tput.get_ylim()[0] == 0
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["fast", "slow"]
 
 
 def test_csv_and_json_round_trip(tmp_path: pytest.TempPathFactory) -> None:

@@ -139,8 +139,8 @@ class BenchResult:
         return footer_lines(self)
 
     def chart(self) -> Figure | None:
-        """Output tok/s and TTFT p50 against concurrency, one line per provider
-        (None when matplotlib is not installed)."""
+        """Output tok/s and TTFT p50 against concurrency, one line per provider (at one
+        level, a bar per provider); None when matplotlib is not installed."""
         return make_chart(self.records)
 
     def _repr_html_(self) -> str:
@@ -330,11 +330,10 @@ def render_html(result: BenchResult) -> str:
                                    if best else [])
     parts.append("<p class='tm-bench-foot'>" + "<br>".join(html(x) for x in foot)
                  + "</p>")
-    if len({r["concurrency"] for r in recs}) >= 2:
-        png = chart_png(recs)
-        if png:
-            parts.append(f"<img alt='output tok/s and TTFT against concurrency' "
-                         f"src='data:image/png;base64,{png}'/>")
+    png = chart_png(recs) if recs else None
+    if png:
+        parts.append(f"<img alt='output tok/s and TTFT per provider' "
+                     f"src='data:image/png;base64,{png}'/>")
     return "<div class='tm-bench-result'>" + "".join(parts) + "</div>"
 
 
@@ -342,33 +341,59 @@ def render_html(result: BenchResult) -> str:
 
 
 def make_chart(records: Sequence[dict[str, Any]]) -> Figure | None:
+    """Output tokens/s and TTFT p50 per provider: lines against concurrency, or with one
+    concurrency level (``%llm bench`` without ``-c``) a bar per provider."""
     try:  # an optional extra (timmy-magic[charts]); no pyplot, so no global state
         from matplotlib.figure import Figure
     except ImportError:
         return None
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     tput, ttft = fig.subplots(1, 2)
-    for provider in dict.fromkeys(r["provider"] for r in records):
+    providers = list(dict.fromkeys(r["provider"] for r in records))
+    levels = sorted({r["concurrency"] for r in records})
+    if len(levels) == 1:
+        _bars(tput, ttft, records, providers, levels[0])
+    else:
+        _lines(tput, ttft, records, providers, levels)
+    for ax, title in ((tput, "output tokens/s"), (ttft, "TTFT p50 (ms)")):
+        ax.set_ylim(bottom=0)  # from 0: an 8 % change must look like one
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    # above both charts: inside one, the legend sat on the highest points
+    fig.legend(*tput.get_legend_handles_labels(), loc="outside upper center",
+               ncols=min(len(providers), 4), fontsize="small", frameon=False)
+    return fig
+
+
+def _ttft(r: dict[str, Any]) -> float:
+    return r["ttft_ms_p50"] if r["ttft_ms_p50"] is not None else float("nan")
+
+
+def _lines(tput: Any, ttft: Any, records: Sequence[dict[str, Any]], providers: list[str],
+           levels: list[int]) -> None:
+    for provider in providers:
         rows = sorted((r for r in records if r["provider"] == provider),
                       key=lambda r: r["concurrency"])
         xs = [r["concurrency"] for r in rows]
         tput.plot(xs, [r["output_tok_s"] or 0 for r in rows], marker="o", label=provider)
-        ttft.plot(xs, [r["ttft_ms_p50"] if r["ttft_ms_p50"] is not None else float("nan")
-                       for r in rows], marker="o", label=provider)
-    levels = sorted({r["concurrency"] for r in records})
-    for ax, title in ((tput, "output tokens/s"), (ttft, "TTFT p50 (ms)")):
+        ttft.plot(xs, [_ttft(r) for r in rows], marker="o", label=provider)
+    for ax in (tput, ttft):
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])  # 1, 2, 4: not 2⁰, 2¹, 2²
         ax.minorticks_off()
-        ax.set_ylim(bottom=0)  # from 0: an 8 % change must look like one
         ax.set_xlabel("concurrency")
-        ax.set_title(title)
-        ax.grid(True, alpha=0.3)
-    providers = len({r["provider"] for r in records})
-    # above both charts: inside one, the legend sat on the highest points
-    fig.legend(*tput.get_legend_handles_labels(), loc="outside upper center",
-               ncols=min(providers, 4), fontsize="small", frameon=False)
-    return fig
+
+
+def _bars(tput: Any, ttft: Any, records: Sequence[dict[str, Any]], providers: list[str],
+          level: int) -> None:
+    by_provider = {r["provider"]: r for r in records}
+    for i, provider in enumerate(providers):
+        r = by_provider[provider]
+        tput.bar(i, r["output_tok_s"] or 0, color=f"C{i}", label=provider)
+        ttft.bar(i, _ttft(r), color=f"C{i}", label=provider)
+    for ax in (tput, ttft):
+        ax.set_xticks(range(len(providers)), providers)
+        ax.set_xlabel(f"concurrency {level}")
 
 
 def chart_png(records: Sequence[dict[str, Any]]) -> str | None:
