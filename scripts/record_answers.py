@@ -1,17 +1,18 @@
 """Record the tutorials' answers for replay (issue 15), then save each notebook with the
-outputs its replay gives, so nbval can check what the model said, exactly and offline.
+outputs of its live run: what a user running it sees.
 
     .venv/bin/python scripts/record_answers.py            # every replayed tutorial
     .venv/bin/python scripts/record_answers.py 06 08      # some of them
 
 For each tutorial: start the real servers it needs (tests/support/servers.py), run it
-with the answer cache on into ``notebooks/answers/<notebook>.sqlite3`` (a fresh file),
-then run it again in replay mode with every provider pointing at a closed port (so a
-miss cannot hide behind a live answer) and write those outputs into the notebook: for
-every cell nbval checks in replay (the model's answers included). The cells it does not
-check in replay (live health, route traces, a failure demonstrated live: see
-``Replayed.live_only``) keep the outputs of the live run, which the live tests check and
-a reader sees. CI (tests/notebooks/test_replay.py) replays it the same way.
+with the answer cache on into ``notebooks/answers/<notebook>.sqlite3`` (a fresh file), as
+a user would (its providers.yaml is the user's, ``~/.config/timmy-magic/providers.yaml``
+of a home of its own: ``replay.user_home``), and save those outputs in the notebook. Then
+run it again in replay mode with every provider pointing at a closed port (so a miss
+cannot hide behind a live answer), as CI does (tests/notebooks/test_replay.py): nbval
+compares the replay with the saved live outputs, the marks only a replay shows (``cached``
+in a footer, the note saying when the answer was recorded) taken out of both by
+tests/nbval_sanitize.cfg. The cells whose replay would still differ are listed here.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 from tests.notebooks.conftest import no_servers_left  # noqa: E402
 from tests.notebooks.replay import (  # noqa: E402
     REPLAYED,
+    SKIPPED,
     answers_path,
     checked_in_replay,
     replay_env,
+    sanitized,
 )
 from tests.support.servers import ensure_tiny_model, start_llama_server, start_vllm_mlx  # noqa: E402
 
@@ -52,11 +55,10 @@ def execute(path: Path, env: dict[str, str], workdir: Path) -> object:
     return nb
 
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
-
-
-def shows_widget(cell: object) -> bool:
-    return any(WIDGET_VIEW in o.get("data", {}) for o in getattr(cell, "outputs", []))
+def as_compared(cell: object) -> list[dict[str, str]]:
+    """A cell's outputs as nbval compares them (tests/nbval_sanitize.cfg applied)."""
+    return [{k: sanitized(str(v)) for k, v in o.get("data", {"text": o.get("text", "")}).items()
+             if k not in SKIPPED} for o in getattr(cell, "outputs", [])]
 
 
 def record(key: str) -> None:
@@ -93,25 +95,16 @@ def record(key: str) -> None:
                 db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 n = db.execute("SELECT count(*) FROM answers").fetchone()[0]
             shutil.copyfile(fresh, out)
-            cells = replayed.cells  # type: ignore[attr-defined]
-            live_widgets = replay_widgets = False
-            for i, checked in enumerate(checked_in_replay(spec, cells)):
-                if not checked:
-                    cells[i] = recorded.cells[i]  # type: ignore[attr-defined]
-                    live_widgets |= shows_widget(cells[i])
-                else:
-                    replay_widgets |= shows_widget(cells[i])
-            if live_widgets:  # the widget state of the run whose widget views are kept
-                widgets = dict(recorded.metadata.get("widgets", {}))  # type: ignore[attr-defined]
-                if replay_widgets:
-                    for mime, state in replayed.metadata.get("widgets", {}).items():  # type: ignore[attr-defined]
-                        widgets.setdefault(mime, {}).setdefault("state", {}).update(
-                            state.get("state", {}))
-                replayed.metadata["widgets"] = widgets  # type: ignore[attr-defined]
-            for cell in cells:
+            differs = [i for i, checked in enumerate(checked_in_replay(spec, recorded.cells))  # type: ignore[attr-defined]
+                       if checked and as_compared(replayed.cells[i]) != as_compared(recorded.cells[i])]  # type: ignore[attr-defined]
+            for cell in recorded.cells:  # type: ignore[attr-defined]
                 cell.metadata.pop("execution", None)  # no per-cell timestamps in the diff
-            nbformat.write(replayed, notebook)  # type: ignore[arg-type]
+            nbformat.write(recorded, notebook)  # type: ignore[arg-type]
             print(f"{spec.notebook}: {n} answers -> {out.relative_to(ROOT)}")
+            for i in differs:
+                print(f"  cell {i}: its replay differs from the live run (nbval will fail):\n"
+                      f"    live:   {as_compared(recorded.cells[i])}\n"  # type: ignore[attr-defined]
+                      f"    replay: {as_compared(replayed.cells[i])}")  # type: ignore[attr-defined]
     finally:
         for s in servers:
             s.stop()

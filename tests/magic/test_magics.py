@@ -87,6 +87,27 @@ def test_load_never_waits_for_health_checks_and_prints_one_line(
         assert "llm" in shell.magics_manager.magics["line"]
 
 
+def test_the_user_config_is_named_as_the_user_knows_it(
+        shell: InteractiveShell, write_providers: WriteProviders, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A providers.yaml under the home directory reads ``~/...`` (the user config file as
+    the docs name it), in the load line and in ``%llm providers``; others as they are."""
+    home = tmp_path / "home"
+    user_file = home / ".config" / "timmy-magic" / "providers.yaml"
+    user_file.parent.mkdir(parents=True)
+    user_file.write_bytes(write_providers([local("a", "http://127.0.0.1:9")]).read_bytes())
+    monkeypatch.delenv("TIMMY_PROVIDERS")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.chdir(home)
+    assert load(shell).stdout.startswith(
+        "timmy-magic: 1 provider (1 enabled) from ~/.config/timmy-magic/providers.yaml (")
+    _, cap = run(shell, "%llm providers")
+    shown = cap.outputs[0].data
+    assert shown["text/plain"].startswith("1 provider from ~/.config/timmy-magic/providers.yaml")
+    assert str(home) not in shown["text/markdown"]
+
+
 def test_bad_providers_yaml_loads_empty_with_one_line_then_reload_fixes_it(
         shell: InteractiveShell, tmp_path: Path, fault: FaultServer,
         write_providers: WriteProviders) -> None:

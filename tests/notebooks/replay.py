@@ -6,6 +6,7 @@ scripts/record_answers.py, so both ask exactly the same requests."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,12 +52,29 @@ def _gemma_config(name: str, window: int | None = None) -> Callable[[str, Path],
     return write
 
 
+HOME = "home"
+"""The notebook's home directory under the run's work directory: its providers.yaml is
+the user's (``~/.config/timmy-magic/providers.yaml``), so the notebook loads it as a
+user's run does and says ``from ~/.config/timmy-magic/providers.yaml``, not the path of
+a temporary file of the test run."""
+
+
+def user_home(work: Path, providers: str) -> dict[str, str]:
+    """The environment of a kernel whose user config holds ``providers`` (a file)."""
+    home = work / HOME
+    config = home / ".config"
+    (config / "timmy-magic").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(providers, config / "timmy-magic" / "providers.yaml")
+    return {"HOME": str(home), "XDG_CONFIG_HOME": str(config)}
+
+
 @dataclass(frozen=True)
 class Replayed:
     notebook: str
     servers: tuple[str, ...]
     providers: Callable[[str, Path], str] | None = None
-    """Writes the providers.yaml the notebook reads (TIMMY_PROVIDERS) for a llama URL."""
+    """Writes the providers.yaml the notebook reads (the user's: ``user_home``) for a
+    llama URL."""
     own_ports: tuple[str, ...] = ()
     """Variables holding the port of a server the notebook starts itself (a subprocess, as
     a user would in a terminal): a free port when recording and in replay too, since the
@@ -78,7 +96,7 @@ class Replayed:
         env = {"LLAMA_SERVER_URL": urls.get("llama", CLOSED),
                "VLLM_MLX_URL": urls.get("vllm", CLOSED)}
         if self.providers is not None:
-            env["TIMMY_PROVIDERS"] = self.providers(urls.get("llama", CLOSED), work)
+            env.update(user_home(work, self.providers(urls.get("llama", CLOSED), work)))
         for var in self.own_ports:
             env[var] = str(free_port())
         for var in self.managed_ports:
@@ -142,6 +160,20 @@ REPLAYED["04"] = Replayed(
          ("cloud is never started in replay (the cache answered for it), so there is "
           "nothing to stop")),
     ))
+
+
+SANITIZE = ROOT / "tests" / "nbval_sanitize.cfg"
+SKIPPED = ("application/vnd.jupyter.widget-view+json", "image/png", "image/jpeg")
+"""What nbval does not compare (widget model ids are random; images without nbdime)."""
+
+
+def sanitized(text: str) -> str:
+    """``text`` as nbval compares it: every rule of tests/nbval_sanitize.cfg applied."""
+    from nbval.plugin import get_sanitize_patterns
+
+    for regex, replace in get_sanitize_patterns(SANITIZE.read_text()):
+        text = re.sub(regex, replace, text)
+    return text
 
 
 def answers_path(spec: Replayed) -> Path:

@@ -37,6 +37,18 @@ def user_config_path() -> Path:
     return trust.config_dir() / "providers.yaml"
 
 
+def shown_path(source: str) -> str:
+    """A config path as the user reads it: under the home directory as ``~/...`` (the
+    user config file reads ``~/.config/timmy-magic/providers.yaml``, as the docs name it);
+    any other path, or a source that is not a path, as it is."""
+    home = Path.home()
+    try:
+        rest = Path(source).relative_to(home)
+    except ValueError:
+        return source
+    return f"~/{rest.as_posix()}" if str(home) not in ("", "/") else source
+
+
 def find_config(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The config file to use, by the documented search order."""
     if explicit:

@@ -12,6 +12,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from timmy_magic.config import Config, find_config, found_by_search, load_config
+from timmy_magic.config.files import shown_path
 from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import ConfigError
 from timmy_magic.notebook.cell import TimmyMagics
@@ -42,7 +43,7 @@ def _build_router() -> tuple[Router, str]:
     warn = f", {len(config.warnings)} warnings" if config.warnings else ""
     held = f"\ntimmy-magic: {config.held_back_line}" if config.held_back else ""
     return Router(config), (f"timmy-magic: {count(len(config.providers), 'provider')} ({enabled} "
-                            f"enabled{warn}) from {config.source} (health checks running "
+                            f"enabled{warn}) from {shown_path(config.source)} (health checks running "
                             f"in background){held}")
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from timmy_magic.config import Config
+from timmy_magic.config.files import shown_path
 from timmy_magic.model.chat import HealthReport
 from timmy_magic.routing.gate import money
 from timmy_magic.routing.metrics import MetricsSnapshot
@@ -120,7 +121,7 @@ def providers_bundle(config: Config, pinned: str | None) -> Bundle:
              "yes" if p.enabled else "no", "cloud" if p.is_cloud else "local",
              ", ".join(p.urls), p.default_model or "(server's)"]
             for p in sorted(config.providers, key=lambda p: p.priority)]
-    head = f"{count(len(config.providers), 'provider')} from {config.source}"
+    head = f"{count(len(config.providers), 'provider')} from {shown_path(config.source)}"
     if not rows:
         return {"text/markdown": f"*{md(head)}*", "text/plain": plain(head)}
     md_table, text_table = _table(headers, rows)
