@@ -54,6 +54,9 @@ def test_show_context_sends_nothing(ctx_shell: InteractiveShell, fault: FaultSer
     res, shown = run(ctx_shell, "%%llm --cells 1 --show-context\nexplain a")
     assert res.error_in_exec is None and sent(fault) == []
     assert "| kind | name |" in shown and "a = 1" in shown and "explain a" in shown
+    # the cell's name reads as text: a ``markdown`` fence made JupyterLab highlight the
+    # [N] of In[N] as a link (tests/browser checks what the page shows)
+    assert "```markdown" not in shown and "````text" in shown
 
 
 def test_secret_values_are_masked_in_whatever_is_sent(ctx_shell: InteractiveShell,

@@ -36,6 +36,13 @@ def test_shorten_makes_one_line_before_it_measures() -> None:
                for n in range(1, len(note)))
 
 
+def test_a_code_block_of_data_is_never_highlighted_as_markdown() -> None:
+    assert md_code("In[10]: x", "markdown").startswith("```text\n")
+    assert md_code("In[10]: x", "MD").startswith("```text\n")
+    assert md_code('{"a": 1}', "json").startswith("```json\n")
+    assert 'class="language-text"' in md_code("costs $5 in In[10]", "markdown")
+
+
 def test_short_count() -> None:
     shown = [short_count(n) for n in (0, 850, 999, 1000, 1234, 4000, 4096, 5120, 9999,
                                       12_345, 131_072)]

@@ -254,7 +254,7 @@ class Context:
                              f"~{self.total_tokens():,}.")]
         if self.system:
             lines += ["", "System prompt:", "", md_code(self.system)]
-        lines += ["", "User message:", "", md_code(self.prompt_text(), "markdown")]
+        lines += ["", "User message:", "", md_code(self.prompt_text())]
         return "\n".join(lines)
 
 

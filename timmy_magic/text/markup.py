@@ -149,12 +149,19 @@ def md_spans(text: object) -> str:
     return _nomath(_line_start("".join(out)), text_parts)
 
 
+_AS_TEXT = frozenset({"markdown", "md"})
+"""Info strings not used for data: JupyterLab highlights a ``markdown`` block's syntax, so
+the ``[10]`` of ``In[10]`` showed as a link; the block shows the text as written."""
+
+
 def md_code(text: object, lang: str = "text") -> str:
-    """``text`` as a fenced code block that nothing in it can close. Text holding ``$`` or
+    """``text`` as a fenced code block that nothing in it can close, its text shown as
+    written (a ``markdown`` block as ``text``: ``_AS_TEXT``). Text holding ``$`` or
     ``\\`` goes in a ``<pre>`` block instead, with those as entities: JupyterLab's
     ``removeMath`` reads ``\\begin{..}``, ``\\(`` and ``\\[`` even inside a fence, so an
     unbalanced one there could take the closing fence and what follows it."""
     body = clean(text)
+    lang = "text" if lang.lower() in _AS_TEXT else lang
     if _MATH_CHARS.search(body):
         escaped = (_html.escape(body.rstrip("\n"), quote=False)
                    .replace("$", "&#36;").replace("\\", "&#92;"))
