@@ -350,6 +350,8 @@ def make_chart(records: Sequence[dict[str, Any]]) -> Figure | None:
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     tput, ttft = fig.subplots(1, 2)
     providers = list(dict.fromkeys(r["provider"] for r in records))
+    records = [{**r, "provider": _literal(r["provider"])} for r in records]
+    providers = [_literal(p) for p in providers]
     levels = sorted({r["concurrency"] for r in records})
     if len(levels) == 1:
         _bars(tput, ttft, records, providers, levels[0])
@@ -363,6 +365,13 @@ def make_chart(records: Sequence[dict[str, Any]]) -> Figure | None:
     fig.legend(*tput.get_legend_handles_labels(), loc="outside upper center",
                ncols=min(len(providers), 4), fontsize="small", frameon=False)
     return fig
+
+
+def _literal(label: str) -> str:
+    """A label matplotlib shows as written: cleaned and redacted (``markup.plain``: a lone
+    surrogate cannot be drawn), and a ``$`` escaped (it would start mathtext, and a
+    provider named ``$$\\int$$`` would fail the chart, and with it the whole report)."""
+    return plain(label).replace("$", r"\$")
 
 
 def _ttft(r: dict[str, Any]) -> float:
