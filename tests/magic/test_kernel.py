@@ -13,6 +13,7 @@ import pytest
 from jupyter_client.manager import KernelManager
 
 from tests.support.faultserver import FaultServer
+from timmy_magic.notebook.display.css import unwrapped
 
 from .conftest import WriteProviders, local, wait_for
 
@@ -89,7 +90,7 @@ def test_kernel_interrupt_keeps_the_partial_answer_and_the_next_cell_works(
     assert set(kinds[2:-1]) == {"update_display_data"} and kinds[-1] == "error"
     final = msgs[-2]["content"]["data"]["text/markdown"]
     # reported once: by the cell's error line; the answer's footer only marks it
-    assert final.startswith("tok0 tok1 tok2") and "· interrupted*" in final
+    assert unwrapped(final).startswith("tok0 tok1 tok2") and "· interrupted*" in final
     assert "Stream interrupted" not in final
     error = msgs[-1]["content"]
     assert error["ename"] == "StreamInterrupted" and len(error["traceback"]) == 1

@@ -21,6 +21,7 @@ from IPython.utils.capture import CapturedIO, capture_output
 import timmy_magic
 from tests.support.faultserver import Blackhole, FaultServer, closed_port
 from timmy_magic import notebook as magics
+from timmy_magic.notebook.display.css import unwrapped
 from timmy_magic.notebook.display.render import Final, answer_markdown
 from timmy_magic.notebook.display.tables import state_badge
 
@@ -208,8 +209,8 @@ def test_stream_is_one_display_updated_in_place_ending_with_the_final_render(
     assert texts == sorted(set(texts), key=len)
     assert all(d["text/markdown"].endswith("▌") for d in data[2:-1])
     assert data[-1] == final
-    assert data[-1]["text/markdown"].startswith("tok0 tok1 tok2 tok3 tok4 tok5 \n\n---\n"
-                                                "*alpha · fault-model · TTFT")
+    assert unwrapped(data[-1]["text/markdown"]).startswith(
+        "tok0 tok1 tok2 tok3 tok4 tok5 \n\n---\n*alpha · fault-model · TTFT")
 
 
 def test_updates_are_throttled_and_deltas_coalesced(
@@ -375,7 +376,7 @@ def test_format_code_puts_the_code_block_into_a_new_cell(ok_shell: InteractiveSh
     _, cap = run(ok_shell, "%%llm -f code\nprint pi")
     assert ok_shell.rl_next_input == "import math\nprint(math.pi)"
     md = cap.outputs[-1].data["text/markdown"]
-    assert md.startswith(answer) and "> code inserted into a new cell below" in md
+    assert unwrapped(md).startswith(answer) and "> code inserted into a new cell below" in md
 
 
 @pytest.mark.parametrize("text, expect", [
@@ -480,7 +481,8 @@ def test_pinned_provider_down_is_one_readable_block(ok_shell: InteractiveShell) 
     assert res.error_in_exec is None and "Traceback" not in cap.stdout + cap.stderr
     data = assert_one_streamed_display(cap)
     md = data[-1]["text/markdown"]
-    assert md.startswith("**timmy-magic: pinned provider 'broken' did not answer**")
+    assert unwrapped(md).startswith(
+        "**timmy-magic: pinned provider 'broken' did not answer**")
     assert "broken#1 failed: " in md and "HTTP 500" in md
     assert "drop `-p broken` to let the cascade choose" in md
     assert "route:" in data[-1]["text/plain"]
@@ -518,7 +520,7 @@ def test_no_provider_healthy_is_one_readable_block(shell: InteractiveShell,
     res, cap = run(shell, "%%llm\nhi")
     assert res.error_in_exec is None and "Traceback" not in cap.stdout + cap.stderr
     md = cap.outputs[-1].data["text/markdown"]
-    assert md.startswith("**timmy-magic: no provider could answer**")
+    assert unwrapped(md).startswith("**timmy-magic: no provider could answer**")
     assert "considered: down, erroring" in md
     assert "Start one of the local servers listed by `%llm providers`" in md
 
@@ -701,7 +703,7 @@ def test_interrupt_keeps_the_partial_answer_closes_the_stream_and_router_recover
     assert last.text.startswith(kept) and last.error == "interrupted by the user"
     assert last.provider == "slow" and last.trace.attempts[0].outcome == "broken"
     data = assert_one_streamed_display(cap)
-    assert data[-1]["text/markdown"].startswith(last.text)
+    assert unwrapped(data[-1]["text/markdown"]).startswith(last.text)
     # reported once, by the cell's error line; the footer marks the answer as partial
     assert "· interrupted*" in data[-1]["text/markdown"]
     assert "Stream interrupted" not in data[-1]["text/markdown"]

@@ -13,6 +13,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 from tests.support.servers import ManagedServer
 from timmy_magic import notebook as magics
+from timmy_magic.notebook.display.css import unwrapped
 
 from .conftest import WriteProviders, wait_for
 from .test_magics import assert_one_streamed_display, load, run
@@ -45,7 +46,7 @@ def test_a_real_answer_streams_into_one_display_with_its_footer(
     assert r.timings.ttft_s is not None and r.timings.ttft_s < r.timings.total_s
     data = assert_one_streamed_display(cap)
     assert len(data) >= 3  # placeholder, at least one live update, final
-    assert data[-1]["text/markdown"].startswith(r.text)
+    assert unwrapped(data[-1]["text/markdown"]).startswith(r.text)
     assert f"*llama-server · gemma-3-270m · TTFT {r.timings.ttft_s:.2f}s" in \
         data[-1]["text/markdown"]
 

@@ -7,6 +7,7 @@ import pytest
 from timmy_magic.model.chat import Attempt, Result, RouteTrace, Skip, Timings, Trying, Usage
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
 from timmy_magic.model.schema import JSONAnswerError, parse_json
+from timmy_magic.notebook.display.css import unwrapped
 from timmy_magic.notebook.display.failures import describe_failure
 from timmy_magic.notebook.display.render import AnswerCollector, Final, Throttle, answer_markdown
 from timmy_magic.text.formats import extract_code, extract_html, fenced_block
@@ -104,7 +105,7 @@ def test_json_final_pretty_prints_or_keeps_the_raw_text() -> None:
     ok = Final(result('{"a":1}'), "json").bundle()
     assert '```json\n{\n  "a": 1\n}\n```' in ok["text/markdown"]
     bad = Final(result("nope"), "json", ("the answer is not valid JSON: x",)).bundle()
-    assert bad["text/markdown"].startswith("nope") and "> the answer is not valid JSON: x" \
+    assert unwrapped(bad["text/markdown"]).startswith("nope") and "> the answer is not valid JSON: x" \
         in bad["text/markdown"]
     assert "the answer is not valid JSON: x" in bad["text/plain"]
 
@@ -130,7 +131,7 @@ def test_no_provider_block_has_message_trace_and_start_a_server_hint() -> None:
     trace = RouteTrace(("a",), (), (Attempt("a", "u", 1, "failed", "refused"),))
     block = describe_failure(NoProviderAvailable("every provider failed", trace),
                              config_source="/p.yaml")
-    md = block.markdown()
+    md = unwrapped(block.markdown())
     assert md.startswith("**timmy-magic: no provider could answer**")
     assert "a#1 failed: refused" in md and "Start one of the local servers" in md
     assert "Traceback" not in block.plain() and "`" not in block.plain()

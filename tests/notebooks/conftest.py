@@ -98,9 +98,9 @@ def answers(nb: Any) -> list[str]:
 
 def footer_provider(markdown: str) -> str | None:
     """The provider named by an answer's footer (``*NAME · model · ...*``), or None."""
-    tail = markdown.rpartition("\n---\n*")[2]
+    _, footer, tail = markdown.rpartition("\n---\n*")
     tail = re.sub(r"<[^>]+>", "", tail)  # a footer holding "$" is in a no-math span
-    return tail.partition(" · ")[0] if tail and tail != markdown else None
+    return tail.partition(" · ")[0] if footer and tail else None
 
 
 # ------------------------------------------------------------------ processes

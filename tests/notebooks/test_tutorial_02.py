@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.servers import free_port
+from timmy_magic.notebook.display.css import unwrapped
 from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import (
@@ -61,7 +62,7 @@ def test_pin_or_cascade_final_state(tmp_path: Path) -> None:
     assert "gemma-a skipped (unhealthy: cannot connect" in cell_text(
         find(nb, 'print(*timmy_magic.last().trace.lines()'))
     # pinned to the stopped server: a failure block, no answer from anyone else
-    assert pinned_down.startswith("**timmy-magic: pinned provider 'gemma-a' did not answer**")
+    assert unwrapped(pinned_down).startswith("**timmy-magic: pinned provider 'gemma-a' did not answer**")
     assert footer_provider(pinned_down) is None and "gemma-b · " not in pinned_down
     assert "drop `-p gemma-a`" in pinned_down
     final_status = cell_text(find(nb, "%llm status", 1))

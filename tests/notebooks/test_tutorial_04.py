@@ -16,6 +16,7 @@ import pytest
 
 from tests.support import rendered
 from tests.support.servers import free_port
+from timmy_magic.notebook.display.css import unwrapped
 from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import (
@@ -59,7 +60,7 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
     for md in (gated_pin, local_only, cloud_answer, nothing_left, recovered):
         assert "waiting for an answer" not in md and "▌" not in md, md
     # local-only: even a pinned cell cannot reach the cloud provider; the cascade skips it
-    assert gated_pin.startswith("**timmy-magic: pinned provider 'cloud' did not answer**")
+    assert unwrapped(gated_pin).startswith("**timmy-magic: pinned provider 'cloud' did not answer**")
     assert "cloud skipped (cloud gate: local-only mode)" in gated_pin
     assert footer_provider(local_only) == "gemma"
     assert "cloud skipped (cloud gate: local-only mode)\ngemma#1 answered" in cell_text(
@@ -73,7 +74,7 @@ def test_health_and_failover_final_state(tmp_path: Path) -> None:
     assert notes.startswith("> TTFT includes starting cloud ("), notes  # started on first need
     assert "reason='daily budget spent ($0." in cell_text(find(nb, "router.gate()"))
     # circuit open + gate closed: nobody is left, and each reason is given
-    assert nothing_left.startswith("**timmy-magic: no provider could answer**")
+    assert unwrapped(nothing_left).startswith("**timmy-magic: no provider could answer**")
     assert "gemma skipped (circuit open: retry in" in nothing_left
     seen = rendered.text_of(rendered.render(nothing_left))  # money is escaped as "&#36;"
     assert "cloud skipped (cloud gate: daily budget spent ($0." in seen, seen

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.support.servers import ManagedServer
+from timmy_magic.notebook.display.css import unwrapped
 from timmy_magic.notebook.display.tables import state_badge
 
 from .conftest import (
@@ -84,10 +85,11 @@ def test_vllm_mlx_runs_to_the_end_for_a_newcomer(tmp_path: Path) -> None:
     assert cell_text(code_cells(nb)[0]).startswith(
         "vllm-mlx: not installed here (no vllm-mlx command) and nothing answers at "
         "http://127.0.0.1:9.\n")
-    assert cell_text(find(nb, "%llm start vllm-mlx")).startswith(
+    assert unwrapped(cell_text(find(nb, "%llm start vllm-mlx"))).startswith(
         "**timmy-magic: could not start vllm-mlx**")
     for md in answers(nb):
-        assert md.startswith("**timmy-magic: pinned provider 'vllm-mlx' did not answer**"), md
+        assert unwrapped(md).startswith(
+            "**timmy-magic: pinned provider 'vllm-mlx' did not answer**"), md
     assert cell_text(find(nb, "answer = timmy_magic.last()")) == "'no answer'"
     assert cell_text(find(nb, "answer = timmy_magic.last()", 1)) == "'no answer'"
     # the explanations run the same

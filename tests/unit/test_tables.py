@@ -10,6 +10,7 @@ import pytest
 
 from timmy_magic.config import parse_config
 from timmy_magic.model.chat import HealthReport, HealthState
+from timmy_magic.notebook.display.css import unwrapped
 from timmy_magic.notebook.display.tables import (
     TONE_COLOURS,
     providers_bundle,
@@ -100,7 +101,7 @@ def test_requests_column_says_in_words_how_many_were_answered() -> None:
     """Not "0/1" (answered of sent? failed of tried?): the count answered of those sent."""
     b = status("not_running", "healthy", "healthy", "healthy", metrics={
         "p0": snapshot(1, 0, 1), "p1": snapshot(3, 3, 0), "p2": snapshot(2, 1, 0, 1)})
-    md, text = b["text/markdown"], b["text/plain"]
+    md, text = unwrapped(b["text/markdown"]), b["text/plain"]
     assert "| 0 of 1 answered |" in md and "| 3 of 3 answered |" in md
     assert "| 1 of 2 answered, 1 in flight |" in md
     assert md.splitlines()[-1].split(" | ")[5] == "—"  # p3: nothing sent yet

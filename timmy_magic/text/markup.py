@@ -154,18 +154,22 @@ _AS_TEXT = frozenset({"markdown", "md"})
 the ``[10]`` of ``In[10]`` showed as a link; the block shows the text as written."""
 
 
-def md_code(text: object, lang: str = "text") -> str:
+def md_code(text: object, lang: str = "text", style: str = "") -> str:
     """``text`` as a fenced code block that nothing in it can close, its text shown as
     written (a ``markdown`` block as ``text``: ``_AS_TEXT``). Text holding ``$`` or
     ``\\`` goes in a ``<pre>`` block instead, with those as entities: JupyterLab's
     ``removeMath`` reads ``\\begin{..}``, ``\\(`` and ``\\[`` even inside a fence, so an
-    unbalanced one there could take the closing fence and what follows it."""
+    unbalanced one there could take the closing fence and what follows it. ``style``: an
+    inline style of ours for the block (how it wraps), which makes it a ``<pre>`` too."""
     body = clean(text)
     lang = "text" if lang.lower() in _AS_TEXT else lang
-    if _MATH_CHARS.search(body):
+    if style or _MATH_CHARS.search(body):
         escaped = (_html.escape(body.rstrip("\n"), quote=False)
                    .replace("$", "&#36;").replace("\\", "&#92;"))
-        return (f'<pre class="tex2jax_ignore mathjax_ignore"><code class="language-'
+        css = f' style="{html_attr(style)}"' if style else ""
+        # the <code> on a line of its own (a newline right after <pre> is not shown): a
+        # first line holding "|" must not start a Markdown table before the HTML block
+        return (f'<pre class="tex2jax_ignore mathjax_ignore"{css}>\n<code class="language-'
                 f'{_info(lang)}">{escaped}</code></pre>')
     return fence(body, lang)
 

@@ -16,6 +16,7 @@ from typing import Any
 from timmy_magic.model.chat import Result
 from timmy_magic.model.schema import INVALID_PREFIX, JSONAnswerError, parse_json
 from timmy_magic.model.values import NotShowable, jsonable
+from timmy_magic.notebook.display.css import wrapped
 from timmy_magic.text.formats import Format, extract_html
 from timmy_magic.text.markup import html, md, md_code, plain
 
@@ -75,14 +76,15 @@ def markdown_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
 
 
 def answer_markdown(result: Result, body: str | None = None,
-                    notes: tuple[str, ...] = ()) -> str:
+                    notes: tuple[str, ...] = (), after: str = "") -> str:
     """The Markdown of an answer (``body``: the answer text by default, or its validated
     data as a table or pretty JSON), shared by the final render and
-    ``Result._repr_markdown_``."""
+    ``Result._repr_markdown_``; ``after``: Markdown of ours to show under it (the route).
+    It wraps at word boundaries and never scrolls sideways (``css.wrapped``)."""
     if body is None and result.data is not None:
         body = data_markdown(result.data)
     text = result.text if body is None else body
-    return close_fence(text) + markdown_tail(result, notes)
+    return wrapped(close_fence(text) + markdown_tail(result, notes) + after)
 
 
 # ------------------------------------------------------------------ structured data
@@ -176,7 +178,7 @@ class Final:
                 md_code(pretty, "json") if pretty is not None else None)
         trace_md = ("\n\n<details><summary>route</summary>\n\n"
                     + md_code("\n".join(r.trace.lines())) + "\n</details>") if self.trace else ""
-        return {"text/markdown": answer_markdown(r, body, self.notes) + trace_md,
+        return {"text/markdown": answer_markdown(r, body, self.notes, trace_md),
                 "text/plain": plain_text}
 
     def _plain_body(self) -> str:

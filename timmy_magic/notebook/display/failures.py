@@ -14,6 +14,7 @@ from typing import Any
 
 from timmy_magic.model.chat import RouteTrace
 from timmy_magic.model.errors import PinnedProviderFailed, RoutingError
+from timmy_magic.notebook.display.css import PRE, wrapped
 from timmy_magic.privacy.redact import display_url
 from timmy_magic.text.markup import LITERAL_TICK, md, md_code, md_spans, plain
 
@@ -31,8 +32,8 @@ class ErrorBlock:
         body = self.message + ("\n\nroute:\n" + "\n".join("  " + t for t in self.trace)
                                if self.trace else "")
         todo = "".join(f"\n- {md_spans(h)}" for h in self.hints)
-        return (f"**timmy-magic: {md(self.title)}**\n\n{md_code(body)}"
-                + (f"\n\n**What to do:**{todo}" if todo else ""))
+        return wrapped(f"**timmy-magic: {md(self.title)}**\n\n{md_code(body, style=PRE)}"
+                       + (f"\n\n**What to do:**{todo}" if todo else ""))
 
     def plain(self) -> str:
         lines = [f"timmy-magic: {self.title}", f"  {self.message}"]

@@ -14,6 +14,7 @@ from typing import Literal
 from timmy_magic.config import Config
 from timmy_magic.config.files import shown_path
 from timmy_magic.model.chat import HealthReport
+from timmy_magic.notebook.display.css import wrapped
 from timmy_magic.routing.gate import money
 from timmy_magic.routing.metrics import MetricsSnapshot
 from timmy_magic.text.markup import count, md, plain, shorten
@@ -111,7 +112,7 @@ def status_bundle(reports: Mapping[str, HealthReport],
         return {"text/markdown": f"*{md(head)}*\n\n*No providers configured.*",
                 "text/plain": f"{plain(head)}\nNo providers configured."}
     md_table, text_table = _table(headers, rows, [r.state for r in reports.values()])
-    return {"text/markdown": f"*{md(head)}*\n\n{md_table}",
+    return {"text/markdown": wrapped(f"*{md(head)}*\n\n{md_table}"),
             "text/plain": f"{plain(head)}\n{text_table}"}
 
 
@@ -127,5 +128,5 @@ def providers_bundle(config: Config, pinned: str | None) -> Bundle:
     md_table, text_table = _table(headers, rows)
     md_warn = "".join(f"\n\n> ⚠ {md(w)}" for w in config.warnings)
     plain_warn = "".join(f"\nwarning: {plain(w)}" for w in config.warnings)
-    return {"text/markdown": f"*{md(head)}*\n\n{md_table}{md_warn}",
+    return {"text/markdown": wrapped(f"*{md(head)}*\n\n{md_table}{md_warn}"),
             "text/plain": f"{plain(head)}\n{text_table}{plain_warn}"}
