@@ -95,6 +95,16 @@ class Job(Generic[T]):
             f"{job.name}: cancelled before it started")))
         return job
 
+    @classmethod
+    def settled(cls, value: T, *, kind: str, label: str = "", var: str | None = None,
+                cell: int | None = None) -> Job[T]:
+        """A job that is done already (its value was at hand: an answer from the cache),
+        so a caller hands back the same kind of handle either way."""
+        job: Job[T] = cls(kind, label, var=var, cell=cell)
+        job.started = job.created
+        job._settle("done", value, None)
+        return job
+
     # ------------------------------------------------------------ on the loop
 
     async def _main(self, work: Work[T]) -> None:

@@ -56,12 +56,13 @@ def start_answer(session: Session, req: ChatRequest, opts: CellOptions, view: Vi
     clock = time.monotonic
     got = AnswerCollector(clock())
     every = tick_every(session, view)
-    if hit is None:
-        view.start(got.t0)
+    if hit is not None:  # the answer is at hand: shown now, as in the foreground
+        done = Job.settled(finish(hit, False), kind="llm", label=prompt, var=opts.out,
+                           cell=cell_number(session))
+        return _listed(session, done, opts.out)
+    view.start(got.t0)
 
     async def work(job: Job[Result]) -> Result:
-        if hit is not None:
-            return finish(hit, False)
         ticker = asyncio.ensure_future(_tick(view, every, clock)) if every else None
         interrupted = False
         result: Result | None = None
@@ -87,9 +88,15 @@ def start_answer(session: Session, req: ChatRequest, opts: CellOptions, view: Vi
 
     job: Job[Result] = Job.start(session.router, work, kind="llm", label=prompt,
                                  var=opts.out, cell=cell_number(session))
+    return _listed(session, job, opts.out)
+
+
+def _listed(session: Session, job: Job[Any], var: str | None) -> Job[Any]:
+    """``job`` on the session's board, and in ``var`` (if any) from now on: the Job, whose
+    ``result()`` is the answer, never rebound under the user by the loop thread."""
     session.jobs.add(job)
-    if opts.out:  # VAR holds the Job from now on (its result() is the Result)
-        session.shell.user_ns[opts.out] = job
+    if var:
+        session.shell.user_ns[var] = job
     return job
 
 
@@ -102,16 +109,19 @@ def start_columns(session: Session, reqs: list[ChatRequest], view: Any,
     from timmy_magic.compare import ColumnFeed
 
     clock = time.monotonic
+    if not reqs:  # every column from the cache: shown now, as in the foreground
+        done = Job.settled(finish([], {}, False), kind="side by side", label=prompt,
+                           var=opts.out, cell=cell_number(session))
+        return _listed(session, done, opts.out)
 
     async def work(job: Job[Any]) -> Any:
         feed = ColumnFeed(view, columns, t0)
         ticker = asyncio.ensure_future(_tick(view, 0.05, clock)) if opts.stream else None
         interrupted = False
         try:
-            if reqs:
-                async for item in session.router.astream_many(reqs):
-                    feed(item, clock())
-                    job.report(tokens=sum(len(g.parts) for g in feed.got))
+            async for item in session.router.astream_many(reqs):
+                feed(item, clock())
+                job.report(tokens=sum(len(g.parts) for g in feed.got))
         except asyncio.CancelledError:
             interrupted = True
         finally:
@@ -121,10 +131,7 @@ def start_columns(session: Session, reqs: list[ChatRequest], view: Any,
 
     job: Job[Any] = Job.start(session.router, work, kind="side by side", label=prompt,
                               var=opts.out, cell=cell_number(session))
-    session.jobs.add(job)
-    if opts.out:
-        session.shell.user_ns[opts.out] = job
-    return job
+    return _listed(session, job, opts.out)
 
 
 async def _tick(view: View, every: float, clock: Callable[[], float]) -> None:
