@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import time
 from collections.abc import Callable, Coroutine, Generator
 from dataclasses import dataclass
@@ -89,7 +90,11 @@ class Job(Generic[T]):
         """Run ``work(job)`` on ``router``'s loop and return the job at once."""
         job: Job[T] = cls(kind, label, var=var, cell=cell)
         job._router = router
-        fut = router.submit(job._main(work))
+        # A fresh context: the work must not carry the starting cell's context variables.
+        # ipykernel keys an output's parent cell on one; without it, an update by display
+        # id goes out with the cell running then, which is how front ends (and nbclient)
+        # take it and route it to the display's own cell, wherever that is.
+        fut = contextvars.Context().run(router.submit, job._main(work))
         # the loop stopped before the work ever ran (shutdown): settle all the same
         fut.add_done_callback(lambda _: job._settle("cancelled", None, JobCancelled(
             f"{job.name}: cancelled before it started")))

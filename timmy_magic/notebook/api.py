@@ -57,6 +57,7 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
     if background:
         handle = batch.start(router, job, cache=answers, progress=shown)
         if session is not None:
+            handle.cell = getattr(session.shell, "execution_count", None)
             session.jobs.add(handle)
             handle.add_done_callback(lambda done: _keep(session, done))
         return handle
