@@ -237,3 +237,26 @@ def test_a_job_cancelled_before_it_starts_raises_job_cancelled() -> None:
         with pytest.raises(JobCancelled):
             job.result(2)
         assert job.status == "cancelled" and not job.cancel()
+
+
+def test_in_a_terminal_the_answer_is_printed_once_done(
+        bg: InteractiveShell, capsys: pytest.CaptureFixture[str]) -> None:
+    bg.run_line_magic("config", "TimmyMagics.display_mode = 'terminal'")
+    res = bg.run_cell("%%llm --bg -p slow -o ans\nwrite a lot")
+    assert res.error_in_exec is None
+    returned = capsys.readouterr().out
+    assert "tok0" not in returned  # nothing streams over the prompt the user types at
+    bg.user_ns["ans"].result(10)  # the print is the job's last step: done, it is out
+    printed = capsys.readouterr().out
+    assert printed.startswith("tok0 tok1") and "tok39" in printed
+    assert "slow · fault-model" in printed
+
+
+def test_a_done_job_displays_its_value(bg: InteractiveShell) -> None:
+    run(bg, "%%llm --bg -p slow,quick -o cmp\ncompare us")
+    bg.user_ns["cmp"].result(10)
+    _, shown = run(bg, "cmp")
+    assert "hello there" in shown and "tok39" in shown  # the Comparison's grid
+    run(bg, "%%llm --bg -p slow -o later\nwrite")
+    _, shown = run(bg, "later")
+    assert "job 2: running" in shown  # its state line while it runs

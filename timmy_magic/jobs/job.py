@@ -18,6 +18,11 @@ background=True)``, and any other long run that should not hold the notebook):
 4. ``Job.start(router, work, kind=..., label=...)`` returns the handle at once;
    ``add_done_callback`` runs (on the loop thread) once it settled, to keep its value
    where the caller's foreground form would (``timmy_magic.last()``...).
+5. The notebook face (``timmy_magic.notebook.api``) sets ``job.cell`` to the running
+   cell's number and adds the job to the session's ``JobBoard`` (``session.jobs``), so
+   ``%llm jobs`` lists it and ``%llm cancel``, ``%unload_ext`` and the kernel's exit
+   stop it; ``map(..., background=True)`` is the example to follow
+   (``batch.start`` + ``notebook.api.map``).
 
 Every state change happens on the loop thread; the caller's thread only reads, waits
 (``result``, ``await job``) and asks (``cancel``).

@@ -152,14 +152,14 @@ def job_bundle(job: Job[Any]) -> dict[str, str]:
 
 def show_job(session_of: Callable[[], Session | None], job: Job[Any]) -> None:
     """The display of a Job (registered with IPython): nothing for the cell that started
-    it (its output is the live answer above), else its answer if it has one, else its
-    state line."""
+    it (its output is the live answer above), else its value once it has one (a Result,
+    a Comparison, a MapResult), else its state line."""
     from timmy_magic.notebook.display.render import display
 
     session = session_of()
     if session is not None and job.cell is not None and job.cell == cell_number(session):
         return
-    if job.done() and job.exception() is None and isinstance(job.result(), Result):
+    if job.done() and job.exception() is None:
         display(job.result())
         return
     display(job_bundle(job), raw=True)

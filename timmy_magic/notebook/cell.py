@@ -157,7 +157,8 @@ class TimmyMagics(Magics):
                by kernel variables ({{ and }} for literal braces).
         Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
                reload [PATH] | trust [PATH] | untrust [PATH] | history | reset |
-               start NAME | stop NAME | panel | bench ... | help (%llm COMMAND --help)
+               start NAME | stop NAME | panel | jobs | cancel ID|VAR|all | bench ... |
+               help (%llm COMMAND --help)
         """
         if cell is None:
             return self.commands.run(line)
