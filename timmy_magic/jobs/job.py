@@ -129,8 +129,10 @@ class Job(Generic[T]):
             self._settle("cancelled", None, JobCancelled(f"{self.name}: cancelled"))
         except Exception as exc:  # noqa: BLE001 - the work's failure: result() raises it
             self._settle("failed", None, exc)
-        else:
-            self._settle("cancelled" if self._cancel_asked else "done", value, None)
+        else:  # a cancel that came after the work's last await did not stop it: done
+            task = self._task
+            stopped = task is not None and task.cancelling() > 0
+            self._settle("cancelled" if stopped else "done", value, None)
 
     def _settle(self, state: JobState, value: T | None, error: BaseException | None) -> None:
         if self._outcome.done():
