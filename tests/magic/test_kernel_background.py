@@ -176,3 +176,16 @@ def test_map_in_the_background_runs_as_a_job_with_progress(kernel: LoggingKernel
     out = kernel.text("res = job.result(10)\nprint([r.text for r in res.results], "
                       "timmy_magic.last() is res)")
     assert out == "['Say a', 'Say b'] True\n"
+
+
+def test_a_kernel_shutdown_cancels_the_jobs_and_exits_cleanly(
+        kernel: LoggingKernel, fault: FaultServer) -> None:
+    base = fault.open_connections
+    ids = [kernel.display_id(kernel.run(f"%%llm --bg -p s{i} -o j{i}\nsay")) for i in (1, 2)]
+    assert wait_for(lambda: all(kernel.updates(d) for d in ids), 10)
+    assert wait_for(lambda: fault.open_connections >= base + 2, 5)
+    proc = kernel.km.provisioner.process  # type: ignore[union-attr]
+    kernel.km.request_shutdown()
+    assert wait_for(lambda: proc.poll() is not None, 10)  # it exited on its own ...
+    assert proc.returncode == 0  # ... cleanly, not killed
+    assert wait_for(lambda: fault.open_connections <= base, 2)
