@@ -161,6 +161,9 @@ def test_bad_options_are_one_line_and_code_format_is_refused(bg: InteractiveShel
     assert res.error_in_exec is not None and "--bg -f code" in shown
     res, shown = run(bg, "%%llm --bg -p nowhere\nhi")
     assert res.error_in_exec is not None and "nowhere" in shown
+    run(bg, "1/0")
+    res, shown = run(bg, "%llm fix --bg -p quick")
+    assert res.error_in_exec is not None and "%llm fix: --bg does not apply" in shown
 
 
 def test_a_failing_job_shows_its_failure_and_result_raises_it(

@@ -282,6 +282,9 @@ class LineCommands:
         if opts.chat or opts.cells or opts.names or opts.error or opts.fmt != "markdown":
             raise UsageError(f"%llm {command}: --chat, --cells, --vars, --error and -f do not "
                              "apply (the last error is the context)")
+        if opts.background:
+            raise UsageError(f"%llm {command}: --bg does not apply (its answer acts on the "
+                             "cell you are in: run it in the foreground)")
         return opts
 
     def _error_context(self, command: Literal["fix", "explain"]) -> Context:
