@@ -92,11 +92,20 @@ def test_a_foreground_cell_completes_while_three_answers_stream_into_their_cells
         kernel: LoggingKernel) -> None:
     cells = {i: kernel.send(f"%%llm --bg -p s{i} -o j{i}\nsay {w}", cell_id=f"bg-{i}")
              for i, w in WORDS.items()}
-    ids = {i: kernel.display_id(kernel.outputs(m)) for i, m in cells.items()}
-    # each background cell is over at once: its display (the placeholder), then idle
+    shown = {i: kernel.outputs(m) for i, m in cells.items()}
+    ids = {i: kernel.display_id(msgs) for i, msgs in shown.items()}
+    # each background cell is over at once: its display (the placeholder), then idle;
+    # its Out is the Job, which shows nothing there (the live answer is its output)
     assert all(kernel.final(d) is None for d in ids.values())
+    assert all([m["msg_type"] for m in msgs] == ["execute_input", "display_data"]
+               for msgs in shown.values())
+    assert kernel.text("print(type(Out[2]).__name__, Out[2] is j1)") == "Job True\n"
     fg = kernel.run("%%llm -p quick\nin the foreground", cell_id="fg")
-    assert "hello there" in fg[-1]["content"]["data"]["text/markdown"]
+    own = kernel.display_id(fg)
+    # while it ran, updates of the background displays came too (by their own ids)
+    assert {m["content"]["transient"]["display_id"] for m in fg
+            if m["msg_type"] == "update_display_data"} <= {own, *ids.values()}
+    assert "hello there" in (kernel.final(own) or "")
     assert kernel.text("print(sum(j.done() for j in (j1, j2, j3)))") == "0\n"
     assert all(kernel.final(d) is None for d in ids.values())  # still streaming
     assert all(kernel.updates(d) for d in ids.values())  # ... and they did stream
