@@ -12,6 +12,7 @@ keeping the result (``last_result``, ``-o``) and acting on a complete answer (``
 
 from __future__ import annotations
 
+import ast
 import atexit
 import dataclasses
 import time
@@ -148,7 +149,7 @@ class Session:
             Message("user", self._user_content(ctx, vision)),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
-                              opts.provider, opts.schema)
+                              opts.provider, opts.schema, instruct=ctx.instruct)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
@@ -201,92 +202,13 @@ class Session:
     def side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str
                      ) -> Job[Any] | None:
         """One prompt to several providers or models at once, in columns."""
-        from timmy_magic.compare import Column, Comparison, run_columns
-        from timmy_magic.notebook.display.compare_view import BlocksView, GridView
+        from timmy_magic.notebook.side_by_side import side_by_side
 
-        if opts.fmt not in ("markdown", "text") and opts.schema is None:
-            raise UsageError(f"-f {opts.fmt} does not apply side by side (markdown or text)")
-        columns = (tuple(Column(p, p, opts.model) for p in opts.providers) if opts.providers
-                   else tuple(Column(m, opts.provider, m) for m in opts.models))
-        if opts.new:
-            self.conversation.reset()
-        earlier = self.conversation.context(key) if opts.chat else ()
-        messages = tuple(m for m in ctx.as_messages() if m.role == "system") + earlier + (
-            Message("user", ctx.prompt_text()),)
-        try:
-            reqs = [ChatRequest(messages, c.model, opts.temperature, opts.max_tokens,
-                                c.provider, opts.schema) for c in columns]
-        except InvalidRequest as exc:
-            raise UsageError(str(exc)) from None
-        view = (GridView(columns, self.settings.updates_per_second, live=opts.stream)
-                if rich_frontend(self.shell, self.settings.display_mode)
-                else BlocksView(columns, live=False))
-        keyed = [self.answers.fields(r, opts.fmt, opts.cache) for r in reqs]
-        hits: dict[int, Result] = {}
-        try:
-            for i, (fields, mode) in enumerate(keyed):
-                hit = self.answers.lookup(fields, mode, reqs[i].schema)
-                if hit is not None:
-                    hits[i] = hit
-        except ReplayMiss as exc:
-            view.start(time.monotonic())
-            display(ErrorBlock("replay: no recorded answer", str(exc), (),
-                               REPLAY_HINTS).bundle(), raw=True)
-            return None
-        live = [i for i in range(len(columns)) if i not in hits]
-        clock = time.monotonic
-        t0 = clock()
-        if live:  # all from the cache: one display, the final one (no placeholder)
-            view.start(t0)
-        for i, hit in hits.items():
-            view.done(i, hit)
-
-        def finish(got: list[Result], errors: dict[str, str], interrupted: bool) -> Any:
-            by_index = dict(zip(live, got))
-            results = [hits[i] if i in hits else by_index[i] for i in range(len(columns))]
-            for i in live:
-                if not interrupted and results[i].ok:
-                    self.answers.record(keyed[i][0], results[i], keyed[i][1])
-
-            def keep_turn(res: Result) -> None:
-                self.conversation.record(Turn(key, prompt, res.text, res.provider))
-
-            comparison = Comparison(columns, results, errors,
-                                    keep_turn=keep_turn if opts.chat else None)
-            self.last_result = comparison
-            if opts.out and not opts.background:
-                self.shell.user_ns[opts.out] = comparison
-            notes: tuple[str, ...] = (ctx.note(),) if ctx.note() else ()
-            if opts.chat:
-                notes += ("--chat: continue with one answer: "  # noqa: ISC004
-                          f"{opts.out or 'timmy_magic.last()'}.keep('{columns[0].label}')",)
-            view.finish(comparison, notes)
-            return comparison
-
-        shown = tuple(columns[i] for i in live)
-        if opts.background:
-            from timmy_magic.notebook.background import start_columns
-
-            return start_columns(self, [reqs[i] for i in live], _Remap(view, live), shown,
-                                 t0, finish, opts, prompt)
-        got: list[Result] = []
-        errors: dict[str, str] = {}
-        interrupted = False
-        if live:
-            events = self.router.stream_many([reqs[i] for i in live],
-                                             tick_every=0.05 if opts.stream else None)
-            try:
-                got, errors, interrupted = run_columns(events, _Remap(view, live), shown,
-                                                       clock, t0)
-            finally:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
-        finish(got, errors, interrupted)
-        if interrupted:
+        outcome = side_by_side(self, ctx, opts, key, prompt)
+        if outcome is True:
             raise StreamInterrupted(f"{INTERRUPTED}; the partial answers are kept: "
                                     "timmy_magic.last()")
-        return None
+        return outcome if isinstance(outcome, Job) else None
 
     def _fit(self, ctx: Context, opts: CellOptions, vision: bool = False) -> Context:
         """Cut the context to the model's window (``context_window`` in providers.yaml,
@@ -392,14 +314,34 @@ class Session:
         if opts.fmt == "code":
             if result.error or not result.text.strip():
                 return ("the answer is incomplete: no cell was inserted",)
-            self.shell.set_next_input(extract_code(result.text), replace=False)
-            return ("code inserted into a new cell below",)
+            return self.propose_cell(extract_code(result.text), "code inserted into a new "
+                                     "cell below")
         if opts.fmt == "json" and opts.schema is None:
             try:
                 parse_json(result.text)
             except JSONAnswerError as exc:
                 return (str(exc),)
         return ()
+
+    def propose_cell(self, code: str, done: str, unchanged: str | None = None,
+                     missing: str | None = None) -> tuple[str, ...]:
+        """Insert ``code`` as a new cell below, only if it parses (IPython's own syntax,
+        ``%magic`` and ``!cmd``, allowed), differs from the failing cell ``unchanged`` and
+        no longer uses the ``missing`` name the error was about: the one place an answer
+        becomes a cell. The note says what happened and why."""
+        problem = not_python(code)
+        if problem == "no code":
+            return ("the answer holds no code: no cell was inserted",)
+        if problem:
+            return (f"the proposed code is not valid Python ({problem}): no cell was inserted",)
+        if unchanged is not None and code.strip() == unchanged.strip():
+            return ("the model proposed the failing cell unchanged: no cell was inserted",)
+        if missing and len(missing) > 2 and missing in code and (
+                unchanged is None or missing in unchanged):
+            why = f"the proposed fix still uses '{missing}', the name the error is about"
+            return (f"{why}: no cell was inserted",)
+        self.shell.set_next_input(code, replace=False)
+        return (done,)
 
     # ------------------------------------------------------------------ objects
 
@@ -423,19 +365,18 @@ class Session:
         self.router.close()
 
 
-class _Remap:
-    """A GridView seen by ``run_columns`` over only the columns that stream live: its
-    column ``j`` is the grid's column ``live[j]`` (cached columns are filled already)."""
+def not_python(code: str) -> str:
+    """Why ``code`` cannot run as a cell (IPython syntax such as ``%magic`` and ``!cmd``
+    lines allowed), "no code" for nothing but blanks and comments, or "" when it parses."""
+    from IPython.core.inputtransformer2 import TransformerManager
 
-    def __init__(self, view: Any, live: list[int]) -> None:
-        self.view, self.live = view, live
-
-    def event(self, j: int, ev: Any, now: float) -> None:
-        self.view.event(self.live[j], ev, now)
-
-    def done(self, j: int, result: Result) -> None:
-        self.view.done(self.live[j], result)
-
-    def tick(self, now: float) -> None:
-        self.view.tick(now)
-
+    try:
+        source = TransformerManager().transform_cell(code)  # type: ignore[no-untyped-call]
+        if not ast.parse(source).body:
+            return "no code"  # blank, or comments only
+        compile(source, "<cell>", "exec")
+    except SyntaxError as exc:
+        return f"{type(exc).__name__}: {exc.msg}, line {exc.lineno}"
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}"
+    return ""
