@@ -263,3 +263,21 @@ def test_a_done_job_displays_its_value(bg: InteractiveShell) -> None:
     run(bg, "%%llm --bg -p slow -o later\nwrite")
     _, shown = run(bg, "later")
     assert "job 2: running" in shown or "job 2: queued" in shown  # its state line
+
+
+def test_waiting_for_a_job_on_the_loop_itself_is_refused_not_a_deadlock(
+        bg: InteractiveShell) -> None:
+    from timmy_magic.notebook import session
+
+    run(bg, "%%llm --bg -p slow -o ans\nwrite a lot")
+    job = bg.user_ns["ans"]
+
+    async def wait_on_the_loop() -> str:
+        try:
+            job.result()
+        except RuntimeError as exc:
+            return str(exc)
+        return "no error"
+
+    said = session(bg).router.submit(wait_on_the_loop()).result(5)
+    assert "would deadlock" in said and "await it instead" in said

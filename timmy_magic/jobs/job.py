@@ -193,6 +193,10 @@ class Job(Generic[T]):
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until it settled (in short steps, so a kernel interrupt lands); True if it
         did within ``timeout``."""
+        router = self._router
+        if not self.done() and router is not None and router.runner.on_loop():
+            raise RuntimeError(f"{self.name}: waited for on the router's own loop (would "
+                               "deadlock): await it instead")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             step = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())

@@ -59,6 +59,7 @@ def start_answer(session: Session, req: ChatRequest, opts: CellOptions, view: Vi
     if hit is not None:  # the answer is at hand: shown now, as in the foreground
         done = Job.settled(finish(hit, False), kind="llm", label=prompt, var=opts.out,
                            cell=cell_number(session))
+        done.report(provider=hit.provider, tokens=hit.usage.output_tokens or 0)
         return _listed(session, done, opts.out)
     view.start(got.t0)
 
