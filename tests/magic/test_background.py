@@ -281,3 +281,14 @@ def test_waiting_for_a_job_on_the_loop_itself_is_refused_not_a_deadlock(
 
     said = session(bg).router.submit(wait_on_the_loop()).result(5)
     assert "would deadlock" in said and "await it instead" in said
+
+
+def test_a_cell_run_again_replaces_its_running_job(bg: InteractiveShell) -> None:
+    with capture_output():
+        bg.run_cell("%%llm --bg -p slow -o first\nwrite", store_history=True, cell_id="c1")
+        bg.run_cell("%%llm --bg -p slow -o other\nwrite", store_history=True, cell_id="c2")
+        bg.run_cell("%%llm --bg -p slow -o again\nwrite", store_history=True, cell_id="c1")
+    first, other, again = (bg.user_ns[v] for v in ("first", "other", "again"))
+    assert first.wait(2) and first.status == "cancelled"  # the cell's old job
+    assert not other.done() and not again.done()  # another cell's job goes on
+    assert again.result(10).ok and other.result(10).ok

@@ -22,10 +22,18 @@ class UnknownJob(TimmyError):
 class JobBoard:
     def __init__(self) -> None:
         self._jobs: list[Job[Any]] = []
+        self._by_source: dict[str, Job[Any]] = {}
 
-    def add(self, job: Job[Any]) -> Job[Any]:
+    def add(self, job: Job[Any], source: str | None = None) -> Job[Any]:
+        """Number ``job`` and list it. ``source`` (a cell's id): a job still running from
+        the same source is cancelled, the new one replacing it."""
         job.id = len(self._jobs) + 1
         self._jobs.append(job)
+        if source is not None:
+            old = self._by_source.get(source)
+            if old is not None and old is not job:
+                old.cancel()
+            self._by_source[source] = job
         return job
 
     def __iter__(self) -> Iterator[Job[Any]]:

@@ -51,7 +51,7 @@ def cell_number(session: Session) -> int | None:
 
 
 def start_answer(session: Session, req: ChatRequest, opts: CellOptions, view: View,
-                 hit: Result | None, finish: Finish, prompt: str) -> Job[Result]:
+                 hit: Result | None, finish: Finish, prompt: str, key: str) -> Job[Result]:
     """Start the answer to ``req`` as a Job; ``hit``: the cache's answer (no request)."""
     clock = time.monotonic
     got = AnswerCollector(clock())
@@ -60,7 +60,7 @@ def start_answer(session: Session, req: ChatRequest, opts: CellOptions, view: Vi
         done = Job.settled(finish(hit, False), kind="llm", label=prompt, var=opts.out,
                            cell=cell_number(session))
         done.report(provider=hit.provider, tokens=hit.usage.output_tokens or 0)
-        return _listed(session, done, opts.out)
+        return _listed(session, done, opts.out, key)
     view.start(got.t0)
 
     async def work(job: Job[Result]) -> Result:
@@ -89,13 +89,15 @@ def start_answer(session: Session, req: ChatRequest, opts: CellOptions, view: Vi
 
     job: Job[Result] = Job.start(session.router, work, kind="llm", label=prompt,
                                  var=opts.out, cell=cell_number(session))
-    return _listed(session, job, opts.out)
+    return _listed(session, job, opts.out, key)
 
 
-def _listed(session: Session, job: Job[Any], var: str | None) -> Job[Any]:
+def _listed(session: Session, job: Job[Any], var: str | None, key: str) -> Job[Any]:
     """``job`` on the session's board, and in ``var`` (if any) from now on: the Job, whose
-    ``result()`` is the answer, never rebound under the user by the loop thread."""
-    session.jobs.add(job)
+    ``result()`` is the answer, never rebound under the user by the loop thread. A cell
+    the front end names (``cell:<id>``) that runs again replaces its job still running
+    (its display is gone, and a local model would serve both)."""
+    session.jobs.add(job, key if key.startswith("cell:") else None)
     if var:
         session.shell.user_ns[var] = job
     return job
@@ -104,7 +106,7 @@ def _listed(session: Session, job: Job[Any], var: str | None) -> Job[Any]:
 def start_columns(session: Session, reqs: list[ChatRequest], view: Any,
                   columns: tuple[Any, ...], t0: float,
                   finish: Callable[[list[Result], dict[str, str], bool], Any],
-                  opts: CellOptions, prompt: str) -> Job[Any]:
+                  opts: CellOptions, prompt: str, key: str) -> Job[Any]:
     """A side-by-side cell as a Job: the columns stream into their grid from the loop;
     ``finish`` makes the Comparison (the Job's result) and renders it."""
     from timmy_magic.compare import ColumnFeed
@@ -113,7 +115,7 @@ def start_columns(session: Session, reqs: list[ChatRequest], view: Any,
     if not reqs:  # every column from the cache: shown now, as in the foreground
         done = Job.settled(finish([], {}, False), kind="side by side", label=prompt,
                            var=opts.out, cell=cell_number(session))
-        return _listed(session, done, opts.out)
+        return _listed(session, done, opts.out, key)
 
     async def work(job: Job[Any]) -> Any:
         feed = ColumnFeed(view, columns, t0)
@@ -132,7 +134,7 @@ def start_columns(session: Session, reqs: list[ChatRequest], view: Any,
 
     job: Job[Any] = Job.start(session.router, work, kind="side by side", label=prompt,
                               var=opts.out, cell=cell_number(session))
-    return _listed(session, job, opts.out)
+    return _listed(session, job, opts.out, key)
 
 
 async def _tick(view: View, every: float, clock: Callable[[], float]) -> None:

@@ -176,7 +176,7 @@ class Session:
         if opts.background:
             from timmy_magic.notebook.background import start_answer
 
-            return start_answer(self, req, opts, view, hit, finish, prompt)
+            return start_answer(self, req, opts, view, hit, finish, prompt, key)
         interrupted = False
         if hit is None:
             try:

@@ -98,7 +98,7 @@ def side_by_side(session: Session, ctx: Context, opts: CellOptions, key: str, pr
         from timmy_magic.notebook.background import start_columns
 
         return start_columns(session, [reqs[i] for i in live], _Remap(view, live), shown,
-                             t0, finish, opts, prompt)
+                             t0, finish, opts, prompt, key)
     got: list[Result] = []
     errors: dict[str, str] = {}
     interrupted = False
