@@ -53,6 +53,10 @@ class _Plan:
     settled: dict[int, Result] = field(default_factory=dict)
 
 
+Ask = ChatRequest | Result
+"""One item of a run: a request to send, or a row already settled (its error)."""
+
+
 def run(router: Router, job: MapJob, *, cache: RowCache | None = None,
         progress: Progress | None = None) -> MapResult:
     """Ask every row of ``job`` through ``router`` and return one Result per row, in input
@@ -63,19 +67,42 @@ def run(router: Router, job: MapJob, *, cache: RowCache | None = None,
         return job.empty()
     if job.provider is not None:
         router.provider(job.provider)  # UnknownProvider names the others
-    plan = _plan(job, cache)
+    results, elapsed, interrupted = ask_all(
+        router, [prepare(job, row) for row in job.items], job.concurrency,
+        cache=cache, progress=progress)
+    return MapResult(job.items, results, job.schema, job.index, elapsed, interrupted)
+
+
+def prepare(job: MapJob, row: Any) -> Ask:
+    """The request of one row, or the error Result of a row that cannot fill it."""
+    try:
+        return job.request(row)
+    except (InterpolationError, InvalidRequest) as exc:
+        return failed(str(exc))
+
+
+def ask_all(router: Router, asks: list[Ask], concurrency: int, *,
+            cache: RowCache | None = None, progress: Progress | None = None
+            ) -> tuple[list[Result], float, bool]:
+    """Every request of ``asks`` through ``router``, at most ``concurrency`` in flight in
+    all and at most a pinned provider's ``max_concurrency`` at that provider: one Result
+    per item in order, the seconds it took, and whether Ctrl-C stopped it (the finished
+    ones are kept, the others are ``NOT_RUN`` errors). Items that are Results already
+    are kept as they are. ``cache`` and ``progress`` as in ``run``."""
+    plan = _plan(asks, cache)
     if progress is not None:
-        progress.start(len(job.items))
-    return _gather(router, job, plan, progress, cache)
+        progress.start(len(asks))
+    limits = {name: cfg.max_concurrency for name in
+              {r.provider for r in plan.requests.values() if r.provider is not None}
+              if (cfg := router.provider(name).cfg).max_concurrency is not None}
+    return _gather(router, len(asks), plan, concurrency, limits, progress, cache)
 
 
-def _plan(job: MapJob, cache: RowCache | None) -> _Plan:
+def _plan(asks: list[Ask], cache: RowCache | None) -> _Plan:
     plan = _Plan()
-    for i, row in enumerate(job.items):
-        try:
-            req = job.request(row)
-        except (InterpolationError, InvalidRequest) as exc:
-            plan.settled[i] = failed(str(exc))
+    for i, req in enumerate(asks):
+        if isinstance(req, Result):
+            plan.settled[i] = req
             continue
         if cache is not None:
             try:
@@ -91,21 +118,32 @@ def _plan(job: MapJob, cache: RowCache | None) -> _Plan:
 
 
 async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: int,
-               out: queue.SimpleQueue[tuple[int, Result]], finished: threading.Event) -> None:
-    """Every request on this loop, at most ``concurrency`` at once; each outcome goes to
-    ``out`` as it comes. A row's own failure is its Result; a cancel cancels them all.
-    ``finished`` is set once every request has settled (permits, metrics, connections):
-    a cancelled concurrent future says done at once, before that."""
+               limits: dict[str, int], out: queue.SimpleQueue[tuple[int, Result]],
+               finished: threading.Event) -> None:
+    """Every request on this loop, at most ``concurrency`` at once (and at most
+    ``limits[p]`` pinned to provider ``p``); each outcome goes to ``out`` as it comes. A
+    row's own failure is its Result; a cancel cancels them all. ``finished`` is set once
+    every request has settled (permits, metrics, connections): a cancelled concurrent
+    future says done at once, before that."""
     todo = iter(requests.items())
+    gates = {name: asyncio.Semaphore(n) for name, n in limits.items()}
+
+    async def ask(req: ChatRequest) -> Result:
+        try:
+            return await router.acomplete(req, cache=False)  # looked up in _plan
+        except RoutingError as exc:
+            return failed(str(exc), exc.trace)
+        except TimmyError as exc:
+            return failed(str(exc))
 
     async def worker() -> None:  # ``concurrency`` of these: memory flat in the rows
         for i, req in todo:
-            try:
-                res = await router.acomplete(req, cache=False)  # looked up in _plan
-            except RoutingError as exc:
-                res = failed(str(exc), exc.trace)
-            except TimmyError as exc:
-                res = failed(str(exc))
+            gate = gates.get(req.provider or "")
+            if gate is None:
+                res = await ask(req)
+            else:
+                async with gate:
+                    res = await ask(req)
             out.put((i, res))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(requests)))]
@@ -118,12 +156,13 @@ async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: in
         finished.set()
 
 
-def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
-            cache: RowCache | None) -> MapResult:
-    results: list[Result | None] = [None] * len(job.items)
+def _gather(router: Router, total: int, plan: _Plan, concurrency: int,
+            limits: dict[str, int], progress: Progress | None,
+            cache: RowCache | None) -> tuple[list[Result], float, bool]:
+    results: list[Result | None] = [None] * total
     for i, res in plan.settled.items():
         results[i] = res
-    pacer = _Pacer(progress, len(job.items)) if progress is not None else None
+    pacer = _Pacer(progress, total) if progress is not None else None
     t0 = time.monotonic()
     tokens = 0
     out: queue.SimpleQueue[tuple[int, Result]] = queue.SimpleQueue()
@@ -155,7 +194,8 @@ def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
     try:  # from before the run starts: a Ctrl-C anywhere from here cancels it
         draw()
         if plan.requests:
-            fut = router.submit(_run(router, plan.requests, job.concurrency, out, finished))
+            fut = router.submit(_run(router, plan.requests, concurrency, limits, out,
+                                      finished))
             # Wake every PROGRESS_EVERY, and at once when the run ends: not once per row
             # (each wake-up takes the GIL from the loop thread that runs the requests),
             # and never a poll's worth of waiting after the last row (measured in
@@ -181,7 +221,7 @@ def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
         draw(final=True)
     except KeyboardInterrupt:  # the rows are kept all the same
         interrupted = True
-    return MapResult(job.items, final, job.schema, job.index, elapsed, interrupted)
+    return final, elapsed, interrupted
 
 
 class _Pacer:

@@ -1,6 +1,7 @@
-"""``timmy_magic.map`` as a notebook calls it: the batch feature (``timmy_magic.batch``)
-given the loaded extension's router and answer cache, its progress shown where the code
-runs (``notebook.progress``), its result kept as ``timmy_magic.last()``.
+"""``timmy_magic.map`` and ``timmy_magic.evaluate`` as a notebook calls them: the batch
+and evaluation features (``timmy_magic.batch``, ``timmy_magic.evals``) given the loaded
+extension's router and answer cache, their progress shown where the code runs
+(``notebook.progress``), their result kept as ``timmy_magic.last()``.
 
 Plain Python works the same with ``router=`` and no extension loaded (no cache, the
 progress as one terminal line).
@@ -11,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from timmy_magic import batch
+from timmy_magic import batch, evals
 from timmy_magic.batch import MapError, MapInterrupted
+from timmy_magic.evals import EvalError, EvalInterrupted
 from timmy_magic.notebook.display.progress import make_progress
 from timmy_magic.notebook.extension import session as current_session
 
@@ -59,8 +61,58 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
     return result
 
 
-def _surface(router: Router | None) -> tuple[Session | None, Router]:
-    """(the shell's session, when the map runs on its router; the router to use)."""
+def evaluate(rows: Any, prompt: str, targets: Any, score: Any = None, *,
+             system: str | None = None, schema: Any = None, concurrency: int = 8,
+             max_tokens: int | None = None, temperature: float | None = None,
+             export: str | Path | None = None, results: str | Path | None = None,
+             cache: bool | None = None, progress: bool = True,
+             router: Router | None = None) -> Any:
+    """Ask ``prompt`` filled from each of ``rows`` of every target (``"provider"``,
+    ``"provider:model"``, ``(provider, model)``), score the answers (``"exact:FIELD"``,
+    ``"contains:FIELD"``, ``"regex:PATTERN"``, ``"json"``, a function ``(row, result) ->
+    float`` in [0, 1], or ``judge("provider[:model]", rubric)``) and return an
+    ``Evaluation``: ``.to_pandas()``, ``.summary()``, ``.cascade(min_score=...)`` (see
+    ``timmy_magic.evals``). At most ``concurrency`` requests in flight (and a provider's
+    ``max_concurrency``). ``export``: write each target's requests as batch JSONL into
+    that folder instead (an ``EvalExport``); ``results``: read their output back from it.
+    ``cache``: as for ``map``, per (row, target). Ctrl-C raises ``EvalInterrupted``
+    holding the finished answers (also ``timmy_magic.last()``)."""
+    session, router = _surface(router, "evaluate")
+    try:
+        job = evals.plan_eval(router, rows, prompt, targets, score, system=system,
+                              schema=schema, concurrency=concurrency,
+                              max_tokens=max_tokens, temperature=temperature)
+    except MapError as exc:  # the rows themselves
+        raise EvalError(str(exc).replace("map:", "evaluate:", 1)) from None
+    if export is not None and results is not None:
+        raise EvalError("evaluate: export= writes the requests, results= reads the answers: "
+                        "pass one of them")
+    if export is not None:
+        return evals.export_eval(router, job, Path(export))
+    answers = None
+    if session is not None:
+        answers = _SessionAnswers(session.answers, "json" if job.jobs[0].schema else
+                                  "markdown", cache)
+
+    def shown(phase: str) -> Any:
+        return make_progress(phase) if progress else None
+
+    if results is not None:
+        result = evals.read_results(router, job, Path(results), cache=answers,
+                                    progress=shown)
+    else:
+        result = evals.run_eval(router, job, cache=answers, progress=shown)
+    if session is not None:
+        session.last_result = result
+    if result.interrupted:
+        done = sum(a.result.ok for a in result.answers)
+        raise EvalInterrupted(f"interrupted: {done} of {len(result.answers)} answers kept: "
+                              "timmy_magic.last()", result)
+    return result
+
+
+def _surface(router: Router | None, name: str = "map") -> tuple[Session | None, Router]:
+    """(the shell's session, when the call runs on its router; the router to use)."""
     try:
         session = current_session()
     except RuntimeError:
@@ -68,8 +120,9 @@ def _surface(router: Router | None) -> tuple[Session | None, Router]:
     if router is not None:
         return (session if session is not None and session.router is router else None), router
     if session is None:
-        raise MapError("map: no router: run %load_ext timmy_magic first, or pass "
-                       "router=Router.from_config()")
+        error = EvalError if name == "evaluate" else MapError
+        raise error(f"{name}: no router: run %load_ext timmy_magic first, or pass "
+                    "router=Router.from_config()")
     return session, session.router
 
 

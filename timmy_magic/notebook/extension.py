@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
 
 _EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
 """The one extension instance per shell."""
@@ -116,9 +117,10 @@ def session(ip: Any = None) -> Session:
     return extension(ip).session
 
 
-def last() -> Result | Comparison | MapResult | None:
+def last() -> Result | Comparison | MapResult | Evaluation | None:
     """The last %%llm result of this shell (partial if it was interrupted; a Comparison
-    after a side-by-side cell), or None."""
+    after a side-by-side cell, a MapResult or Evaluation after ``map`` or ``evaluate``),
+    or None."""
     return session().last_result
 
 

@@ -48,6 +48,7 @@ from timmy_magic.text.markup import count
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
 
 INTERRUPTED = USER_INTERRUPT
 
@@ -103,7 +104,7 @@ class Session:
         self.router = router
         self.settings = settings
         self.conversation = Conversation()
-        self.last_result: Result | Comparison | MapResult | None = None
+        self.last_result: Result | Comparison | MapResult | Evaluation | None = None
         """The last answer (a ``Comparison`` after a side-by-side cell, a ``MapResult``
         after ``timmy_magic.map``)."""
         self.active: AnswerCollector | None = None
