@@ -12,15 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from timmy_magic import batch, evals
+from timmy_magic import batch
 from timmy_magic.batch import MapError, MapInterrupted
-from timmy_magic.evals import EvalError, EvalInterrupted
+from timmy_magic.evals import EvalError
 from timmy_magic.notebook.display.progress import make_progress
 from timmy_magic.notebook.extension import session as current_session
+from timmy_magic.notebook.runs import SessionAnswers, run_evaluation
 
 if TYPE_CHECKING:
-    from timmy_magic.model.chat import ChatRequest, Result
-    from timmy_magic.notebook.cached import CellCache
     from timmy_magic.notebook.session import Session
     from timmy_magic.routing.router import Router
 
@@ -48,7 +47,7 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
         return batch.export(router, job, Path(export))
     answers = None
     if session is not None:
-        answers = _SessionAnswers(session.answers, "json" if job.schema else "markdown",
+        answers = SessionAnswers(session.answers, "json" if job.schema else "markdown",
                                   cache)
     result = batch.run(router, job, cache=answers,
                        progress=make_progress("map") if progress else None)
@@ -78,37 +77,10 @@ def evaluate(rows: Any, prompt: str, targets: Any, score: Any = None, *,
     ``cache``: as for ``map``, per (row, target). Ctrl-C raises ``EvalInterrupted``
     holding the finished answers (also ``timmy_magic.last()``)."""
     session, router = _surface(router, "evaluate")
-    try:
-        job = evals.plan_eval(router, rows, prompt, targets, score, system=system,
-                              schema=schema, concurrency=concurrency,
-                              max_tokens=max_tokens, temperature=temperature)
-    except MapError as exc:  # the rows themselves
-        raise EvalError(str(exc).replace("map:", "evaluate:", 1)) from None
-    if export is not None and results is not None:
-        raise EvalError("evaluate: export= writes the requests, results= reads the answers: "
-                        "pass one of them")
-    if export is not None:
-        return evals.export_eval(router, job, Path(export))
-    answers = None
-    if session is not None:
-        answers = _SessionAnswers(session.answers, "json" if job.jobs[0].schema else
-                                  "markdown", cache)
-
-    def shown(phase: str) -> Any:
-        return make_progress(phase) if progress else None
-
-    if results is not None:
-        result = evals.read_results(router, job, Path(results), cache=answers,
-                                    progress=shown)
-    else:
-        result = evals.run_eval(router, job, cache=answers, progress=shown)
-    if session is not None:
-        session.last_result = result
-    if result.interrupted:
-        done = sum(a.result.ok for a in result.answers)
-        raise EvalInterrupted(f"interrupted: {done} of {len(result.answers)} answers kept: "
-                              "timmy_magic.last()", result)
-    return result
+    return run_evaluation(session, router, rows, prompt, targets, score, system=system,
+                          schema=schema, concurrency=concurrency, max_tokens=max_tokens,
+                          temperature=temperature, export=export, results=results,
+                          cache=cache, progress=progress)
 
 
 def _surface(router: Router | None, name: str = "map") -> tuple[Session | None, Router]:
@@ -124,19 +96,3 @@ def _surface(router: Router | None, name: str = "map") -> tuple[Session | None, 
         raise error(f"{name}: no router: run %load_ext timmy_magic first, or pass "
                     "router=Router.from_config()")
     return session, session.router
-
-
-class _SessionAnswers:
-    """The session's answer cache as ``batch.RowCache``: the mode in force with the call's
-    ``cache`` flag, each request keyed as a cell keys it (``fmt``: json with a schema)."""
-
-    def __init__(self, answers: CellCache, fmt: str, flag: bool | None) -> None:
-        self.answers, self.fmt, self.flag = answers, fmt, flag
-
-    def lookup(self, req: ChatRequest) -> Result | None:
-        fields, mode = self.answers.fields(req, self.fmt, self.flag)
-        return self.answers.lookup(fields, mode, req.schema)
-
-    def record(self, req: ChatRequest, result: Result) -> None:
-        fields, mode = self.answers.fields(req, self.fmt, self.flag)
-        self.answers.record(fields, result, mode)

@@ -154,7 +154,8 @@ class TimmyMagics(Magics):
                by kernel variables ({{ and }} for literal braces).
         Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
                reload [PATH] | trust [PATH] | untrust [PATH] | history | reset |
-               start NAME | stop NAME | panel | bench ... | help (%llm COMMAND --help)
+               start NAME | stop NAME | panel | bench ... | eval ... | help
+               (%llm COMMAND --help)
         """
         if cell is None:
             return self.commands.run(line)

@@ -90,6 +90,10 @@ class LineCommands:
                                 add_help=False, prog="%llm bench")
         bench.add_argument("rest", nargs=argparse.REMAINDER)
         bench.set_defaults(handler=self._bench)
+        evaluation = subs.add_parser("eval", help="evaluate providers on rows (%llm eval "
+                                     "--help)", add_help=False, prog="%llm eval")
+        evaluation.add_argument("rest", nargs=argparse.REMAINDER)
+        evaluation.set_defaults(handler=self._eval)
         add("help", self._help, "this help")
         return root
 
@@ -97,6 +101,8 @@ class LineCommands:
         name, _, rest = line.strip().partition(" ")
         if name == "bench":  # its own parser: every argument goes to it as written
             return self._bench_line(rest.strip())
+        if name == "eval":
+            return self._eval_line(rest.strip())
         try:
             argv = shlex.split(line)
         except ValueError as exc:
@@ -305,6 +311,17 @@ class LineCommands:
             print(f"bench not available ({exc})")
             return None
         out = bench_line(self.ext.session, rest)
+        if out is not None:
+            display(out)
+        return None
+
+    def _eval(self, args: argparse.Namespace) -> Any:
+        return self._eval_line(shlex.join(args.rest))
+
+    def _eval_line(self, rest: str) -> Any:
+        from timmy_magic.notebook.eval_magic import eval_line
+
+        out = eval_line(self.ext.session, self.ext.shell, rest)
         if out is not None:
             display(out)
         return None

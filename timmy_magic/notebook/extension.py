@@ -53,20 +53,26 @@ def _markdown_formatter(ip: Any) -> Any:
 
 
 def register_displays(ip: Any) -> None:
-    """How the notebook shows our values: a ``Result`` as its rendered answer. The values
+    """How the notebook shows our values: a ``Result`` as its rendered answer, a
+    ``Comparison`` as its grid, an ``Evaluation`` as its table and chart. The values
     (``model/``) know no renderer; the notebook layer registers one for them here."""
     from timmy_magic.notebook.display.answer import answer_markdown
     from timmy_magic.notebook.display.compare_view import register_display as register_comparison
+    from timmy_magic.notebook.display.eval_view import register_display as register_evaluation
 
     markdown = _markdown_formatter(ip)
     if markdown is not None:
         markdown.for_type(Result, answer_markdown)
     register_comparison(ip)  # a Comparison as its grid
+    register_evaluation(ip)  # an Evaluation as its summary table and chart
 
 
 def unregister_displays(ip: Any) -> None:
     from timmy_magic.notebook.display.compare_view import (
         unregister_display as unregister_comparison,
+    )
+    from timmy_magic.notebook.display.eval_view import (
+        unregister_display as unregister_evaluation,
     )
 
     markdown = _markdown_formatter(ip)
@@ -74,6 +80,7 @@ def unregister_displays(ip: Any) -> None:
         with suppress(KeyError):
             markdown.pop(Result)
     unregister_comparison(ip)
+    unregister_evaluation(ip)
 
 
 def load(ip: InteractiveShell) -> TimmyMagics:
