@@ -164,7 +164,8 @@ class Evaluation:
         return advise(self, min_score)
 
     def headline(self) -> str:
-        """One line: rows, targets, errors, how scored, time."""
+        """One line: rows, targets, how scored, errors, answers from the cache (no time:
+        the same evaluation replayed reads the same; ``elapsed_s`` has it)."""
         n_rows = len(self.rows)
         errors = sum(a.asked and not a.result.ok for a in self.answers)
         parts = [f"{count(n_rows, 'row')} × {count(len(self.targets), 'target')}"]
@@ -175,8 +176,6 @@ class Evaluation:
         cached = sum(a.result.cached for a in self.answers)
         if cached:
             parts.append(f"{cached} from the cache")
-        if self.elapsed_s > 0:
-            parts.append(f"{self.elapsed_s:.1f}s")
         if self.interrupted:
             parts.append("interrupted")
         return " · ".join(parts)
