@@ -110,6 +110,15 @@ def test_the_magic_pairs_providers_and_models_and_takes_a_score_variable(
     assert ev.score_name == "first_word" and ev.summary().score_mean.tolist() == [0.5, 1.0]
 
 
+def test_a_new_line_in_the_magics_template_is_written_backslash_n(
+        eval_shell: InteractiveShell, fault: FaultServer) -> None:
+    res, shown, _ = run(eval_shell, r'%llm eval rows "Q: {q}\nA:" -p echo -o ev')
+    assert res.error_in_exec is None, shown
+    sent = [r.json["messages"][-1]["content"] for r in fault.requests
+            if r.method == "POST" and "case=echo" in r.path]
+    assert sorted(sent) == ["Q: Lyon\nA:", "Q: Paris\nA:"]
+
+
 @pytest.mark.parametrize("line, why", [
     ('%llm eval nope "{q}" -p echo', "ROWS 'nope' is not a variable of the kernel"),
     ('%llm eval rows "{q}" -p echo --score fuzzy', "unknown score 'fuzzy'"),

@@ -5,7 +5,8 @@ rows) in the kernel.
 
 Targets: ``-p a,b`` (each may be ``provider:model``), ``-m x,y`` for models of one
 provider (``-p a -m x,y``: a:x and a:y; ``-p a,b -m x``: both with x; ``-p a,b -m x,y``:
-a:x and b:y). ``--score`` is a score as ``evaluate`` takes it, or the name of a variable
+a:x and b:y). The line is one line: ``\\n`` in TEMPLATE is a new line (``\\t`` a tab), as
+in a Python string. ``--score`` is a score as ``evaluate`` takes it, or the name of a variable
 holding a function or a ``judge(...)``; ``--schema`` names a variable. User mistakes
 raise IPython's ``UsageError`` (one line, no traceback).
 """
@@ -79,6 +80,11 @@ def targets_of(providers: list[str], models: list[str] | None) -> list[str]:
                      "one provider, one model, or as many of each (paired in order)")
 
 
+def one_line(template: str) -> str:
+    """TEMPLATE as written on one line: ``\\n`` a new line, ``\\t`` a tab."""
+    return template.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def _variable(ns: dict[str, Any], name: str, what: str) -> Any:
     if not name.isidentifier() or name not in ns:
         raise UsageError(f"%llm eval: {what} {name!r} is not a variable of the kernel")
@@ -116,7 +122,7 @@ def eval_line(session: Any, shell: Any, line: str) -> Any:
     schema = _variable(ns, args.schema, "--schema") if args.schema else None
     try:
         result = run_evaluation(
-            session, session.router, rows, args.template,
+            session, session.router, rows, one_line(args.template),
             targets_of(args.providers, args.models), _score(ns, args.score),
             system=args.system, schema=schema, concurrency=args.concurrency,
             max_tokens=args.max_tokens, temperature=args.temperature, export=args.export,
