@@ -15,6 +15,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -125,28 +126,32 @@ async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: in
     row's own failure is its Result; a cancel cancels them all. ``finished`` is set once
     every request has settled (permits, metrics, connections): a cancelled concurrent
     future says done at once, before that."""
-    todo = iter(requests.items())
-    gates = {name: asyncio.Semaphore(n) for name, n in limits.items()}
+    # One queue per limited provider, one for the rest: a worker waiting for a busy
+    # provider's slot never holds a request another provider could be answering.
+    queues: dict[str | None, list[tuple[int, ChatRequest]]] = {}
+    for i, req in requests.items():
+        key = req.provider if req.provider in limits else None
+        queues.setdefault(key, []).append((i, req))
+    slots = asyncio.Semaphore(concurrency)
 
     async def ask(req: ChatRequest) -> Result:
-        try:
-            return await router.acomplete(req, cache=False)  # looked up in _plan
-        except RoutingError as exc:
-            return failed(str(exc), exc.trace)
-        except TimmyError as exc:
-            return failed(str(exc))
+        async with slots:
+            try:
+                return await router.acomplete(req, cache=False)  # looked up in _plan
+            except RoutingError as exc:
+                return failed(str(exc), exc.trace)
+            except TimmyError as exc:
+                return failed(str(exc))
 
-    async def worker() -> None:  # ``concurrency`` of these: memory flat in the rows
-        for i, req in todo:
-            gate = gates.get(req.provider or "")
-            if gate is None:
-                res = await ask(req)
-            else:
-                async with gate:
-                    res = await ask(req)
-            out.put((i, res))
+    async def worker(todo: Iterator[tuple[int, ChatRequest]]) -> None:
+        for i, req in todo:  # workers of one queue share its iterator: memory flat
+            out.put((i, await ask(req)))
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(requests)))]
+    tasks = []
+    for key, items in queues.items():
+        todo = iter(items)
+        width = min(concurrency, limits[key] if key is not None else concurrency, len(items))
+        tasks += [asyncio.ensure_future(worker(todo)) for _ in range(width)]
     try:
         await asyncio.gather(*tasks)
     finally:
