@@ -301,3 +301,33 @@ def test_figures_are_plain_arithmetic():
     assert interval([]) == (None, None, None)
     assert frontier([(0.0, 0.5), (1.0, 0.9), (2.0, 0.8), (0.0, 0.4)]) == [0, 1]
     assert normalise("  The  Answer. ") == "the answer"
+
+
+def test_with_a_schema_exact_compares_the_datas_field_and_the_index_is_kept(srv):
+    answers = json.dumps(['{"answer": "Paris", "why": "it is"}',
+                          '{"answer": "Lyon", "why": "guess"}'])
+    schema = {"type": "object", "properties": {"answer": {"type": "string"},
+                                               "why": {"type": "string"}},
+              "required": ["answer"]}
+    df = pd.DataFrame({"q": ["France", "Italy"], "answer": ["paris", "Rome"]},
+                      index=pd.Index(["fr", "it"], name="code"))
+    with make_router(prov("s", srv.base_url("sequence", texts=answers, case="schema"),
+                          1)) as r:
+        ev = evaluate(df, "Capital of {q}?", ["s"], "exact:answer", schema=schema,
+                      concurrency=1, router=r, progress=False)
+    table = ev.to_pandas()
+    assert table.row.tolist() == ["fr", "it"] and table.score.tolist() == [1.0, 0.0]
+    assert table.data.tolist() == [{"answer": "Paris", "why": "it is"},
+                                   {"answer": "Lyon", "why": "guess"}]
+
+
+def test_the_notebook_view_escapes_and_draws_one_panel_without_a_score(srv):
+    from timmy_magic.notebook.display.eval_view import evaluation_html
+
+    with make_router(prov("a", srv.base_url("ok", text="x", case="view"), 1)) as r:
+        ev = evaluate([{"q": "<b>"}], "{q}", ["a:<script>m</script>"], router=r,
+                      progress=False)
+    page = evaluation_html(ev)
+    assert page.count("<svg") == 1 and "latency p50" in page  # cost against latency
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "score [95%]" in page and "<td>-</td>" in page  # not scored: no score shown

@@ -36,7 +36,9 @@ def eval_shell(shell: InteractiveShell, fault: FaultServer, write_providers: Wri
     monkeypatch.setenv("TIMMY_CACHE_PATH", str(tmp_path / "answers.sqlite3"))
     monkeypatch.delenv("TIMMY_CACHE_MODE", raising=False)
     write_providers([local("echo", fault.base_url("prompt", case="echo"), 1),
-                     local("fixed", fault.base_url("ok", text="Paris", case="fixed"), 2)])
+                     local("fixed", fault.base_url("ok", text="Paris", case="fixed"), 2),
+                     local("grader", fault.base_url(
+                         "ok", text='{"score": 0.75, "reason": "close"}', case="grader"), 3)])
     run(shell, "%load_ext timmy_magic")
     run(shell, "import timmy_magic\n" + ROWS)
     fault.reset()
@@ -74,6 +76,21 @@ def test_a_rerun_asks_nothing_and_a_new_target_asks_only_its_rows(
     pd.testing.assert_frame_equal(ev3.to_pandas()[cols], ev2.to_pandas()[cols].assign(
         cached=True))
     assert eval_shell.user_ns["timmy_magic"].last() is ev3
+
+
+def test_a_judges_grades_are_cached_too(eval_shell: InteractiveShell,
+                                       fault: FaultServer) -> None:
+    run(eval_shell, "%llm cache on")
+    judged = ("ev = timmy_magic.evaluate(rows, '{q}', ['echo'], timmy_magic.judge("
+              "'grader', 'Is it a city?'), progress=False)")
+    for _ in range(2):
+        res, shown, _ = run(eval_shell, judged)
+        assert res.error_in_exec is None, shown
+        assert posts(fault, "echo") == 2 and posts(fault, "grader") == 2
+    ev = eval_shell.user_ns["ev"]
+    assert [a.score for a in ev.answers] == [0.75, 0.75]
+    assert [a.judge_reason for a in ev.answers] == ["close", "close"]
+    assert ev.summary().loc["echo", "score_mean"] == 0.75
 
 
 def test_the_magic_shows_the_summary_and_chart_escaped(

@@ -124,7 +124,11 @@ class Evaluation:
                        scored=self.scored)
 
     def to_pandas(self) -> Any:
-        """The tidy table: one line per (row, target), the columns of ``COLUMNS``."""
+        """The tidy table: one line per (row, target), the columns of ``COLUMNS``: ``row``
+        is the row's DataFrame index (else its position); ``score`` is 0 for a row with no
+        answer (as the summary counts it) and None when nothing was scored or the score
+        itself failed (``error`` says why); ``data`` the validated answer as JSON values
+        with a schema; ``latency_s`` None for an answer read from a batch file."""
         import pandas as pd
 
         return pd.DataFrame.from_records([self._record(a) for a in self.answers],
