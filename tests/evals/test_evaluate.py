@@ -331,3 +331,21 @@ def test_the_notebook_view_escapes_and_draws_one_panel_without_a_score(srv):
     assert page.count("<svg") == 1 and "latency p50" in page  # cost against latency
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "score [95%]" in page and "<td>-</td>" in page  # not scored: no score shown
+
+
+def test_no_rows_is_an_empty_evaluation_that_sends_nothing(srv):
+    srv.reset()
+    with make_router(prov("a", srv.base_url("prompt", case="none"), 1)) as r:
+        ev = evaluate([], "{q}", ["a"], "exact:answer", router=r, progress=False)
+    assert len(ev) == 0 and srv.count(path_suffix="chat/completions") == 0
+    assert ev.summary().loc["a", "rows"] == 0 and list(ev.to_pandas().columns) == list(COLUMNS)
+    assert ev.cascade().order == [] and "no target met the bar" in ev.cascade().yaml
+
+
+def test_the_advice_in_markdown_cannot_be_broken_out_of(srv):
+    with make_router(prov("a", srv.base_url("ok", text="x", case="md"), 1)) as r:
+        ev = evaluate([{"q": "x"}], "{q}", [("a", "m```\n# injected")], router=r,
+                      progress=False)
+    shown = ev.cascade()._repr_markdown_()
+    assert shown.startswith("<pre") and shown.endswith("</code></pre>")
+    assert "\n# injected" not in shown and "\n# injected" not in ev.cascade().yaml

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from timmy_magic.evals.figures import score_text
 from timmy_magic.evals.targets import EvalError, Target
-from timmy_magic.text.markup import plain, shorten
+from timmy_magic.text.markup import md_code, plain, shorten
 
 if TYPE_CHECKING:
     from timmy_magic.evals.evaluation import Evaluation
@@ -83,7 +83,7 @@ class CascadeAdvice:
         return self.yaml
 
     def _repr_markdown_(self) -> str:
-        return f"```yaml\n{self.yaml}```"
+        return md_code(self.yaml, "yaml")
 
 
 def advise(evaluation: Evaluation, min_score: float | None) -> CascadeAdvice:
