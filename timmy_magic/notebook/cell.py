@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MA: Any = _magic_arguments  # untyped in IPython
@@ -101,11 +102,11 @@ class TimmyMagics(Magics):
         return self.session.answers
 
     @property
-    def last_result(self) -> Result | Comparison | MapResult | None:
+    def last_result(self) -> Result | Comparison | MapResult | Evaluation | None:
         return self.session.last_result
 
     @last_result.setter
-    def last_result(self, value: Result | Comparison | MapResult | None) -> None:
+    def last_result(self, value: Result | Comparison | MapResult | Evaluation | None) -> None:
         self.session.last_result = value
 
     @property
