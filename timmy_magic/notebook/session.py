@@ -12,6 +12,7 @@ keeping the result (``last_result``, ``-o``) and acting on a complete answer (``
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -141,7 +142,7 @@ class Session:
             Message("user", self._user_content(ctx, vision)),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
-                              opts.provider, opts.schema)
+                              opts.provider, opts.schema, instruct=ctx.instruct)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
@@ -194,7 +195,8 @@ class Session:
             Message("user", ctx.prompt_text()),)
         try:
             reqs = [ChatRequest(messages, c.model, opts.temperature, opts.max_tokens,
-                                c.provider, opts.schema) for c in columns]
+                                c.provider, opts.schema, instruct=ctx.instruct)
+                    for c in columns]
         except InvalidRequest as exc:
             raise UsageError(str(exc)) from None
         view = (GridView(columns, self.settings.updates_per_second, live=opts.stream)
@@ -358,14 +360,34 @@ class Session:
         if opts.fmt == "code":
             if result.error or not result.text.strip():
                 return ("the answer is incomplete: no cell was inserted",)
-            self.shell.set_next_input(extract_code(result.text), replace=False)
-            return ("code inserted into a new cell below",)
+            return self.propose_cell(extract_code(result.text), "code inserted into a new "
+                                     "cell below")
         if opts.fmt == "json" and opts.schema is None:
             try:
                 parse_json(result.text)
             except JSONAnswerError as exc:
                 return (str(exc),)
         return ()
+
+    def propose_cell(self, code: str, done: str, unchanged: str | None = None,
+                     missing: str | None = None) -> tuple[str, ...]:
+        """Insert ``code`` as a new cell below, only if it parses (IPython's own syntax,
+        ``%magic`` and ``!cmd``, allowed), differs from the failing cell ``unchanged`` and
+        no longer uses the ``missing`` name the error was about: the one place an answer
+        becomes a cell. The note says what happened and why."""
+        problem = not_python(code)
+        if problem == "no code":
+            return ("the answer holds no code: no cell was inserted",)
+        if problem:
+            return (f"the proposed code is not valid Python ({problem}): no cell was inserted",)
+        if unchanged is not None and code.strip() == unchanged.strip():
+            return ("the model proposed the failing cell unchanged: no cell was inserted",)
+        if missing and len(missing) > 2 and missing in code and (
+                unchanged is None or missing in unchanged):
+            why = f"the proposed fix still uses '{missing}', the name the error is about"
+            return (f"{why}: no cell was inserted",)
+        self.shell.set_next_input(code, replace=False)
+        return (done,)
 
     # ------------------------------------------------------------------ objects
 
@@ -402,3 +424,20 @@ class _Remap:
     def tick(self, now: float) -> None:
         self.view.tick(now)
 
+
+
+def not_python(code: str) -> str:
+    """Why ``code`` cannot run as a cell (IPython syntax such as ``%magic`` and ``!cmd``
+    lines allowed), "no code" for nothing but blanks and comments, or "" when it parses."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        source = TransformerManager().transform_cell(code)  # type: ignore[no-untyped-call]
+        if not ast.parse(source).body:
+            return "no code"  # blank, or comments only
+        compile(source, "<cell>", "exec")
+    except SyntaxError as exc:
+        return f"{type(exc).__name__}: {exc.msg}, line {exc.lineno}"
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}"
+    return ""
