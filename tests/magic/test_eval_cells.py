@@ -136,6 +136,19 @@ def test_a_new_line_in_the_magics_template_is_written_backslash_n(
     assert sorted(sent) == ["Q: Lyon\nA:", "Q: Paris\nA:"]
 
 
+def test_the_magic_exports_and_reads_results_back(
+        eval_shell: InteractiveShell, fault: FaultServer, tmp_path: Path) -> None:
+    out = tmp_path / "batch"
+    res, shown, _ = run(eval_shell, f'%llm eval rows "{{q}}" -p echo:m1 --export {out}')
+    assert res.error_in_exec is None and "echo_m1.jsonl" in shown, shown
+    assert posts(fault, "echo") == 0 and (out / "evaluation.json").exists()
+    res, shown, _ = run(eval_shell, f'%llm eval rows "{{q}}" -p echo:m1 --results {out} '
+                                    "--score exact:answer -o back")
+    assert res.error_in_exec is None, shown
+    back = eval_shell.user_ns["back"]
+    assert [a.error for a in back.answers] == ["no results file echo_m1.results.jsonl"] * 2
+
+
 @pytest.mark.parametrize("line, why", [
     ('%llm eval nope "{q}" -p echo', "ROWS 'nope' is not a variable of the kernel"),
     ('%llm eval rows "{q}" -p echo --score fuzzy', "unknown score 'fuzzy'"),
