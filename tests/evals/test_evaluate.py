@@ -214,6 +214,13 @@ def test_a_bad_call_is_one_line_before_anything_is_sent(srv, targets, score, why
     assert srv.count(path_suffix="chat/completions") == 0
 
 
+def test_rows_from_a_generator_are_read_once_for_every_target(srv):
+    with make_router(prov("a", srv.base_url("prompt", case="gen"), 1)) as r:
+        ev = evaluate(({"q": w} for w in ("x", "y")), "{q}", ["a", "a:m"], router=r,
+                      progress=False)
+    assert [a.result.text for a in ev.answers] == ["x", "x", "y", "y"]
+
+
 def test_targets_split_at_the_first_colon_and_tuples_work(srv):
     url = srv.base_url("prompt", case="colon")
     with make_router(prov("ollama", url, 1)) as r:

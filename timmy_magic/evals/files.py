@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -102,6 +102,4 @@ def read_results(router: Router | None, job: EvalJob, directory: Path, *,
 
 def _as_target(res: Result, t: Target) -> Result:
     """A batch answer named for the target that was asked (a file knows no provider)."""
-    from dataclasses import replace
-
     return replace(res, provider=t.provider, model=res.model or t.model) if res.ok else res

@@ -58,12 +58,14 @@ def plan_eval(router: Router, rows: Any, prompt: str, targets: Any, score: Any =
             router.provider(t.provider)
         except UnknownProvider as exc:
             raise EvalError(f"evaluate: target {t.label!r}: {exc}") from None
-    try:
-        jobs = tuple(plan(prompt, rows, schema=schema, provider=t.provider, model=t.model,
-                          concurrency=concurrency, max_tokens=max_tokens, system=system,
-                          temperature=temperature) for t in chosen)
+    try:  # the rows read once (they may be a generator), then one job per target
+        first = plan(prompt, rows, schema=schema, provider=chosen[0].provider,
+                     model=chosen[0].model, concurrency=concurrency, max_tokens=max_tokens,
+                     system=system, temperature=temperature)
     except MapError as exc:
         raise EvalError(str(exc).replace("map:", "evaluate:", 1)) from None
+    jobs = tuple(dataclasses.replace(first, provider=t.provider, model=t.model)
+                 for t in chosen)
     scoring = scoring_of(score, jobs[0].schema)
     if isinstance(scoring, Judge):
         try:
