@@ -43,6 +43,7 @@ from timmy_magic.batch.runner import (
     prepare,
     progress_line,
     run,
+    start,
 )
 
 __all__ = [
@@ -69,4 +70,5 @@ __all__ = [
     "prepare",
     "progress_line",
     "run",
+    "start",
 ]

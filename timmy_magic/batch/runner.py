@@ -15,11 +15,12 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from timmy_magic.batch.rows import MapJob, MapResult, failed
+from timmy_magic.jobs import Job
 from timmy_magic.model.chat import ChatRequest, Result
 from timmy_magic.model.errors import InvalidRequest, RoutingError, TimmyError
 from timmy_magic.model.template import InterpolationError
@@ -93,10 +94,87 @@ def ask_all(router: Router, asks: list[Ask], concurrency: int, *,
     plan = _plan(asks, cache)
     if progress is not None:
         progress.start(len(asks))
-    limits = {name: cfg.max_concurrency for name in
-              {r.provider for r in plan.requests.values() if r.provider is not None}
-              if (cfg := router.provider(name).cfg).max_concurrency is not None}
-    return _gather(router, len(asks), plan, concurrency, limits, progress, cache)
+    return _gather(router, len(asks), plan, concurrency, _limits(router, plan), progress,
+                   cache)
+
+
+def start(router: Router, job: MapJob, *, cache: RowCache | None = None,
+          progress: Progress | None = None) -> Job[MapResult]:
+    """``run`` in the background: a Job (``timmy_magic.jobs``) returned at once, its
+    progress drawn from the router's loop as rows finish. The cache is looked up here,
+    before it starts; live answers are recorded as they come. A cancel stops the rows in
+    flight and the Job's result is the rows finished (``MapResult.interrupted``)."""
+    if job.provider is not None:
+        router.provider(job.provider)
+    asks = [prepare(job, row) for row in job.items]
+    plan = _plan(asks, cache)
+    if progress is not None:
+        progress.start(len(asks))
+
+    async def work(handle: Job[MapResult]) -> MapResult:
+        results, elapsed, interrupted = await aask_all(
+            router, plan, len(asks), job.concurrency, cache=cache, progress=progress,
+            handle=handle)
+        return MapResult(job.items, results, job.schema, job.index, elapsed, interrupted)
+
+    return Job.start(router, work, kind="map", label=job.template)
+
+
+def plan_asks(asks: list[Ask], cache: RowCache | None) -> _Plan:
+    """What ``aask_all`` sends: the cache looked up (in the caller's thread, SQLite off
+    the loop), the rest to ask."""
+    return _plan(asks, cache)
+
+
+async def aask_all(router: Router, plan: _Plan, total: int, concurrency: int, *,
+                   cache: RowCache | None = None, progress: Progress | None = None,
+                   handle: Job[Any] | None = None) -> tuple[list[Result], float, bool]:
+    """``ask_all`` on the router's loop, for background work: the planned requests (see
+    ``plan_asks``; ``progress`` already started), live answers recorded as they come,
+    the progress drawn and ``handle`` told as rows finish. A cancel stops the requests in
+    flight: the finished ones are kept (``interrupted`` is True)."""
+    results: list[Result | None] = [None] * total
+    for i, res in plan.settled.items():
+        results[i] = res
+    pacer = _Pacer(progress, total) if progress is not None else None
+    clock, t0, tokens = time.monotonic, time.monotonic(), 0
+
+    def draw(final: bool = False) -> None:
+        done = [r for r in results if r is not None]
+        errors = sum(not r.ok for r in done)
+        if handle is not None:
+            handle.report(tokens=tokens, line=progress_line(len(done), total, errors, tokens,
+                                                            clock() - t0, final))
+        if pacer is not None:
+            pacer.draw(len(done), errors, tokens, clock() - t0, final)
+
+    def take(row: tuple[int, Result]) -> None:
+        nonlocal tokens
+        i, res = row
+        results[i] = res
+        tokens += res.usage.output_tokens or 0
+        if cache is not None and res.ok:
+            cache.record(plan.requests[i], res)
+        draw()
+
+    interrupted = False
+    draw()
+    try:
+        if plan.requests:
+            await _run(router, plan.requests, concurrency, _limits(router, plan), take,
+                       threading.Event())
+    except asyncio.CancelledError:
+        interrupted = True
+    final = [r if r is not None else failed(NOT_RUN) for r in results]
+    draw(final=True)
+    return final, clock() - t0, interrupted
+
+
+def _limits(router: Router, plan: _Plan) -> dict[str, int]:
+    """The ``max_concurrency`` of each provider the planned requests are pinned to."""
+    return {name: cfg.max_concurrency for name in
+            {r.provider for r in plan.requests.values() if r.provider is not None}
+            if (cfg := router.provider(name).cfg).max_concurrency is not None}
 
 
 def _plan(asks: list[Ask], cache: RowCache | None) -> _Plan:
@@ -119,7 +197,7 @@ def _plan(asks: list[Ask], cache: RowCache | None) -> _Plan:
 
 
 async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: int,
-               limits: dict[str, int], out: queue.SimpleQueue[tuple[int, Result]],
+               limits: dict[str, int], out: Callable[[tuple[int, Result]], None],
                finished: threading.Event) -> None:
     """Every request on this loop, at most ``concurrency`` at once (and at most
     ``limits[p]`` pinned to provider ``p``); each outcome goes to ``out`` as it comes. A
@@ -145,7 +223,7 @@ async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: in
 
     async def worker(todo: Iterator[tuple[int, ChatRequest]]) -> None:
         for i, req in todo:  # workers of one queue share its iterator: memory flat
-            out.put((i, await ask(req)))
+            out((i, await ask(req)))
 
     tasks = []
     for key, items in queues.items():
@@ -199,7 +277,7 @@ def _gather(router: Router, total: int, plan: _Plan, concurrency: int,
     try:  # from before the run starts: a Ctrl-C anywhere from here cancels it
         draw()
         if plan.requests:
-            fut = router.submit(_run(router, plan.requests, concurrency, limits, out,
+            fut = router.submit(_run(router, plan.requests, concurrency, limits, out.put,
                                       finished))
             # Wake every PROGRESS_EVERY, and at once when the run ends: not once per row
             # (each wake-up takes the GIL from the loop thread that runs the requests),
