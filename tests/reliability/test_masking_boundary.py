@@ -259,8 +259,8 @@ CANARY = "cnry-" + "Q7v" * 12
 OUTBOUND = {
     "%%llm {name}", "%%llm --vars", "%%llm --cells", "%%llm --error", "%llm fix",
     "%llm explain", "side by side", "map", "Router.complete", "Router.stream",
-    "Router.acomplete", "Router.astream", "Router.stream_many", "ChatRequest", "evaluate",
-    "%llm eval",
+    "Router.acomplete", "Router.astream", "Router.stream_many", "Router.astream_many",
+    "ChatRequest", "evaluate", "%llm eval",
 }
 NOT_OUTBOUND = {"Router.plan": "plans a route for a request, sends nothing"}
 
@@ -351,7 +351,13 @@ def test_no_outbound_path_sends_the_canary(canary_shell: tuple[InteractiveShell,
     router.submit(astream()).result(timeout=30)
     list(router.stream_many([ChatRequest.of(f"a {CANARY}", provider="alpha"),
                              ChatRequest.of(f"b {CANARY}", provider="beta")]))
-    part.add("outbound paths", 5)
+
+    async def astream_many() -> None:
+        async for _ in router.astream_many([ChatRequest.of(f"c {CANARY}", provider="alpha")]):
+            pass
+
+    router.submit(astream_many()).result(timeout=30)
+    part.add("outbound paths", 6)
     found = leaked(CANARY, _bodies(srv))
     if found:
         part.add("leaks")

@@ -103,7 +103,7 @@ def _score(ns: dict[str, Any], spec: str | None) -> Any:
     return spec  # evaluate names the known scores
 
 
-def eval_line(session: Any, shell: Any, line: str) -> Any:
+def eval_line(session: Any, line: str) -> Any:
     """Run ``%llm eval`` with the arguments in ``line`` (``eval`` itself may lead)."""
     try:
         argv = shlex.split(line)
@@ -117,7 +117,7 @@ def eval_line(session: Any, shell: Any, line: str) -> Any:
         return None
     if args.output and not args.output.isidentifier():
         raise UsageError(f"%llm eval: -o needs a variable name, got {args.output!r}")
-    ns = shell.user_ns
+    ns = session.shell.user_ns
     rows = _variable(ns, args.rows, "ROWS")
     schema = _variable(ns, args.schema, "--schema") if args.schema else None
     try:
