@@ -6,6 +6,7 @@ one line."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -178,3 +179,63 @@ def test_in_a_terminal_an_evaluation_is_its_text_table(
     assert table.splitlines()[0].split() == ["target", "score", "[95%]", "errors", "p50",
                                             "s", "p95", "s", "tok/s", "$/1k", "rows"]
     assert table.splitlines()[1].split()[:5] == ["echo", "0.50", "[0.09,", "0.91]", "0"]
+
+
+# ---------------------------------------------------------------- in the background
+
+
+def test_evaluate_in_the_background_returns_a_job_listed_and_kept(
+        eval_shell: InteractiveShell, fault: FaultServer) -> None:
+    import timmy_magic
+    from timmy_magic.jobs import Job
+
+    with capture_output() as cap:
+        job = timmy_magic.evaluate(eval_shell.user_ns["rows"], "{q}", ["echo", "fixed"],
+                                   timmy_magic.judge("grader", "Is it a city?"),
+                                   background=True)
+        assert isinstance(job, Job)
+        ev = job.result(20)
+    assert job.status == "done" and "4/4 rows" in job.progress.line  # the judge's pass
+    assert [a.score for a in ev.answers] == [0.75] * 4 and not ev.interrupted
+    assert posts(fault, "grader") == 4
+    assert cap.outputs  # the progress, in the cell that started it
+    deadline = time.monotonic() + 5
+    while timmy_magic.last() is not ev and time.monotonic() < deadline:
+        time.sleep(0.02)  # the done callback runs on the loop thread
+    assert timmy_magic.last() is ev
+    _, table, _ = run(eval_shell, "%llm jobs")
+    assert "evaluate" in table and "2 rows × 2 targets" in table
+
+
+def test_a_cancelled_background_evaluation_keeps_the_finished_answers(
+        eval_shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders,
+        tmp_path: Path) -> None:
+    import timmy_magic
+
+    write_providers([local("echo", fault.base_url("prompt", slow=30, case="bgslow"), 1)])
+    run(eval_shell, f"%llm reload {tmp_path / 'providers.yaml'}")
+    rows = [{"q": "quick"}, {"q": "SLOW"}, {"q": "quick too"}]
+    with capture_output():
+        job = timmy_magic.evaluate(rows, "{q}", ["echo"], "regex:quick", background=True)
+    deadline = time.monotonic() + 10
+    while posts(fault, "bgslow") < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the quick ones answered
+    t0 = time.monotonic()
+    job.cancel()
+    ev = job.result(10)
+    assert time.monotonic() - t0 < 5 and job.status == "cancelled"
+    assert ev.interrupted and [a.score for a in ev.answers] == [1.0, None, 1.0]
+    assert not ev.answers[1].asked
+
+
+def test_the_magic_runs_in_the_background_with_bg(
+        eval_shell: InteractiveShell, fault: FaultServer) -> None:
+    from timmy_magic.jobs import Job
+
+    res, shown, _ = run(eval_shell, '%llm eval rows "{q}" -p echo,fixed --score '
+                                    "exact:answer --bg -o ev")
+    assert res.error_in_exec is None, shown
+    job = eval_shell.user_ns["ev"]
+    assert isinstance(job, Job) and job.var == "ev"
+    assert job.result(20).summary().score_mean.tolist() == [0.5, 1.0]

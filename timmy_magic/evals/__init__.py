@@ -21,7 +21,7 @@ from timmy_magic.evals.advice import CascadeAdvice, Place
 from timmy_magic.evals.evaluation import COLUMNS, Answer, EvalInterrupted, Evaluation
 from timmy_magic.evals.figures import Figures
 from timmy_magic.evals.files import EvalExport, export_eval, read_results
-from timmy_magic.evals.run import EvalJob, plan_eval, run_eval
+from timmy_magic.evals.run import EvalJob, plan_eval, run_eval, start_eval
 from timmy_magic.evals.scores import Judge, judge, normalise
 from timmy_magic.evals.targets import EvalError, Target, targets_of
 
@@ -44,5 +44,6 @@ __all__ = [
     "plan_eval",
     "read_results",
     "run_eval",
+    "start_eval",
     "targets_of",
 ]

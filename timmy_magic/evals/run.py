@@ -11,16 +11,28 @@ nothing and a new target asks only its own rows. Ctrl-C keeps the finished answe
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from timmy_magic.batch import MapError, MapJob, RowCache, ask_all, namespace, plan, prepare
+from timmy_magic.batch import (
+    MapError,
+    MapJob,
+    RowCache,
+    aask_all,
+    ask_all,
+    namespace,
+    plan,
+    plan_asks,
+    prepare,
+)
 from timmy_magic.evals.evaluation import Answer, Evaluation
 from timmy_magic.evals.scores import Judge, ScoreError, Scoring, scoring_of
 from timmy_magic.evals.targets import EvalError, Target, targets_of
+from timmy_magic.jobs import Job
 from timmy_magic.model.chat import ChatRequest, Result
 from timmy_magic.model.errors import UnknownProvider
 from timmy_magic.routing.gate import cost_usd
@@ -137,6 +149,19 @@ def _scored(scoring: Scoring, row: Any, a: Answer) -> Answer:
 def _judge(router: Router, judge: Judge, ev: Evaluation, asks: list[ChatRequest | Result],
            concurrency: int, cache: RowCache | None, progress: ProgressFor | None) -> bool:
     """Grade every answered row with ``judge``; True when Ctrl-C stopped it."""
+    todo, requests = _grading(judge, ev, asks)
+    if not requests:
+        return False
+    graded, _elapsed, interrupted = ask_all(
+        router, requests, concurrency, cache=cache,
+        progress=progress("judge") if progress is not None else None)
+    _graded(router, judge, ev, todo, graded)
+    return interrupted
+
+
+def _grading(judge: Judge, ev: Evaluation, asks: list[ChatRequest | Result]
+             ) -> tuple[list[int], list[ChatRequest | Result]]:
+    """(the answers to grade, by position; their grading requests)."""
     todo = [n for n, a in enumerate(ev.answers) if a.result.ok]
     requests: list[ChatRequest | Result] = []
     for n in todo:
@@ -144,11 +169,12 @@ def _judge(router: Router, judge: Judge, ev: Evaluation, asks: list[ChatRequest 
         prompt = asked.messages[-1].text if isinstance(asked, ChatRequest) else ""
         row = ev.rows[ev.answers[n].row]
         requests.append(judge.request(namespace(row), prompt, ev.answers[n].result.text))
-    if not requests:
-        return False
-    graded, _elapsed, interrupted = ask_all(
-        router, requests, concurrency, cache=cache,
-        progress=progress("judge") if progress is not None else None)
+    return todo, requests
+
+
+def _graded(router: Router, judge: Judge, ev: Evaluation, todo: list[int],
+            graded: list[Result]) -> None:
+    """Each grade (or why there is none) and its cost, into the answer it grades."""
     for n, res in zip(todo, graded):
         a = ev.answers[n]
         spent = _cost(router, judge.target, res)
@@ -159,7 +185,38 @@ def _judge(router: Router, judge: Judge, ev: Evaluation, asks: list[ChatRequest 
             continue
         ev.answers[n] = dataclasses.replace(a, score=score, judge_reason=reason,
                                             judge_cost_usd=spent)
-    return interrupted
+
+
+def start_eval(router: Router, job: EvalJob, *, cache: RowCache | None = None,
+               progress: Progress | None = None) -> Job[Evaluation]:
+    """``run_eval`` in the background: a Job (``timmy_magic.jobs``) returned at once. The
+    cache is looked up here, before it starts (a judge's, on a worker thread once the
+    answers are in); ``progress`` is drawn as answers come. A cancel stops the requests in
+    flight: the Job's result is the Evaluation of what finished (``interrupted``)."""
+    asks = job.asks()
+    plan = plan_asks(asks, cache)
+    if progress is not None:
+        progress.start(len(asks))
+
+    async def work(handle: Job[Evaluation]) -> Evaluation:
+        t0 = time.monotonic()
+        results, _elapsed, interrupted = await aask_all(
+            router, plan, len(asks), job.concurrency, cache=cache, progress=progress,
+            handle=handle)
+        ev = collect(router, job, results, asks, grade=False)
+        if isinstance(job.scoring, Judge) and not interrupted:
+            todo, requests = _grading(job.scoring, ev, asks)
+            if requests:
+                graded_plan = await asyncio.to_thread(plan_asks, requests, cache)
+                graded, _elapsed, interrupted = await aask_all(
+                    router, graded_plan, len(requests), job.concurrency, cache=cache,
+                    handle=handle)
+                _graded(router, job.scoring, ev, todo, graded)
+        ev.elapsed_s, ev.interrupted = time.monotonic() - t0, interrupted
+        return ev
+
+    label = f"{len(job.items)} rows × {len(job.targets)} targets"
+    return Job.start(router, work, kind="evaluate", label=label)
 
 
 def _cost(router: Router | None, target: Target, res: Result) -> float:

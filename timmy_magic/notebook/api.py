@@ -77,7 +77,7 @@ def evaluate(rows: Any, prompt: str, targets: Any, score: Any = None, *,
              max_tokens: int | None = None, temperature: float | None = None,
              export: str | Path | None = None, results: str | Path | None = None,
              cache: bool | None = None, progress: bool = True,
-             router: Router | None = None) -> Any:
+             router: Router | None = None, background: bool = False) -> Any:
     """Ask ``prompt`` filled from each of ``rows`` of every target (``"provider"``,
     ``"provider:model"``, ``(provider, model)``), score the answers (``"exact:FIELD"``,
     ``"contains:FIELD"``, ``"regex:PATTERN"``, ``"json"``, a function ``(row, result) ->
@@ -87,12 +87,15 @@ def evaluate(rows: Any, prompt: str, targets: Any, score: Any = None, *,
     ``max_concurrency``). ``export``: write each target's requests as batch JSONL into
     that folder instead (an ``EvalExport``); ``results``: read their output back from it.
     ``cache``: as for ``map``, per (row, target). Ctrl-C raises ``EvalInterrupted``
-    holding the finished answers (also ``timmy_magic.last()``)."""
+    holding the finished answers (also ``timmy_magic.last()``). ``background``: return a
+    ``Job`` at once, as ``map(..., background=True)`` does (``%llm jobs``, ``%llm
+    cancel``); ``job.result()`` is the Evaluation, also ``timmy_magic.last()`` once done;
+    a cancel keeps the finished answers."""
     session, router = _surface(router, "evaluate")
     return run_evaluation(session, router, rows, prompt, targets, score, system=system,
                           schema=schema, concurrency=concurrency, max_tokens=max_tokens,
                           temperature=temperature, export=export, results=results,
-                          cache=cache, progress=progress)
+                          cache=cache, progress=progress, background=background)
 
 
 def _keep(session: Session, job: Job[MapResult]) -> None:

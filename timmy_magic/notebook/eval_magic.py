@@ -25,7 +25,7 @@ from timmy_magic.notebook.args import HelpShown, UsageParser
 from timmy_magic.notebook.runs import run_evaluation
 
 USAGE = ('%llm eval ROWS "TEMPLATE" -p A,B [-m X,Y] [--score SCORE] [--system TEXT] '
-         "[--schema VAR] [-c N] [--max-tokens N] [-t TEMP] [-o VAR] [--export DIR | "
+         "[--schema VAR] [-c N] [--max-tokens N] [-t TEMP] [-o VAR] [--bg] [--export DIR | "
          "--results DIR] [--cache | --no-cache]")
 SCORES = ("exact", "contains", "regex", "json")
 
@@ -55,6 +55,8 @@ def make_parser() -> UsageParser:
     p.add_argument("--max-tokens", type=int)
     p.add_argument("-t", "--temperature", type=float)
     p.add_argument("-o", "--output", metavar="VAR", help="store the Evaluation in VAR")
+    p.add_argument("--bg", action="store_true", help="run in the background: VAR (and the "
+                   "cell's Out) is a Job at once; %%llm jobs, %%llm cancel")
     files = p.add_mutually_exclusive_group()
     files.add_argument("--export", metavar="DIR", help="write batch JSONL, send nothing")
     files.add_argument("--results", metavar="DIR", help="read the batch output back")
@@ -126,7 +128,7 @@ def eval_line(session: Any, line: str) -> Any:
             targets_of(args.providers, args.models), _score(ns, args.score),
             system=args.system, schema=schema, concurrency=args.concurrency,
             max_tokens=args.max_tokens, temperature=args.temperature, export=args.export,
-            results=args.results, cache=args.cache)
+            results=args.results, cache=args.cache, background=args.bg, var=args.output)
     except EvalError as exc:
         raise UsageError(f"%llm eval: {str(exc).removeprefix('evaluate: ')}") from None
     except TimmyError as exc:

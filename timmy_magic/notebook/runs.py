@@ -14,6 +14,8 @@ from timmy_magic.evals import EvalError, EvalInterrupted
 from timmy_magic.notebook.display.progress import make_progress
 
 if TYPE_CHECKING:
+    from timmy_magic.evals import Evaluation
+    from timmy_magic.jobs import Job
     from timmy_magic.model.chat import ChatRequest, Result
     from timmy_magic.notebook.cached import CellCache
     from timmy_magic.notebook.session import Session
@@ -25,8 +27,11 @@ def run_evaluation(session: Session | None, router: Router, rows: Any, prompt: s
                    schema: Any = None, concurrency: int = 8, max_tokens: int | None = None,
                    temperature: float | None = None, export: str | Path | None = None,
                    results: str | Path | None = None, cache: bool | None = None,
-                   progress: bool = True) -> Any:
-    """``timmy_magic.evaluate`` on ``router``, with ``session``'s cache when given."""
+                   progress: bool = True, background: bool = False,
+                   var: str | None = None) -> Any:
+    """``timmy_magic.evaluate`` on ``router``, with ``session``'s cache when given.
+    ``background``: a Job at once, listed by ``%llm jobs`` (``var``: the variable it is
+    bound to), its Evaluation ``timmy_magic.last()`` once done."""
     try:
         job = evals.plan_eval(router, rows, prompt, targets, score, system=system,
                               schema=schema, concurrency=concurrency,
@@ -46,6 +51,14 @@ def run_evaluation(session: Session | None, router: Router, rows: Any, prompt: s
     def shown(phase: str) -> Any:
         return make_progress(phase) if progress else None
 
+    if background and results is None:
+        handle = evals.start_eval(router, job, cache=answers, progress=shown("evaluate"))
+        handle.var = var
+        if session is not None:
+            handle.cell = getattr(session.shell, "execution_count", None)
+            session.jobs.add(handle)
+            handle.add_done_callback(lambda done: _keep(session, done))
+        return handle
     if results is not None:
         result = evals.read_results(router, job, Path(results), cache=answers,
                                     progress=shown)
@@ -58,6 +71,12 @@ def run_evaluation(session: Session | None, router: Router, rows: Any, prompt: s
         raise EvalInterrupted(f"interrupted: {done} of {len(result.answers)} answers kept: "
                               "timmy_magic.last()", result)
     return result
+
+
+def _keep(session: Session, job: Job[Evaluation]) -> None:
+    """A background evaluation becomes ``timmy_magic.last()`` once it settled."""
+    if job.exception() is None:
+        session.last_result = job.result()
 
 
 class SessionAnswers:
