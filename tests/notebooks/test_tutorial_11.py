@@ -37,3 +37,5 @@ def test_evaluate_tutorial_live(llama_server: ManagedServer, tmp_path: Path) -> 
     assert cell_text(find(nb, "print(again.summary()")).strip() == "True"
     magic = [o for o in find(nb, "%llm eval capitals").outputs if "text/html" in o.get("data", {})]
     assert "20 from the cache" in magic[-1]["data"]["text/html"]
+    last = [o for o in nb.cells[-1].outputs if "text/plain" in o.get("data", {})][-1]
+    assert "score_mean" in last["data"]["text/plain"]  # the background job's Evaluation
