@@ -128,6 +128,7 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     usage: Usage | None = None
     served_model: str | None = None
     notes: list[str] = []
+    calls: tuple[Any, ...] = ()  # tool calls the answer asked for
     chunks = 0
     ttft: float | None = None
     ep.outstanding += 1
@@ -164,6 +165,8 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
                     usage = chunk.usage
                 if chunk.note:
                     notes.append(chunk.note)
+                if chunk.calls:
+                    calls += chunk.calls
                 if chunk.text:
                     now = core.clock()
                     if ttft is None:
@@ -231,7 +234,7 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
             and not _same_model(req.model, served_model)):
         notes.append(f"asked for model '{req.model}', which {st.name} does not configure; "
                      f"the server answered as '{served_model}'")
-    if not text and error is None and not notes:
+    if not text and error is None and not notes and not calls:
         notes.append("the model returned an empty answer" + (
             " (it continues the prompt's text: write the start of the answer, e.g. "
             "'A list comprehension is')" if asked and asked.mode == "completion" else ""))
@@ -239,7 +242,7 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     yield Done(Result(text, st.name, served_model or model, usage,
                       Timings(ttft, total, tok_s), RouteTrace(),
                       error=str(error) if error else None, cost_usd=cost,
-                      endpoint=shown_url(ep), notes=tuple(notes)))
+                      endpoint=shown_url(ep), notes=tuple(notes), calls=calls))
 
 
 def settle_usage(st: ProviderState, usage: Usage | None, req: ChatRequest, text: str,
