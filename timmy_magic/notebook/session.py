@@ -44,6 +44,8 @@ from timmy_magic.routing.router import Router
 from timmy_magic.routing.runner import Tick
 from timmy_magic.text.formats import Format, extract_code
 from timmy_magic.text.markup import count
+from timmy_magic.tools import Tool
+from timmy_magic.tools.loop import DEFAULT_MAX_ROUNDS
 
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
@@ -93,6 +95,11 @@ class CellOptions:
     """-m x,y: several models side by side (``model`` is then None)."""
     schema: Schema | None = None
     """--schema NAME: the answer must match it (``VAR.data`` holds the validated value)."""
+    tools: tuple[Tool, ...] = ()
+    """--tools f,g: kernel functions the model may call (``tool_cells``)."""
+    approve_all: bool = False
+    """--yes: every call of this cell runs without asking."""
+    max_tool_rounds: int = DEFAULT_MAX_ROUNDS
 
 
 class Session:
@@ -110,6 +117,8 @@ class Session:
         """What the stream in progress has delivered so far (None between cells)."""
         self.answers = CellCache(self)
         self.panels: list[Any] = []
+        self.always_approved: set[str] = set()
+        """Tools the user answered ``always`` for in this session."""
 
     def context(self, prompt: str, opts: CellOptions, system: str | None = None) -> Context:
         """The prompt with what ``opts`` ask for (cells, variables, the error), masked; a
@@ -146,6 +155,8 @@ class Session:
         view = self._view(opts)
         notes = self._context_notes(ctx, opts, vision)
         fields, mode = self.answers.fields(req, opts.fmt, opts.cache)
+        if opts.tools:  # each turn is looked up and recorded on its own (tool_cells)
+            fields = None
         try:
             hit = self.answers.lookup(fields, mode, req.schema)
         except ReplayMiss as exc:
@@ -155,6 +166,9 @@ class Session:
         if hit is None:
             try:
                 result, interrupted = self._answer(req, opts, view)
+            except ReplayMiss as exc:  # a tool turn never recorded
+                view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
+                return None
             except RoutingError as exc:
                 view.fail(describe_failure(exc, pin_source=opts.pin_source,
                                            gate_reason=self.router.gate().reason,
@@ -311,6 +325,23 @@ class Session:
             return NotebookView(opts.fmt, self.settings.updates_per_second, live=opts.stream)
         return TerminalView(live=opts.stream)
 
+    def _tool_events(self, req: ChatRequest, opts: CellOptions,
+                     live: bool) -> Iterator[Event | Tick]:
+        from timmy_magic.notebook import tool_cells as tc
+
+        def turn(r: ChatRequest) -> Iterator[Event | Tick]:
+            fields, mode = self.answers.fields(r, opts.fmt, opts.cache)
+            hit = self.answers.lookup(fields, mode, r.schema)
+            if hit is not None:
+                return tc.cached_turn(hit)
+            return tc.recorded(self._events(r, live),
+                               lambda res: self.answers.record(fields, res, mode))
+
+        approve = tc.Approver(opts.approve_all,
+                              lambda: str(getattr(self.settings, "approve_tools", "ask")),
+                              self.always_approved)
+        return tc.tool_events(req, opts.tools, approve, opts.max_tool_rounds, turn)
+
     def _events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
         ups = self.settings.updates_per_second
         if not live or ups <= 0:
@@ -324,7 +355,9 @@ class Session:
         clock = time.monotonic
         got = self.active = AnswerCollector(clock())
         view.start(got.t0)
-        events = self._events(req, opts.stream and isinstance(view, NotebookView))
+        live = opts.stream and isinstance(view, NotebookView)
+        events = (self._tool_events(req, opts, live) if opts.tools
+                  else self._events(req, live))
         try:
             return consume(events, view, got, clock), False
         except KeyboardInterrupt:
