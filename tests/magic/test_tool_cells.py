@@ -81,10 +81,10 @@ def test_each_call_is_asked_on_stdin_and_shown_with_its_result(ip, server, monke
     assert [(c.name, c.approved, c.result, c.error) for c in r.tool_calls] == [
         ("add", True, "5", None), ("mean", False, None, "denied by the user")]
     final = shown[shown.rindex("**Tool calls**"):]  # the last render (the Markdown)
-    assert final.startswith("**Tool calls**\n\n- add(a=2, b=3) → 5 (&lt;0.01s)\n"
+    assert final.startswith("**Tool calls**\n\n- add(a=2, b=3) → 5 (0.00s)\n"
                             "- mean(xs=\\[1.0, 2.0, 3.0\\]) ✗ denied by the user\n\n"
                             "5 and 2.0\n\n---\n*g · m")
-    assert "[tool] add(a=2, b=3) → 5 (<0.01s)\n[tool] mean(xs=[1.0, 2.0, 3.0]) ✗" in final
+    assert "[tool] add(a=2, b=3) → 5 (0.00s)\n[tool] mean(xs=[1.0, 2.0, 3.0]) ✗" in final
     assert "2 tool calls in 1 round" in shown
     sent = server.posts[1][1]["messages"]
     assert sent[-1] == {"role": "tool", "tool_call_id": "c2",

@@ -82,8 +82,7 @@ class ToolRecord:
         """One line: the call, then its result or error, shortened."""
         what = f"→ {shorten(self.result or '', 160)}" if self.error is None \
             else f"✗ {shorten(self.error, 160)}"
-        took = "" if not self.approved or (self.error is not None and not self.duration_s) \
-            else f" ({self.duration_s:.2f}s)" if self.duration_s >= 0.005 else " (<0.01s)"
+        took = f" ({self.duration_s:.2f}s)" if self.approved else ""
         return " ".join(f"{call_line(self.name, self.arguments)} {what}{took}".split())
 
 

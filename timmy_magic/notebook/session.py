@@ -157,6 +157,8 @@ class Session:
         fields, mode = self.answers.fields(req, opts.fmt, opts.cache)
         if opts.tools:  # each turn is looked up and recorded on its own (tool_cells)
             fields = None
+            if mode == "replay" and isinstance(view, NotebookView):  # one display
+                view = NotebookView(opts.fmt, live=False, placeholder=False)
         try:
             hit = self.answers.lookup(fields, mode, req.schema)
         except ReplayMiss as exc:

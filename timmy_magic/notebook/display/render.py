@@ -134,9 +134,12 @@ class NotebookView:
     PLAIN_TAIL = 2_000
 
     def __init__(self, fmt: Format = "markdown", per_second: float = 20.0,
-                 live: bool = True) -> None:
+                 live: bool = True, placeholder: bool = True) -> None:
         self.fmt = fmt
         self.live = live
+        self.placeholder = placeholder
+        """False (and not live): nothing is shown until the final render (one display:
+        a tool cell replayed from the cache reads as a cached answer does)."""
         self.throttle = Throttle(per_second if live else 0.0)
         self._parts: list[str] = []
         self._size = 0
@@ -147,7 +150,8 @@ class NotebookView:
         """The tool calls of this cell so far, one line each, shown above the text."""
 
     def start(self, now: float) -> None:
-        self._handle = display(self._live_bundle(), raw=True, display_id=True)
+        if self.placeholder or self.live:
+            self._handle = display(self._live_bundle(), raw=True, display_id=True)
         self.throttle.flushed(now)
 
     def trying(self, ev: Trying, now: float) -> None:
@@ -187,8 +191,9 @@ class NotebookView:
     def tool(self, record: ToolRecord, now: float) -> None:
         """A call has run: shown at once (a call is rare, and the user just approved it)."""
         self._calls.append(record.line())
-        self._update(self._live_bundle())
-        self.throttle.flushed(now)
+        if self.live:
+            self._update(self._live_bundle())
+            self.throttle.flushed(now)
 
     def _live_bundle(self) -> dict[str, str]:
         bundle = self._text_bundle()
