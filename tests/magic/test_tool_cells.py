@@ -145,3 +145,14 @@ def test_bad_options_are_one_line_errors(ip, server, line, message):
     assert res.error_in_exec is not None and message in str(res.error_in_exec)
     assert "Traceback" not in cap.stdout + cap.stderr
     assert server.chats == 0
+
+
+def test_no_provider_that_can_call_tools_is_one_block_with_the_fix(
+        shell, server, write_providers, monkeypatch):
+    write_providers([local("g", server.url, models=[{"name": "m", "default": True}])])
+    run(shell, "%load_ext timmy_magic")
+    run(shell, SETUP)
+    shown = run(shell, "%%llm --tools add\ngo")
+    assert "g skipped (no tools: model m lacks capabilities: [tools])" in shown
+    assert "Add `capabilities: [tools]` to a model that can" in shown
+    assert server.chats == 0

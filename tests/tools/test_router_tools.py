@@ -266,3 +266,89 @@ def test_not_a_function_is_a_one_line_error(srv):
             r.complete("x", tools=[3])
         with pytest.raises(Exception, match="two tools have the same name"):
             r.complete("x", tools=[add, add])
+
+
+def test_one_body_answers_carry_their_calls(srv):
+    body = {"model": "m", "choices": [{"finish_reason": "tool_calls", "message": {
+        "role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {
+                "name": "add", "arguments": '{"a": 6, "b": 7}'}}]}}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5}}
+    done = {"model": "m", "choices": [{"finish_reason": "stop", "message": {
+        "role": "assistant", "content": "13"}}]}
+    srv.turns([json.dumps(body).encode()], [json.dumps(done).encode()],
+              content_type="application/json")
+    with router(srv.url) as r:
+        res = r.complete("6+7", tools=[add], stream=False)
+    assert res.text == "13" and CALLED == [("add", (6, 7))]
+    assert bodies(srv)[0]["stream"] is False and "tools" in bodies(srv)[0]
+
+
+def test_arguments_split_into_one_character_fragments_are_joined(srv):
+    args = '{"city": "Zürich", "unit": "F"}'
+    srv.turns(openai_calls(("c1", "lookup", args), pieces=len(args)), openai_text("70 F"))
+    with router(srv.url) as r:
+        res = r.complete("weather", tools=[lookup])
+    assert CALLED == [("lookup", ("Zürich", "F"))] and res.text == "70 F"
+
+
+@pytest.mark.parametrize("calls,why", [
+    ('"not a list"', "tool_calls is not a list"),
+    ('[{"index": 0, "function": {"arguments": "{}"}}]', "has no function name"),
+    ('[{"index": 0, "function": {"name": "add", "arguments": 42}}]',
+     "arguments are int, not text"),
+    ('[{"index": 0, "function": {"name": ["add"]}}]', "name is not a short string"),
+])
+def test_a_malformed_call_on_the_wire_is_that_providers_protocol_error(srv, calls, why):
+    from tests.support.scriptserver import sse
+    from tests.tools.wire import DONE
+
+    srv.script([sse({"model": "m", "choices": [{"delta": {
+        "tool_calls": json.loads(calls)}}]}),
+        sse({"choices": [{"delta": {}, "finish_reason": "tool_calls"}]}), DONE])
+    with router(srv.url) as r, pytest.raises(NoProviderAvailable) as err:
+        r.complete("go", tools=[add])
+    assert why in str(err.value) and CALLED == []
+
+
+def test_the_prompted_protocol_on_the_wire(srv):
+    """A completion-mode model: the tools described in the prompt, the reply held by the
+    schema (llama-server's ``json_schema``), the JSON reply turned into a call, its
+    result written into the next prompt, and the answer passed on as text."""
+    from tests.support.scriptserver import sse
+
+    def completion(text: str) -> list[bytes]:
+        return [sse({"model": "m", "choices": [{"text": text, "finish_reason": "stop"}]}),
+                b"data: [DONE]\n\n"]
+
+    srv.turns(completion('{"tool": "add", "arguments": {"a": 20, "b": 22}}'),
+              completion('{"answer": "It is 42."}'))
+    with router(srv.url, extra=", mode: completion") as r:
+        events = list(r.stream("What is 20 + 22?", tools=[add, lookup]))
+    done = events[-1]
+    assert isinstance(done, Done) and done.result.text == "It is 42."
+    assert [e.text for e in events if isinstance(e, Delta)] == ["It is 42."]  # no JSON shown
+    assert CALLED == [("add", (20, 22))]
+    first, second = bodies(srv)
+    assert "tools" not in first and "add(a, b): Add two integers." in first["prompt"]
+    options = first["json_schema"]["anyOf"]
+    assert options[0]["properties"]["tool"] == {"const": "add"}
+    assert options[0]["properties"]["arguments"]["required"] == ["a", "b"]
+    assert options[-1]["required"] == ["answer"]
+    assert 'Assistant: {"tool": "add", "arguments": {"a": 20, "b": 22}}' in second["prompt"]
+    assert second["prompt"].endswith("Result of add: 42")
+
+
+def test_a_prompted_reply_that_breaks_the_schema_is_asked_again(srv):
+    from tests.support.scriptserver import sse
+
+    def completion(text: str) -> list[bytes]:
+        return [sse({"model": "m", "choices": [{"text": text, "finish_reason": "stop"}]}),
+                b"data: [DONE]\n\n"]
+
+    srv.turns(completion('{"tool": "rm", "arguments": {}}'),
+              completion('{"answer": "fine"}'))
+    with router(srv.url, extra=", mode: completion") as r:
+        res = r.complete("go", tools=[add])
+    assert res.text == "fine" and srv.chats == 2 and CALLED == []
+    assert "That answer is not valid" in bodies(srv)[1]["prompt"]

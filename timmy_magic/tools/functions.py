@@ -86,7 +86,8 @@ class Tool:
         for prop in schema.get("properties", {}).values():
             if isinstance(prop, dict):
                 prop.pop("title", None)
-        doc = shorten(inspect.getdoc(func) or "", DESCRIPTION_CHARS)
+        doc = inspect.getdoc(func) or ""
+        doc = doc if len(doc) <= DESCRIPTION_CHARS else doc[:DESCRIPTION_CHARS - 1] + "…"
         return cls(func, ToolSpec(name, doc, schema), model)
 
     def validate(self, arguments: str) -> dict[str, Any]:
