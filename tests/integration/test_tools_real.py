@@ -2,7 +2,9 @@
 base model with no chat template, asked as a completion). The JSON schema becomes
 llama-server's grammar, so every reply is a well-formed call of an offered tool or an
 answer: the loop runs end to end. What the model chooses is its own (a base model of
-270M parameters): the tests assert the shape and the loop, and print what it chose."""
+270M parameters): the tests assert the shape and the loop, print what it chose, and
+check the choices seen at temperature 0 (the right function, the right arguments, an
+answer from its result), which depend on how the prompt puts the tools and results."""
 
 from __future__ import annotations
 
@@ -62,9 +64,12 @@ def test_the_prompted_protocol_runs_the_loop_on_gemma_270m(llama_server):
                                                   for c in res.tool_calls)
     # it either answered (text) or was stopped at the round limit, said in one note
     assert res.text or (res.rounds == 3 and "stopped after 3 tool rounds" in res.notes[-1])
+    # seen at temperature 0: add(a=2, b=3) -> 5, then the answer "5", in one round
+    assert (res.tool_calls[0].name, res.tool_calls[0].arguments) == ("add", {"a": 2, "b": 3})
+    assert "5" in res.text
 
 
-def test_a_second_task_and_what_went_on_the_wire(llama_server):
+def test_a_second_task(llama_server):
     RAN.clear()
     with make(llama_server.base_url) as r:
         res = r.complete("What is the capital of Italy? Use a tool.", tools=[add, capital],
@@ -73,3 +78,5 @@ def test_a_second_task_and_what_went_on_the_wire(llama_server):
           "notes:", res.notes)
     assert res.ok and all(c.error is None for c in res.tool_calls)
     assert res.text or res.rounds == 2
+    # seen: capital(country='Italy') -> Rome, then the answer "Rome"
+    assert RAN[0] == ("capital", "Italy") and "Rome" in res.text

@@ -336,7 +336,8 @@ def test_the_prompted_protocol_on_the_wire(srv):
     assert options[0]["properties"]["arguments"]["required"] == ["a", "b"]
     assert options[-1]["required"] == ["answer"]
     assert 'Assistant: {"tool": "add", "arguments": {"a": 20, "b": 22}}' in second["prompt"]
-    assert second["prompt"].endswith("Result of add: 42")
+    assert second["prompt"].endswith("Result of add: 42\n\nThe question was: What is 20 + "
+                                     "22?\nIf the results answer it, reply with the answer.")
 
 
 def test_a_prompted_reply_that_breaks_the_schema_is_asked_again(srv):

@@ -47,8 +47,9 @@ def instruction(tools: tuple[ToolSpec, ...]) -> str:
     for t in tools:
         params = ", ".join(t.parameters.get("properties", {}))
         lines.append(f"- {t.name}({params}): {t.description or '(no description)'}")
-    lines.append('To call a tool, reply with only {"tool": "NAME", "arguments": {...}}. '
-                 'When you can answer, reply with only {"answer": "..."}.')
+    lines.append('To call a tool, reply with only a JSON object: {"tool": its name, '
+                 '"arguments": an object of its arguments}. When you can answer, reply with '
+                 'only a JSON object whose "answer" is your answer, in words.')
     return "\n".join(lines)
 
 
@@ -66,6 +67,11 @@ def request(req: ChatRequest) -> ChatRequest:
             out.append(Message("user", f"Result of {m.name or 'the tool'}: {m.text}"))
         else:
             out.append(Message(m.role, m.content))
+    question = next((m.text for m in reversed(req.messages) if m.role == "user"), "")
+    if req.messages and req.messages[-1].role == "tool" and question:
+        # a small model repeats the call it just made unless the question comes back
+        out[-1] = Message("user", f"{out[-1].text}\n\nThe question was: {question}\n"
+                                  "If the results answer it, reply with the answer.")
     if out and out[0].role == "system":
         out[0] = Message("system", f"{out[0].text}\n\n{told}")
     else:
