@@ -203,6 +203,10 @@ class ChatRequest:
     tools: tuple[ToolSpec, ...] = ()
     """Functions the model may call (``tools.Tool.spec``); only providers whose model
     declares ``capabilities: [tools]`` are tried."""
+    instruct: bool = False
+    """An assistant's task (``%llm fix``, ``explain``): only a model that follows
+    instructions can do it, so a ``mode: completion`` model (a base model that continues
+    text) is skipped for it (``completion_model``), pinned or not."""
 
     def __post_init__(self) -> None:
         """Reject what cannot be encoded as a JSON request (else every provider would

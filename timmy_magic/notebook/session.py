@@ -12,6 +12,7 @@ keeping the result (``last_result``, ``-o``) and acting on a complete answer (``
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from timmy_magic.context import Context, ContextError, build_context
 from timmy_magic.model.chat import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.model.schema import JSONAnswerError, Schema, parse_json
+from timmy_magic.notebook import tool_cells
 from timmy_magic.notebook.cached import REPLAY_HINTS, CellCache
 from timmy_magic.notebook.display.failures import ErrorBlock, describe_failure
 from timmy_magic.notebook.display.render import (
@@ -95,10 +97,8 @@ class CellOptions:
     """-m x,y: several models side by side (``model`` is then None)."""
     schema: Schema | None = None
     """--schema NAME: the answer must match it (``VAR.data`` holds the validated value)."""
-    tools: tuple[Tool, ...] = ()
-    """--tools f,g: kernel functions the model may call (``tool_cells``)."""
+    tools: tuple[Tool, ...] = ()  # --tools f,g, --yes, --max-tool-rounds (tool_cells)
     approve_all: bool = False
-    """--yes: every call of this cell runs without asking."""
     max_tool_rounds: int = DEFAULT_MAX_ROUNDS
 
 
@@ -117,8 +117,7 @@ class Session:
         """What the stream in progress has delivered so far (None between cells)."""
         self.answers = CellCache(self)
         self.panels: list[Any] = []
-        self.always_approved: set[str] = set()
-        """Tools the user answered ``always`` for in this session."""
+        self.always_approved: set[str] = set()  # tools answered "always" (tool_cells)
 
     def context(self, prompt: str, opts: CellOptions, system: str | None = None) -> Context:
         """The prompt with what ``opts`` ask for (cells, variables, the error), masked; a
@@ -149,37 +148,28 @@ class Session:
             Message("user", self._user_content(ctx, vision)),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
-                              opts.provider, opts.schema)
+                              opts.provider, opts.schema, instruct=ctx.instruct)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
         notes = self._context_notes(ctx, opts, vision)
         fields, mode = self.answers.fields(req, opts.fmt, opts.cache)
         if opts.tools:  # each turn is looked up and recorded on its own (tool_cells)
-            fields = None
-            if mode == "replay" and isinstance(view, NotebookView):  # one display
-                view = NotebookView(opts.fmt, live=False, placeholder=False)
+            fields, view = None, tool_cells.view(view, opts, mode)
         try:
             hit = self.answers.lookup(fields, mode, req.schema)
-        except ReplayMiss as exc:
+            result, interrupted = (hit, False) if hit is not None else \
+                self._answer(req, opts, view)
+        except ReplayMiss as exc:  # in replay: this request, or a tool turn, not recorded
             view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
             return None
-        interrupted = False
-        if hit is None:
-            try:
-                result, interrupted = self._answer(req, opts, view)
-            except ReplayMiss as exc:  # a tool turn never recorded
-                view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
-                return None
-            except RoutingError as exc:
-                view.fail(describe_failure(exc, pin_source=opts.pin_source,
-                                           gate_reason=self.router.gate().reason,
-                                           config_source=self.router.config.source,
-                                           model=opts.model,
-                                           held_back=self.router.config.held_back))
-                return None
-        else:
-            result = hit
+        except RoutingError as exc:
+            view.fail(describe_failure(exc, pin_source=opts.pin_source,
+                                       gate_reason=self.router.gate().reason,
+                                       config_source=self.router.config.source,
+                                       model=opts.model,
+                                       held_back=self.router.config.held_back))
+            return None
         result = dataclasses.replace(result, context=tuple(ctx.rows()))
         self._keep(result, opts, key, prompt)
         if hit is None and not interrupted:
@@ -209,7 +199,8 @@ class Session:
             Message("user", ctx.prompt_text()),)
         try:
             reqs = [ChatRequest(messages, c.model, opts.temperature, opts.max_tokens,
-                                c.provider, opts.schema) for c in columns]
+                                c.provider, opts.schema, instruct=ctx.instruct)
+                    for c in columns]
         except InvalidRequest as exc:
             raise UsageError(str(exc)) from None
         view = (GridView(columns, self.settings.updates_per_second, live=opts.stream)
@@ -327,24 +318,8 @@ class Session:
             return NotebookView(opts.fmt, self.settings.updates_per_second, live=opts.stream)
         return TerminalView(live=opts.stream)
 
-    def _tool_events(self, req: ChatRequest, opts: CellOptions,
-                     live: bool) -> Iterator[Event | Tick]:
-        from timmy_magic.notebook import tool_cells as tc
-
-        def turn(r: ChatRequest) -> Iterator[Event | Tick]:
-            fields, mode = self.answers.fields(r, opts.fmt, opts.cache)
-            hit = self.answers.lookup(fields, mode, r.schema)
-            if hit is not None:
-                return tc.cached_turn(hit)
-            return tc.recorded(self._events(r, live),
-                               lambda res: self.answers.record(fields, res, mode))
-
-        approve = tc.Approver(opts.approve_all,
-                              lambda: str(getattr(self.settings, "approve_tools", "ask")),
-                              self.always_approved)
-        return tc.tool_events(req, opts.tools, approve, opts.max_tool_rounds, turn)
-
-    def _events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
+    def events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
+        """One request's events from the router, ticking for a live view."""
         ups = self.settings.updates_per_second
         if not live or ups <= 0:
             return self.router.stream(req, cache=False)  # looked up already (self.answers)
@@ -358,8 +333,8 @@ class Session:
         got = self.active = AnswerCollector(clock())
         view.start(got.t0)
         live = opts.stream and isinstance(view, NotebookView)
-        events = (self._tool_events(req, opts, live) if opts.tools
-                  else self._events(req, live))
+        events = (tool_cells.events(self, req, opts, live) if opts.tools
+                  else self.events(req, live))
         try:
             return consume(events, view, got, clock), False
         except KeyboardInterrupt:
@@ -392,14 +367,34 @@ class Session:
         if opts.fmt == "code":
             if result.error or not result.text.strip():
                 return ("the answer is incomplete: no cell was inserted",)
-            self.shell.set_next_input(extract_code(result.text), replace=False)
-            return ("code inserted into a new cell below",)
+            return self.propose_cell(extract_code(result.text), "code inserted into a new "
+                                     "cell below")
         if opts.fmt == "json" and opts.schema is None:
             try:
                 parse_json(result.text)
             except JSONAnswerError as exc:
                 return (str(exc),)
         return ()
+
+    def propose_cell(self, code: str, done: str, unchanged: str | None = None,
+                     missing: str | None = None) -> tuple[str, ...]:
+        """Insert ``code`` as a new cell below, only if it parses (IPython's own syntax,
+        ``%magic`` and ``!cmd``, allowed), differs from the failing cell ``unchanged`` and
+        no longer uses the ``missing`` name the error was about: the one place an answer
+        becomes a cell. The note says what happened and why."""
+        problem = not_python(code)
+        if problem == "no code":
+            return ("the answer holds no code: no cell was inserted",)
+        if problem:
+            return (f"the proposed code is not valid Python ({problem}): no cell was inserted",)
+        if unchanged is not None and code.strip() == unchanged.strip():
+            return ("the model proposed the failing cell unchanged: no cell was inserted",)
+        if missing and len(missing) > 2 and missing in code and (
+                unchanged is None or missing in unchanged):
+            why = f"the proposed fix still uses '{missing}', the name the error is about"
+            return (f"{why}: no cell was inserted",)
+        self.shell.set_next_input(code, replace=False)
+        return (done,)
 
     # ------------------------------------------------------------------ objects
 
@@ -436,3 +431,20 @@ class _Remap:
     def tick(self, now: float) -> None:
         self.view.tick(now)
 
+
+
+def not_python(code: str) -> str:
+    """Why ``code`` cannot run as a cell (IPython syntax such as ``%magic`` and ``!cmd``
+    lines allowed), "no code" for nothing but blanks and comments, or "" when it parses."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    try:
+        source = TransformerManager().transform_cell(code)  # type: ignore[no-untyped-call]
+        if not ast.parse(source).body:
+            return "no code"  # blank, or comments only
+        compile(source, "<cell>", "exec")
+    except SyntaxError as exc:
+        return f"{type(exc).__name__}: {exc.msg}, line {exc.lineno}"
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}"
+    return ""

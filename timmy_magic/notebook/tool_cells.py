@@ -12,14 +12,18 @@ cell says how to approve (``--yes``). ``--yes`` approves every call of one cell;
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import StdinNotImplementedError, UsageError
 
 from timmy_magic.model.chat import ChatRequest, Delta, Done, Event, Result
 from timmy_magic.model.errors import InvalidRequest
+from timmy_magic.notebook.display.render import NotebookView, View
 from timmy_magic.routing.runner import Tick
 from timmy_magic.tools import PendingCall, Tool, ToolLoop
+
+if TYPE_CHECKING:
+    from timmy_magic.notebook.session import CellOptions, Session
 
 ASKS = 3
 """Answers read before a call counts as denied (an answer that is none of the above)."""
@@ -78,12 +82,31 @@ def _input(prompt: str) -> str:
     return input(prompt)  # looked up when asked: ipykernel replaces it while a cell runs
 
 
-def tool_events(req: ChatRequest, tools: tuple[Tool, ...], approve: Approver,
-                max_rounds: int, turn: Callable[[ChatRequest], Iterator[Event | Tick]]
-                ) -> Iterator[Event | Tick]:
-    """The loop's events: each turn's (``turn``: the cell's cache lookup, else the live
-    stream), a ``ToolRan`` after each call, the final ``Done``."""
-    return ToolLoop(req, tools, approve, max_rounds).events(turn)
+def events(session: Session, req: ChatRequest, opts: CellOptions,
+           live: bool) -> Iterator[Event | Tick]:
+    """A tool cell's events: each turn's (looked up in the cell's cache, else streamed and
+    recorded), a ``ToolRan`` after each call, the final ``Done``."""
+    cache = session.answers
+
+    def turn(r: ChatRequest) -> Iterator[Event | Tick]:
+        fields, mode = cache.fields(r, opts.fmt, opts.cache)
+        hit = cache.lookup(fields, mode, r.schema)
+        if hit is not None:
+            return cached_turn(hit)
+        return recorded(session.events(r, live), lambda res: cache.record(fields, res, mode))
+
+    approve = Approver(opts.approve_all,
+                       lambda: str(getattr(session.settings, "approve_tools", "ask")),
+                       session.always_approved)
+    return ToolLoop(req, opts.tools, approve, opts.max_tool_rounds).events(turn)
+
+
+def view(shown: View, opts: CellOptions, mode: str) -> View:
+    """The view of a tool cell: in replay, one display (the final render), as a cached
+    answer has, instead of a placeholder updated call by call."""
+    if mode == "replay" and isinstance(shown, NotebookView):
+        return NotebookView(opts.fmt, live=False, placeholder=False)
+    return shown
 
 
 def cached_turn(hit: Result) -> Iterator[Event | Tick]:

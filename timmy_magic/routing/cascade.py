@@ -114,7 +114,8 @@ class Cascade:
             any(ep.launcher is not None and ep.launcher.held for ep in eps),
             any(ep.breaker.state(now) == "half_open" for ep in eps),
             health.models, health.detail, asked,
-            mc is not None and "vision" in mc.capabilities, st.context_window(model), room,
+            mc is not None and "vision" in mc.capabilities, st.context_window(model),
+            mc is not None and mc.mode == "completion", room,
             mc is not None and "tools" in mc.capabilities)
 
     def plan(self, pin: str | None = None, model: str | None = None,
@@ -129,6 +130,7 @@ class Cascade:
             pin=pin, model=model, cloud_open=decision.open, cloud_reason=decision.reason,
             needs_vision=request is not None and request.needs_vision,
             input_tokens=request.input_tokens if request is not None else 0,
+            needs_instructions=request is not None and request.instruct,
             needs_tools=request is not None and request.needs_tools)
 
     async def _refresh_quota(self) -> None:
@@ -192,6 +194,9 @@ class Cascade:
             if not attempts and skip is not None and skip.reason == "no_tools":
                 raise PinnedProviderFailed(f"pinned provider '{pin}' cannot call tools: "
                                            f"{skip.detail}", trace)
+            if not attempts and skip is not None and skip.reason == "completion_model":
+                raise PinnedProviderFailed(f"pinned provider '{pin}' cannot follow "
+                                           f"instructions: {skip.detail}", trace)
             why = attempts[-1].error if attempts else str(skip) if skip else "not tried"
             raise PinnedProviderFailed(f"pinned provider '{pin}' failed: {why}", trace)
         raise NoProviderAvailable(_no_provider_message(

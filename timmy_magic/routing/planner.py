@@ -41,6 +41,8 @@ class ProviderView:
     window: int | None = None
     """That model's context window in tokens (providers.yaml, else what the server
     reported), None if unknown."""
+    completion: bool = False
+    """That model is asked as a plain completion (``mode: completion``): a base model."""
     output_tokens: int = 0
     """The room the answer takes there: the request's max_tokens, else the model's, else
     the cascade's default."""
@@ -68,7 +70,8 @@ _CONFIG_STATES: dict[str, SkipReason] = {
 
 def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: str | None = None,
                cloud_open: bool = True, cloud_reason: str = "", needs_vision: bool = False,
-               input_tokens: int = 0, needs_tools: bool = False) -> Plan:
+               input_tokens: int = 0, needs_instructions: bool = False,
+               needs_tools: bool = False) -> Plan:
     """Order candidates by (priority, file order); skip with a reason each one that cannot
     be used now. A pinned provider is the only candidate: it is tried even when disabled or
     last seen down (the user asked for it), but never past an open circuit or a closed gate,
@@ -81,6 +84,8 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
     caller has cut the context to that window, and the server has the last word.
     ``needs_tools``: the request offers tools; a provider whose model does not declare
     ``tools`` is skipped (``no_tools``), pinned or not (it could not call them).
+    ``needs_instructions``: an assistant's task; a completion-mode model is skipped
+    (``completion_model``), even pinned: it would answer junk, not an error.
     """
     ordered = sorted(enumerate(views), key=lambda iv: (iv[1].priority, iv[0]))
     order: list[str] = []
@@ -90,7 +95,8 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
         reason, detail = _skip_reason(v, pin=pin, pinned=pinned, model=model,
                                       cloud_open=cloud_open, cloud_reason=cloud_reason)
         if reason is None:
-            reason, detail = _capability(v, pinned, needs_vision, input_tokens, needs_tools)
+            reason, detail = _capability(v, pinned, needs_vision, input_tokens,
+                                         needs_instructions, needs_tools)
         if reason is None:
             order.append(v.name)
         else:
@@ -120,11 +126,15 @@ def _skip_reason(v: ProviderView, *, pin: str | None, pinned: bool, model: str |
     return None, ""
 
 
-def _capability(v: ProviderView, pinned: bool, needs_vision: bool,
-                input_tokens: int, needs_tools: bool = False
+def _capability(v: ProviderView, pinned: bool, needs_vision: bool, input_tokens: int,
+                needs_instructions: bool = False, needs_tools: bool = False
                 ) -> tuple[SkipReason | None, str]:
     """Whether this provider's model can take this request (after every state check: a
     provider that is down says so first)."""
+    if needs_instructions and v.completion:
+        return "completion_model", (f"{v.model or 'its model'} is a base model (mode: "
+                                    "completion): it continues text, it does not follow "
+                                    "instructions")
     if needs_vision and not v.vision:
         what = f"model {v.model}" if v.model else "no model configured;"
         return "no_vision", f"{what} lacks capabilities: [vision]"
