@@ -81,10 +81,11 @@ def test_each_call_is_asked_on_stdin_and_shown_with_its_result(ip, server, monke
     assert [(c.name, c.approved, c.result, c.error) for c in r.tool_calls] == [
         ("add", True, "5", None), ("mean", False, None, "denied by the user")]
     final = shown[shown.rindex("**Tool calls**"):]  # the last render (the Markdown)
-    assert final.startswith("**Tool calls**\n\n- add(a=2, b=3) → 5 (0.00s)\n"
+    final = re.sub(r"\(\d+\.\d\ds\)", "(Ns)", final)
+    assert final.startswith("**Tool calls**\n\n- add(a=2, b=3) → 5 (Ns)\n"
                             "- mean(xs=\\[1.0, 2.0, 3.0\\]) ✗ denied by the user\n\n"
                             "5 and 2.0\n\n---\n*g · m")
-    assert "[tool] add(a=2, b=3) → 5 (0.00s)\n[tool] mean(xs=[1.0, 2.0, 3.0]) ✗" in final
+    assert "[tool] add(a=2, b=3) → 5 (Ns)\n[tool] mean(xs=[1.0, 2.0, 3.0]) ✗" in final
     assert "2 tool calls in 1 round" in shown
     sent = server.posts[1][1]["messages"]
     assert sent[-1] == {"role": "tool", "tool_call_id": "c2",
@@ -156,3 +157,13 @@ def test_no_provider_that_can_call_tools_is_one_block_with_the_fix(
     assert "g skipped (no tools: model m lacks capabilities: [tools])" in shown
     assert "Add `capabilities: [tools]` to a model that can" in shown
     assert server.chats == 0
+
+
+def test_in_a_terminal_each_call_is_a_line_before_the_answer(ip, server, monkeypatch):
+    answers(monkeypatch)
+    run(ip, "%config TimmyMagics.display_mode = 'terminal'")
+    two_calls(server)
+    shown = run(ip, "%%llm --tools add,mean --yes\ngo")
+    assert ("[tool] add(a=2, b=3) → 5 (Ns)\n"
+            "[tool] mean(xs=[1.0, 2.0, 3.0]) → 2.0 (Ns)\n5 and 2.0") in re.sub(
+                r"\(\d+\.\d\ds\)", "(Ns)", shown)
