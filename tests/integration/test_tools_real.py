@@ -80,3 +80,32 @@ def test_a_second_task(llama_server):
     assert res.text or res.rounds == 2
     # seen: capital(country='Italy') -> Rome, then the answer "Rome"
     assert RAN[0] == ("capital", "Italy") and "Rome" in res.text
+
+
+@pytest.mark.parametrize("type_", ["vllm_mlx", "anthropic"])
+def test_a_real_server_takes_the_native_tool_wire(vllm_mlx_server, type_):
+    """vllm-mlx (tiny random model: its words are noise) takes the tools and a
+    conversation holding a call and its result in both dialects it serves (OpenAI chat
+    completions, Anthropic Messages): the request is accepted and answered, which is
+    what a real server can show here. (llama-server refuses ``tools`` without
+    ``--jinja``, and the base Gemma has no tool template: it uses the prompted protocol.)"""
+    from timmy_magic.model.chat import ChatRequest, Message
+    from timmy_magic.model.tools import ToolCall
+    from timmy_magic.tools import Tool
+
+    key = ", api_key: sk-ant-test-0000000000" if type_ == "anthropic" else ""
+    r = Router(parse_config(
+        "cascade: {health_timeout_seconds: 2, first_token_timeout_seconds: 60,"
+        " max_retries_per_provider: 0}\nproviders:\n"
+        f"  - {{name: v, type: {type_}, base_url: '{vllm_mlx_server.base_url}'{key}, "
+        f"models: [{{name: {vllm_mlx_server.model}, default: true, "
+        "capabilities: [tools]}]}\n", source="real.yaml", env={}))
+    call = ToolCall("call_1", "add", '{"a": 2, "b": 3}')
+    req = ChatRequest((Message("user", "What is 2 + 3?"),
+                       Message("assistant", "", tool_calls=(call,)),
+                       Message("tool", "5", tool_call_id="call_1", name="add")),
+                      max_tokens=8, tools=(Tool.of(add).spec,))
+    with r:
+        res = r.complete(req)
+    assert res.ok and res.provider == "v", res.error
+    assert res.usage.output_tokens and res.usage.output_tokens <= 8

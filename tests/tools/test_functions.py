@@ -77,6 +77,12 @@ def test_a_bound_method_is_a_tool_and_a_class_is_not():
     with pytest.raises(InvalidRequest, match="tool name '<lambda>' is not a valid function"):
         Tool.of(lambda: 1)
 
+    async def fetch(url: str) -> str:
+        return url
+
+    with pytest.raises(InvalidRequest, match="tool fetch is an async function"):
+        Tool.of(fetch)
+
 
 @dataclass
 class Row:

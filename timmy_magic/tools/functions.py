@@ -56,6 +56,9 @@ class Tool:
         if not callable(func) or not isinstance(name, str) or isinstance(func, type):
             raise InvalidRequest(f"a tool is a function or a method, not "
                                  f"{type(func).__name__}")
+        if inspect.iscoroutinefunction(func):
+            raise InvalidRequest(f"tool {name} is an async function: offer a plain one "
+                                 "(it runs in the kernel's thread, between two turns)")
         if not _NAME.fullmatch(name):
             raise InvalidRequest(f"tool name {shorten(repr(name), 40)} is not a valid "
                                  "function name (letters, digits, _)")
