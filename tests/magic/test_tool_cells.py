@@ -139,6 +139,7 @@ def test_the_round_limit_is_one_clear_line(ip, server, monkeypatch):
     ("--tools add --max-tool-rounds 0", "--max-tool-rounds 0: must be at least 1"),
     ("--tools add --schema Shape", "--tools and --schema do not go together"),
     ("--tools add -p g,g", "--tools does not apply side by side"),
+    ("--tools add --bg", "--tools runs in the foreground"),
 ])
 def test_bad_options_are_one_line_errors(ip, server, line, message):
     with capture_output() as cap:

@@ -99,6 +99,7 @@ REPLAYED = {
     "07": Replayed("07-structured-and-batch.ipynb", ("llama",), _gemma_config("07")),
     "08": Replayed("08-side-by-side.ipynb", ("llama", "vllm")),
     "09": Replayed("09-tools.ipynb", ("llama",), _gemma_config("09", tools=True)),
+    "10": Replayed("10-background.ipynb", ("llama",), _gemma_config("10")),
 }
 
 # Tutorials 02 and 04 start one llama-server themselves and have launch: manage another;

@@ -22,6 +22,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
 from timmy_magic.context.kernel import remember_error
+from timmy_magic.jobs import Job
 from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import InvalidRequest, UnknownProvider
 from timmy_magic.model.schema import Schema
@@ -157,6 +158,8 @@ class TimmyMagics(Magics):
               help="answer from the answer cache if recorded, else ask and record")
     @argument("--no-cache", dest="cache", action="store_const", const=False,
               help="ask live, whatever the cache mode (even replay)")
+    @argument("--bg", action="store_true", help="run in the background: the cell returns "
+              "a Job at once (-o VAR holds it) and the answer streams into its output")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> Any:
         """Ask a model, or run a command.
@@ -165,12 +168,13 @@ class TimmyMagics(Magics):
                by kernel variables ({{ and }} for literal braces).
         Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
                reload [PATH] | trust [PATH] | untrust [PATH] | history | reset |
-               start NAME | stop NAME | panel | bench ... | help (%llm COMMAND --help)
+               start NAME | stop NAME | panel | jobs | cancel ID|VAR|all | bench ... |
+               help (%llm COMMAND --help)
         """
         if cell is None:
             return self.commands.run(line)
-        self._ask(line, cell)
-        return None
+        answer = self._ask(line, cell)
+        return answer if isinstance(answer, Job) else None  # --bg: Out is the Job
 
     @property
     def parser(self) -> Any:
@@ -223,6 +227,10 @@ class TimmyMagics(Magics):
                              f"{args.format} does not apply (leave -f out, or -f json)")
         fmt = cast(Format, "json" if schema is not None else
                    args.format or self.default_format)
+        if args.bg and fmt == "code":
+            raise UsageError("--bg -f code: the new cell would be inserted wherever you are "
+                             "by then; run it in the foreground, or -f markdown and take "
+                             "the code from VAR.result().text")
         tools = self._tools(args, schema, len(providers) > 1 or len(models) > 1)
         return CellOptions(provider, source, args.model or self.default_model, temperature,
                            max_tokens, fmt, args.out,
@@ -231,7 +239,7 @@ class TimmyMagics(Magics):
                            args.cache, args.cells,
                            _var_names(args.vars), args.error, args.show_context,
                            providers if len(providers) > 1 else (),
-                           models if len(models) > 1 else (), schema, tools,
+                           models if len(models) > 1 else (), schema, args.bg, tools,
                            args.yes, args.max_tool_rounds), args
 
     def _tools(self, args: Any, schema: Schema | None, side_by_side: bool) -> tuple[Any, ...]:
@@ -247,6 +255,9 @@ class TimmyMagics(Magics):
                              "tool cell is text")
         if side_by_side:
             raise UsageError("--tools does not apply side by side: ask one provider")
+        if args.bg:
+            raise UsageError("--tools runs in the foreground: each call is approved as it "
+                             "comes (leave out --bg)")
         return cell_tools(_names(args.tools), self.ip.user_ns)
 
     def _schema(self, name: str | None) -> Schema | None:
@@ -270,14 +281,14 @@ class TimmyMagics(Magics):
         except InterpolationError as exc:
             raise UsageError(str(exc)) from None
 
-    def _ask(self, line: str, cell: str) -> None:
+    def _ask(self, line: str, cell: str) -> Any:
         opts, args = self.options(line)
         prompt = self._prompt(cell, opts).strip()
         if not prompt:
             raise UsageError("the cell has no prompt: write it below the %%llm line")
         system = self._prompt(args.system, opts) if args.system else None
         ctx = self.session.context(prompt, opts, system)
-        self.session.ask(ctx, opts, self._cell_key(line, cell), prompt)
+        return self.session.ask(ctx, opts, self._cell_key(line, cell), prompt)
 
     # ------------------------------------------------------------------ cell identity
 

@@ -25,12 +25,13 @@ from timmy_magic.context import (
     missing_name,
     split_fix,
 )
+from timmy_magic.jobs import UnknownJob
 from timmy_magic.model.chat import ChatRequest, Message, Result
 from timmy_magic.model.errors import ConfigError, UnknownProvider
 from timmy_magic.notebook.args import HelpShown, UsageParser
 from timmy_magic.notebook.display.failures import ErrorBlock
 from timmy_magic.notebook.display.render import display
-from timmy_magic.notebook.display.tables import providers_bundle, status_bundle
+from timmy_magic.notebook.display.tables import jobs_bundle, providers_bundle, status_bundle
 from timmy_magic.servers.launch import LaunchError
 from timmy_magic.text.markup import count
 
@@ -96,6 +97,10 @@ class LineCommands:
         add("stop", self._stop, "stop a server started from here").add_argument(
             "name", metavar="NAME")
         add("panel", self._panel, "the provider panel (widgets)")
+        add("jobs", self._jobs, "this session's background jobs (--bg, map(background=True))")
+        add("cancel", self._cancel, "stop background jobs, keeping their partial answers"
+            ).add_argument("which", metavar="ID|VAR|all", help="a job number, the variable "
+                           "it was bound to (-o), or all")
         bench = subs.add_parser("bench", help="serving benchmarks (%llm bench --help)",
                                 add_help=False, prog="%llm bench")
         bench.add_argument("rest", nargs=argparse.REMAINDER)
@@ -311,6 +316,9 @@ class LineCommands:
         if opts.chat or opts.cells or opts.names or opts.error or opts.fmt != "markdown":
             raise UsageError(f"%llm {command}: --chat, --cells, --vars, --error and -f do not "
                              "apply (the last error is the context)")
+        if opts.background:
+            raise UsageError(f"%llm {command}: --bg does not apply (its answer acts on the "
+                             "cell you are in: run it in the foreground)")
         return opts
 
     def _error_context(self, command: Literal["fix", "explain"],
@@ -326,6 +334,25 @@ class LineCommands:
     def _reset(self, args: argparse.Namespace) -> None:
         n = self.ext.conversation.reset()
         print(f"Conversation cleared ({count(n, 'turn')}).")
+
+    def _jobs(self, args: argparse.Namespace) -> None:
+        display(jobs_bundle(self.ext.session.jobs.rows()), raw=True)
+
+    def _cancel(self, args: argparse.Namespace) -> None:
+        board = self.ext.session.jobs
+        try:
+            jobs = board.find(args.which)
+        except UnknownJob as exc:
+            raise UsageError(f"%llm cancel: {exc}") from None
+        asked = [j for j in jobs if j.cancel()]
+        for job in asked:
+            job.wait(2.0)
+        if not asked:
+            print("Nothing to cancel: " + ("no job is running." if args.which == "all" else
+                                          f"job {jobs[0].id} is {jobs[0].status} already."))
+            return
+        print(f"Cancelled {count(len(asked), 'job')} ({', '.join(str(j.id) for j in asked)}); "
+              "partial answers are kept (VAR.result(), %llm jobs).")
 
     def _panel(self, args: argparse.Namespace) -> None:
         display(self.ext.panel())
