@@ -33,6 +33,7 @@ from tests.notebooks.replay import (  # noqa: E402
     SKIPPED,
     answers_path,
     checked_in_replay,
+    copy_data,
     replay_env,
     sanitized,
 )
@@ -79,6 +80,7 @@ def record(key: str) -> None:
             urls["vllm"] = servers[-1].base_url
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
+            copy_data(spec, work)
             fresh = work / "answers.sqlite3"
             live = {**spec.env(urls, work), "TIMMY_CACHE_MODE": "on",
                     "TIMMY_CACHE_PATH": str(fresh)}

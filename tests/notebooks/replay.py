@@ -38,11 +38,14 @@ def shipped_gemma_model() -> dict[str, object]:
             "stop": list(m.stop), "params": dict(m.params), "max_tokens": m.max_tokens}
 
 
-def _gemma_config(name: str, window: int | None = None) -> Callable[[str, Path], str]:
+def _gemma_config(name: str, window: int | None = None,
+                  tools: bool = False) -> Callable[[str, Path], str]:
     def write(url: str, work: Path) -> str:
         model = shipped_gemma_model()
         if window:
             model["context_window"] = window
+        if tools:  # the prompted protocol (a completion-mode model)
+            model["capabilities"] = ["tools"]
         doc = {"cascade": {"first_token_timeout_seconds": 60, "timeout_seconds": 120},
                "providers": [{"name": "local-gemma", "type": "llama_cpp", "base_url": url,
                               "models": [model]}]}
@@ -90,6 +93,10 @@ class Replayed:
     notebook keeps their live output (scripts/record_answers.py), which the live tests
     check and a reader sees."""
 
+    data: tuple[str, ...] = ()
+    """Files under notebooks/ the notebook reads by a relative path (``data/x.csv``):
+    copied into the folder it runs in (``copy_data``)."""
+
     def env(self, urls: dict[str, str], work: Path, replay: bool = False) -> dict[str, str]:
         from tests.support.servers import free_port
 
@@ -113,7 +120,10 @@ REPLAYED = {
     "06": Replayed("06-notebook-context.ipynb", ("llama",), _gemma_config("06", 2048)),
     "07": Replayed("07-structured-and-batch.ipynb", ("llama",), _gemma_config("07")),
     "08": Replayed("08-side-by-side.ipynb", ("llama", "vllm")),
+    "09": Replayed("09-tools.ipynb", ("llama",), _gemma_config("09", tools=True)),
     "10": Replayed("10-background.ipynb", ("llama",), _gemma_config("10")),
+    # the notebook writes its own providers.yaml (local-gemma two ways) from LLAMA_SERVER_URL
+    "11": Replayed("11-evaluate.ipynb", ("llama",), data=("data/capitals.csv",)),
 }
 
 # Tutorials 02 and 04 start one llama-server themselves and have launch: manage another;
@@ -228,7 +238,16 @@ def checked_copy(spec: Replayed, work: Path) -> Path:
             cell.setdefault("metadata", {})["tags"] = tags
     out = work / spec.notebook
     out.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+    copy_data(spec, work)
     return out
+
+
+def copy_data(spec: Replayed, work: Path) -> None:
+    """The files the notebook reads (``Replayed.data``), where it runs."""
+    for name in spec.data:
+        dst = work / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "notebooks" / name, dst)
 
 
 def answers_copy(spec: Replayed, work: Path) -> Path:

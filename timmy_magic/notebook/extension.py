@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
 
 _EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
 """The one extension instance per shell."""
@@ -55,15 +56,18 @@ def _markdown_formatter(ip: Any) -> Any:
 
 
 def register_displays(ip: Any) -> None:
-    """How the notebook shows our values: a ``Result`` as its rendered answer. The values
+    """How the notebook shows our values: a ``Result`` as its rendered answer, a
+    ``Comparison`` as its grid, an ``Evaluation`` as its table and chart. The values
     (``model/``) know no renderer; the notebook layer registers one for them here."""
     from timmy_magic.notebook.display.answer import answer_markdown
     from timmy_magic.notebook.display.compare_view import register_display as register_comparison
+    from timmy_magic.notebook.display.eval_view import register_display as register_evaluation
 
     markdown = _markdown_formatter(ip)
     if markdown is not None:
         markdown.for_type(Result, answer_markdown)
     register_comparison(ip)  # a Comparison as its grid
+    register_evaluation(ip)  # an Evaluation as its summary table and chart
     shown = _job_formatter(ip)
     if shown is not None:
         shown.for_type(Job, lambda job: show_job(lambda: _session_or_none(ip), job))
@@ -82,12 +86,16 @@ def unregister_displays(ip: Any) -> None:
     from timmy_magic.notebook.display.compare_view import (
         unregister_display as unregister_comparison,
     )
+    from timmy_magic.notebook.display.eval_view import (
+        unregister_display as unregister_evaluation,
+    )
 
     markdown = _markdown_formatter(ip)
     if markdown is not None:
         with suppress(KeyError):
             markdown.pop(Result)
     unregister_comparison(ip)
+    unregister_evaluation(ip)
     shown = _job_formatter(ip)
     if shown is not None:
         with suppress(KeyError):
@@ -135,9 +143,10 @@ def session(ip: Any = None) -> Session:
     return extension(ip).session
 
 
-def last() -> Result | Comparison | MapResult | None:
+def last() -> Result | Comparison | MapResult | Evaluation | None:
     """The last %%llm result of this shell (partial if it was interrupted; a Comparison
-    after a side-by-side cell), or None."""
+    after a side-by-side cell, a MapResult or Evaluation after ``map`` or ``evaluate``),
+    or None."""
     return session().last_result
 
 

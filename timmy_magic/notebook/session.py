@@ -29,6 +29,7 @@ from timmy_magic.jobs import Job, JobBoard
 from timmy_magic.model.chat import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.model.schema import JSONAnswerError, Schema, parse_json
+from timmy_magic.notebook import tool_cells
 from timmy_magic.notebook.cached import REPLAY_HINTS, CellCache
 from timmy_magic.notebook.display.failures import ErrorBlock, describe_failure
 from timmy_magic.notebook.display.render import (
@@ -47,10 +48,13 @@ from timmy_magic.routing.router import Router
 from timmy_magic.routing.runner import Tick
 from timmy_magic.text.formats import Format, extract_code
 from timmy_magic.text.markup import count
+from timmy_magic.tools import Tool
+from timmy_magic.tools.loop import DEFAULT_MAX_ROUNDS
 
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
 
 INTERRUPTED = USER_INTERRUPT
 
@@ -98,6 +102,9 @@ class CellOptions:
     """--schema NAME: the answer must match it (``VAR.data`` holds the validated value)."""
     background: bool = False
     """--bg: return at once with a ``Job``; the answer streams into the cell's output."""
+    tools: tuple[Tool, ...] = ()  # --tools f,g, --yes, --max-tool-rounds (tool_cells)
+    approve_all: bool = False
+    max_tool_rounds: int = DEFAULT_MAX_ROUNDS
 
 
 class Session:
@@ -108,7 +115,7 @@ class Session:
         self.router = router
         self.settings = settings
         self.conversation = Conversation()
-        self.last_result: Result | Comparison | MapResult | None = None
+        self.last_result: Result | Comparison | MapResult | Evaluation | None = None
         """The last answer (a ``Comparison`` after a side-by-side cell, a ``MapResult``
         after ``timmy_magic.map``)."""
         self.active: AnswerCollector | None = None
@@ -118,6 +125,7 @@ class Session:
         self.jobs = JobBoard()
         """This session's background jobs (``--bg``, ``map(background=True)``)."""
         atexit.register(self.jobs.cancel_all)  # kernel shutdown: no stream left open
+        self.always_approved: set[str] = set()  # tools answered "always" (tool_cells)
 
     def context(self, prompt: str, opts: CellOptions, system: str | None = None) -> Context:
         """The prompt with what ``opts`` ask for (cells, variables, the error), masked; a
@@ -155,6 +163,8 @@ class Session:
         view = self._view(opts)
         notes = self._context_notes(ctx, opts, vision)
         fields, mode = self.answers.fields(req, opts.fmt, opts.cache)
+        if opts.tools:  # each turn is looked up and recorded on its own (tool_cells)
+            fields, view = None, tool_cells.view(view, opts, mode)
         try:
             hit = self.answers.lookup(fields, mode, req.schema)
         except ReplayMiss as exc:
@@ -181,6 +191,9 @@ class Session:
         if hit is None:
             try:
                 result, interrupted = self._answer(req, opts, view)
+            except ReplayMiss as exc:  # a tool turn not recorded
+                view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
+                return None
             except RoutingError as exc:
                 view.fail(self.failure(exc, opts))
                 return None
@@ -267,7 +280,8 @@ class Session:
             return NotebookView(opts.fmt, self.settings.updates_per_second, live=opts.stream)
         return TerminalView(live=opts.stream and not opts.background)
 
-    def _events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
+    def events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
+        """One request's events from the router, ticking for a live view."""
         ups = self.settings.updates_per_second
         if not live or ups <= 0:
             return self.router.stream(req, cache=False)  # looked up already (self.answers)
@@ -280,7 +294,9 @@ class Session:
         clock = time.monotonic
         got = self.active = AnswerCollector(clock())
         view.start(got.t0)
-        events = self._events(req, opts.stream and isinstance(view, NotebookView))
+        live = opts.stream and isinstance(view, NotebookView)
+        events = (tool_cells.events(self, req, opts, live) if opts.tools
+                  else self.events(req, live))
         try:
             return consume(events, view, got, clock), False
         except KeyboardInterrupt:

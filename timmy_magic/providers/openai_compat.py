@@ -53,6 +53,7 @@ from timmy_magic.providers.base import (
     usage_of,
 )
 from timmy_magic.providers.parts import openai_content
+from timmy_magic.providers.tool_calls import CallAssembler, openai_message, openai_tools
 from timmy_magic.providers.wire import (
     TextJoiner,
     WireError,
@@ -184,8 +185,11 @@ class OpenAICompatBackend:
         if mc is not None and mc.mode == "completion":
             payload["prompt"], stops = completion_prompt(request.messages)
         else:
-            payload["messages"] = [{"role": m.role, "content": openai_content(m)}
-                                   for m in request.messages]
+            payload["messages"] = [
+                openai_message(m, openai_content(m)) if m.role == "tool" or m.tool_calls
+                else {"role": m.role, "content": openai_content(m)} for m in request.messages]
+            if request.tools:
+                payload["tools"] = openai_tools(request.tools)
         if stream:
             payload["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
@@ -217,7 +221,7 @@ class OpenAICompatBackend:
                                    payload=payload, headers=self._headers,
                                    provider=self.provider,
                                    content_type="text/event-stream") as r:
-                async for chunk in self._chunks(r, "prompt" in payload):
+                async for chunk in self._chunks(r, "prompt" in payload, "tools" in payload):
                     yield chunk
 
     async def complete(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
@@ -231,10 +235,11 @@ class OpenAICompatBackend:
                                    provider=self.provider,
                                    content_type="application/json") as r:
                 raw = await Body(r).read()
-            for chunk in self._whole(raw, "prompt" in payload):
+            for chunk in self._whole(raw, "prompt" in payload, "tools" in payload):
                 yield chunk
 
-    def _whole(self, raw: bytes, completion: bool = False) -> list[Chunk]:
+    def _whole(self, raw: bytes, completion: bool = False, offered: bool = False
+               ) -> list[Chunk]:
         """A ``chat.completion`` (or, ``completion``, a ``text_completion``) object ->
         Chunks, every server value checked (``wire``)."""
         obj = loads(raw.decode("utf-8", "replace"))
@@ -257,6 +262,10 @@ class OpenAICompatBackend:
             out.append(Chunk(text=text))
         thought = message.get("reasoning_content") or message.get("reasoning")
         calls = message.get("tool_calls")
+        if offered and calls:  # the calls the loop runs (providers/tool_calls.py)
+            (asked := CallAssembler()).openai_delta(calls)
+            out.append(Chunk(calls=asked.calls()))
+            calls = None
         if note := extras_note(len(thought) if isinstance(thought, str) else 0,
                                len(calls) if isinstance(calls, list) else 0):
             out.append(Chunk(note=note))
@@ -268,8 +277,8 @@ class OpenAICompatBackend:
                                             usage.get("completion_tokens"))))
         return out
 
-    async def _chunks(self, r: httpx.Response, completion: bool = False
-                      ) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response, completion: bool = False,
+                      offered: bool = False) -> AsyncIterator[Chunk]:
         """Chat completion chunks (or, ``completion``, plain completion chunks: the text in
         ``choices[0].text``) -> Chunks. Plain dicts, no SDK models: building a pydantic
         model per chunk cost more CPU than the rest of the router together.
@@ -279,6 +288,7 @@ class OpenAICompatBackend:
         joiner = TextJoiner()
         reasoning = 0
         tools: set[str] = set()
+        asked = CallAssembler()  # offered tools: the calls, from their fragments
         body = Body(r)
         async for event, data in body.sse():
             if data.strip() == "[DONE]":
@@ -312,7 +322,9 @@ class OpenAICompatBackend:
                     thought = delta.get("reasoning_content") or delta.get("reasoning")
                     reasoning += len(thought) if isinstance(thought, str) else 0
                     calls = delta.get("tool_calls")
-                    if isinstance(calls, list):
+                    if offered and calls is not None:
+                        asked.openai_delta(calls)
+                    elif isinstance(calls, list):
                         tools.update(repr(c.get("index", i)) if isinstance(c, dict) else str(i)
                                      for i, c in enumerate(calls))
                 if choice.get("finish_reason"):
@@ -327,6 +339,8 @@ class OpenAICompatBackend:
             yield Chunk(text=tail)
         if note := extras_note(reasoning, len(tools)):
             yield Chunk(note=note)
+        if asked:
+            yield Chunk(calls=asked.calls())
         if cut:
             yield Chunk(note=LIMIT_NOTE)
         if first:
