@@ -46,33 +46,41 @@ def _build_router() -> tuple[Router, str]:
                             f"in background){held}")
 
 
-def _markdown_formatter(ip: Any) -> Any:
-    formatter = getattr(getattr(ip, "display_formatter", None), "formatters", {})
-    return formatter.get("text/markdown")
+def _formatter(ip: Any, mime: str) -> Any:
+    formatters = getattr(getattr(ip, "display_formatter", None), "formatters", {})
+    return formatters.get(mime)
+
+
+_COMPARISON = ("timmy_magic.compare", "Comparison")
+
+
+def _comparison_html(comparison: Comparison) -> str:
+    from timmy_magic.notebook.display.compare_view import comparison_html
+
+    return comparison_html(comparison)
 
 
 def register_displays(ip: Any) -> None:
-    """How the notebook shows our values: a ``Result`` as its rendered answer. The values
-    (``model/``) know no renderer; the notebook layer registers one for them here."""
+    """How the notebook shows our values: a ``Result`` as its rendered answer, a
+    ``Comparison`` (``cmp``, ``timmy_magic.last()``) as its grid. The values (``model/``,
+    ``compare/``) know no renderer; the notebook layer registers one for them here, the
+    grid by name (IPython's deferred printers), so loading imports no side by side."""
     from timmy_magic.notebook.display.answer import answer_markdown
-    from timmy_magic.notebook.display.compare_view import register_display as register_comparison
 
-    markdown = _markdown_formatter(ip)
+    markdown = _formatter(ip, "text/markdown")
     if markdown is not None:
         markdown.for_type(Result, answer_markdown)
-    register_comparison(ip)  # a Comparison as its grid
+    html = _formatter(ip, "text/html")
+    if html is not None:
+        html.for_type_by_name(*_COMPARISON, _comparison_html)
 
 
 def unregister_displays(ip: Any) -> None:
-    from timmy_magic.notebook.display.compare_view import (
-        unregister_display as unregister_comparison,
-    )
-
-    markdown = _markdown_formatter(ip)
-    if markdown is not None:
-        with suppress(KeyError):
-            markdown.pop(Result)
-    unregister_comparison(ip)
+    for mime, typ in (("text/markdown", Result), ("text/html", ".".join(_COMPARISON))):
+        formatter = _formatter(ip, mime)
+        if formatter is not None:
+            with suppress(KeyError):
+                formatter.pop(typ)
 
 
 def load(ip: InteractiveShell) -> TimmyMagics:

@@ -17,16 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 from IPython.core.error import UsageError
 
-from timmy_magic.cache import ReplayMiss
-from timmy_magic.context import Context, ContextError, build_context
 from timmy_magic.model.chat import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.model.schema import JSONAnswerError, Schema, parse_json
-from timmy_magic.notebook.cached import REPLAY_HINTS, CellCache
 from timmy_magic.notebook.display.failures import ErrorBlock, describe_failure
 from timmy_magic.notebook.display.render import (
     USER_INTERRUPT,
@@ -48,6 +46,8 @@ from timmy_magic.text.markup import count
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.context import Context
+    from timmy_magic.notebook.cached import CellCache
 
 INTERRUPTED = USER_INTERRUPT
 
@@ -108,12 +108,20 @@ class Session:
         after ``timmy_magic.map``)."""
         self.active: AnswerCollector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
-        self.answers = CellCache(self)
         self.panels: list[Any] = []
+
+    @cached_property
+    def answers(self) -> CellCache:
+        """The answer cache as cells use it, built (and imported) on the first cell."""
+        from timmy_magic.notebook.cached import CellCache
+
+        return CellCache(self)
 
     def context(self, prompt: str, opts: CellOptions, system: str | None = None) -> Context:
         """The prompt with what ``opts`` ask for (cells, variables, the error), masked; a
         one-line UsageError when something asked for is not in the kernel."""
+        from timmy_magic.context import ContextError, build_context
+
         try:
             return build_context(self.shell, prompt, cells=opts.cells, names=opts.names,
                                  error=opts.error, system=system)
@@ -124,6 +132,9 @@ class Session:
             then: Callable[[Result], tuple[str, ...]] | None = None) -> Result | None:
         """Send ``ctx`` (the prompt with its context, masked) as ``opts`` say, show the
         answer, keep it. ``then`` may act on a complete answer and return notes."""
+        from timmy_magic.cache import ReplayMiss
+        from timmy_magic.notebook.cached import REPLAY_HINTS
+
         vision = self._vision(ctx, opts) and not (opts.providers or opts.models)
         ctx = self._fit(ctx, opts, vision)
         if (opts.providers or opts.models) and not opts.show_context:
@@ -179,7 +190,9 @@ class Session:
 
     def side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str) -> None:
         """One prompt to several providers or models at once, in columns."""
+        from timmy_magic.cache import ReplayMiss
         from timmy_magic.compare import Column, Comparison, run_columns
+        from timmy_magic.notebook.cached import REPLAY_HINTS
         from timmy_magic.notebook.display.compare_view import BlocksView, GridView
 
         if opts.fmt not in ("markdown", "text") and opts.schema is None:
