@@ -10,6 +10,7 @@ fixed 8-token completion at once, so what differs between clients is the client.
    whole process, so the router's loop thread counts), closed-loop at concurrency 1:
    - ``raw-httpx``: ``httpx.AsyncClient().post(..., json={"stream": false})`` and
      ``r.json()``, on an asyncio loop in this thread (the floor of a Python client);
+   - ``raw-aiohttp``: the same with ``aiohttp.ClientSession`` (the other floor);
    - ``ours``: ``router.complete(req, stream=False)`` from this thread (the sync call a
      user makes; one JSON body on the wire);
    - ``ours-sse``: ``router.complete(req)`` (the default: streamed on the wire, so a
@@ -54,7 +55,7 @@ from fastserver import DEFAULT_TOKENS, words
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 EXPECTED = "".join(words(DEFAULT_TOKENS))
-NONSTREAM = ("raw-httpx", "ours", "ours-sse", "ours-loop", "litellm")
+NONSTREAM = ("raw-httpx", "raw-aiohttp", "ours", "ours-sse", "ours-loop", "litellm")
 
 
 # ------------------------------------------------------------------ 1. non-streaming CPU
@@ -97,6 +98,16 @@ def nonstream_clients(router: Any, url: str, loop: asyncio.AbstractEventLoop
         r = await http.post(url + "/v1/chat/completions", json=body)
         return str(r.json()["choices"][0]["message"]["content"])
 
+    session: list[Any] = []
+
+    async def raw_aiohttp() -> str:
+        import aiohttp
+
+        if not session:
+            session.append(aiohttp.ClientSession())
+        async with session[0].post(url + "/v1/chat/completions", json=body) as r:
+            return str((await r.json())["choices"][0]["message"]["content"])
+
     async def litellm_call() -> str:
         r = await lr.acompletion(model="fast", messages=MESSAGES)
         return str(r.choices[0].message.content)
@@ -114,7 +125,8 @@ def nonstream_clients(router: Any, url: str, loop: asyncio.AbstractEventLoop
 
     here = loop.run_until_complete
     there = lambda coro: router.runner.run(coro, timeout=600)  # noqa: E731
-    return {"raw-httpx": on(here, raw, "raw-httpx"), "ours": sync(False),
+    return {"raw-httpx": on(here, raw, "raw-httpx"),
+            "raw-aiohttp": on(here, raw_aiohttp, "raw-aiohttp"), "ours": sync(False),
             "ours-sse": sync(True), "ours-loop": on(there, ours_loop, "ours-loop"),
             "litellm": on(here, litellm_call, "litellm")}
 

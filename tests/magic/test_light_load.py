@@ -21,7 +21,8 @@ ON_FIRST_USE = ("timmy_magic.cache.store", "timmy_magic.cache.files", "timmy_mag
                 "timmy_magic.compare", "timmy_magic.batch", "timmy_magic.bench",
                 "timmy_magic.notebook.commands", "timmy_magic.notebook.cached",
                 "timmy_magic.notebook.bench_magic", "timmy_magic.notebook.display.widget",
-                "timmy_magic.notebook.display.compare_view")
+                "timmy_magic.notebook.display.compare_view", "timmy_magic.providers.transport",
+                "aiohttp", "msgspec")
 
 PROBE = r"""
 import json, sys
