@@ -300,3 +300,87 @@ def test_a_server_already_answering_is_adopted_even_if_its_program_is_not_instal
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+PORT_HOLDER = textwrap.dedent("""\
+    import socket, sys, time
+    s = socket.socket()
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+    s.listen()
+    print("held", flush=True)
+    time.sleep(float(sys.argv[2]))  # a listener that is no server: no health, never accepts
+""")
+
+
+def _hold_port(tmp_path, port: int, seconds: float) -> subprocess.Popen[str]:
+    script = tmp_path / "hold.py"
+    script.write_text(PORT_HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(port), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def _start(tmp_path, port: int, ready_timeout: float) -> tuple[object, list[str]]:
+    import asyncio
+
+    import httpx
+
+    from timmy_magic.config import LaunchConfig
+    from timmy_magic.servers.launch import Launcher
+
+    script = tmp_path / "linger.py"
+    script.write_text(LINGERING_SERVER)
+    lc = Launcher("p", f"http://127.0.0.1:{port}",
+                  LaunchConfig(command=[sys.executable, str(script), str(port)],
+                               ready_timeout=ready_timeout))
+    notes: list[str] = []
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient(timeout=0.3) as c:
+                return (await c.get(f"http://127.0.0.1:{port}/health")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        asyncio.run(lc.ensure(healthy, notes.append))
+    except Exception as exc:  # returned for the test to look at
+        return exc, notes
+    return lc, notes
+
+
+def test_a_start_waits_for_its_port_to_be_released_instead_of_crashing(tmp_path):
+    """A server still going away (another kernel's, or ours from a stop) holds the port for
+    a moment: the start waits for it rather than failing to bind and reading as a crash."""
+    port = free_port()
+    holder = _hold_port(tmp_path, port, 1.5)
+    try:
+        lc, notes = _start(tmp_path, port, ready_timeout=20)
+        from timmy_magic.servers.launch import Launcher
+        assert isinstance(lc, Launcher), lc
+        try:
+            assert lc.state == "running" and lc.running()
+            assert any(f"port {port} is still in use" in n for n in notes), notes
+            assert holder.poll() is not None  # it started only once the holder had gone
+        finally:
+            lc.stop()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_port_held_by_something_else_fails_the_start_with_the_port_named(tmp_path):
+    from timmy_magic.servers.launch import LaunchError
+
+    port = free_port()
+    holder = _hold_port(tmp_path, port, 60)
+    try:
+        t0 = time.monotonic()
+        exc, _notes = _start(tmp_path, port, ready_timeout=2)
+        assert isinstance(exc, LaunchError), exc
+        assert f"port {port} is in use by something that is not a healthy server" in str(exc)
+        assert time.monotonic() - t0 < 10  # bounded by ready_timeout, not a hang
+    finally:
+        holder.kill()
+        holder.wait()

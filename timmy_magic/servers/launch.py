@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from timmy_magic.config import LaunchConfig
 from timmy_magic.model.errors import TimmyError
@@ -128,6 +129,7 @@ class Launcher:
         except KeyError as exc:
             self.state, self.message = "failed", str(exc.args[0])
             raise LaunchError(self.message) from None
+        await self._wait_port_free(progress)
         fd, name = tempfile.mkstemp(prefix=f"timmy-{self.provider}-", suffix=".log")
         self.log_path = Path(name)
         self.runtime = describe(argv)
@@ -155,6 +157,25 @@ class Launcher:
                 self.stop(wait=False)
                 self.message = "start interrupted: the server was stopped"
             raise
+
+    async def _wait_port_free(self, progress: Callable[[str], None]) -> None:
+        """Wait until nothing listens on our port any more (bounded): a server that is
+        going, ours from a stop or another kernel's, holds it for a moment, and a start in
+        that moment would fail to bind and read as a crash."""
+        host, port = _host_port(self.url)
+        deadline = time.monotonic() + min(self.cfg.ready_timeout, PORT_WAIT_S)
+        noted = False
+        while await _listening(host, port):
+            if time.monotonic() >= deadline:
+                self.state = "failed"
+                self.message = (f"port {port} is in use by something that is not a healthy "
+                                f"server: stop it, or give {self.provider} another port in "
+                                f"its base_url")
+                raise LaunchError(self.message)
+            if not noted:
+                progress(f"port {port} is still in use (a server going away?): waiting")
+                noted = True
+            await asyncio.sleep(0.2)
 
     async def _wait_ready(self, healthy: Callable[[], Awaitable[bool]],
                           progress: Callable[[str], None]) -> None:
@@ -233,6 +254,31 @@ class Launcher:
             return ""
         text = self.log_path.read_text(errors="replace").strip().splitlines()
         return " | ".join(text[-lines:])
+
+
+PORT_WAIT_S = 15.0
+"""How long a start waits for its port to be released before it says who holds it."""
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return (parts.hostname or "127.0.0.1",
+            parts.port or (443 if parts.scheme == "https" else 80))
+
+
+async def _listening(host: str, port: int) -> bool:
+    """Something accepts connections at host:port (a connect that hangs counts: a full
+    backlog is still a listener)."""
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 0.5)
+    except TimeoutError:
+        return True
+    except OSError:  # refused, unreachable: nothing we would collide with
+        return False
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 0.5)
+    return True
 
 
 def _reap(proc: subprocess.Popen[bytes], grace: float) -> None:
