@@ -118,7 +118,8 @@ async def _raw(kind: str, url: str, n: int, tokens: int) -> int:
     async def worker() -> None:
         nonlocal total
         for _ in left:
-            total += await one()
+            got = await one()  # (not ``total += await``: that reads total before the await)
+            total += got
 
     try:
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
@@ -208,7 +209,9 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict[str, float]]]) ->
         proc = med([x["process_cpu_us_tok"] for x in runs[name]])
         print(f"   {_kit.verdict(us <= 30):6} {name}: {us:.1f} us of loop CPU per token "
               f"(<= 30); peak in flight {peak}; throughput {ours / theirs:.2f}x the raw "
-              f"SDK's; process CPU {proc / floor:.2f}x raw aiohttp's")
+              f"SDK's; process CPU {proc / floor:.2f}x raw aiohttp's".replace(
+                  "throughput nanx the raw SDK's; ", "").replace(
+                  "; process CPU nanx raw aiohttp's", ""))
     for name in (n for n in runs if not n.startswith("bench")):
         proc = med([x["process_cpu_us_tok"] for x in runs[name]])
         print(f"   (info) {name}: process CPU per token {proc / floor:.2f}x raw aiohttp's")

@@ -5,6 +5,7 @@ errors that say the same thing (``providers/transport.py``)."""
 
 from __future__ import annotations
 
+import gzip
 import socket
 import threading
 import time
@@ -90,7 +91,8 @@ class ClosingServer:
               b'\n\ndata: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}'
               b"\n\ndata: [DONE]\n\n")
 
-    def __init__(self) -> None:
+    def __init__(self, gzip: bool = False) -> None:
+        self.gzip = gzip
         self.accepted = 0
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -113,14 +115,18 @@ class ClosingServer:
                                   if ln.lower().startswith(b"content-length")))
                 while len(body) < length:
                     body += conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                             b"content-length: %d\r\n\r\n%s" % (len(self.ANSWER),
-                                                                    self.ANSWER))
+                answer = gzip.compress(self.ANSWER) if self.gzip else self.ANSWER
+                coding = b"content-encoding: gzip\r\n" if self.gzip else b""
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n%s"
+                             b"content-length: %d\r\n\r\n%s" % (coding, len(answer), answer))
                 time.sleep(0.05)
 
 
-def test_a_connection_the_server_closed_while_idle_is_sent_again(transport: str) -> None:
-    server = ClosingServer()
+@pytest.mark.parametrize("gzip", [False, True])
+def test_a_connection_the_server_closed_while_idle_is_sent_again(transport: str,
+                                                                 gzip: bool) -> None:
+    """(A gzip body goes through httpx's decoder; a plain one is read straight.)"""
+    server = ClosingServer(gzip)
     try:
         with router(f"http://127.0.0.1:{server.port}") as r:
             for _ in range(3):

@@ -83,6 +83,11 @@ class _Body(httpx.AsyncByteStream):
             while data := await content.readany():
                 yield data
 
+    def direct(self) -> AsyncIterator[bytes]:
+        """The body's reads without httpx's layers: for a body with no content-encoding
+        (``base.Body``), where httpx would pass them through unchanged."""
+        return self.__aiter__()
+
     async def aclose(self) -> None:
         # read to its end, the connection goes back to the pool; else it is closed
         self._response.release()
