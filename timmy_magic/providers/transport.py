@@ -17,8 +17,9 @@ more by ``base._open``), a body cut midway is ``RemoteProtocolError`` or ``ReadE
 from __future__ import annotations
 
 import ssl
+import weakref
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import aiohttp
@@ -93,6 +94,14 @@ class _Body(httpx.AsyncByteStream):
         self._response.release()
 
 
+def _forget(connector: aiohttp.BaseConnector) -> None:
+    """A transport dropped without ``aclose`` (a router never closed, the loop already
+    gone): its sockets are closed quietly, as httpx's would be, instead of aiohttp
+    printing "Unclosed client session" into the notebook when it is collected."""
+    with suppress(Exception):
+        connector._close()  # the synchronous part of close(); safe on a closed loop
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session (its connection pool), opened on the first request (it needs
     the running loop); httpx's timeouts become aiohttp's connect and read timeouts."""
@@ -108,6 +117,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             keepalive_timeout=self._limits.keepalive_expiry or 5.0)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                               cookie_jar=aiohttp.DummyCookieJar())
+        weakref.finalize(self, _forget, connector)
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
