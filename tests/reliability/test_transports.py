@@ -153,3 +153,31 @@ def test_aiohttp_errors_become_the_httpx_errors_that_say_the_same(
     mapped = httpx_error(foreign)
     assert type(mapped) is ours
     assert type(base.map_error(mapped, "p")) is type(base.map_error(ours("x"), "p"))
+
+
+@pytest.mark.parametrize("gzip", [False, True])
+def test_a_plain_body_is_read_straight_from_aiohttp_and_a_coded_one_through_httpx(
+        gzip: bool) -> None:
+    import asyncio
+
+    from timmy_magic.providers.base import Body, Timeouts, make_http_client
+
+    server = ClosingServer(gzip)
+
+    async def read() -> tuple[str, bytes]:
+        client = make_http_client(Timeouts(2, 2, 2, 2))
+        try:
+            async with client.stream("POST", f"http://127.0.0.1:{server.port}/v1/x",
+                                     json={}) as r:
+                body = Body(r)
+                reads = body._reads
+                return reads.ag_code.co_filename, b"".join([d async for d in reads])
+        finally:
+            await client.aclose()
+
+    try:
+        where, data = asyncio.run(read())
+    finally:
+        server.sock.close()
+    assert data == ClosingServer.ANSWER
+    assert where.endswith("transport.py") != gzip  # httpx decodes gzip

@@ -26,8 +26,8 @@ import aiohttp
 import httpx
 from yarl import URL
 
-READ_BYTES = 1 << 16
-"""Most bytes handed up per read: whatever arrived, up to this."""
+READS = "timmy_magic.reads"
+"""The response extension that holds the body's reads straight from aiohttp."""
 
 # aiohttp class -> httpx class; most specific first (the table is read top to bottom).
 _ERRORS: tuple[tuple[type[BaseException], type[httpx.TransportError]], ...] = (
@@ -84,10 +84,6 @@ class _Body(httpx.AsyncByteStream):
             while data := await content.readany():
                 yield data
 
-    def direct(self) -> AsyncIterator[bytes]:
-        """The body's reads without httpx's layers: for a body with no content-encoding
-        (``base.Body``), where httpx would pass them through unchanged."""
-        return self.__aiter__()
 
     async def aclose(self) -> None:
         # read to its end, the connection goes back to the pool; else it is closed
@@ -131,9 +127,12 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"),
                                               sock_read=timeout.get("read"),
                                               connect=timeout.get("pool")))
+        body = _Body(response)
+        # READS: the body's reads without httpx's layers, for ``base.Body`` to take
+        # when there is no content-encoding (then httpx passes them through unchanged)
         return httpx.Response(response.status, headers=response.raw_headers,
-                              stream=_Body(response), request=request,
-                              extensions={"http_version": b"HTTP/1.1"})
+                              stream=body, request=request,
+                              extensions={"http_version": b"HTTP/1.1", READS: body.__aiter__})
 
     async def aclose(self) -> None:
         if self._session is not None:
