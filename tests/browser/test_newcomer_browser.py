@@ -245,3 +245,53 @@ def _check_run(page: Page, name: str, cells: list[dict[str, Any]]) -> None:
     not_run = [i for i, c in enumerate(cells) if c["count"] is None and not c["inserted"]]
     if not_run or errors:
         raise DeadEnd(f"{name}: Run All stopped; not run: cells {not_run}; errors: {errors}")
+
+
+FIX_CELLS = [
+    "%load_ext timmy_magic",
+    ("import pandas as pd\n"
+     "df = pd.DataFrame({'country': ['Chile', 'Peru'], 'population_m': [19.6, 34.0]})"),
+    "df['populaton_m'].mean()",
+    "%llm explain",
+    "%llm fix --max-tokens 48",
+    "%%llm -f code --max-tokens 48\ndef mean_population(df):",
+]
+
+
+def test_fix_explain_and_code_on_the_default_model_insert_no_junk(
+        newcomer: Newcomer, page: Page) -> None:
+    """What a newcomer tries first after an error, on the shipped default (a base model):
+    explain says in one block that it needs a chat model and how to add one; fix and
+    ``-f code`` insert a cell only if it is Python that parses (and, for fix, no longer
+    uses the missing name), else say why nothing was inserted."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    write_notebook(newcomer.lab.root / "fix-steps.ipynb", FIX_CELLS)
+    try:
+        open_notebook(page, newcomer.lab, "fix-steps.ipynb", reset=True)
+        for i in (0, 1, 2):
+            run_cell(page, i, timeout_s=120)
+        expect(cell(page, 2).locator(".jp-OutputArea")).to_contain_text("KeyError")
+        explain = run_cell(page, 3, timeout_s=120)
+        expect(explain).to_contain_text("does not follow instructions")
+        expect(explain).to_contain_text("Add a chat model to providers.yaml")
+        code = run_cell(page, 5, timeout_s=120)  # last first: an insert goes below it
+        fix = run_cell(page, 4, timeout_s=120)
+        expect(fix).to_contain_text("asked as code to continue")
+        fix_text, code_text = fix.inner_text(), code.inner_text()
+        assert ("fix proposed in a new cell below" in fix_text
+                or "no cell was inserted" in fix_text), fix_text
+        assert ("code inserted into a new cell below" in code_text
+                or "no cell was inserted" in code_text), code_text
+        cells = page.locator(".jp-Notebook .jp-Cell .cm-content").all_inner_texts()
+        expected = ("fix proposed" in fix_text) + ("code inserted" in code_text)
+        assert len(cells) == len(FIX_CELLS) + expected, cells
+        inserted = [c for c in cells if c.strip() not in {s.strip() for s in FIX_CELLS}]
+        assert len(inserted) == expected, inserted
+        for source in inserted:  # what was inserted runs as a cell
+            compile(TransformerManager().transform_cell(source), "<inserted>", "exec")
+        assert "Traceback" not in "".join(
+            cell(page, i).locator(".jp-OutputArea").inner_text() for i in (3, 4))
+        shot(page, "fix-steps.png")
+    finally:
+        shutdown_kernel(page)

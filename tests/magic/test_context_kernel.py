@@ -171,7 +171,10 @@ def test_fix_context_carries_the_cell_and_traceback_masked(
     run(ip, "import os\nkey = os.environ['EXAMPLE_API_KEY']\nprint(key + 1)")
     ctx = error_context(ip, "fix")
     assert ctx.system is not None and "```python" in ctx.system
-    [err] = ctx.items  # the error is an item, so it is fitted as --error's is  # noqa: RUF059
+    # the error is an item, so it is fitted as --error's is; the value the cell read goes
+    # with it, masked as any --vars value
+    assert (ctx.items[0].kind, ctx.items[0].name) == ("var", "key")
+    assert ctx.items[-1].kind == "error" and ctx.instruct
     sent = ctx.prompt_text()
     assert "TypeError" in sent and "print(key + 1)" in sent
     assert ctx.prompt == "Fix the cell In[1] (the last error above)."
@@ -238,3 +241,25 @@ def test_from_a_cell_magic_as_the_wiring_will_call_it(ip: InteractiveShell) -> N
     run(ip, "v = [1]", "v[3]", "w = 2", "%%probe 2\nwhy did it fail?")
     assert seen == {"cells": ["In[2]", "In[3]"], "error": "IndexError",
                     "prompt": "why did it fail?"}
+
+
+def test_fix_context_reads_only_what_the_cell_names_of_the_users_own(
+        ip: InteractiveShell) -> None:
+    """Values and the user's own functions the failing cell names go with it; modules,
+    library functions, builtins and names the cell does not use do not."""
+    run(ip, "import math\nfrom os.path import join\n"
+            "def area(r):\n    return math.pi * r * r\n"
+            "radius = 2\nunrelated = 'x' * 50\n"
+            "class Weird:\n    def __dir__(self):\n        raise RuntimeError('no')\n"
+            "w = Weird()",
+        "print(len(join('a', 'b')), area(radius), math.tau, w.nope, totl)")
+    ctx = error_context(ip, "explain")
+    assert [i.name for i in ctx.items if i.kind == "var"] == ["area", "radius", "w"]
+    assert "unrelated" not in ctx.prompt_text()
+    run(ip, "total = 3", "totl + 1")
+    ctx = error_context(ip, "fix")
+    assert ctx.prompt.endswith("Names close to the missing one: total (a variable).")
+    completion = error_context(ip, "fix", completion=True)
+    assert completion.system is None and not completion.instruct and not completion.items
+    assert completion.prompt.endswith("totl + 1\n# NameError: name 'totl' is not defined\n"
+                                      "# Close names: total (a variable)\n# Fixed cell:\n")

@@ -77,3 +77,45 @@ def test_interrupting_a_real_stream_keeps_the_partial_answer_and_frees_the_serve
     # and the router answers the next request
     res, _ = run(llama_shell, "%%llm --max-tokens 8\nHello")
     assert res.error_in_exec is None and magics.last().ok and magics.last().text
+
+
+def test_fix_and_explain_on_the_real_base_model_never_insert_junk(
+        shell: InteractiveShell, llama_server: ManagedServer,
+        write_providers: WriteProviders, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shipped default's model settings (a base model, ``mode: completion``), real
+    Gemma 3 270M: ``explain`` is not asked of it (one line says why and what to add);
+    ``fix`` asks it as code to continue, and what it proposes becomes a cell only if it
+    parses and changes the failing cell, else the note says why nothing was inserted."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    import timmy_magic
+
+    gemma = {"name": "gemma-3-270m", "default": True, "mode": "completion",
+             "temperature": 0, "max_tokens": 64, "stop": ["\n\n", "<end_of_turn>"],
+             "params": {"repeat_penalty": 1.1}}
+    write_providers([{"name": "local-gemma", "type": "llama_cpp",
+                      "base_url": llama_server.base_url, "models": [gemma]}],
+                    cascade={"first_token_timeout_seconds": 30, "timeout_seconds": 60})
+    load(shell)
+    inserted: list[str] = []
+    monkeypatch.setattr(shell, "set_next_input", lambda text, replace=False: inserted.append(text))
+    run(shell, "import pandas as pd\n"
+               "df = pd.DataFrame({'country': ['Chile', 'Peru'], 'population_m': [19.6, 34.0]})")
+    res, _ = run(shell, "df['populaton_m'].mean()")
+    assert isinstance(res.error_in_exec, KeyError)
+    _, cap = run(shell, "%llm explain")
+    shown = cap.stdout + "".join(str(o.data) for o in cap.outputs)
+    assert "does not follow instructions" in shown and "Add a chat model" in shown
+    _, cap = run(shell, "%llm fix")
+    shown = cap.stdout + "".join(str(o.data) for o in cap.outputs)
+    last = timmy_magic.last()
+    assert last is not None and last.provider == "local-gemma" and last.ok
+    assert "base models" in shown
+    if inserted:  # what it proposed parses and is not the failing cell
+        [cell] = inserted
+        compile(TransformerManager().transform_cell(cell), "<fix>", "exec")
+        assert cell.strip() != "df['populaton_m'].mean()"
+        assert "fix proposed in a new cell below" in shown
+    else:
+        assert "no cell was inserted" in shown
+    print(f"real base-model fix: inserted={inserted!r} answer={last.text[:80]!r}")

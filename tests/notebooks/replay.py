@@ -95,6 +95,7 @@ REPLAYED = {
     "06": Replayed("06-notebook-context.ipynb", ("llama",), _gemma_config("06", 2048)),
     "07": Replayed("07-structured-and-batch.ipynb", ("llama",), _gemma_config("07")),
     "08": Replayed("08-side-by-side.ipynb", ("llama", "vllm")),
+    "10": Replayed("10-background.ipynb", ("llama",), _gemma_config("10")),
 }
 
 # Tutorials 02 and 04 start one llama-server themselves and have launch: manage another;

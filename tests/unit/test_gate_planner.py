@@ -98,3 +98,19 @@ def test_pick_endpoint_least_outstanding_healthy_first_round_robin():
 def test_half_open_circuit_gets_its_probe_even_if_last_seen_down():
     p = plan_route([v("a", 1, state="down", half_open=True), v("b", 2)])
     assert p.order == ("a", "b")
+
+
+def test_an_assistants_task_skips_base_models_even_pinned():
+    views = [v("base", 1, completion=True, model="gemma"), v("chat", 2)]
+    plain = plan_route(views)
+    assert plain.order == ("base", "chat")  # a plain prompt may go to a base model
+    task = plan_route(views, needs_instructions=True)
+    assert task.order == ("chat",)
+    [skip] = task.skipped
+    assert (skip.provider, skip.reason) == ("base", "completion_model")
+    assert "gemma is a base model" in skip.detail
+    pinned = plan_route(views, pin="base", needs_instructions=True)
+    assert pinned.order == () and pinned.skipped_for("completion_model") == ["base"]
+    # a provider that is down says so first, not that it is a base model
+    down = plan_route([v("base", 1, completion=True, state="down")], needs_instructions=True)
+    assert down.skipped_for("unhealthy") == ["base"]

@@ -38,6 +38,7 @@ from timmy_magic.batch.runner import (
     RowCache,
     progress_line,
     run,
+    start,
 )
 
 __all__ = [
@@ -59,4 +60,5 @@ __all__ = [
     "plan",
     "progress_line",
     "run",
+    "start",
 ]

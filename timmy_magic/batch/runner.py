@@ -15,10 +15,12 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from timmy_magic.batch.rows import MapJob, MapResult, failed
+from timmy_magic.jobs import Job
 from timmy_magic.model.chat import ChatRequest, Result
 from timmy_magic.model.errors import InvalidRequest, RoutingError, TimmyError
 from timmy_magic.model.template import InterpolationError
@@ -69,6 +71,57 @@ def run(router: Router, job: MapJob, *, cache: RowCache | None = None,
     return _gather(router, job, plan, progress, cache)
 
 
+def start(router: Router, job: MapJob, *, cache: RowCache | None = None,
+          progress: Progress | None = None) -> Job[MapResult]:
+    """``run`` in the background: a Job (``timmy_magic.jobs``) returned at once, its
+    progress drawn from the router's loop as rows finish. The cache is looked up here,
+    before it starts; live answers are recorded as they come. A cancel stops the rows in
+    flight and the Job's result is the rows finished (``MapResult.interrupted``)."""
+    if job.provider is not None:
+        router.provider(job.provider)
+    plan = _plan(job, cache)
+    if progress is not None:
+        progress.start(len(job.items))
+
+    async def work(handle: Job[MapResult]) -> MapResult:
+        results: list[Result | None] = [None] * len(job.items)
+        for i, res in plan.settled.items():
+            results[i] = res
+        pacer = _Pacer(progress, len(job.items)) if progress is not None else None
+        clock, t0, tokens = time.monotonic, time.monotonic(), 0
+
+        def draw(final: bool = False) -> None:
+            done = [r for r in results if r is not None]
+            line = progress_line(len(done), len(job.items), sum(not r.ok for r in done),
+                                 tokens, clock() - t0, final)
+            handle.report(tokens=tokens, line=line)
+            if pacer is not None:
+                pacer.draw(len(done), sum(not r.ok for r in done), tokens, clock() - t0,
+                           final)
+
+        def take(row: tuple[int, Result]) -> None:
+            nonlocal tokens
+            i, res = row
+            results[i] = res
+            tokens += res.usage.output_tokens or 0
+            if cache is not None and res.ok:
+                cache.record(plan.requests[i], res)
+            draw()
+
+        interrupted = False
+        draw()
+        try:
+            if plan.requests:
+                await _run(router, plan.requests, job.concurrency, take, threading.Event())
+        except asyncio.CancelledError:
+            interrupted = True
+        final = [r if r is not None else failed(NOT_RUN) for r in results]
+        draw(final=True)
+        return MapResult(job.items, final, job.schema, job.index, clock() - t0, interrupted)
+
+    return Job.start(router, work, kind="map", label=job.template)
+
+
 def _plan(job: MapJob, cache: RowCache | None) -> _Plan:
     plan = _Plan()
     for i, row in enumerate(job.items):
@@ -91,7 +144,7 @@ def _plan(job: MapJob, cache: RowCache | None) -> _Plan:
 
 
 async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: int,
-               out: queue.SimpleQueue[tuple[int, Result]], finished: threading.Event) -> None:
+               out: Callable[[tuple[int, Result]], None], finished: threading.Event) -> None:
     """Every request on this loop, at most ``concurrency`` at once; each outcome goes to
     ``out`` as it comes. A row's own failure is its Result; a cancel cancels them all.
     ``finished`` is set once every request has settled (permits, metrics, connections):
@@ -106,7 +159,7 @@ async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: in
                 res = failed(str(exc), exc.trace)
             except TimmyError as exc:
                 res = failed(str(exc))
-            out.put((i, res))
+            out((i, res))
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(requests)))]
     try:
@@ -155,7 +208,8 @@ def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
     try:  # from before the run starts: a Ctrl-C anywhere from here cancels it
         draw()
         if plan.requests:
-            fut = router.submit(_run(router, plan.requests, job.concurrency, out, finished))
+            fut = router.submit(_run(router, plan.requests, job.concurrency, out.put,
+                                     finished))
             # Wake every PROGRESS_EVERY, and at once when the run ends: not once per row
             # (each wake-up takes the GIL from the loop thread that runs the requests),
             # and never a poll's worth of waiting after the last row (measured in

@@ -109,40 +109,53 @@ def run_columns(events: Iterable[tuple[int, Event | Failed] | Tick], view: Colum
                 t0: float) -> tuple[list[Result], dict[str, str], bool]:
     """Feed merged column events to ``view``. Returns the results in column order, the
     errors by label, and whether it was interrupted (the partial answers are kept)."""
-    got = [AnswerCollector(t0) for _ in columns]
-    results: list[Result | None] = [None for _ in columns]
-    errors: dict[str, str] = {}
+    feed = ColumnFeed(view, columns, t0)
     interrupted = False
     try:
         for item in events:
-            now = clock()
-            if isinstance(item, Tick):
-                view.tick(now)
-                continue
-            i, ev = item
-            if isinstance(ev, Failed):
-                errors[columns[i].label] = str(ev.error)
-                # the route's own trace: every attempt and why it failed, in the
-                # server's words, not only the last attempt the column saw
-                results[i] = replace(got[i].partial(str(ev.error), columns[i].model, now),
-                                     trace=ev.error.trace)
-                view.done(i, results[i])  # type: ignore[arg-type]
-            elif isinstance(ev, Done):
-                results[i] = ev.result
-                view.done(i, ev.result)
-            else:
-                if isinstance(ev, Trying):
-                    got[i].trying(ev, now)
-                elif isinstance(ev, Delta):
-                    got[i].delta(ev.text, now)
-                elif isinstance(ev, Discard):
-                    got[i].discard()
-                view.event(i, ev, now)
+            feed(item, clock())
     except KeyboardInterrupt:
         interrupted = True
-    now = clock()
-    final = [r if r is not None else got[i].partial(
-        "interrupted by the user" if interrupted else "no answer", columns[i].model, now)
-        for i, r in enumerate(results)]
-    return final, errors, interrupted
+    return feed.final(interrupted, clock()), feed.errors, interrupted
 
+
+class ColumnFeed:
+    """Merged column events into ``view``, one at a time (``run_columns`` and the
+    background form of a side-by-side cell share it); ``final`` the results."""
+
+    def __init__(self, view: ColumnSink, columns: tuple[Column, ...], t0: float) -> None:
+        self.view, self.columns = view, columns
+        self.got = [AnswerCollector(t0) for _ in columns]
+        self.results: list[Result | None] = [None for _ in columns]
+        self.errors: dict[str, str] = {}
+
+    def __call__(self, item: tuple[int, Event | Failed] | Tick, now: float) -> None:
+        view, got, columns = self.view, self.got, self.columns
+        if isinstance(item, Tick):
+            view.tick(now)
+            return
+        i, ev = item
+        if isinstance(ev, Failed):
+            self.errors[columns[i].label] = str(ev.error)
+            # the route's own trace: every attempt and why it failed, in the
+            # server's words, not only the last attempt the column saw
+            res = replace(got[i].partial(str(ev.error), columns[i].model, now),
+                          trace=ev.error.trace)
+            self.results[i] = res
+            view.done(i, res)
+        elif isinstance(ev, Done):
+            self.results[i] = ev.result
+            view.done(i, ev.result)
+        else:
+            if isinstance(ev, Trying):
+                got[i].trying(ev, now)
+            elif isinstance(ev, Delta):
+                got[i].delta(ev.text, now)
+            elif isinstance(ev, Discard):
+                got[i].discard()
+            view.event(i, ev, now)
+
+    def final(self, interrupted: bool, now: float) -> list[Result]:
+        return [r if r is not None else self.got[i].partial(
+            "interrupted by the user" if interrupted else "no answer", self.columns[i].model,
+            now) for i, r in enumerate(self.results)]

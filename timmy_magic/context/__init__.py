@@ -67,6 +67,7 @@ from timmy_magic.context.kernel import (
     running_cell,
     var_items,
 )
+from timmy_magic.context.referenced import close_names, missing_name, referenced_names
 from timmy_magic.context.summaries import DEFAULT_MAX_CHARS, summarize
 from timmy_magic.model.chat import Message
 from timmy_magic.model.framing import INTRO as INTRO
@@ -77,6 +78,7 @@ from timmy_magic.text.formats import fenced_block
 from timmy_magic.text.markup import count, md, md_code, short_count
 
 __all__ = [
+    "COMPLETION_FIX_HEAD",
     "CellItem",
     "Context",
     "ContextError",
@@ -89,6 +91,7 @@ __all__ = [
     "VarItem",
     "build_context",
     "cells_from_history",
+    "completion_fix_start",
     "cut_middle",
     "error_context",
     "explain_request",
@@ -99,6 +102,7 @@ __all__ = [
     "mask_item",
     "mask_secrets",
     "masked_context",
+    "missing_name",
     "parse_cells_spec",
     "running_cell",
     "secret_env_values",
@@ -122,6 +126,9 @@ class Context:
     dropped: tuple[ContextItem, ...] = ()
     masked: int = 0
     budget: int | None = None
+    instruct: bool = False
+    """An assistant's task (fix, explain): only a model that follows instructions can do
+    it (``ChatRequest.instruct``)."""
 
     # -- what is sent
 
@@ -314,19 +321,54 @@ EXPLAIN_SYSTEM = (
     "could fix it. Be brief. Do not write out a corrected cell.")
 
 
-def _ask(error: ErrorItem, mode: Literal["fix", "explain"]) -> str:
+COMPLETION_FIX_HEAD = "# A Jupyter notebook cell that failed, then the same cell fixed."
+"""The first line of a fix asked of a base model as code to continue (no instructions)."""
+COMPLETION_FIX_TAIL = "# Fixed cell:\n"
+
+
+def _ask(error: ErrorItem, mode: Literal["fix", "explain"], close: Sequence[str] = ()) -> str:
     where = f"In[{error.cell_number}]" if error.cell_number is not None else "that failed"
+    hint = f" Names close to the missing one: {', '.join(close)}." if close else ""
     if mode == "fix":
-        return f"Fix the cell {where} (the last error above)."
-    return f"Explain this error: {error.type} in the cell {where} (above)."
+        return f"Fix the cell {where} (the last error above).{hint}"
+    return f"Explain this error: {error.type} in the cell {where} (above).{hint}"
 
 
 def _error_request(error: ErrorItem, mode: Literal["fix", "explain"],
-                   cell_source: str | None, masker: Masker) -> Context:
+                   cell_source: str | None, masker: Masker,
+                   values: Sequence[ContextItem] = (), close: Sequence[str] = ()) -> Context:
     if cell_source is not None and cell_source != error.cell_source:
         error = error.with_source(cell_source)
     system = FIX_SYSTEM if mode == "fix" else EXPLAIN_SYSTEM
-    return _masked(Context(prompt=_ask(error, mode), items=(error,), system=system), masker)
+    return _masked(Context(prompt=_ask(error, mode, close), items=(*values, error),
+                           system=system, instruct=True), masker)
+
+
+def _completion_fix(error: ErrorItem, masker: Masker, values: Sequence[ContextItem],
+                    close: Sequence[str], missing: str | None) -> Context:
+    """``%llm fix`` for a base model: no instructions, a page of code for it to continue
+    (the values as comments, the failing cell and its error, then ``# Fixed cell:`` and
+    the cell up to the missing name, so the model writes the fix where it belongs); the
+    answer, after that start (``completion_fix_start``), is the rest of the cell."""
+    lines = [COMPLETION_FIX_HEAD]
+    for v in values:
+        summary = v.text.splitlines()
+        lines += [f"# {v.name}: {summary[0] if summary else ''}",
+                  *(f"#   {s}" for s in summary[1:8])]
+    lines += ["# Failing cell:", error.cell_source or "",
+              f"# {error.type}: {error.message.splitlines()[0] if error.message else ''}"]
+    if close:
+        lines.append(f"# Close names: {', '.join(close)}")
+    source = error.cell_source or ""
+    start = source[:source.index(missing)] if missing and close and missing in source else ""
+    return _masked(Context(prompt="\n".join(lines) + "\n" + COMPLETION_FIX_TAIL + start),
+                   masker)
+
+
+def completion_fix_start(ctx: Context) -> str:
+    """The start of the fixed cell a base-model fix prompt ends with (the answer goes on
+    from there)."""
+    return ctx.prompt.rpartition(COMPLETION_FIX_TAIL)[2]
 
 
 def fix_request(error: ErrorItem, cell_source: str | None = None, *,
@@ -345,16 +387,29 @@ def explain_request(error: ErrorItem, cell_source: str | None = None, *,
 
 
 def error_context(shell: Any, mode: Literal["fix", "explain"], *,
-                  extra_secrets: Sequence[str] = ()) -> Context:
-    """``%llm fix`` / ``%llm explain`` as a Context whose one item is the error: it is
-    fitted to the window as ``%%llm --error`` is (a long message cut first, the failing
-    cell and traceback kept), and the note and masked count work the same.
-    ContextError when there is no error."""
+                  extra_secrets: Sequence[str] = (), completion: bool = False) -> Context:
+    """``%llm fix`` / ``%llm explain`` as a Context: the error (its failing cell and
+    traceback), the values the cell names (``referenced``), and in the prompt the names
+    close to a missing one. Fitted to the window as ``%%llm --error`` is (values cut or
+    dropped first, then a long message). ``completion``: the fix as code for a base model
+    to continue (``_completion_fix``). ContextError when there is no error."""
     masker = Masker(extra_secrets)
     err = last_error(shell, masker)
     if err is None:
         raise ContextError(f"%llm {mode}: no exception has been raised in this kernel yet")
-    return _error_request(err, mode, None, masker)
+    ns = getattr(shell, "user_ns", {})
+    names = referenced_names(err.cell_source or "", ns)
+    try:
+        values: list[ContextItem] = [v for v in var_items(shell, names, max_chars=1200,
+                                                          masker=masker)
+                                     if v.kind == "var"]
+    except ContextError:  # a value that cannot be read: the error alone still helps
+        values = []
+    missing = missing_name(err.type, err.message)
+    close = close_names(missing, ns, names) if missing else []
+    if completion:
+        return _completion_fix(err, masker, values, close, missing)
+    return _error_request(err, mode, None, masker, values, close)
 
 
 def split_fix(answer: str) -> tuple[str, str | None]:

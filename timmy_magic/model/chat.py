@@ -193,6 +193,10 @@ class ChatRequest:
     schema: Schema | None = None
     """The answer must match it (``structured.Schema``; a pydantic class or a JSON-schema
     dict is made into one): sent as each server's constrained decoding, checked here."""
+    instruct: bool = False
+    """An assistant's task (``%llm fix``, ``explain``): only a model that follows
+    instructions can do it, so a ``mode: completion`` model (a base model that continues
+    text) is skipped for it (``completion_model``), pinned or not."""
 
     def __post_init__(self) -> None:
         """Reject what cannot be encoded as a JSON request (else every provider would

@@ -8,6 +8,7 @@ two never disagree on where the request begins.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from timmy_magic.privacy.masking import MASK
@@ -31,3 +32,17 @@ def request_of(text: str) -> str:
     if text.startswith(INTRO) and heading in text:
         return text.rpartition(heading)[2]
     return text
+
+
+_ASKS = re.compile(
+    r"(please\s+)?(summari[sz]e|explain|write|list|describe|translate|tell|give|show|fix|"
+    r"rewrite|create|generate|make|find|compare|suggest|convert|classify|answer|what|why|how|"
+    r"when|where|which|who|can you|could you|would you)\b", re.IGNORECASE)
+
+
+def reads_as_instruction(text: str) -> bool:
+    """The request (after any notebook context) is a question or an instruction: a base
+    model (``mode: completion``) continues such text rather than answering it."""
+    req = request_of(text).strip()
+    return bool(req) and (req.endswith("?") or _ASKS.match(req) is not None
+                          or text.startswith(INTRO))

@@ -17,6 +17,8 @@ from timmy_magic.notebook.display.progress import make_progress
 from timmy_magic.notebook.extension import session as current_session
 
 if TYPE_CHECKING:
+    from timmy_magic.batch import MapResult
+    from timmy_magic.jobs import Job
     from timmy_magic.model.chat import ChatRequest, Result
     from timmy_magic.notebook.cached import CellCache
     from timmy_magic.notebook.session import Session
@@ -27,7 +29,8 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
         model: str | None = None, concurrency: int = 8, max_tokens: int | None = None,
         system: str | None = None, temperature: float | None = None,
         export: str | Path | None = None, cache: bool | None = None,
-        progress: bool = True, router: Router | None = None) -> Any:
+        progress: bool = True, router: Router | None = None,
+        background: bool = False) -> Any:
     """Ask ``template`` filled from each of ``rows`` (dicts, objects or a DataFrame) and
     return a ``MapResult`` in input order (see ``timmy_magic.batch``). ``schema``: a
     pydantic class or JSON-schema dict each answer must match (``.data``). ``export``:
@@ -35,7 +38,9 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
     ``cache``: as ``--cache`` / ``--no-cache`` (None: the session's cache mode); the
     answer cache applies per row, so a re-run sends only the rows not yet answered.
     ``router``: default, the extension's. Ctrl-C raises ``MapInterrupted`` holding the
-    finished rows (also ``timmy_magic.last()``)."""
+    finished rows (also ``timmy_magic.last()``). ``background``: return a ``Job`` at once
+    (its progress in this cell, ``%llm jobs``, ``%llm cancel``); ``job.result()`` is the
+    MapResult, also ``timmy_magic.last()`` once done; a cancel keeps the finished rows."""
     job = batch.plan(template, rows, schema=schema, provider=provider, model=model,
                      concurrency=concurrency, max_tokens=max_tokens, system=system,
                      temperature=temperature)
@@ -48,8 +53,15 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
     if session is not None:
         answers = _SessionAnswers(session.answers, "json" if job.schema else "markdown",
                                   cache)
-    result = batch.run(router, job, cache=answers,
-                       progress=make_progress("map") if progress else None)
+    shown = make_progress("map") if progress else None
+    if background:
+        handle = batch.start(router, job, cache=answers, progress=shown)
+        if session is not None:
+            handle.cell = getattr(session.shell, "execution_count", None)
+            session.jobs.add(handle)
+            handle.add_done_callback(lambda done: _keep(session, done))
+        return handle
+    result = batch.run(router, job, cache=answers, progress=shown)
     if session is not None:
         session.last_result = result
     if result.interrupted:
@@ -57,6 +69,12 @@ def map(template: str, rows: Any, *, schema: Any = None, provider: str | None = 
                              f"{len(job.items)} rows answered, kept: timmy_magic.last()",
                              result)
     return result
+
+
+def _keep(session: Session, job: Job[MapResult]) -> None:
+    """A background map's rows become ``timmy_magic.last()`` once it settled."""
+    if job.exception() is None:
+        session.last_result = job.result()
 
 
 def _surface(router: Router | None) -> tuple[Session | None, Router]:

@@ -21,6 +21,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
+from timmy_magic.jobs import Job
 from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import InvalidRequest, UnknownProvider
 from timmy_magic.model.schema import Schema
@@ -154,6 +155,8 @@ class TimmyMagics(Magics):
               help="answer from the answer cache if recorded, else ask and record")
     @argument("--no-cache", dest="cache", action="store_const", const=False,
               help="ask live, whatever the cache mode (even replay)")
+    @argument("--bg", action="store_true", help="run in the background: the cell returns "
+              "a Job at once (-o VAR holds it) and the answer streams into its output")
     @line_cell_magic
     def llm(self, line: str, cell: str | None = None) -> Any:
         """Ask a model, or run a command.
@@ -162,12 +165,13 @@ class TimmyMagics(Magics):
                by kernel variables ({{ and }} for literal braces).
         Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
                reload [PATH] | trust [PATH] | untrust [PATH] | history | reset |
-               start NAME | stop NAME | panel | bench ... | help (%llm COMMAND --help)
+               start NAME | stop NAME | panel | jobs | cancel ID|VAR|all | bench ... |
+               help (%llm COMMAND --help)
         """
         if cell is None:
             return self.commands.run(line)
-        self._ask(line, cell)
-        return None
+        answer = self._ask(line, cell)
+        return answer if isinstance(answer, Job) else None  # --bg: Out is the Job
 
     @property
     def parser(self) -> Any:
@@ -220,6 +224,10 @@ class TimmyMagics(Magics):
                              f"{args.format} does not apply (leave -f out, or -f json)")
         fmt = cast(Format, "json" if schema is not None else
                    args.format or self.default_format)
+        if args.bg and fmt == "code":
+            raise UsageError("--bg -f code: the new cell would be inserted wherever you are "
+                             "by then; run it in the foreground, or -f markdown and take "
+                             "the code from VAR.result().text")
         return CellOptions(provider, source, args.model or self.default_model, temperature,
                            max_tokens, fmt, args.out,
                            not args.no_stream, args.chat or args.new, args.new,
@@ -227,7 +235,7 @@ class TimmyMagics(Magics):
                            args.cache, args.cells,
                            _var_names(args.vars), args.error, args.show_context,
                            providers if len(providers) > 1 else (),
-                           models if len(models) > 1 else (), schema), args
+                           models if len(models) > 1 else (), schema, args.bg), args
 
     def _schema(self, name: str | None) -> Schema | None:
         """--schema NAME: the kernel variable NAME made into a Schema, or a one-line
@@ -250,14 +258,14 @@ class TimmyMagics(Magics):
         except InterpolationError as exc:
             raise UsageError(str(exc)) from None
 
-    def _ask(self, line: str, cell: str) -> None:
+    def _ask(self, line: str, cell: str) -> Any:
         opts, args = self.options(line)
         prompt = self._prompt(cell, opts).strip()
         if not prompt:
             raise UsageError("the cell has no prompt: write it below the %%llm line")
         system = self._prompt(args.system, opts) if args.system else None
         ctx = self.session.context(prompt, opts, system)
-        self.session.ask(ctx, opts, self._cell_key(line, cell), prompt)
+        return self.session.ask(ctx, opts, self._cell_key(line, cell), prompt)
 
     # ------------------------------------------------------------------ cell identity
 

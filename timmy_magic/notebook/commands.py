@@ -5,6 +5,7 @@ its usage, expected failures one readable block."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +15,23 @@ from IPython.core.error import UsageError
 
 from timmy_magic.config import find_config, found_by_search, load_config, trust_reason
 from timmy_magic.config import trust as trust
-from timmy_magic.context import Context, ContextError, error_context, split_fix
-from timmy_magic.model.chat import Result
+from timmy_magic.context import (
+    COMPLETION_FIX_HEAD,
+    Context,
+    ContextError,
+    ErrorItem,
+    completion_fix_start,
+    error_context,
+    missing_name,
+    split_fix,
+)
+from timmy_magic.jobs import UnknownJob
+from timmy_magic.model.chat import ChatRequest, Message, Result
 from timmy_magic.model.errors import ConfigError, UnknownProvider
 from timmy_magic.notebook.args import HelpShown, UsageParser
 from timmy_magic.notebook.display.failures import ErrorBlock
 from timmy_magic.notebook.display.render import display
-from timmy_magic.notebook.display.tables import providers_bundle, status_bundle
+from timmy_magic.notebook.display.tables import jobs_bundle, providers_bundle, status_bundle
 from timmy_magic.servers.launch import LaunchError
 from timmy_magic.text.markup import count
 
@@ -86,6 +97,10 @@ class LineCommands:
         add("stop", self._stop, "stop a server started from here").add_argument(
             "name", metavar="NAME")
         add("panel", self._panel, "the provider panel (widgets)")
+        add("jobs", self._jobs, "this session's background jobs (--bg, map(background=True))")
+        add("cancel", self._cancel, "stop background jobs, keeping their partial answers"
+            ).add_argument("which", metavar="ID|VAR|all", help="a job number, the variable "
+                           "it was bound to (-o), or all")
         bench = subs.add_parser("bench", help="serving benchmarks (%llm bench --help)",
                                 add_help=False, prog="%llm bench")
         bench.add_argument("rest", nargs=argparse.REMAINDER)
@@ -253,19 +268,43 @@ class LineCommands:
         ext = self.ext
         opts = self._error_options(args, "fix")
         ctx = self._error_context("fix")
+        error = next((i for i in ctx.items if isinstance(i, ErrorItem)), None)
+        failing = error.cell_source if error else None
+        missing = missing_name(error.type, error.message) if error else None
+        if self._only_base_models(opts, ctx):
+            # no model here follows instructions: ask the base model to continue code
+            ctx = self._error_context("fix", completion=True)
+            opts = dataclasses.replace(opts, fmt="text")
+            start = completion_fix_start(ctx)
+
+            def continued(result: Result) -> tuple[str, ...]:
+                more = _first_block(result.text)
+                code = start + more if _has_code(more) else ""  # comments are no fix
+                notes = ext.session.propose_cell(code, "fix proposed in a new cell below",
+                                                 unchanged=failing, missing=missing)
+                return (*notes, BASE_MODEL_FIX)
+
+            ext.session.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=continued)
+            return
 
         def propose(result: Result) -> tuple[str, ...]:
             explanation, code = split_fix(result.text)
             if code is None:
                 return ("the answer holds no code block: no cell was inserted",)
-            problem = _not_python(code)
-            if problem:
-                why = f"the proposed fix is not valid Python ({problem}): no cell was inserted"
-                return (why,)
-            ext.ip.set_next_input(code, replace=False)
-            return (f"fix proposed in a new cell below: {explanation or 'see above'}",)
+            return ext.session.propose_cell(
+                code, f"fix proposed in a new cell below: {explanation or 'see above'}",
+                unchanged=failing, missing=missing)
 
         ext.session.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=propose)
+
+    def _only_base_models(self, opts: CellOptions, ctx: Context) -> bool:
+        """No provider this fix could go to follows instructions, and one base model
+        (``mode: completion``) could take it: then it is asked as code to continue."""
+        router = self.ext.router
+        probe = ChatRequest((Message("user", "fix"),), opts.model, provider=opts.provider,
+                            instruct=True)
+        plan = router.plan(opts.provider or router.pinned, opts.model, probe)
+        return not plan.order and bool(plan.skipped_for("completion_model"))
 
     def _explain(self, args: argparse.Namespace) -> None:
         ctx = self._error_context("explain")
@@ -277,11 +316,15 @@ class LineCommands:
         if opts.chat or opts.cells or opts.names or opts.error or opts.fmt != "markdown":
             raise UsageError(f"%llm {command}: --chat, --cells, --vars, --error and -f do not "
                              "apply (the last error is the context)")
+        if opts.background:
+            raise UsageError(f"%llm {command}: --bg does not apply (its answer acts on the "
+                             "cell you are in: run it in the foreground)")
         return opts
 
-    def _error_context(self, command: Literal["fix", "explain"]) -> Context:
+    def _error_context(self, command: Literal["fix", "explain"],
+                       completion: bool = False) -> Context:
         try:
-            return error_context(self.ext.ip, command)
+            return error_context(self.ext.ip, command, completion=completion)
         except ContextError as exc:
             raise UsageError(str(exc)) from None
 
@@ -291,6 +334,25 @@ class LineCommands:
     def _reset(self, args: argparse.Namespace) -> None:
         n = self.ext.conversation.reset()
         print(f"Conversation cleared ({count(n, 'turn')}).")
+
+    def _jobs(self, args: argparse.Namespace) -> None:
+        display(jobs_bundle(self.ext.session.jobs.rows()), raw=True)
+
+    def _cancel(self, args: argparse.Namespace) -> None:
+        board = self.ext.session.jobs
+        try:
+            jobs = board.find(args.which)
+        except UnknownJob as exc:
+            raise UsageError(f"%llm cancel: {exc}") from None
+        asked = [j for j in jobs if j.cancel()]
+        for job in asked:
+            job.wait(2.0)
+        if not asked:
+            print("Nothing to cancel: " + ("no job is running." if args.which == "all" else
+                                          f"job {jobs[0].id} is {jobs[0].status} already."))
+            return
+        print(f"Cancelled {count(len(asked), 'job')} ({', '.join(str(j.id) for j in asked)}); "
+              "partial answers are kept (VAR.result(), %llm jobs).")
 
     def _panel(self, args: argparse.Namespace) -> None:
         display(self.ext.panel())
@@ -364,16 +426,24 @@ updates_per_second, max_tokens, temperature, show_trace, display_mode).
 The last result: timmy_magic.last(); the router: timmy_magic.get_router()."""
 
 
-def _not_python(code: str) -> str:
-    """Why ``code`` cannot run as a cell (IPython syntax such as ``%magic`` and ``!cmd``
-    lines allowed), or "" when it parses."""
-    from IPython.core.inputtransformer2 import TransformerManager
+_CONTINUATION_ENDS = ("```", "In [", COMPLETION_FIX_HEAD, "# Failing cell", "# Fixed cell",
+                      "# Close names")
+BASE_MODEL_FIX = ("asked as code to continue: the only models configured are base models "
+                  "(mode: completion), which do not follow instructions; a chat model in "
+                  "providers.yaml gives better fixes")
 
-    try:
-        source = TransformerManager().transform_cell(code)  # type: ignore[no-untyped-call]
-        compile(source, "<fix>", "exec")
-    except SyntaxError as exc:
-        return f"{type(exc).__name__}: {exc.msg}, line {exc.lineno}"
-    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
-        return f"{type(exc).__name__}"
-    return ""
+
+def _first_block(text: str) -> str:
+    """A base model's continuation up to where it stops writing the cell: a blank line,
+    a line that starts a new cell or comment block, or a fence."""
+    lines: list[str] = []
+    for line in text.strip("\n").splitlines():
+        if not line.strip() or line.startswith(_CONTINUATION_ENDS):
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _has_code(text: str) -> bool:
+    return any(line.strip() and not line.lstrip().startswith("#")
+               for line in text.splitlines())

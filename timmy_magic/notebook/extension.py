@@ -12,8 +12,10 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from timmy_magic.config import Config, find_config, found_by_search, load_config
+from timmy_magic.jobs import Job
 from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import ConfigError
+from timmy_magic.notebook.background import show_job
 from timmy_magic.notebook.cell import TimmyMagics
 from timmy_magic.notebook.session import Session
 from timmy_magic.routing.router import Router
@@ -73,6 +75,18 @@ def register_displays(ip: Any) -> None:
     html = _formatter(ip, "text/html")
     if html is not None:
         html.for_type_by_name(*_COMPARISON, _comparison_html)
+    shown = _job_formatter(ip)
+    if shown is not None:
+        shown.for_type(Job, lambda job: show_job(lambda: _session_or_none(ip), job))
+
+
+def _job_formatter(ip: Any) -> Any:
+    return getattr(getattr(ip, "display_formatter", None), "ipython_display_formatter", None)
+
+
+def _session_or_none(ip: Any) -> Session | None:
+    ext = _EXTENSIONS.get(ip)
+    return ext.session if ext is not None else None
 
 
 def unregister_displays(ip: Any) -> None:
@@ -81,6 +95,10 @@ def unregister_displays(ip: Any) -> None:
         if formatter is not None:
             with suppress(KeyError):
                 formatter.pop(typ)
+    shown = _job_formatter(ip)
+    if shown is not None:
+        with suppress(KeyError):
+            shown.pop(Job)
 
 
 def load(ip: InteractiveShell) -> TimmyMagics:

@@ -12,6 +12,8 @@ keeping the result (``last_result``, ``-o``) and acting on a complete answer (``
 
 from __future__ import annotations
 
+import ast
+import atexit
 import dataclasses
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from IPython.core.error import UsageError
 
+from timmy_magic.jobs import Job, JobBoard
 from timmy_magic.model.chat import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.model.schema import JSONAnswerError, Schema, parse_json
@@ -93,6 +96,8 @@ class CellOptions:
     """-m x,y: several models side by side (``model`` is then None)."""
     schema: Schema | None = None
     """--schema NAME: the answer must match it (``VAR.data`` holds the validated value)."""
+    background: bool = False
+    """--bg: return at once with a ``Job``; the answer streams into the cell's output."""
 
 
 class Session:
@@ -109,6 +114,9 @@ class Session:
         self.active: AnswerCollector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
         self.panels: list[Any] = []
+        self.jobs = JobBoard()
+        """This session's background jobs (``--bg``, ``map(background=True)``)."""
+        atexit.register(self.jobs.cancel_all)  # kernel shutdown: no stream left open
 
     @cached_property
     def answers(self) -> CellCache:
@@ -129,17 +137,18 @@ class Session:
             raise UsageError(str(exc)) from None
 
     def ask(self, ctx: Context, opts: CellOptions, key: str, prompt: str,
-            then: Callable[[Result], tuple[str, ...]] | None = None) -> Result | None:
+            then: Callable[[Result], tuple[str, ...]] | None = None
+            ) -> Result | Job[Any] | None:
         """Send ``ctx`` (the prompt with its context, masked) as ``opts`` say, show the
-        answer, keep it. ``then`` may act on a complete answer and return notes."""
+        answer, keep it. ``then`` may act on a complete answer and return notes. With
+        ``opts.background``: return a ``Job`` at once (``notebook.background``)."""
         from timmy_magic.cache import ReplayMiss
         from timmy_magic.notebook.cached import REPLAY_HINTS
 
         vision = self._vision(ctx, opts) and not (opts.providers or opts.models)
         ctx = self._fit(ctx, opts, vision)
         if (opts.providers or opts.models) and not opts.show_context:
-            self.side_by_side(ctx, opts, key, prompt)
-            return None
+            return self.side_by_side(ctx, opts, key, prompt)
         if opts.show_context:
             display({"text/markdown": ctx.render_markdown(), "text/plain": ctx.prompt_text()},
                     raw=True)
@@ -151,7 +160,7 @@ class Session:
             Message("user", self._user_content(ctx, vision)),)
         try:
             req = ChatRequest(messages, opts.model, opts.temperature, opts.max_tokens,
-                              opts.provider, opts.schema)
+                              opts.provider, opts.schema, instruct=ctx.instruct)
         except InvalidRequest as exc:  # e.g. a lone surrogate interpolated from a variable
             raise UsageError(str(exc)) from None
         view = self._view(opts)
@@ -162,110 +171,55 @@ class Session:
         except ReplayMiss as exc:
             view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
             return None
+
+        def finish(result: Result, interrupted: bool) -> Result:
+            result = dataclasses.replace(result, context=tuple(ctx.rows()))
+            self._keep(result, opts, key, prompt)
+            if hit is None and not interrupted:
+                self.answers.record(fields, result, mode)
+            extra = notes
+            if then is not None and result.ok and not interrupted:
+                extra += then(result)
+            view.finish(Final(result, opts.fmt, self._format_notes(result, opts) + extra,
+                              opts.trace))  # + result.notes: render
+            return result
+
+        if opts.background:
+            from timmy_magic.notebook.background import start_answer
+
+            return start_answer(self, req, opts, view, hit, finish, prompt, key)
         interrupted = False
         if hit is None:
             try:
                 result, interrupted = self._answer(req, opts, view)
             except RoutingError as exc:
-                view.fail(describe_failure(exc, pin_source=opts.pin_source,
-                                           gate_reason=self.router.gate().reason,
-                                           config_source=self.router.config.source,
-                                           model=opts.model,
-                                           held_back=self.router.config.held_back))
+                view.fail(self.failure(exc, opts))
                 return None
         else:
             result = hit
-        result = dataclasses.replace(result, context=tuple(ctx.rows()))
-        self._keep(result, opts, key, prompt)
-        if hit is None and not interrupted:
-            self.answers.record(fields, result, mode)
-        if then is not None and result.ok and not interrupted:
-            notes += then(result)
-        view.finish(Final(result, opts.fmt,
-                          self._format_notes(result, opts) + notes, opts.trace))  # + result.notes: render
+        result = finish(result, interrupted)
         if interrupted:
             raise StreamInterrupted(f"{INTERRUPTED}; the partial answer ({len(result.text)} "
                                     "chars) is kept: timmy_magic.last()")
         return result
 
-    def side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str) -> None:
+    def failure(self, exc: RoutingError, opts: CellOptions) -> ErrorBlock:
+        """The block shown when no answer could be had."""
+        return describe_failure(exc, pin_source=opts.pin_source,
+                                gate_reason=self.router.gate().reason,
+                                config_source=self.router.config.source, model=opts.model,
+                                held_back=self.router.config.held_back)
+
+    def side_by_side(self, ctx: Context, opts: CellOptions, key: str, prompt: str
+                     ) -> Job[Any] | None:
         """One prompt to several providers or models at once, in columns."""
-        from timmy_magic.cache import ReplayMiss
-        from timmy_magic.compare import Column, Comparison, run_columns
-        from timmy_magic.notebook.cached import REPLAY_HINTS
-        from timmy_magic.notebook.display.compare_view import BlocksView, GridView
+        from timmy_magic.notebook.side_by_side import side_by_side
 
-        if opts.fmt not in ("markdown", "text") and opts.schema is None:
-            raise UsageError(f"-f {opts.fmt} does not apply side by side (markdown or text)")
-        columns = (tuple(Column(p, p, opts.model) for p in opts.providers) if opts.providers
-                   else tuple(Column(m, opts.provider, m) for m in opts.models))
-        if opts.new:
-            self.conversation.reset()
-        earlier = self.conversation.context(key) if opts.chat else ()
-        messages = tuple(m for m in ctx.as_messages() if m.role == "system") + earlier + (
-            Message("user", ctx.prompt_text()),)
-        try:
-            reqs = [ChatRequest(messages, c.model, opts.temperature, opts.max_tokens,
-                                c.provider, opts.schema) for c in columns]
-        except InvalidRequest as exc:
-            raise UsageError(str(exc)) from None
-        view = (GridView(columns, self.settings.updates_per_second, live=opts.stream)
-                if rich_frontend(self.shell, self.settings.display_mode)
-                else BlocksView(columns, live=False))
-        keyed = [self.answers.fields(r, opts.fmt, opts.cache) for r in reqs]
-        hits: dict[int, Result] = {}
-        try:
-            for i, (fields, mode) in enumerate(keyed):
-                hit = self.answers.lookup(fields, mode, reqs[i].schema)
-                if hit is not None:
-                    hits[i] = hit
-        except ReplayMiss as exc:
-            view.start(time.monotonic())
-            display(ErrorBlock("replay: no recorded answer", str(exc), (),
-                               REPLAY_HINTS).bundle(), raw=True)
-            return
-        live = [i for i in range(len(columns)) if i not in hits]
-        clock = time.monotonic
-        t0 = clock()
-        if live:  # all from the cache: one display, the final one (no placeholder)
-            view.start(t0)
-        for i, hit in hits.items():
-            view.done(i, hit)
-        got: list[Result] = []
-        errors: dict[str, str] = {}
-        interrupted = False
-        if live:
-            events = self.router.stream_many([reqs[i] for i in live],
-                                             tick_every=0.05 if opts.stream else None)
-            try:
-                got, errors, interrupted = run_columns(
-                    events, _Remap(view, live), tuple(columns[i] for i in live), clock, t0)
-            finally:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
-        by_index = dict(zip(live, got))
-        results = [hits[i] if i in hits else by_index[i] for i in range(len(columns))]
-        for i in live:
-            if not interrupted and results[i].ok:
-                self.answers.record(keyed[i][0], results[i], keyed[i][1])
-
-        def keep_turn(res: Result) -> None:
-            self.conversation.record(Turn(key, prompt, res.text, res.provider))
-
-        comparison = Comparison(columns, results, errors,
-                                keep_turn=keep_turn if opts.chat else None)
-        self.last_result = comparison
-        if opts.out:
-            self.shell.user_ns[opts.out] = comparison
-        notes: tuple[str, ...] = (ctx.note(),) if ctx.note() else ()
-        if opts.chat:
-            notes += ("--chat: continue with one answer: "  # noqa: ISC004
-                      f"{opts.out or 'timmy_magic.last()'}.keep('{columns[0].label}')",)
-        view.finish(comparison, notes)
-        if interrupted:
+        outcome = side_by_side(self, ctx, opts, key, prompt)
+        if outcome is True:
             raise StreamInterrupted(f"{INTERRUPTED}; the partial answers are kept: "
                                     "timmy_magic.last()")
+        return outcome if isinstance(outcome, Job) else None
 
     def _fit(self, ctx: Context, opts: CellOptions, vision: bool = False) -> Context:
         """Cut the context to the model's window (``context_window`` in providers.yaml,
@@ -322,7 +276,7 @@ class Session:
     def _view(self, opts: CellOptions) -> View:
         if rich_frontend(self.shell, self.settings.display_mode):
             return NotebookView(opts.fmt, self.settings.updates_per_second, live=opts.stream)
-        return TerminalView(live=opts.stream)
+        return TerminalView(live=opts.stream and not opts.background)
 
     def _events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
         ups = self.settings.updates_per_second
@@ -359,9 +313,10 @@ class Session:
         return "(model unknown)"
 
     def _keep(self, result: Result, opts: CellOptions, key: str, prompt: str) -> None:
-        """Store the result everywhere it belongs, before anything is displayed."""
+        """Store the result everywhere it belongs, before anything is displayed (in the
+        background, ``-o VAR`` stays the Job: ``VAR.result()`` is this Result)."""
         self.last_result = result
-        if opts.out:
+        if opts.out and not opts.background:
             self.shell.user_ns[opts.out] = result
         if opts.chat and result.text:
             self.conversation.record(Turn(key, prompt, result.text, result.provider))
@@ -370,14 +325,34 @@ class Session:
         if opts.fmt == "code":
             if result.error or not result.text.strip():
                 return ("the answer is incomplete: no cell was inserted",)
-            self.shell.set_next_input(extract_code(result.text), replace=False)
-            return ("code inserted into a new cell below",)
+            return self.propose_cell(extract_code(result.text), "code inserted into a new "
+                                     "cell below")
         if opts.fmt == "json" and opts.schema is None:
             try:
                 parse_json(result.text)
             except JSONAnswerError as exc:
                 return (str(exc),)
         return ()
+
+    def propose_cell(self, code: str, done: str, unchanged: str | None = None,
+                     missing: str | None = None) -> tuple[str, ...]:
+        """Insert ``code`` as a new cell below, only if it parses (IPython's own syntax,
+        ``%magic`` and ``!cmd``, allowed), differs from the failing cell ``unchanged`` and
+        no longer uses the ``missing`` name the error was about: the one place an answer
+        becomes a cell. The note says what happened and why."""
+        problem = not_python(code)
+        if problem == "no code":
+            return ("the answer holds no code: no cell was inserted",)
+        if problem:
+            return (f"the proposed code is not valid Python ({problem}): no cell was inserted",)
+        if unchanged is not None and code.strip() == unchanged.strip():
+            return ("the model proposed the failing cell unchanged: no cell was inserted",)
+        if missing and len(missing) > 2 and missing in code and (
+                unchanged is None or missing in unchanged):
+            why = f"the proposed fix still uses '{missing}', the name the error is about"
+            return (f"{why}: no cell was inserted",)
+        self.shell.set_next_input(code, replace=False)
+        return (done,)
 
     # ------------------------------------------------------------------ objects
 
@@ -389,7 +364,10 @@ class Session:
         return widget
 
     def close(self) -> None:
-        """Close the panels, the cache and the router (its loop thread)."""
+        """Cancel the background jobs (their streams closed), then close the panels, the
+        cache and the router (its loop thread)."""
+        self.jobs.cancel_all()
+        atexit.unregister(self.jobs.cancel_all)
         for widget in self.panels:
             with suppress(Exception):
                 widget.close()
@@ -398,19 +376,18 @@ class Session:
         self.router.close()
 
 
-class _Remap:
-    """A GridView seen by ``run_columns`` over only the columns that stream live: its
-    column ``j`` is the grid's column ``live[j]`` (cached columns are filled already)."""
+def not_python(code: str) -> str:
+    """Why ``code`` cannot run as a cell (IPython syntax such as ``%magic`` and ``!cmd``
+    lines allowed), "no code" for nothing but blanks and comments, or "" when it parses."""
+    from IPython.core.inputtransformer2 import TransformerManager
 
-    def __init__(self, view: Any, live: list[int]) -> None:
-        self.view, self.live = view, live
-
-    def event(self, j: int, ev: Any, now: float) -> None:
-        self.view.event(self.live[j], ev, now)
-
-    def done(self, j: int, result: Result) -> None:
-        self.view.done(self.live[j], result)
-
-    def tick(self, now: float) -> None:
-        self.view.tick(now)
-
+    try:
+        source = TransformerManager().transform_cell(code)  # type: ignore[no-untyped-call]
+        if not ast.parse(source).body:
+            return "no code"  # blank, or comments only
+        compile(source, "<cell>", "exec")
+    except SyntaxError as exc:
+        return f"{type(exc).__name__}: {exc.msg}, line {exc.lineno}"
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+        return f"{type(exc).__name__}"
+    return ""

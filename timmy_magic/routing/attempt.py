@@ -34,6 +34,7 @@ from timmy_magic.model.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
+from timmy_magic.model.framing import reads_as_instruction
 from timmy_magic.model.tokens import estimate_tokens
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.providers.base import Chunk, Probe, map_error
@@ -231,6 +232,12 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
             and not _same_model(req.model, served_model)):
         notes.append(f"asked for model '{req.model}', which {st.name} does not configure; "
                      f"the server answered as '{served_model}'")
+    if (asked and asked.mode == "completion" and error is None and req.messages
+            and reads_as_instruction(req.messages[-1].text)):
+        notes.append(f"{asked.name} is a base model (mode: completion): it continues text, "
+                     "it does not follow instructions or answer questions. Write the start "
+                     "of the answer ('A list comprehension is'), or add a chat model to "
+                     "providers.yaml")
     if not text and error is None and not notes:
         notes.append("the model returned an empty answer" + (
             " (it continues the prompt's text: write the start of the answer, e.g. "

@@ -112,7 +112,8 @@ class Cascade:
             any(ep.launcher is not None and ep.launcher.held for ep in eps),
             any(ep.breaker.state(now) == "half_open" for ep in eps),
             health.models, health.detail, asked,
-            mc is not None and "vision" in mc.capabilities, st.context_window(model), room)
+            mc is not None and "vision" in mc.capabilities, st.context_window(model),
+            mc is not None and mc.mode == "completion", room)
 
     def plan(self, pin: str | None = None, model: str | None = None,
              request: ChatRequest | None = None) -> Plan:
@@ -125,7 +126,8 @@ class Cascade:
             [self._view(st, now, model, max_tokens) for st in self.core.providers.values()],
             pin=pin, model=model, cloud_open=decision.open, cloud_reason=decision.reason,
             needs_vision=request is not None and request.needs_vision,
-            input_tokens=request.input_tokens if request is not None else 0)
+            input_tokens=request.input_tokens if request is not None else 0,
+            needs_instructions=request is not None and request.instruct)
 
     async def _refresh_quota(self) -> None:
         """Read a stale quota signal in a worker thread (a command or user code may block
@@ -185,6 +187,9 @@ class Cascade:
             if not attempts and skip is not None and skip.reason == "no_vision":
                 raise PinnedProviderFailed(f"pinned provider '{pin}' cannot see images: "
                                            f"{skip.detail}", trace)
+            if not attempts and skip is not None and skip.reason == "completion_model":
+                raise PinnedProviderFailed(f"pinned provider '{pin}' cannot follow "
+                                           f"instructions: {skip.detail}", trace)
             why = attempts[-1].error if attempts else str(skip) if skip else "not tried"
             raise PinnedProviderFailed(f"pinned provider '{pin}' failed: {why}", trace)
         raise NoProviderAvailable(_no_provider_message(

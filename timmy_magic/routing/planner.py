@@ -41,6 +41,8 @@ class ProviderView:
     window: int | None = None
     """That model's context window in tokens (providers.yaml, else what the server
     reported), None if unknown."""
+    completion: bool = False
+    """That model is asked as a plain completion (``mode: completion``): a base model."""
     output_tokens: int = 0
     """The room the answer takes there: the request's max_tokens, else the model's, else
     the cascade's default."""
@@ -65,7 +67,7 @@ _CONFIG_STATES: dict[str, SkipReason] = {
 
 def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: str | None = None,
                cloud_open: bool = True, cloud_reason: str = "", needs_vision: bool = False,
-               input_tokens: int = 0) -> Plan:
+               input_tokens: int = 0, needs_instructions: bool = False) -> Plan:
     """Order candidates by (priority, file order); skip with a reason each one that cannot
     be used now. A pinned provider is the only candidate: it is tried even when disabled or
     last seen down (the user asked for it), but never past an open circuit or a closed gate,
@@ -76,6 +78,8 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
     provider whose known window cannot hold it and the answer's room is skipped
     (``context_window``), unless pinned: the estimate is rough (4 characters a token), the
     caller has cut the context to that window, and the server has the last word.
+    ``needs_instructions``: an assistant's task; a completion-mode model is skipped
+    (``completion_model``), even pinned: it would answer junk, not an error.
     """
     ordered = sorted(enumerate(views), key=lambda iv: (iv[1].priority, iv[0]))
     order: list[str] = []
@@ -85,7 +89,8 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
         reason, detail = _skip_reason(v, pin=pin, pinned=pinned, model=model,
                                       cloud_open=cloud_open, cloud_reason=cloud_reason)
         if reason is None:
-            reason, detail = _capability(v, pinned, needs_vision, input_tokens)
+            reason, detail = _capability(v, pinned, needs_vision, input_tokens,
+                                         needs_instructions)
         if reason is None:
             order.append(v.name)
         else:
@@ -115,10 +120,14 @@ def _skip_reason(v: ProviderView, *, pin: str | None, pinned: bool, model: str |
     return None, ""
 
 
-def _capability(v: ProviderView, pinned: bool, needs_vision: bool,
-                input_tokens: int) -> tuple[SkipReason | None, str]:
+def _capability(v: ProviderView, pinned: bool, needs_vision: bool, input_tokens: int,
+                needs_instructions: bool = False) -> tuple[SkipReason | None, str]:
     """Whether this provider's model can take this request (after every state check: a
     provider that is down says so first)."""
+    if needs_instructions and v.completion:
+        return "completion_model", (f"{v.model or 'its model'} is a base model (mode: "
+                                    "completion): it continues text, it does not follow "
+                                    "instructions")
     if needs_vision and not v.vision:
         what = f"model {v.model}" if v.model else "no model configured;"
         return "no_vision", f"{what} lacks capabilities: [vision]"

@@ -190,6 +190,13 @@ class Router:
         return self._answers.events(
             req, cache, lambda: bridge(self.runner, self._cascade.stream(req), tick_every))
 
+    async def astream_many(self, requests: list[ChatRequest]
+                           ) -> AsyncGenerator[tuple[int, Event | Failed], None]:
+        """``stream_many`` for async code (on the router's loop or another)."""
+        reqs = list(requests)
+        async for item in self.runner.aiterate(lambda: self._cascade.stream_many(reqs)):
+            yield item
+
     def stream_many(self, requests: list[ChatRequest], *, tick_every: float | None = None
                     ) -> Iterator[tuple[int, Event | Failed] | Tick]:
         """Several requests at once (side by side): ``(column, event)`` pairs as they

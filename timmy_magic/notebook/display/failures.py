@@ -106,6 +106,12 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
                      "a model with vision `capabilities: [vision]` in providers.yaml (and "
                      "`%llm reload`), pin a provider that has one, or leave the image out "
                      "of `--vars`.")
+    if "completion_model" in skipped:
+        hints.append(f"{', '.join(skipped['completion_model'])}: a base model (`mode: "
+                     "completion`) continues text; it cannot follow instructions, so it "
+                     "is not asked to. Add a chat model to providers.yaml (Ollama with an "
+                     "instruct model, any OpenAI-compatible server, or an API key: "
+                     "`%llm providers` lists them) and run `%llm reload`.")
     if "context_window" in skipped:
         hints.append(f"{', '.join(skipped['context_window'])}: the request does not fit the "
                      "model's context window. Send less context (`--cells`, `--vars`), "
@@ -123,7 +129,7 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
                                    if a.provider == trace.pinned and a.endpoint))
         where = f" at {', '.join(f'`{literal(u)}`' for u in tried)}" if tried else ""
         refused = any(a.provider == trace.pinned and a.refused for a in trace.attempts)
-        check = "" if {"cloud_gate", "no_vision"} & skipped.keys() else \
+        check = "" if {"cloud_gate", "no_vision", "completion_model"} & skipped.keys() else \
             (f"Nothing is listening{where}: start {pin} there (`%llm status` says how), or "
              if refused else f"Check that {pin} is running{where} (`%llm status`), or ")
         hints.append(f"{check}{undo[0].upper() if not check else undo[0]}{undo[1:]} to let "

@@ -294,21 +294,28 @@ def consume(events: Iterable[Event | Tick], view: View, got: AnswerCollector,
             clock: Any) -> Result:
     """Feed a stream of router events to ``view``; return the Done event's result."""
     for ev in events:
-        now = clock()
-        if isinstance(ev, Delta):
-            got.delta(ev.text, now)
-            view.delta(ev.text, now)
-        elif isinstance(ev, Trying):
-            got.trying(ev, now)
-            view.trying(ev, now)
-        elif isinstance(ev, Status):
-            view.status(ev, now)
-        elif isinstance(ev, Discard):
-            got.discard()
-            view.discard(ev, now)
-        elif isinstance(ev, Done):
-            got.result = ev.result
-            return ev.result
-        else:
-            view.tick(now)
+        result = feed(ev, view, got, clock())
+        if result is not None:
+            return result
     raise RuntimeError("the answer stream ended without its final event")
+
+
+def feed(ev: Event | Tick, view: View, got: AnswerCollector, now: float) -> Result | None:
+    """One router event into ``view`` and ``got``; the result once it is Done."""
+    if isinstance(ev, Delta):
+        got.delta(ev.text, now)
+        view.delta(ev.text, now)
+    elif isinstance(ev, Trying):
+        got.trying(ev, now)
+        view.trying(ev, now)
+    elif isinstance(ev, Status):
+        view.status(ev, now)
+    elif isinstance(ev, Discard):
+        got.discard()
+        view.discard(ev, now)
+    elif isinstance(ev, Done):
+        got.result = ev.result
+        return ev.result
+    else:
+        view.tick(now)
+    return None

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from timmy_magic.config import Config
+from timmy_magic.jobs import JOB_COLUMNS
 from timmy_magic.model.chat import HealthReport
 from timmy_magic.routing.gate import money
 from timmy_magic.routing.metrics import MetricsSnapshot
@@ -128,3 +129,12 @@ def providers_bundle(config: Config, pinned: str | None) -> Bundle:
     plain_warn = "".join(f"\nwarning: {plain(w)}" for w in config.warnings)
     return {"text/markdown": f"*{md(head)}*\n\n{md_table}{md_warn}",
             "text/plain": f"{plain(head)}\n{text_table}{plain_warn}"}
+
+
+def jobs_bundle(rows: Sequence[Sequence[str]]) -> Bundle:
+    """``%llm jobs``: one row per background job (``JobBoard.rows``)."""
+    if not rows:
+        line = "No background jobs in this session (start one with %%llm --bg)."
+        return {"text/markdown": f"*{md(line)}*", "text/plain": plain(line)}
+    md_table, text_table = _table(JOB_COLUMNS, rows)
+    return {"text/markdown": md_table, "text/plain": text_table}
