@@ -139,7 +139,9 @@ def main() -> int:
             print(f"  answer: {answer.lstrip()}")
             if footer:
                 print(f"          ({footer})")
-    print(f"\nNext: the tutorials (notebooks/01 to 08) in JupyterLab, from {ROOT}:")
+    tutorials = sorted(p.name[:2] for p in (ROOT / "notebooks").glob("[0-9][0-9]-*.ipynb"))
+    span = f"{tutorials[0]} to {tutorials[-1]}" if tutorials else "01"
+    print(f"\nNext: the tutorials (notebooks/{span}) in JupyterLab, from {ROOT}:")
     if not (ROOT / ".venv/bin/jupyter-lab").exists():
         print("  .venv/bin/pip install -e '.[lab]'   # once: JupyterLab, widgets, pandas")
     print("  .venv/bin/jupyter lab notebooks/")

@@ -31,6 +31,7 @@ from tests.notebooks.replay import (  # noqa: E402
     REPLAYED,
     answers_path,
     checked_in_replay,
+    copy_data,
     replay_env,
 )
 from tests.support.servers import ensure_tiny_model, start_llama_server, start_vllm_mlx  # noqa: E402
@@ -77,6 +78,7 @@ def record(key: str) -> None:
             urls["vllm"] = servers[-1].base_url
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
+            copy_data(spec, work)
             fresh = work / "answers.sqlite3"
             live = {**spec.env(urls, work), "TIMMY_CACHE_MODE": "on",
                     "TIMMY_CACHE_PATH": str(fresh)}

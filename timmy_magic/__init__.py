@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
 
     from timmy_magic.batch import MapResult, map_results  # noqa: F401
     from timmy_magic.config import Config, load_config  # noqa: F401
+    from timmy_magic.evals import Evaluation, judge  # noqa: F401
     from timmy_magic.model.chat import (  # noqa: F401
         ChatRequest,
         Delta,
@@ -39,7 +40,7 @@ if TYPE_CHECKING:  # the lazy names below, for type checkers and IDEs
         PinnedProviderFailed,
         TimmyError,
     )
-    from timmy_magic.notebook.api import map  # noqa: F401
+    from timmy_magic.notebook.api import evaluate, map  # noqa: F401
     from timmy_magic.routing.router import Router  # noqa: F401
 
 _LAZY = {
@@ -52,6 +53,7 @@ _LAZY = {
     "Trying": "model.chat",
     "last": "notebook", "get_router": "notebook", "panel": "notebook",
     "map": "notebook.api", "map_results": "batch", "MapResult": "batch",
+    "evaluate": "notebook.api", "judge": "evals", "Evaluation": "evals",
 }
 __all__ = [name for name in (*_LAZY, "load_ipython_extension", "unload_ipython_extension")
            if name != "map"]

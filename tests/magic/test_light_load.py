@@ -22,7 +22,8 @@ ON_FIRST_USE = ("timmy_magic.cache.store", "timmy_magic.cache.files", "timmy_mag
                 "timmy_magic.notebook.commands", "timmy_magic.notebook.cached",
                 "timmy_magic.notebook.bench_magic", "timmy_magic.notebook.display.widget",
                 "timmy_magic.notebook.display.compare_view", "timmy_magic.providers.transport",
-                "aiohttp", "msgspec")
+                "aiohttp", "msgspec", "timmy_magic.evals",
+                "timmy_magic.notebook.display.eval_view")
 
 PROBE = r"""
 import json, sys

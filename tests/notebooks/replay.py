@@ -72,6 +72,10 @@ class Replayed:
     notebook keeps their live output (scripts/record_answers.py), which the live tests
     check and a reader sees."""
 
+    data: tuple[str, ...] = ()
+    """Files under notebooks/ the notebook reads by a relative path (``data/x.csv``):
+    copied into the folder it runs in (``copy_data``)."""
+
     def env(self, urls: dict[str, str], work: Path, replay: bool = False) -> dict[str, str]:
         from tests.support.servers import free_port
 
@@ -96,6 +100,8 @@ REPLAYED = {
     "07": Replayed("07-structured-and-batch.ipynb", ("llama",), _gemma_config("07")),
     "08": Replayed("08-side-by-side.ipynb", ("llama", "vllm")),
     "10": Replayed("10-background.ipynb", ("llama",), _gemma_config("10")),
+    # the notebook writes its own providers.yaml (local-gemma two ways) from LLAMA_SERVER_URL
+    "11": Replayed("11-evaluate.ipynb", ("llama",), data=("data/capitals.csv",)),
 }
 
 # Tutorials 02 and 04 start one llama-server themselves and have launch: manage another;
@@ -196,7 +202,16 @@ def checked_copy(spec: Replayed, work: Path) -> Path:
             cell.setdefault("metadata", {})["tags"] = tags
     out = work / spec.notebook
     out.write_text(json.dumps(nb, indent=1, ensure_ascii=False))
+    copy_data(spec, work)
     return out
+
+
+def copy_data(spec: Replayed, work: Path) -> None:
+    """The files the notebook reads (``Replayed.data``), where it runs."""
+    for name in spec.data:
+        dst = work / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / "notebooks" / name, dst)
 
 
 def answers_copy(spec: Replayed, work: Path) -> Path:

@@ -259,7 +259,8 @@ CANARY = "cnry-" + "Q7v" * 12
 OUTBOUND = {
     "%%llm {name}", "%%llm --vars", "%%llm --cells", "%%llm --error", "%llm fix",
     "%llm explain", "side by side", "map", "Router.complete", "Router.stream",
-    "Router.acomplete", "Router.astream", "Router.stream_many", "ChatRequest",
+    "Router.acomplete", "Router.astream", "Router.stream_many", "Router.astream_many",
+    "ChatRequest", "evaluate", "%llm eval",
 }
 NOT_OUTBOUND = {"Router.plan": "plans a route for a request, sends nothing"}
 
@@ -297,7 +298,8 @@ def canary_shell(shell: InteractiveShell, tmp_path: Any, monkeypatch: pytest.Mon
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         monkeypatch.setenv("TIMMY_PROVIDERS", str(path))
         run(shell, "%load_ext timmy_magic")
-        shell.user_ns.update(tok=CANARY, cfg={"service": {"token_value": CANARY * 3}})
+        shell.user_ns.update(tok=CANARY, cfg={"service": {"token_value": CANARY * 3}},
+                             rows=[{"t": CANARY}])
         srv.reset()
         yield shell, srv
 
@@ -320,6 +322,11 @@ def test_no_outbound_path_sends_the_canary(canary_shell: tuple[InteractiveShell,
         "%llm explain": "%llm explain -p alpha",
         "side by side": "%%llm -p alpha -m m1,m2 --vars cfg\nq {tok}",
         "map": "r = timmy_magic.map('say {t}', [{'t': tok}], provider='alpha')",
+        # the rows, the system prompt and a judge's rubric (its grading request) go out
+        "evaluate": ("e = timmy_magic.evaluate([{'t': tok}], 'say {t}', ['alpha', 'beta'], "
+                     "timmy_magic.judge('beta', f'not {tok}'), system=f'key {tok}', "
+                     "progress=False)"),
+        "%llm eval": "%llm eval rows 'say {t}' -p alpha,beta:m9 --system 'a {tok}'",
     }
     ip.run_cell("import timmy_magic\nprint(cfg, tok)", store_history=True)
     ip.run_cell("raise ValueError(f'bad token {tok} in ' + repr(cfg))", store_history=True)
@@ -344,7 +351,13 @@ def test_no_outbound_path_sends_the_canary(canary_shell: tuple[InteractiveShell,
     router.submit(astream()).result(timeout=30)
     list(router.stream_many([ChatRequest.of(f"a {CANARY}", provider="alpha"),
                              ChatRequest.of(f"b {CANARY}", provider="beta")]))
-    part.add("outbound paths", 5)
+
+    async def astream_many() -> None:
+        async for _ in router.astream_many([ChatRequest.of(f"c {CANARY}", provider="alpha")]):
+            pass
+
+    router.submit(astream_many()).result(timeout=30)
+    part.add("outbound paths", 6)
     found = leaked(CANARY, _bodies(srv))
     if found:
         part.add("leaks")

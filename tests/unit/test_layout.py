@@ -19,7 +19,7 @@ from timmy_magic.model.errors import TimmyError
 PACKAGE = Path(timmy_magic.__file__).parent
 MAX_LINES = 450
 MAX_MODULES = 13  # "about 12": routing holds the router and its twelve policies and parts
-INTERRUPTS = {"StreamInterrupted", "MapInterrupted"}
+INTERRUPTS = {"StreamInterrupted", "MapInterrupted", "EvalInterrupted"}
 """KeyboardInterrupts on purpose: a Run All stops there (see model/errors.py)."""
 
 
@@ -97,7 +97,8 @@ def test_module_docstrings_say_what_the_module_is_not_its_history() -> None:
 
 
 PUBLIC = {
-    "ChatRequest", "Config", "ConfigError", "Delta", "Done", "MapResult", "Message",
+    "ChatRequest", "Config", "ConfigError", "Delta", "Done", "Evaluation", "MapResult",
+    "Message", "evaluate", "judge",
     "NoProviderAvailable", "PinnedProviderFailed", "Result", "Router", "Status",
     "TimmyError", "Trying", "get_router", "last", "load_config", "load_ipython_extension",
     "map", "map_results", "panel", "unload_ipython_extension",

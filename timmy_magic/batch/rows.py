@@ -195,15 +195,15 @@ class MapJob:
     def request(self, row: Any) -> ChatRequest:
         """The request of one row; InterpolationError or InvalidRequest when the row
         cannot fill the template (that row is an error, the others go on)."""
-        namespace = _namespace(row)
+        names = namespace(row)
         for ref in references(self.template):
             name = ref.split(".")[0].split("[")[0]
-            if name not in namespace:  # not interpolate's hint, about %%llm braces
-                fields = ", ".join(sorted(k for k in namespace if k != "row")[:12]) or "(none)"
+            if name not in names:  # not interpolate's hint, about %%llm braces
+                fields = ", ".join(sorted(k for k in names if k != "row")[:12]) or "(none)"
                 raise InterpolationError(f"{{{ref}}}: this row has no field '{name}' (its "
                                          f"fields: {fields})")
         # masked as every %%llm prompt is: a key in a row (or the template) never leaves
-        prompt = mask_secrets(interpolate(self.template, namespace).strip())[0]
+        prompt = mask_secrets(interpolate(self.template, names).strip())[0]
         if not prompt:
             raise InvalidRequest("the prompt is empty for this row")
         system = mask_secrets(self.system)[0] if self.system else None
@@ -246,7 +246,7 @@ def _check_template(template: str, rows: list[Any]) -> None:
     if not isinstance(template, str) or not template.strip():
         raise MapError("map: the template is empty")
     names = {ref.split(".")[0].split("[")[0] for ref in references(template)}
-    known = set().union(*(_namespace(r).keys() for r in rows[:100])) if rows else set()
+    known = set().union(*(namespace(r).keys() for r in rows[:100])) if rows else set()
     missing = sorted(names - known)
     if missing:
         cols = ", ".join(sorted(known - {"row"})[:12]) or "(none)"
@@ -299,5 +299,5 @@ def _fields(row: Any) -> Mapping[str, Any]:
     return {}
 
 
-def _namespace(row: Any) -> Mapping[str, Any]:
+def namespace(row: Any) -> Mapping[str, Any]:
     return {**{str(k): v for k, v in _fields(row).items()}, "row": row}

@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +55,10 @@ class _Plan:
     settled: dict[int, Result] = field(default_factory=dict)
 
 
+Ask = ChatRequest | Result
+"""One item of a run: a request to send, or a row already settled (its error)."""
+
+
 def run(router: Router, job: MapJob, *, cache: RowCache | None = None,
         progress: Progress | None = None) -> MapResult:
     """Ask every row of ``job`` through ``router`` and return one Result per row, in input
@@ -65,10 +69,33 @@ def run(router: Router, job: MapJob, *, cache: RowCache | None = None,
         return job.empty()
     if job.provider is not None:
         router.provider(job.provider)  # UnknownProvider names the others
-    plan = _plan(job, cache)
+    results, elapsed, interrupted = ask_all(
+        router, [prepare(job, row) for row in job.items], job.concurrency,
+        cache=cache, progress=progress)
+    return MapResult(job.items, results, job.schema, job.index, elapsed, interrupted)
+
+
+def prepare(job: MapJob, row: Any) -> Ask:
+    """The request of one row, or the error Result of a row that cannot fill it."""
+    try:
+        return job.request(row)
+    except (InterpolationError, InvalidRequest) as exc:
+        return failed(str(exc))
+
+
+def ask_all(router: Router, asks: list[Ask], concurrency: int, *,
+            cache: RowCache | None = None, progress: Progress | None = None
+            ) -> tuple[list[Result], float, bool]:
+    """Every request of ``asks`` through ``router``, at most ``concurrency`` in flight in
+    all and at most a pinned provider's ``max_concurrency`` at that provider: one Result
+    per item in order, the seconds it took, and whether Ctrl-C stopped it (the finished
+    ones are kept, the others are ``NOT_RUN`` errors). Items that are Results already
+    are kept as they are. ``cache`` and ``progress`` as in ``run``."""
+    plan = _plan(asks, cache)
     if progress is not None:
-        progress.start(len(job.items))
-    return _gather(router, job, plan, progress, cache)
+        progress.start(len(asks))
+    return _gather(router, len(asks), plan, concurrency, _limits(router, plan), progress,
+                   cache)
 
 
 def start(router: Router, job: MapJob, *, cache: RowCache | None = None,
@@ -79,56 +106,82 @@ def start(router: Router, job: MapJob, *, cache: RowCache | None = None,
     flight and the Job's result is the rows finished (``MapResult.interrupted``)."""
     if job.provider is not None:
         router.provider(job.provider)
-    plan = _plan(job, cache)
+    asks = [prepare(job, row) for row in job.items]
+    plan = _plan(asks, cache)
     if progress is not None:
-        progress.start(len(job.items))
+        progress.start(len(asks))
 
     async def work(handle: Job[MapResult]) -> MapResult:
-        results: list[Result | None] = [None] * len(job.items)
-        for i, res in plan.settled.items():
-            results[i] = res
-        pacer = _Pacer(progress, len(job.items)) if progress is not None else None
-        clock, t0, tokens = time.monotonic, time.monotonic(), 0
-
-        def draw(final: bool = False) -> None:
-            done = [r for r in results if r is not None]
-            line = progress_line(len(done), len(job.items), sum(not r.ok for r in done),
-                                 tokens, clock() - t0, final)
-            handle.report(tokens=tokens, line=line)
-            if pacer is not None:
-                pacer.draw(len(done), sum(not r.ok for r in done), tokens, clock() - t0,
-                           final)
-
-        def take(row: tuple[int, Result]) -> None:
-            nonlocal tokens
-            i, res = row
-            results[i] = res
-            tokens += res.usage.output_tokens or 0
-            if cache is not None and res.ok:
-                cache.record(plan.requests[i], res)
-            draw()
-
-        interrupted = False
-        draw()
-        try:
-            if plan.requests:
-                await _run(router, plan.requests, job.concurrency, take, threading.Event())
-        except asyncio.CancelledError:
-            interrupted = True
-        final = [r if r is not None else failed(NOT_RUN) for r in results]
-        draw(final=True)
-        return MapResult(job.items, final, job.schema, job.index, clock() - t0, interrupted)
+        results, elapsed, interrupted = await aask_all(
+            router, plan, len(asks), job.concurrency, cache=cache, progress=progress,
+            handle=handle)
+        return MapResult(job.items, results, job.schema, job.index, elapsed, interrupted)
 
     return Job.start(router, work, kind="map", label=job.template)
 
 
-def _plan(job: MapJob, cache: RowCache | None) -> _Plan:
+def plan_asks(asks: list[Ask], cache: RowCache | None) -> _Plan:
+    """What ``aask_all`` sends: the cache looked up (in the caller's thread, SQLite off
+    the loop), the rest to ask."""
+    return _plan(asks, cache)
+
+
+async def aask_all(router: Router, plan: _Plan, total: int, concurrency: int, *,
+                   cache: RowCache | None = None, progress: Progress | None = None,
+                   handle: Job[Any] | None = None) -> tuple[list[Result], float, bool]:
+    """``ask_all`` on the router's loop, for background work: the planned requests (see
+    ``plan_asks``; ``progress`` already started), live answers recorded as they come,
+    the progress drawn and ``handle`` told as rows finish. A cancel stops the requests in
+    flight: the finished ones are kept (``interrupted`` is True)."""
+    results: list[Result | None] = [None] * total
+    for i, res in plan.settled.items():
+        results[i] = res
+    pacer = _Pacer(progress, total) if progress is not None else None
+    clock, t0, tokens = time.monotonic, time.monotonic(), 0
+
+    def draw(final: bool = False) -> None:
+        done = [r for r in results if r is not None]
+        errors = sum(not r.ok for r in done)
+        if handle is not None:
+            handle.report(tokens=tokens, line=progress_line(len(done), total, errors, tokens,
+                                                            clock() - t0, final))
+        if pacer is not None:
+            pacer.draw(len(done), errors, tokens, clock() - t0, final)
+
+    def take(row: tuple[int, Result]) -> None:
+        nonlocal tokens
+        i, res = row
+        results[i] = res
+        tokens += res.usage.output_tokens or 0
+        if cache is not None and res.ok:
+            cache.record(plan.requests[i], res)
+        draw()
+
+    interrupted = False
+    draw()
+    try:
+        if plan.requests:
+            await _run(router, plan.requests, concurrency, _limits(router, plan), take,
+                       threading.Event())
+    except asyncio.CancelledError:
+        interrupted = True
+    final = [r if r is not None else failed(NOT_RUN) for r in results]
+    draw(final=True)
+    return final, clock() - t0, interrupted
+
+
+def _limits(router: Router, plan: _Plan) -> dict[str, int]:
+    """The ``max_concurrency`` of each provider the planned requests are pinned to."""
+    return {name: cfg.max_concurrency for name in
+            {r.provider for r in plan.requests.values() if r.provider is not None}
+            if (cfg := router.provider(name).cfg).max_concurrency is not None}
+
+
+def _plan(asks: list[Ask], cache: RowCache | None) -> _Plan:
     plan = _Plan()
-    for i, row in enumerate(job.items):
-        try:
-            req = job.request(row)
-        except (InterpolationError, InvalidRequest) as exc:
-            plan.settled[i] = failed(str(exc))
+    for i, req in enumerate(asks):
+        if isinstance(req, Result):
+            plan.settled[i] = req
             continue
         if cache is not None:
             try:
@@ -144,24 +197,39 @@ def _plan(job: MapJob, cache: RowCache | None) -> _Plan:
 
 
 async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: int,
-               out: Callable[[tuple[int, Result]], None], finished: threading.Event) -> None:
-    """Every request on this loop, at most ``concurrency`` at once; each outcome goes to
-    ``out`` as it comes. A row's own failure is its Result; a cancel cancels them all.
-    ``finished`` is set once every request has settled (permits, metrics, connections):
-    a cancelled concurrent future says done at once, before that."""
-    todo = iter(requests.items())
+               limits: dict[str, int], out: Callable[[tuple[int, Result]], None],
+               finished: threading.Event) -> None:
+    """Every request on this loop, at most ``concurrency`` at once (and at most
+    ``limits[p]`` pinned to provider ``p``); each outcome goes to ``out`` as it comes. A
+    row's own failure is its Result; a cancel cancels them all. ``finished`` is set once
+    every request has settled (permits, metrics, connections): a cancelled concurrent
+    future says done at once, before that."""
+    # One queue per limited provider, one for the rest: a worker waiting for a busy
+    # provider's slot never holds a request another provider could be answering.
+    queues: dict[str | None, list[tuple[int, ChatRequest]]] = {}
+    for i, req in requests.items():
+        key = req.provider if req.provider in limits else None
+        queues.setdefault(key, []).append((i, req))
+    slots = asyncio.Semaphore(concurrency)
 
-    async def worker() -> None:  # ``concurrency`` of these: memory flat in the rows
-        for i, req in todo:
+    async def ask(req: ChatRequest) -> Result:
+        async with slots:
             try:
-                res = await router.acomplete(req, cache=False)  # looked up in _plan
+                return await router.acomplete(req, cache=False)  # looked up in _plan
             except RoutingError as exc:
-                res = failed(str(exc), exc.trace)
+                return failed(str(exc), exc.trace)
             except TimmyError as exc:
-                res = failed(str(exc))
-            out((i, res))
+                return failed(str(exc))
 
-    tasks = [asyncio.ensure_future(worker()) for _ in range(min(concurrency, len(requests)))]
+    async def worker(todo: Iterator[tuple[int, ChatRequest]]) -> None:
+        for i, req in todo:  # workers of one queue share its iterator: memory flat
+            out((i, await ask(req)))
+
+    tasks = []
+    for key, items in queues.items():
+        todo = iter(items)
+        width = min(concurrency, limits[key] if key is not None else concurrency, len(items))
+        tasks += [asyncio.ensure_future(worker(todo)) for _ in range(width)]
     try:
         await asyncio.gather(*tasks)
     finally:
@@ -171,12 +239,13 @@ async def _run(router: Router, requests: dict[int, ChatRequest], concurrency: in
         finished.set()
 
 
-def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
-            cache: RowCache | None) -> MapResult:
-    results: list[Result | None] = [None] * len(job.items)
+def _gather(router: Router, total: int, plan: _Plan, concurrency: int,
+            limits: dict[str, int], progress: Progress | None,
+            cache: RowCache | None) -> tuple[list[Result], float, bool]:
+    results: list[Result | None] = [None] * total
     for i, res in plan.settled.items():
         results[i] = res
-    pacer = _Pacer(progress, len(job.items)) if progress is not None else None
+    pacer = _Pacer(progress, total) if progress is not None else None
     t0 = time.monotonic()
     tokens = 0
     out: queue.SimpleQueue[tuple[int, Result]] = queue.SimpleQueue()
@@ -208,8 +277,8 @@ def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
     try:  # from before the run starts: a Ctrl-C anywhere from here cancels it
         draw()
         if plan.requests:
-            fut = router.submit(_run(router, plan.requests, job.concurrency, out.put,
-                                     finished))
+            fut = router.submit(_run(router, plan.requests, concurrency, limits, out.put,
+                                      finished))
             # Wake every PROGRESS_EVERY, and at once when the run ends: not once per row
             # (each wake-up takes the GIL from the loop thread that runs the requests),
             # and never a poll's worth of waiting after the last row (measured in
@@ -235,7 +304,7 @@ def _gather(router: Router, job: MapJob, plan: _Plan, progress: Progress | None,
         draw(final=True)
     except KeyboardInterrupt:  # the rows are kept all the same
         interrupted = True
-    return MapResult(job.items, final, job.schema, job.index, elapsed, interrupted)
+    return final, elapsed, interrupted
 
 
 class _Pacer:

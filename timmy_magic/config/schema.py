@@ -151,6 +151,10 @@ class ProviderConfig(_Model):
     headers: dict[Annotated[str, AfterValidator(header_name)],
                   Annotated[str, AfterValidator(header_value)]] = {}
     launch: LaunchConfig | None = None
+    max_concurrency: Annotated[int | None, number(1, 10_000, integer=True, optional=True)] \
+        = None
+    """Most requests a batch (``map``, ``evaluate``) has in flight at once pinned to this
+    provider (a server's slots, a cloud's rate limit); null: the batch's own bound."""
     missing_env: tuple[str, ...] = ()
     """Environment variables the api_key needed but were unset ("not configured")."""
 

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
     from timmy_magic.notebook.cached import CellCache
     from timmy_magic.notebook.commands import LineCommands
 
@@ -110,11 +111,11 @@ class TimmyMagics(Magics):
         return self.session.answers
 
     @property
-    def last_result(self) -> Result | Comparison | MapResult | None:
+    def last_result(self) -> Result | Comparison | MapResult | Evaluation | None:
         return self.session.last_result
 
     @last_result.setter
-    def last_result(self, value: Result | Comparison | MapResult | None) -> None:
+    def last_result(self, value: Result | Comparison | MapResult | Evaluation | None) -> None:
         self.session.last_result = value
 
     @property
@@ -166,7 +167,7 @@ class TimmyMagics(Magics):
         Line:  %llm status | providers | pin NAME | unpin | local-only [on|off] |
                reload [PATH] | trust [PATH] | untrust [PATH] | history | reset |
                start NAME | stop NAME | panel | jobs | cancel ID|VAR|all | bench ... |
-               help (%llm COMMAND --help)
+               eval ... | help (%llm COMMAND --help)
         """
         if cell is None:
             return self.commands.run(line)

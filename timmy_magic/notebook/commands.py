@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from timmy_magic.notebook.cell import TimmyMagics
     from timmy_magic.notebook.session import CellOptions
 
+OWN_PARSERS = {"bench": "serving benchmarks", "eval": "evaluate providers on rows"}  # NAME_magic
 START_HINT = "`%llm status` shows its state; check its `launch:` section in providers.yaml."
 
 
@@ -101,17 +103,18 @@ class LineCommands:
         add("cancel", self._cancel, "stop background jobs, keeping their partial answers"
             ).add_argument("which", metavar="ID|VAR|all", help="a job number, the variable "
                            "it was bound to (-o), or all")
-        bench = subs.add_parser("bench", help="serving benchmarks (%llm bench --help)",
-                                add_help=False, prog="%llm bench")
-        bench.add_argument("rest", nargs=argparse.REMAINDER)
-        bench.set_defaults(handler=self._bench)
+        for name, summary in OWN_PARSERS.items():  # each parses its line itself
+            own = subs.add_parser(name, help=f"{summary} (%llm {name} --help)",
+                                  add_help=False, prog=f"%llm {name}")
+            own.add_argument("rest", nargs=argparse.REMAINDER)
+            own.set_defaults(handler=lambda a, n=name: self._own_line(n, shlex.join(a.rest)))
         add("help", self._help, "this help")
         return root
 
     def run(self, line: str) -> Any:
         name, _, rest = line.strip().partition(" ")
-        if name == "bench":  # its own parser: every argument goes to it as written
-            return self._bench_line(rest.strip())
+        if name in OWN_PARSERS:  # its own parser: every argument goes to it as written
+            return self._own_line(name, rest.strip())
         try:
             argv = shlex.split(line)
         except ValueError as exc:
@@ -357,16 +360,13 @@ class LineCommands:
     def _panel(self, args: argparse.Namespace) -> None:
         display(self.ext.panel())
 
-    def _bench(self, args: argparse.Namespace) -> Any:
-        return self._bench_line(shlex.join(args.rest))
-
-    def _bench_line(self, rest: str) -> Any:
-        try:
-            from timmy_magic.notebook.bench_magic import bench_line
+    def _own_line(self, name: str, rest: str) -> Any:
+        try:  # its own module, NAME_magic.NAME_line (bench's may miss its extra)
+            module = importlib.import_module(f"timmy_magic.notebook.{name}_magic")
         except ImportError as exc:
-            print(f"bench not available ({exc})")
+            print(f"{name} not available ({exc})")
             return None
-        out = bench_line(self.ext.session, rest)
+        out = getattr(module, f"{name}_line")(self.ext.session, rest)
         if out is not None:
             display(out)
         return None

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.evals import Evaluation
 
 _EXTENSIONS: weakref.WeakKeyDictionary[Any, TimmyMagics] = weakref.WeakKeyDictionary()
 """The one extension instance per shell."""
@@ -54,6 +55,7 @@ def _formatter(ip: Any, mime: str) -> Any:
 
 
 _COMPARISON = ("timmy_magic.compare", "Comparison")
+_EVALUATION = ("timmy_magic.evals.evaluation", "Evaluation")
 
 
 def _comparison_html(comparison: Comparison) -> str:
@@ -62,11 +64,18 @@ def _comparison_html(comparison: Comparison) -> str:
     return comparison_html(comparison)
 
 
+def _evaluation_html(evaluation: Evaluation) -> str:
+    from timmy_magic.notebook.display.eval_view import evaluation_html
+
+    return evaluation_html(evaluation)
+
+
 def register_displays(ip: Any) -> None:
     """How the notebook shows our values: a ``Result`` as its rendered answer, a
-    ``Comparison`` (``cmp``, ``timmy_magic.last()``) as its grid. The values (``model/``,
-    ``compare/``) know no renderer; the notebook layer registers one for them here, the
-    grid by name (IPython's deferred printers), so loading imports no side by side."""
+    ``Comparison`` (``cmp``, ``timmy_magic.last()``) as its grid, an ``Evaluation`` as its
+    table and chart. The values (``model/``, ``compare/``, ``evals/``) know no renderer;
+    the notebook layer registers one for them here, the grid and the evaluation by name
+    (IPython's deferred printers), so loading imports neither side by side nor evals."""
     from timmy_magic.notebook.display.answer import answer_markdown
 
     markdown = _formatter(ip, "text/markdown")
@@ -75,6 +84,7 @@ def register_displays(ip: Any) -> None:
     html = _formatter(ip, "text/html")
     if html is not None:
         html.for_type_by_name(*_COMPARISON, _comparison_html)
+        html.for_type_by_name(*_EVALUATION, _evaluation_html)
     shown = _job_formatter(ip)
     if shown is not None:
         shown.for_type(Job, lambda job: show_job(lambda: _session_or_none(ip), job))
@@ -90,7 +100,8 @@ def _session_or_none(ip: Any) -> Session | None:
 
 
 def unregister_displays(ip: Any) -> None:
-    for mime, typ in (("text/markdown", Result), ("text/html", ".".join(_COMPARISON))):
+    for mime, typ in (("text/markdown", Result), ("text/html", ".".join(_COMPARISON)),
+                      ("text/html", ".".join(_EVALUATION))):
         formatter = _formatter(ip, mime)
         if formatter is not None:
             with suppress(KeyError):
@@ -142,9 +153,10 @@ def session(ip: Any = None) -> Session:
     return extension(ip).session
 
 
-def last() -> Result | Comparison | MapResult | None:
+def last() -> Result | Comparison | MapResult | Evaluation | None:
     """The last %%llm result of this shell (partial if it was interrupted; a Comparison
-    after a side-by-side cell), or None."""
+    after a side-by-side cell, a MapResult or Evaluation after ``map`` or ``evaluate``),
+    or None."""
     return session().last_result
 
 

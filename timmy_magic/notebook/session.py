@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
     from timmy_magic.context import Context
+    from timmy_magic.evals import Evaluation
     from timmy_magic.notebook.cached import CellCache
 
 INTERRUPTED = USER_INTERRUPT
@@ -108,7 +109,7 @@ class Session:
         self.router = router
         self.settings = settings
         self.conversation = Conversation()
-        self.last_result: Result | Comparison | MapResult | None = None
+        self.last_result: Result | Comparison | MapResult | Evaluation | None = None
         """The last answer (a ``Comparison`` after a side-by-side cell, a ``MapResult``
         after ``timmy_magic.map``)."""
         self.active: AnswerCollector | None = None
