@@ -37,11 +37,14 @@ def shipped_gemma_model() -> dict[str, object]:
             "stop": list(m.stop), "params": dict(m.params), "max_tokens": m.max_tokens}
 
 
-def _gemma_config(name: str, window: int | None = None) -> Callable[[str, Path], str]:
+def _gemma_config(name: str, window: int | None = None,
+                  tools: bool = False) -> Callable[[str, Path], str]:
     def write(url: str, work: Path) -> str:
         model = shipped_gemma_model()
         if window:
             model["context_window"] = window
+        if tools:  # the prompted protocol (a completion-mode model)
+            model["capabilities"] = ["tools"]
         doc = {"cascade": {"first_token_timeout_seconds": 60, "timeout_seconds": 120},
                "providers": [{"name": "local-gemma", "type": "llama_cpp", "base_url": url,
                               "models": [model]}]}
@@ -99,6 +102,7 @@ REPLAYED = {
     "06": Replayed("06-notebook-context.ipynb", ("llama",), _gemma_config("06", 2048)),
     "07": Replayed("07-structured-and-batch.ipynb", ("llama",), _gemma_config("07")),
     "08": Replayed("08-side-by-side.ipynb", ("llama", "vllm")),
+    "09": Replayed("09-tools.ipynb", ("llama",), _gemma_config("09", tools=True)),
     "10": Replayed("10-background.ipynb", ("llama",), _gemma_config("10")),
     # the notebook writes its own providers.yaml (local-gemma two ways) from LLAMA_SERVER_URL
     "11": Replayed("11-evaluate.ipynb", ("llama",), data=("data/capitals.csv",)),

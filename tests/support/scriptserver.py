@@ -43,10 +43,18 @@ class ScriptServer(_LoopServer):
         self.dropped = 0
         self.last_post: tuple[str, dict[str, object]] | None = None
         """The path and JSON body of the last POST (what the adapter asked)."""
+        self.queue: list[Script] = []
+        """Scripts for the next chat requests, one each in order (then ``current``)."""
+        self.posts: list[tuple[str, dict[str, object]]] = []
+        """Every POST's path and JSON body, in order."""
 
     def script(self, reads: list[bytes], content_type: str = "text/event-stream",
                status: int = 200, pause: float = 0.0, endless: bytes | None = None) -> None:
         self.current = Script(list(reads), content_type, status, pause, endless)
+
+    def turns(self, *reads: list[bytes], content_type: str = "text/event-stream") -> None:
+        """One script per coming chat request (a multi-turn exchange: tool calls)."""
+        self.queue = [Script(list(r), content_type) for r in reads]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -72,13 +80,14 @@ class ScriptServer(_LoopServer):
                 self.last_post = (path, json.loads(raw or b"{}"))
             except ValueError:
                 self.last_post = (path, {})
+            self.posts.append(self.last_post)
             chats_here += 1
             if self.drop_reused and chats_here > 1:
                 self.dropped += 1
                 writer.close()
                 return
             self.chats += 1
-            sc = self.current
+            sc = self.queue.pop(0) if self.queue else self.current
             await out.start_chunked(sc.status, sc.content_type)
             for i, data in enumerate(sc.reads):
                 if i and sc.pause:

@@ -24,6 +24,7 @@ from timmy_magic.cache.keys import RequestFields, canonical_json
 from timmy_magic.cache.settings import ENV_VAR
 from timmy_magic.model.chat import Result, RouteTrace, Timings, Usage
 from timmy_magic.model.errors import TimmyError
+from timmy_magic.model.tools import ToolCall
 from timmy_magic.privacy.redact import REDACT
 from timmy_magic.text.markup import shorten
 
@@ -71,6 +72,8 @@ class CachedAnswer:
     timings: Timings
     created: str
     summary: str = ""
+    calls: tuple[ToolCall, ...] = ()
+    """A tool turn: the calls the model asked for (a tool loop runs them again)."""
 
     @classmethod
     def from_result(cls, result: Result, fields: RequestFields, *,
@@ -78,12 +81,12 @@ class CachedAnswer:
         """A complete answer as a cache value; None for a partial, failed or invalid one,
         and for one with no text (a usage chunk only, a reasoning model that only thought):
         replayed, it would answer ``''`` until the cache is cleared."""
-        if not result.ok or not result.text.strip():
+        if not result.ok or not (result.text.strip() or result.calls):
             return None
         return cls(text=result.text, provider=result.provider, model=result.model,
                    usage=result.usage, timings=result.timings,
                    created=iso(time.time() if now is None else now),
-                   summary=fields.summary())
+                   summary=fields.summary(), calls=result.calls)
 
     def note(self) -> str:
         """For the footer: ``cached · local-gemma · 2025-05-01``."""
@@ -95,13 +98,13 @@ class CachedAnswer:
                       usage=self.usage, timings=self.timings, trace=trace or RouteTrace(),
                       notes=((f"answered from the cache: recorded {self.created[:16]} UTC "
                               f"from {self.provider or 'an unknown provider'}"),),
-                      cached=True)
+                      cached=True, calls=self.calls)
 
     def redacted(self) -> CachedAnswer:
         return CachedAnswer(
             text=REDACT(self.text), provider=_redact_opt(self.provider),
             model=_redact_opt(self.model), usage=self.usage, timings=self.timings,
-            created=self.created, summary=REDACT(self.summary))
+            created=self.created, summary=REDACT(self.summary), calls=self.calls)
 
     def to_json(self) -> str:
         u, t = self.usage, self.timings
@@ -111,7 +114,8 @@ class CachedAnswer:
                       "estimated": u.estimated},
             "timings": {"ttft_s": _finite(t.ttft_s), "total_s": _finite(t.total_s) or 0.0,
                         "output_tokens_per_s": _finite(t.output_tokens_per_s)},
-            "created": self.created, "summary": self.summary})
+            "created": self.created, "summary": self.summary,
+            **({"calls": [c.canonical() for c in self.calls]} if self.calls else {})})
 
     @classmethod
     def from_json(cls, text: str) -> CachedAnswer:
@@ -126,7 +130,9 @@ class CachedAnswer:
                         bool(u["estimated"])),
             timings=Timings(_opt_float(t["ttft_s"]), _opt_float(t["total_s"]) or 0.0,
                             _opt_float(t["output_tokens_per_s"])),
-            created=_str(d["created"]), summary=_str(d.get("summary", "")))
+            created=_str(d["created"]), summary=_str(d.get("summary", "")),
+            calls=tuple(ToolCall(_str(c["id"]), _str(c["name"]), _str(c["arguments"]))
+                        for c in d.get("calls", ())))
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ class RequestFields:
     """``chat`` or ``completion``: the same prompt asked two ways answers differently."""
     options: Mapping[str, Any] = field(default_factory=dict)
     """Any other option that changes the answer (``stop``, ``top_p``, ``seed``...)."""
+    tools: Sequence[Mapping[str, Any]] = ()
+    """The tools offered (``ToolSpec.canonical``): name, description, parameters."""
 
     @classmethod
     def of(cls, req: ChatRequest, **kw: Any) -> RequestFields:
@@ -64,7 +66,8 @@ class RequestFields:
         base = {"messages": req.messages, "model": req.model,
                 "temperature": req.temperature, "max_tokens": req.max_tokens,
                 "provider": req.provider,
-                "schema": req.schema.canonical() if req.schema is not None else None}
+                "schema": req.schema.canonical() if req.schema is not None else None,
+                "tools": tuple(t.canonical() for t in req.tools)}
         return cls(**{**base, **kw})
 
     @classmethod
@@ -88,7 +91,9 @@ class RequestFields:
             sent_settings(req, p, config.cascade) for p in config.providers if p.enabled]})
 
     def canonical(self) -> dict[str, Any]:
+        tools = {"tools": [dict(t) for t in self.tools]} if self.tools else {}
         return {
+            **tools,
             "v": KEY_VERSION,
             "messages": [_canonical_message(m) for m in self.messages],
             "model": self.model,
@@ -145,6 +150,10 @@ def _canonical_schema(schema: Mapping[str, Any] | str | None) -> Any:
 
 def _canonical_message(m: Message | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(m, Message):
+        if m.tool_calls or m.role == "tool":  # a tool conversation: calls and results
+            return {"role": m.role, "content": m.text, "name": m.name,
+                    "tool_call_id": m.tool_call_id,
+                    "tool_calls": [c.canonical() for c in m.tool_calls]}
         if isinstance(m.content, str):
             return {"role": m.role, "content": m.content}
         return {"role": m.role, "content": _canonical_content(openai_content(m))}

@@ -199,7 +199,7 @@ class AnswerCache:
                         reason(exc))
             self._delete(conn, key)
             return None
-        if not answer.text.strip():  # never recorded now; a file may still hold one
+        if not answer.text.strip() and not answer.calls:  # never recorded now (but a tool turn)
             log.warning("answer cache %s: an entry with no text was dropped", self.path)
             self._delete(conn, key)
             return None

@@ -121,6 +121,11 @@ class ModelConfig(_Model):
     (the embedded Gemma 3 270M) answers well only this way. The name LiteLLM uses."""
     temperature: Annotated[float | None, number(0, 2, optional=True)] = None
     """Default temperature for this model when a request sets none."""
+    tool_protocol: Literal["native", "prompted"] | None = None
+    """With ``capabilities: [tools]``: how tools are offered. ``native``: the API's own
+    ``tools`` field; ``prompted``: described in the prompt, the reply constrained by a
+    JSON schema (``tools/prompted.py``). Unset: prompted for ``mode: completion``,
+    native otherwise."""
     stop: Annotated[tuple[str, ...], BeforeValidator(stop_strings)] = ()
     """Stop strings sent with every request to this model (OpenAI-compatible types)."""
     params: Annotated[dict[str, Any], PlainValidator(body_params)] = {}

@@ -10,12 +10,13 @@ import base64
 import binascii
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Union
 
 from timmy_magic.model.errors import InvalidRequest, RoutingError
 from timmy_magic.model.schema import Schema
 from timmy_magic.model.tokens import estimate_tokens, image_tokens
+from timmy_magic.model.tools import ToolCall, ToolRan, ToolRecord, ToolSpec
 from timmy_magic.model.trace import Attempt as Attempt  # re-exported: the trace is part of a Result
 from timmy_magic.model.trace import RouteTrace as RouteTrace
 from timmy_magic.model.trace import Skip as Skip
@@ -23,7 +24,7 @@ from timmy_magic.model.trace import SkipReason as SkipReason
 from timmy_magic.privacy.masking import Masker
 from timmy_magic.text.markup import shorten
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 # A provider's health is four separate facts; the badge shows one state made of them
 # (``health.report``), and planning reads only what it needs (``cascade._health``).
@@ -163,6 +164,12 @@ class Message:
     role: Role
     content: Content
     """Text, or a tuple of parts (text and images): ``content_parts`` checks it."""
+    tool_calls: tuple[ToolCall, ...] = ()
+    """An assistant message: the calls the model asked for in that turn."""
+    tool_call_id: str | None = None
+    """A ``tool`` message: the id of the call whose result it holds."""
+    name: str | None = None
+    """A ``tool`` message: the name of the function that ran."""
 
     def __post_init__(self) -> None:
         if type(self.content) is not str:
@@ -193,6 +200,9 @@ class ChatRequest:
     schema: Schema | None = None
     """The answer must match it (``structured.Schema``; a pydantic class or a JSON-schema
     dict is made into one): sent as each server's constrained decoding, checked here."""
+    tools: tuple[ToolSpec, ...] = ()
+    """Functions the model may call (``tools.Tool.spec``); only providers whose model
+    declares ``capabilities: [tools]`` are tried."""
     instruct: bool = False
     """An assistant's task (``%llm fix``, ``explain``): only a model that follows
     instructions can do it, so a ``mode: completion`` model (a base model that continues
@@ -218,6 +228,10 @@ class ChatRequest:
     def needs_vision(self) -> bool:
         """A message holds an image: only providers whose model has ``vision`` can take it."""
         return any(type(m.content) is tuple and m.images for m in self.messages)
+
+    @property
+    def needs_tools(self) -> bool:
+        return bool(self.tools)
 
     @property
     def input_tokens(self) -> int:
@@ -252,7 +266,7 @@ def _masked_messages(messages: tuple[Message, ...]) -> tuple[Message, ...]:
                         for p in c)
         if new != c:
             changed = True
-            m = Message(m.role, new)
+            m = replace(m, content=new)
         out.append(m)
     return tuple(out) if changed else messages
 
@@ -304,6 +318,13 @@ class Result:
     """With a schema: the validated answer (an instance of the pydantic class, or JSON
     values for a JSON-schema dict). None without one, or when the answer was invalid
     (``error`` then says why, ``text`` holds what the model wrote)."""
+    calls: tuple[ToolCall, ...] = ()
+    """The tool calls the model asked for in this turn (not run yet: a tool loop runs
+    them and asks again)."""
+    tool_calls: tuple[ToolRecord, ...] = ()
+    """After a tool loop: every call, in order, with its result or error."""
+    rounds: int = 0
+    """After a tool loop: how many times the model asked for calls."""
 
     @property
     def ok(self) -> bool:
@@ -329,6 +350,10 @@ class Result:
         parts.append(f"{t.total_s:.2f}s total")
         if self.cost_usd:
             parts.append(f"${self.cost_usd:.4f}")
+        if self.rounds:
+            calls = len(self.tool_calls)
+            parts.append(f"{calls} tool call{'s' if calls != 1 else ''} in "
+                         f"{self.rounds} round{'s' if self.rounds != 1 else ''}")
         return " ".join(plain(" · ".join(parts)).split())
 
     def __str__(self) -> str:
@@ -383,7 +408,7 @@ class Failed:
     error: RoutingError
 
 
-Event = Union[Delta, Trying, Status, Discard, Done]  # noqa: UP007
+Event = Union[Delta, Trying, Status, Discard, Done, ToolRan]  # noqa: UP007
 
 
 # ---------------------------------------------------------------- health

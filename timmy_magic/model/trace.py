@@ -10,7 +10,7 @@ from typing import Literal
 SkipReason = Literal[
     "pinned_elsewhere", "disabled", "not_configured", "not_installed", "circuit_open",
     "cloud_gate", "unhealthy", "misconfigured", "no_model", "stopped",
-    "no_vision", "context_window", "completion_model",
+    "no_vision", "context_window", "no_tools", "completion_model",
 ]
 
 

@@ -31,9 +31,11 @@ from timmy_magic.notebook.history import Conversation, source_key
 from timmy_magic.notebook.session import INTERRUPTED as INTERRUPTED
 from timmy_magic.notebook.session import CellOptions, Session
 from timmy_magic.notebook.session import StreamInterrupted as StreamInterrupted
+from timmy_magic.notebook.tool_cells import cell_tools
 from timmy_magic.routing.router import Router
 from timmy_magic.text.formats import FORMATS, Format
 from timmy_magic.text.markup import shorten
+from timmy_magic.tools.loop import DEFAULT_MAX_ROUNDS
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
@@ -77,6 +79,9 @@ class TimmyMagics(Magics):
     max_tokens = Int(None, allow_none=True, help="Default --max-tokens.").tag(config=True)
     temperature = Float(None, allow_none=True, help="Default --temperature.").tag(config=True)
     show_trace = Bool(False, help="Show the route trace under every answer.").tag(config=True)
+    approve_tools = Enum(("ask", "always"), default_value="ask", help="--tools cells: "
+                         "ask before each call (through stdin), or run every call.").tag(
+                             config=True)
     display_mode = Enum(("auto", "rich", "terminal"), default_value="auto",
                         help="auto: live display in a notebook, tokens on stdout in a "
                         "terminal.").tag(config=True)
@@ -140,6 +145,12 @@ class TimmyMagics(Magics):
     @argument("--schema", metavar="NAME", help="the answer must match NAME, a pydantic "
               "model class or a JSON-schema dict in the kernel (implies -f json; VAR.data "
               "holds the validated value)")
+    @argument("--tools", metavar="f,g", help="kernel functions the model may call; each "
+              "call is shown and approved (y/n/a) before it runs")
+    @argument("--yes", action="store_true", help="--tools: run every call of this cell "
+              "without asking")
+    @argument("--max-tool-rounds", type=int, metavar="N", default=DEFAULT_MAX_ROUNDS,
+              help=f"--tools: most rounds of calls (default {DEFAULT_MAX_ROUNDS})")
     @argument("--no-stream", action="store_true", help="show the answer only when complete")
     @argument("--chat", action="store_true", help="remember this exchange (conversation)")
     @argument("--new", action="store_true", help="start a new conversation with this cell")
@@ -229,6 +240,7 @@ class TimmyMagics(Magics):
             raise UsageError("--bg -f code: the new cell would be inserted wherever you are "
                              "by then; run it in the foreground, or -f markdown and take "
                              "the code from VAR.result().text")
+        tools = self._tools(args, schema, len(providers) > 1 or len(models) > 1)
         return CellOptions(provider, source, args.model or self.default_model, temperature,
                            max_tokens, fmt, args.out,
                            not args.no_stream, args.chat or args.new, args.new,
@@ -236,7 +248,26 @@ class TimmyMagics(Magics):
                            args.cache, args.cells,
                            _var_names(args.vars), args.error, args.show_context,
                            providers if len(providers) > 1 else (),
-                           models if len(models) > 1 else (), schema, args.bg), args
+                           models if len(models) > 1 else (), schema, args.bg, tools,
+                           args.yes, args.max_tool_rounds), args
+
+    def _tools(self, args: Any, schema: Schema | None, side_by_side: bool) -> tuple[Any, ...]:
+        """--tools f,g as Tools, or a one-line UsageError."""
+        if args.max_tool_rounds < 1:
+            raise UsageError(f"--max-tool-rounds {args.max_tool_rounds}: must be at least 1")
+        if not args.tools:
+            if args.yes:
+                raise UsageError("--yes approves tool calls: it needs --tools f,g")
+            return ()
+        if schema is not None:
+            raise UsageError("--tools and --schema do not go together: the answer of a "
+                             "tool cell is text")
+        if side_by_side:
+            raise UsageError("--tools does not apply side by side: ask one provider")
+        if args.bg:
+            raise UsageError("--tools runs in the foreground: each call is approved as it "
+                             "comes (leave out --bg)")
+        return cell_tools(_names(args.tools), self.ip.user_ns)
 
     def _schema(self, name: str | None) -> Schema | None:
         """--schema NAME: the kernel variable NAME made into a Schema, or a one-line

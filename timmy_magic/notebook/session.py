@@ -28,6 +28,7 @@ from timmy_magic.jobs import Job, JobBoard
 from timmy_magic.model.chat import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.model.schema import JSONAnswerError, Schema, parse_json
+from timmy_magic.notebook import tool_cells
 from timmy_magic.notebook.display.failures import ErrorBlock, describe_failure
 from timmy_magic.notebook.display.render import (
     USER_INTERRUPT,
@@ -45,6 +46,8 @@ from timmy_magic.routing.router import Router
 from timmy_magic.routing.runner import Tick
 from timmy_magic.text.formats import Format, extract_code
 from timmy_magic.text.markup import count
+from timmy_magic.tools import Tool
+from timmy_magic.tools.loop import DEFAULT_MAX_ROUNDS
 
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
@@ -99,6 +102,9 @@ class CellOptions:
     """--schema NAME: the answer must match it (``VAR.data`` holds the validated value)."""
     background: bool = False
     """--bg: return at once with a ``Job``; the answer streams into the cell's output."""
+    tools: tuple[Tool, ...] = ()  # --tools f,g, --yes, --max-tool-rounds (tool_cells)
+    approve_all: bool = False
+    max_tool_rounds: int = DEFAULT_MAX_ROUNDS
 
 
 class Session:
@@ -118,6 +124,7 @@ class Session:
         self.jobs = JobBoard()
         """This session's background jobs (``--bg``, ``map(background=True)``)."""
         atexit.register(self.jobs.cancel_all)  # kernel shutdown: no stream left open
+        self.always_approved: set[str] = set()  # tools answered "always" (tool_cells)
 
     @cached_property
     def answers(self) -> CellCache:
@@ -167,6 +174,8 @@ class Session:
         view = self._view(opts)
         notes = self._context_notes(ctx, opts, vision)
         fields, mode = self.answers.fields(req, opts.fmt, opts.cache)
+        if opts.tools:  # each turn is looked up and recorded on its own (tool_cells)
+            fields, view = None, tool_cells.view(view, opts, mode)
         try:
             hit = self.answers.lookup(fields, mode, req.schema)
         except ReplayMiss as exc:
@@ -193,6 +202,9 @@ class Session:
         if hit is None:
             try:
                 result, interrupted = self._answer(req, opts, view)
+            except ReplayMiss as exc:  # a tool turn not recorded
+                view.fail(ErrorBlock("replay: no recorded answer", str(exc), (), REPLAY_HINTS))
+                return None
             except RoutingError as exc:
                 view.fail(self.failure(exc, opts))
                 return None
@@ -279,7 +291,8 @@ class Session:
             return NotebookView(opts.fmt, self.settings.updates_per_second, live=opts.stream)
         return TerminalView(live=opts.stream and not opts.background)
 
-    def _events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
+    def events(self, req: ChatRequest, live: bool) -> Iterator[Event | Tick]:
+        """One request's events from the router, ticking for a live view."""
         ups = self.settings.updates_per_second
         if not live or ups <= 0:
             return self.router.stream(req, cache=False)  # looked up already (self.answers)
@@ -292,7 +305,9 @@ class Session:
         clock = time.monotonic
         got = self.active = AnswerCollector(clock())
         view.start(got.t0)
-        events = self._events(req, opts.stream and isinstance(view, NotebookView))
+        live = opts.stream and isinstance(view, NotebookView)
+        events = (tool_cells.events(self, req, opts, live) if opts.tools
+                  else self.events(req, live))
         try:
             return consume(events, view, got, clock), False
         except KeyboardInterrupt:

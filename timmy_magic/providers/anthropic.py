@@ -36,6 +36,7 @@ from timmy_magic.providers.base import (
 )
 from timmy_magic.providers.openai_compat import strip_v1
 from timmy_magic.providers.parts import anthropic_content
+from timmy_magic.providers.tool_calls import CallAssembler, anthropic_messages, anthropic_tools
 from timmy_magic.providers.wire import (
     TextJoiner,
     WireError,
@@ -66,14 +67,15 @@ class AnthropicBackend:
         payload: dict[str, Any] = {
             "model": model, "stream": True,
             "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": [{"role": m.role, "content": anthropic_content(m)}
-                         for m in request.messages if m.role != "system"]}
+            "messages": anthropic_messages(request.messages, anthropic_content)}
         if system:
             payload["system"] = system
         if request.temperature is not None:
             payload["temperature"] = request.temperature
+        if request.tools:
+            payload["tools"] = anthropic_tools(request.tools)
         schema = request.schema
-        if schema is not None and schema.json.get("type") == "object":
+        if schema is not None and schema.json.get("type") == "object" and not request.tools:
             # Anthropic's structured output: one tool whose input is the answer, forced.
             # Its input streams as input_json_delta, passed on as the answer's text. (A
             # schema whose top is not an object cannot be a tool's input: those rely on
@@ -95,17 +97,18 @@ class AnthropicBackend:
                                    payload=payload, headers=self._headers,
                                    provider=self.provider,
                                    content_type="text/event-stream") as r:
-                async for chunk in self._chunks(r, forced):
+                async for chunk in self._chunks(r, forced, "tools" in payload and not forced):
                     yield chunk
 
-    async def _chunks(self, r: httpx.Response, answer_tool: str | None = None
-                      ) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response, answer_tool: str | None = None,
+                      offered: bool = False) -> AsyncIterator[Chunk]:
         """``answer_tool``: the forced tool of a schema request, whose input is the answer."""
         input_tokens: int | None = None
         answering = False
         started = cut = False
         joiner = TextJoiner()
         reasoning = tools = 0
+        asked = CallAssembler()  # offered tools: each tool_use block by its index
         body = Body(r)
         async for event, data in body.sse():
             obj = loads(data)
@@ -127,6 +130,8 @@ class AnthropicBackend:
                 if isinstance(block, dict) and block.get("type") == "tool_use":
                     if block.get("name") == answer_tool:
                         answering = True  # the forced tool: its input is the answer
+                    elif offered:
+                        asked.part(obj.get("index"), block.get("id"), block.get("name"))
                     else:
                         tools += 1
             elif kind == "content_block_delta":
@@ -137,6 +142,8 @@ class AnthropicBackend:
                     text = joiner.push(content_text(delta.get("text")))
                     if text:
                         yield Chunk(text=text)
+                elif delta.get("type") == "input_json_delta" and offered:
+                    asked.part(obj.get("index"), arguments=delta.get("partial_json"))
                 elif delta.get("type") == "input_json_delta" and answering:
                     text = joiner.push(content_text(delta.get("partial_json")))
                     if text:
@@ -159,6 +166,8 @@ class AnthropicBackend:
                     yield Chunk(text=tail)
                 if note := extras_note(reasoning, tools):
                     yield Chunk(note=note)
+                if asked:
+                    yield Chunk(calls=asked.calls())
                 if cut:
                     yield Chunk(note=LIMIT_NOTE)
                 await body.drain()

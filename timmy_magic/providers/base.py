@@ -25,6 +25,7 @@ from timmy_magic.model.errors import (
     ProviderProtocolError,
     ProviderTimeout,
 )
+from timmy_magic.model.tools import ToolCall
 from timmy_magic.privacy.redact import redact_http_logs
 from timmy_magic.providers.wire import LineSplitter, SSEReader, WireError, loads, token_count
 from timmy_magic.text.markup import count, shorten
@@ -44,6 +45,8 @@ class Chunk:
     model: str | None = None
     note: str | None = None
     """What the answer held that is not shown as text (reasoning, tool calls)."""
+    calls: tuple[ToolCall, ...] = ()
+    """The tool calls the answer asked for (a request that offered ``tools``)."""
 
 
 def usage_of(input_tokens: Any, output_tokens: Any) -> Usage:

@@ -12,6 +12,7 @@ from typing import Any
 
 from timmy_magic.model.errors import ProviderProtocolError
 from timmy_magic.providers.base import LIMIT_NOTE, Chunk, error_text, extras_note, usage_of
+from timmy_magic.providers.tool_calls import CallAssembler
 from timmy_magic.providers.wire import (
     TextJoiner,
     WireError,
@@ -26,11 +27,15 @@ class ChatEvents:
     dict) into Chunks, every value a server controls checked (``wire``); ``end`` gives
     what is left and says whether the stream ended as it should."""
 
-    __slots__ = ("completion", "cut", "finished", "first", "joiner", "provider",
-                 "reasoning", "tools")
+    __slots__ = ("asked", "completion", "cut", "finished", "first", "joiner", "offered",
+                 "provider", "reasoning", "tools")
 
-    def __init__(self, provider: str, completion: bool = False) -> None:
-        self.provider, self.completion = provider, completion
+    def __init__(self, provider: str, completion: bool = False, offered: bool = False
+                 ) -> None:
+        """``offered``: the request offered tools; the answer's calls are assembled from
+        their fragments (``tool_calls.CallAssembler``) instead of counted in a note."""
+        self.provider, self.completion, self.offered = provider, completion, offered
+        self.asked = CallAssembler()
         self.first, self.finished, self.cut = True, False, False
         self.joiner = TextJoiner()
         self.reasoning = 0
@@ -69,7 +74,9 @@ class ChatEvents:
             thought = delta.get("reasoning_content") or delta.get("reasoning")
             self.reasoning += len(thought) if isinstance(thought, str) else 0
             calls = delta.get("tool_calls")
-            if isinstance(calls, list):
+            if self.offered and calls is not None:
+                self.asked.openai_delta(calls)
+            elif isinstance(calls, list):
                 self.tools.update(repr(c.get("index", i)) if isinstance(c, dict) else str(i)
                                   for i, c in enumerate(calls))
         if reason := choice.get("finish_reason"):
@@ -81,6 +88,8 @@ class ChatEvents:
         out = [Chunk(text=tail)] if (tail := self.joiner.flush()) else []
         if note := extras_note(self.reasoning, len(self.tools)):
             out.append(Chunk(note=note))
+        if self.asked:
+            out.append(Chunk(calls=self.asked.calls()))
         if self.cut:
             out.append(Chunk(note=LIMIT_NOTE))
         return out

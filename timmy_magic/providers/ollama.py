@@ -31,6 +31,8 @@ from timmy_magic.providers.base import (
 )
 from timmy_magic.providers.openai_compat import strip_v1
 from timmy_magic.providers.parts import ollama_message
+from timmy_magic.providers.tool_calls import CallAssembler, openai_tools
+from timmy_magic.providers.tool_calls import ollama_message as tool_message
 from timmy_magic.providers.wire import TextJoiner, WireError, content_text, model_name, token_count
 
 if TYPE_CHECKING:
@@ -59,14 +61,16 @@ class OllamaBackend:
             options["num_predict"] = request.max_tokens
         payload: dict[str, Any] = {
             "model": name, "stream": True, "options": options,
-            "messages": [ollama_message(m) for m in request.messages]}
+            "messages": [tool_message(m, ollama_message(m)) for m in request.messages]}
+        if request.tools:
+            payload["tools"] = openai_tools(request.tools)
         if request.schema is not None:
             payload["format"] = request.schema.json  # Ollama's structured outputs
         with mapped_errors(self.provider):
             async with post_stream(self._http, self._root + "/api/chat", payload=payload,
                                    headers=None, provider=self.provider,
                                    content_type=None) as r:
-                async for chunk in self._chunks(r):
+                async for chunk in self._chunks(r, bool(request.tools)):
                     yield chunk
 
     async def _first_model(self) -> str:
@@ -81,8 +85,10 @@ class OllamaBackend:
                                         provider=self.provider)
         return self.served_models[0]
 
-    async def _chunks(self, r: httpx.Response) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response, offered: bool = False
+                      ) -> AsyncIterator[Chunk]:
         first = True
+        asked = CallAssembler()  # offered tools: each call arrives whole
         joiner = TextJoiner()
         reasoning = tools = 0
         body = Body(r)
@@ -105,12 +111,21 @@ class OllamaBackend:
             thought = message.get("thinking")
             reasoning += len(thought) if isinstance(thought, str) else 0
             calls = message.get("tool_calls")
-            tools += len(calls) if isinstance(calls, list) else 0
+            if offered and calls is not None:
+                if not isinstance(calls, list):
+                    raise WireError("tool_calls is not a list")
+                for c in calls:
+                    asked.openai_delta([{**c, "index": len(asked)}] if isinstance(c, dict)
+                                       else [c])
+            else:
+                tools += len(calls) if isinstance(calls, list) else 0
             if obj.get("done"):
                 if tail := joiner.flush():
                     yield Chunk(text=tail)
                 if note := extras_note(reasoning, tools):
                     yield Chunk(note=note)
+                if asked:
+                    yield Chunk(calls=asked.calls())
                 if obj.get("done_reason") == "length":
                     yield Chunk(note=LIMIT_NOTE)
                 yield Chunk(usage=usage_of(obj.get("prompt_eval_count"), obj.get("eval_count")))

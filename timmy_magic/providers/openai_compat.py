@@ -54,6 +54,7 @@ from timmy_magic.providers.base import (
 )
 from timmy_magic.providers.chat_events import ChatEvents
 from timmy_magic.providers.parts import openai_content
+from timmy_magic.providers.tool_calls import CallAssembler, openai_message, openai_tools
 from timmy_magic.providers.wire import (
     TextJoiner,
     WireError,
@@ -185,8 +186,11 @@ class OpenAICompatBackend:
         if mc is not None and mc.mode == "completion":
             payload["prompt"], stops = completion_prompt(request.messages)
         else:
-            payload["messages"] = [{"role": m.role, "content": openai_content(m)}
-                                   for m in request.messages]
+            payload["messages"] = [
+                openai_message(m, openai_content(m)) if m.role == "tool" or m.tool_calls
+                else {"role": m.role, "content": openai_content(m)} for m in request.messages]
+            if request.tools:
+                payload["tools"] = openai_tools(request.tools)
         if stream:
             payload["stream_options"] = {"include_usage": True}
         if request.temperature is not None:
@@ -218,7 +222,7 @@ class OpenAICompatBackend:
                                    payload=payload, headers=self._headers,
                                    provider=self.provider,
                                    content_type="text/event-stream") as r:
-                async for chunk in self._chunks(r, "prompt" in payload):
+                async for chunk in self._chunks(r, "prompt" in payload, "tools" in payload):
                     yield chunk
 
     async def complete(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
@@ -232,10 +236,11 @@ class OpenAICompatBackend:
                                    provider=self.provider,
                                    content_type="application/json") as r:
                 raw = await Body(r).read()
-            for chunk in self._whole(raw, "prompt" in payload):
+            for chunk in self._whole(raw, "prompt" in payload, "tools" in payload):
                 yield chunk
 
-    def _whole(self, raw: bytes, completion: bool = False) -> list[Chunk]:
+    def _whole(self, raw: bytes, completion: bool = False, offered: bool = False
+               ) -> list[Chunk]:
         """A ``chat.completion`` (or, ``completion``, a ``text_completion``) object ->
         Chunks, every server value checked (``wire``)."""
         obj = loads(raw.decode("utf-8", "replace"))
@@ -258,6 +263,10 @@ class OpenAICompatBackend:
             out.append(Chunk(text=text))
         thought = message.get("reasoning_content") or message.get("reasoning")
         calls = message.get("tool_calls")
+        if offered and calls:  # the calls the loop runs (providers/tool_calls.py)
+            (asked := CallAssembler()).openai_delta(calls)
+            out.append(Chunk(calls=asked.calls()))
+            calls = None
         if note := extras_note(len(thought) if isinstance(thought, str) else 0,
                                len(calls) if isinstance(calls, list) else 0):
             out.append(Chunk(note=note))
@@ -269,13 +278,13 @@ class OpenAICompatBackend:
                                             usage.get("completion_tokens"))))
         return out
 
-    async def _chunks(self, r: httpx.Response, completion: bool = False
-                      ) -> AsyncIterator[Chunk]:
+    async def _chunks(self, r: httpx.Response, completion: bool = False,
+                      offered: bool = False) -> AsyncIterator[Chunk]:
         """Chat completion chunks (or, ``completion``, plain completion chunks: the text in
         ``choices[0].text``) -> Chunks, a network read at a time (``ChatEvents`` decodes
         each event). Plain dicts, no SDK models: building a pydantic model per chunk cost
         more CPU than the rest of the router together."""
-        decode = ChatEvents(self.provider, completion)
+        decode = ChatEvents(self.provider, completion, offered)
         body = Body(r)
         done = False
         async for events in body.sse_reads():

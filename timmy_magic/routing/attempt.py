@@ -42,6 +42,7 @@ from timmy_magic.routing import gate as gate_mod
 from timmy_magic.routing.breaker import Permit
 from timmy_magic.routing.endpoints import Endpoint, ProviderState
 from timmy_magic.routing.state import Core, shown_url
+from timmy_magic.tools import prompted
 
 MIN_RATE_WINDOW_S = 0.01
 """Shortest time from the first to the last token over which tokens/s is reported."""
@@ -129,6 +130,7 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     usage: Usage | None = None
     served_model: str | None = None
     notes: list[str] = []
+    calls: tuple[Any, ...] = ()  # tool calls the answer asked for
     chunks = 0
     ttft: float | None = None
     ep.outstanding += 1
@@ -165,6 +167,8 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
                     usage = chunk.usage
                 if chunk.note:
                     notes.append(chunk.note)
+                if chunk.calls:
+                    calls += chunk.calls
                 if chunk.text:
                     now = core.clock()
                     if ttft is None:
@@ -233,12 +237,13 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
         notes.append(f"asked for model '{req.model}', which {st.name} does not configure; "
                      f"the server answered as '{served_model}'")
     if (asked and asked.mode == "completion" and error is None and req.messages
+            and not (req.schema is not None and req.schema.name == prompted.SCHEMA_NAME)
             and reads_as_instruction(req.messages[-1].text)):
         notes.append(f"{asked.name} is a base model (mode: completion): it continues text, "
                      "it does not follow instructions or answer questions. Write the start "
                      "of the answer ('A list comprehension is'), or add a chat model to "
                      "providers.yaml")
-    if not text and error is None and not notes:
+    if not text and error is None and not notes and not calls:
         notes.append("the model returned an empty answer" + (
             " (it continues the prompt's text: write the start of the answer, e.g. "
             "'A list comprehension is')" if asked and asked.mode == "completion" else ""))
@@ -246,7 +251,7 @@ async def attempt(core: Core, st: ProviderState, ep: Endpoint, permit: Permit,
     yield Done(Result(text, st.name, served_model or model, usage,
                       Timings(ttft, total, tok_s), RouteTrace(),
                       error=str(error) if error else None, cost_usd=cost,
-                      endpoint=shown_url(ep), notes=tuple(notes)))
+                      endpoint=shown_url(ep), notes=tuple(notes), calls=calls))
 
 
 def settle_usage(st: ProviderState, usage: Usage | None, req: ChatRequest, text: str,

@@ -19,6 +19,7 @@ from timmy_magic.model.chat import (
     Attempt,
     ChatRequest,
     ConfigState,
+    Delta,
     Discard,
     Done,
     Event,
@@ -45,6 +46,7 @@ from timmy_magic.routing.endpoints import Endpoint, ProviderState
 from timmy_magic.routing.planner import Plan, ProviderView, pick_endpoint, plan_route
 from timmy_magic.routing.state import Core, log, shown_url
 from timmy_magic.servers.launch import LaunchError
+from timmy_magic.tools import prompted
 
 
 def planning_state(badge: HealthState) -> ProbeState | ConfigState:
@@ -113,7 +115,8 @@ class Cascade:
             any(ep.breaker.state(now) == "half_open" for ep in eps),
             health.models, health.detail, asked,
             mc is not None and "vision" in mc.capabilities, st.context_window(model),
-            mc is not None and mc.mode == "completion", room)
+            mc is not None and mc.mode == "completion", room,
+            mc is not None and "tools" in mc.capabilities)
 
     def plan(self, pin: str | None = None, model: str | None = None,
              request: ChatRequest | None = None) -> Plan:
@@ -127,7 +130,8 @@ class Cascade:
             pin=pin, model=model, cloud_open=decision.open, cloud_reason=decision.reason,
             needs_vision=request is not None and request.needs_vision,
             input_tokens=request.input_tokens if request is not None else 0,
-            needs_instructions=request is not None and request.instruct)
+            needs_instructions=request is not None and request.instruct,
+            needs_tools=request is not None and request.needs_tools)
 
     async def _refresh_quota(self) -> None:
         """Read a stale quota signal in a worker thread (a command or user code may block
@@ -187,6 +191,9 @@ class Cascade:
             if not attempts and skip is not None and skip.reason == "no_vision":
                 raise PinnedProviderFailed(f"pinned provider '{pin}' cannot see images: "
                                            f"{skip.detail}", trace)
+            if not attempts and skip is not None and skip.reason == "no_tools":
+                raise PinnedProviderFailed(f"pinned provider '{pin}' cannot call tools: "
+                                           f"{skip.detail}", trace)
             if not attempts and skip is not None and skip.reason == "completion_model":
                 raise PinnedProviderFailed(f"pinned provider '{pin}' cannot follow "
                                            f"instructions: {skip.detail}", trace)
@@ -201,9 +208,14 @@ class Cascade:
                         whole: bool, invalid: list[Result]) -> AsyncIterator[Event]:
         """Attempts on one provider, with retries, each under a breaker permit. With a
         schema, an answer that does not match it is dropped (``Discard``), kept in
-        ``invalid``, and asked again with the error as the retry policy says."""
+        ``invalid``, and asked again with the error as the retry policy says. With tools
+        on a model without a native tool template, the prompted protocol: the reply is
+        held back until it is checked, then passed on as calls or as the answer."""
         core = self.core
         retry_no = invalid_no = 0
+        asked = req
+        if req.tools and _prompted(st, req.model):
+            req = prompted.request(req)
         sent = req
         while core.clock() < deadline:
             now = core.clock()
@@ -246,6 +258,12 @@ class Cascade:
                                     invalid.append(replace(ev.result, error=str(bad)))
                                     yield Discard(st.name, str(bad))
                                     break
+                                if req is not asked:
+                                    ev = Done(prompted.result(ev.result, asked))
+                                    if ev.result.text:
+                                        yield Delta(ev.result.text)
+                            elif req is not asked and isinstance(ev, Delta):
+                                continue  # the reply is JSON until checked
                             yield ev
                         else:
                             return
@@ -376,6 +394,17 @@ async def _checked(schema: Schema, text: str, time_left: float) -> Any:
     except TimeoutError:
         raise InvalidAnswer(f"{INVALID_PREFIX} checking it did not finish within the "
                             "request's deadline (timeout_seconds)") from None
+
+
+def _prompted(st: ProviderState, model: str | None) -> bool:
+    """Does this provider's model take tools through the prompted protocol? When it says
+    so (``tool_protocol: prompted``), or when it is asked as a completion (no chat
+    template, so no tool template either)."""
+    mc = st.cfg.model(st.model_for(model))
+    if mc is None:
+        return False
+    return mc.tool_protocol == "prompted" or (mc.tool_protocol is None
+                                               and mc.mode == "completion")
 
 
 def _no_provider_message(plan: Plan, attempts: list[Attempt], timeout: float) -> str:

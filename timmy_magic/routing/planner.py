@@ -46,6 +46,9 @@ class ProviderView:
     output_tokens: int = 0
     """The room the answer takes there: the request's max_tokens, else the model's, else
     the cascade's default."""
+    tools: bool = False
+    """That model declares ``capabilities: [tools]`` (natively, or through the prompted
+    protocol: ``tools/prompted.py``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,8 @@ _CONFIG_STATES: dict[str, SkipReason] = {
 
 def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: str | None = None,
                cloud_open: bool = True, cloud_reason: str = "", needs_vision: bool = False,
-               input_tokens: int = 0, needs_instructions: bool = False) -> Plan:
+               input_tokens: int = 0, needs_instructions: bool = False,
+               needs_tools: bool = False) -> Plan:
     """Order candidates by (priority, file order); skip with a reason each one that cannot
     be used now. A pinned provider is the only candidate: it is tried even when disabled or
     last seen down (the user asked for it), but never past an open circuit or a closed gate,
@@ -78,6 +82,8 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
     provider whose known window cannot hold it and the answer's room is skipped
     (``context_window``), unless pinned: the estimate is rough (4 characters a token), the
     caller has cut the context to that window, and the server has the last word.
+    ``needs_tools``: the request offers tools; a provider whose model does not declare
+    ``tools`` is skipped (``no_tools``), pinned or not (it could not call them).
     ``needs_instructions``: an assistant's task; a completion-mode model is skipped
     (``completion_model``), even pinned: it would answer junk, not an error.
     """
@@ -90,7 +96,7 @@ def plan_route(views: Sequence[ProviderView], *, pin: str | None = None, model: 
                                       cloud_open=cloud_open, cloud_reason=cloud_reason)
         if reason is None:
             reason, detail = _capability(v, pinned, needs_vision, input_tokens,
-                                         needs_instructions)
+                                         needs_instructions, needs_tools)
         if reason is None:
             order.append(v.name)
         else:
@@ -121,7 +127,8 @@ def _skip_reason(v: ProviderView, *, pin: str | None, pinned: bool, model: str |
 
 
 def _capability(v: ProviderView, pinned: bool, needs_vision: bool, input_tokens: int,
-                needs_instructions: bool = False) -> tuple[SkipReason | None, str]:
+                needs_instructions: bool = False, needs_tools: bool = False
+                ) -> tuple[SkipReason | None, str]:
     """Whether this provider's model can take this request (after every state check: a
     provider that is down says so first)."""
     if needs_instructions and v.completion:
@@ -131,6 +138,9 @@ def _capability(v: ProviderView, pinned: bool, needs_vision: bool, input_tokens:
     if needs_vision and not v.vision:
         what = f"model {v.model}" if v.model else "no model configured;"
         return "no_vision", f"{what} lacks capabilities: [vision]"
+    if needs_tools and not v.tools:
+        what = f"model {v.model}" if v.model else "no model configured;"
+        return "no_tools", f"{what} lacks capabilities: [tools]"
     need = input_tokens + v.output_tokens
     if v.window is not None and need > v.window and not pinned:
         return "context_window", f"{short_count(need)} tokens > {short_count(v.window)}"

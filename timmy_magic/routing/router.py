@@ -16,7 +16,14 @@ import asyncio
 import concurrent.futures
 import random
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterator,
+    Sequence,
+)
 from contextlib import aclosing
 from typing import Any, TypeVar
 
@@ -34,6 +41,8 @@ from timmy_magic.routing.retry import RetryPolicy
 from timmy_magic.routing.runner import Runner, Tick, bridge
 from timmy_magic.routing.state import ChangeKind, Core, log
 from timmy_magic.text.markup import count
+from timmy_magic.tools import Approve, ToolLoop
+from timmy_magic.tools.loop import DEFAULT_MAX_ROUNDS
 
 __all__ = ["ChangeKind", "Router"]
 T = TypeVar("T")
@@ -173,20 +182,33 @@ class Router:
         return self.provider(provider).capabilities(model)
 
     async def astream(self, request: ChatRequest | str, *, cache: bool | None = None,
+                      tools: Sequence[Any] = (), approve: Approve = True,
+                      max_tool_rounds: int = DEFAULT_MAX_ROUNDS,
                       **kw: Any) -> AsyncGenerator[Event, None]:
         """Stream events for one request: Trying..., Delta..., then exactly one Done.
         Raises RoutingError when no provider produced a first token. From the cache
-        (``cache``): the recorded text in one Delta, then Done."""
+        (``cache``): the recorded text in one Delta, then Done. With ``tools``: each
+        turn's events and a ``ToolRan`` after each call (see ``complete``)."""
         req = ChatRequest.of(request, **kw)
+        if tools:
+            loop = ToolLoop(req, tools, approve, max_tool_rounds)
+            async for item in loop.aevents(lambda r: self.astream(r, cache=cache)):
+                yield item
+            return
         async for ev in self._answers.aevents(
                 req, cache, lambda: self.runner.aiterate(lambda: self._cascade.stream(req))):
             yield ev
 
     def stream(self, request: ChatRequest | str, *, tick_every: float | None = None,
-               cache: bool | None = None, **kw: Any) -> Iterator[Event | Tick]:
+               cache: bool | None = None, tools: Sequence[Any] = (),
+               approve: Approve = True, max_tool_rounds: int = DEFAULT_MAX_ROUNDS,
+               **kw: Any) -> Iterator[Event | Tick]:
         """``astream`` for synchronous code. With ``tick_every``, a ``Tick`` comes
         whenever no event came for that long (a live display's chance to redraw)."""
         req = ChatRequest.of(request, **kw)
+        if tools:
+            loop = ToolLoop(req, tools, approve, max_tool_rounds)
+            return loop.events(lambda r: self.stream(r, tick_every=tick_every, cache=cache))
         return self._answers.events(
             req, cache, lambda: bridge(self.runner, self._cascade.stream(req), tick_every))
 
@@ -209,9 +231,14 @@ class Router:
     # its Result comes back (a thread hand-off per event cost more CPU than the router's
     # own work: docs/performance.md).
     async def acomplete(self, request: ChatRequest | str, *, stream: bool = True,
-                        cache: bool | None = None, **kw: Any) -> Result:
+                        cache: bool | None = None, tools: Sequence[Any] = (),
+                        approve: Approve = True, max_tool_rounds: int = DEFAULT_MAX_ROUNDS,
+                        **kw: Any) -> Result:
         """The answer to one request (see ``complete``)."""
         req = ChatRequest.of(request, **kw)
+        if tools:
+            return await ToolLoop(req, tools, approve, max_tool_rounds).arun_turns(
+                lambda r: self.acomplete(r, stream=stream, cache=cache))
         runner = self.runner
 
         def live() -> Awaitable[Result]:
@@ -221,7 +248,9 @@ class Router:
         return await self._answers.aanswer(req, cache, live)
 
     def complete(self, request: ChatRequest | str, *, stream: bool = True,
-                 cache: bool | None = None, **kw: Any) -> Result:
+                 cache: bool | None = None, tools: Sequence[Any] = (),
+                 approve: Approve = True, max_tool_rounds: int = DEFAULT_MAX_ROUNDS,
+                 **kw: Any) -> Result:
         """The answer to one request, for synchronous code. Raises RoutingError when no
         provider produced a first token.
 
@@ -232,8 +261,18 @@ class Router:
         to the next provider. The first-token deadline then covers the whole body.
 
         ``cache``: see ``Router.cache``; a hit is the recorded answer (``Result.cached``),
-        and in replay a miss is a ``ReplayMiss`` (nothing is sent)."""
+        and in replay a miss is a ``ReplayMiss`` (nothing is sent).
+
+        ``tools``: functions (or bound methods) the model may call. Each call the model
+        asks for is checked against the function's signature, approved (``approve``:
+        True, False, or ``callable(PendingCall) -> bool``) and run in this thread; the
+        results go back to the model until it answers with text, or for at most
+        ``max_tool_rounds`` rounds. ``Result.tool_calls`` lists every call. Only
+        providers whose model declares ``capabilities: [tools]`` are tried."""
         req = ChatRequest.of(request, **kw)
+        if tools:
+            return ToolLoop(req, tools, approve, max_tool_rounds).run_turns(
+                lambda r: self.complete(r, stream=stream, cache=cache))
         return self._answers.answer(req, cache, lambda: self.runner.call(
             self._answer(req, whole=not stream), "Router.complete"))
 

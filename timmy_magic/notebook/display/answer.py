@@ -74,6 +74,18 @@ def markdown_tail(result: Result, notes: tuple[str, ...] = ()) -> str:
     return tail + "".join(f"\n\n> {md(n)}" for n in _notes(result, notes))
 
 
+def calls_markdown(lines: list[str] | tuple[str, ...]) -> str:
+    """The tool calls of a cell, one list item each (``ToolRecord.line``), escaped: the
+    arguments and results come from a model and from kernel functions."""
+    if not lines:
+        return ""
+    return "**Tool calls**\n\n" + "\n".join(f"- {md(ln)}" for ln in lines) + "\n\n"
+
+
+def calls_plain(lines: list[str] | tuple[str, ...]) -> str:
+    return "".join(f"[tool] {plain(ln)}\n" for ln in lines) + ("\n" if lines else "")
+
+
 def answer_markdown(result: Result, body: str | None = None,
                     notes: tuple[str, ...] = ()) -> str:
     """The Markdown of an answer (``body``: the answer text by default, or its validated
@@ -82,7 +94,8 @@ def answer_markdown(result: Result, body: str | None = None,
     if body is None and result.data is not None:
         body = data_markdown(result.data)
     text = result.text if body is None else body
-    return close_fence(text) + markdown_tail(result, notes)
+    calls = calls_markdown(tuple(r.line() for r in result.tool_calls))
+    return calls + close_fence(text) + markdown_tail(result, notes)
 
 
 # ------------------------------------------------------------------ structured data
@@ -165,7 +178,8 @@ class Final:
 
     def bundle(self) -> dict[str, str]:
         r = self.result
-        plain_text = self._plain_body() + plain_tail(r, self.notes) + self._plain_route()
+        plain_text = (calls_plain(tuple(c.line() for c in r.tool_calls)) + self._plain_body()
+                      + plain_tail(r, self.notes) + self._plain_route())
         if self.fmt == "text":
             return {"text/plain": plain_text}
         if self.fmt == "html":

@@ -106,6 +106,11 @@ def _hints(trace: RouteTrace, pinned: bool, pin_source: str | None, gate_reason:
                      "a model with vision `capabilities: [vision]` in providers.yaml (and "
                      "`%llm reload`), pin a provider that has one, or leave the image out "
                      "of `--vars`.")
+    if "no_tools" in skipped:
+        hints.append(f"{', '.join(skipped['no_tools'])}: the model cannot call tools. Add "
+                     "`capabilities: [tools]` to a model that can in providers.yaml (a "
+                     "completion-mode model takes them through the prompted protocol), "
+                     "then `%llm reload`; or leave `--tools` out.")
     if "completion_model" in skipped:
         hints.append(f"{', '.join(skipped['completion_model'])}: a base model (`mode: "
                      "completion`) continues text; it cannot follow instructions, so it "

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from timmy_magic.model.chat import Delta, Discard, Done, Event, Result, Status, Trying
 from timmy_magic.model.partial import AnswerCollector as AnswerCollector  # its old home
+from timmy_magic.model.tools import ToolRan, ToolRecord
 from timmy_magic.notebook.display.answer import (
     TABLE_ROWS as TABLE_ROWS,
 )
@@ -28,6 +29,7 @@ from timmy_magic.notebook.display.answer import (  # re-exported: where the view
 from timmy_magic.notebook.display.answer import (
     answer_markdown as answer_markdown,
 )
+from timmy_magic.notebook.display.answer import calls_markdown, calls_plain
 from timmy_magic.notebook.display.answer import (
     close_fence as close_fence,
 )
@@ -115,6 +117,7 @@ class View(Protocol):
     def delta(self, text: str, now: float) -> None: ...
     def discard(self, ev: Discard, now: float) -> None: ...
     def tick(self, now: float) -> None: ...
+    def tool(self, record: ToolRecord, now: float) -> None: ...
     def finish(self, final: Final) -> None: ...
     def fail(self, block: ErrorBlock) -> None: ...
 
@@ -131,18 +134,24 @@ class NotebookView:
     PLAIN_TAIL = 2_000
 
     def __init__(self, fmt: Format = "markdown", per_second: float = 20.0,
-                 live: bool = True) -> None:
+                 live: bool = True, placeholder: bool = True) -> None:
         self.fmt = fmt
         self.live = live
+        self.placeholder = placeholder
+        """False (and not live): nothing is shown until the final render (one display:
+        a tool cell replayed from the cache reads as a cached answer does)."""
         self.throttle = Throttle(per_second if live else 0.0)
         self._parts: list[str] = []
         self._size = 0
         self._status = "waiting for an answer…"
         self._handle: Any = None
         self.updates = 0
+        self._calls: list[str] = []
+        """The tool calls of this cell so far, one line each, shown above the text."""
 
     def start(self, now: float) -> None:
-        self._handle = display(self._live_bundle(), raw=True, display_id=True)
+        if self.placeholder or self.live:
+            self._handle = display(self._live_bundle(), raw=True, display_id=True)
         self.throttle.flushed(now)
 
     def trying(self, ev: Trying, now: float) -> None:
@@ -179,7 +188,22 @@ class NotebookView:
             self._update(self._live_bundle())
             self.throttle.flushed(now)
 
+    def tool(self, record: ToolRecord, now: float) -> None:
+        """A call has run: shown at once (a call is rare, and the user just approved it)."""
+        self._calls.append(record.line())
+        if self.live:
+            self._update(self._live_bundle())
+            self.throttle.flushed(now)
+
     def _live_bundle(self) -> dict[str, str]:
+        bundle = self._text_bundle()
+        if self._calls:
+            bundle["text/plain"] = calls_plain(self._calls) + bundle["text/plain"]
+            if "text/markdown" in bundle:
+                bundle["text/markdown"] = calls_markdown(self._calls) + bundle["text/markdown"]
+        return bundle
+
+    def _text_bundle(self) -> dict[str, str]:
         if not self._parts:
             return {"text/markdown": f"*{md(self._status)}*", "text/plain": plain(self._status)}
         if len(self._parts) > 1:  # join once per redraw, not once per delta
@@ -243,6 +267,11 @@ class TerminalView:
 
     def tick(self, now: float) -> None:
         pass
+
+    def tool(self, record: ToolRecord, now: float) -> None:
+        self._flush_held()
+        sep = "\n" if self._printed and not self._printed[-1].endswith("\n") else ""
+        self._write(sep + calls_plain([record.line()]).rstrip("\n") + "\n")
 
     def _flush_held(self) -> None:
         if self._held:
@@ -313,6 +342,8 @@ def feed(ev: Event | Tick, view: View, got: AnswerCollector, now: float) -> Resu
     elif isinstance(ev, Discard):
         got.discard()
         view.discard(ev, now)
+    elif isinstance(ev, ToolRan):
+        view.tool(ev.record, now)
     elif isinstance(ev, Done):
         got.result = ev.result
         return ev.result
