@@ -14,7 +14,7 @@ from IPython.utils.capture import capture_output
 from tests.bench.conftest import CASCADE, fault_provider
 from tests.support.faultserver import FaultServer
 from timmy_magic.bench import BenchResult
-from timmy_magic.notebook.bench_magic import make_parser, read_prompts
+from timmy_magic.notebook.magics.bench import make_parser, read_prompts
 
 
 @pytest.fixture

@@ -633,14 +633,14 @@ def test_panel_is_displayed_and_closed_on_unload(ok_shell: InteractiveShell) -> 
 def test_bench_dispatch_and_missing_bench(ok_shell: InteractiveShell,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, str]] = []
-    fake = ModuleType("timmy_magic.notebook.bench_magic")
+    fake = ModuleType("timmy_magic.notebook.magics.bench")
     fake.bench_line = lambda ext, line: calls.append((ext, line)) or "bench table"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "timmy_magic.bench", ModuleType("timmy_magic.bench"))
-    monkeypatch.setitem(sys.modules, "timmy_magic.notebook.bench_magic", fake)
+    monkeypatch.setitem(sys.modules, "timmy_magic.notebook.magics.bench", fake)
     _, cap = run(ok_shell, "%llm bench -n 3 alpha")
     assert calls == [(magics.session(), "-n 3 alpha")]
     assert cap.outputs[0].data["text/plain"] == "'bench table'"
-    monkeypatch.setitem(sys.modules, "timmy_magic.notebook.bench_magic", None)
+    monkeypatch.setitem(sys.modules, "timmy_magic.notebook.magics.bench", None)
     res, cap = run(ok_shell, "%llm bench")
     assert res.error_in_exec is None and cap.stdout.startswith("bench not available")
 

@@ -1,6 +1,6 @@
 """The IPython layer: loading the extension (``extension``), the ``Session`` at the
 centre (``session``), the magics that parse arguments and call it (``cell``,
-``commands``, ``bench_magic``, with the one raising parser in ``args``),
+``commands``, ``magics.bench``, with the one raising parser in ``args``),
 ``timmy_magic.map``'s notebook face (``api``), the
 conversation memory (``history``), the cache as cells use it (``cached``), and what is
 shown (``display/``: answers, side by side, progress, failures, tables, the panel).

@@ -5,29 +5,17 @@ its usage, expected failures one readable block."""
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
 from timmy_magic.config import find_config, found_by_search, load_config, trust_reason
 from timmy_magic.config import trust as trust
-from timmy_magic.context import (
-    COMPLETION_FIX_HEAD,
-    Context,
-    ContextError,
-    ErrorItem,
-    completion_fix_start,
-    error_context,
-    missing_name,
-    split_fix,
-)
 from timmy_magic.jobs import UnknownJob
-from timmy_magic.model.chat import ChatRequest, Message, Result
 from timmy_magic.model.errors import ConfigError, UnknownProvider
 from timmy_magic.notebook.args import HelpShown, UsageParser
 from timmy_magic.notebook.display.failures import ErrorBlock
@@ -38,9 +26,10 @@ from timmy_magic.text.markup import count
 
 if TYPE_CHECKING:
     from timmy_magic.notebook.cell import TimmyMagics
-    from timmy_magic.notebook.session import CellOptions
 
-OWN_PARSERS = {"bench": "serving benchmarks", "eval": "evaluate providers on rows"}  # NAME_magic
+OWN_PARSERS = {"bench": "serving benchmarks", "eval": "evaluate providers on rows"}
+"""Lines that parse themselves: ``magics.<module>.<NAME>_line`` (``OWN_MODULES``)."""
+OWN_MODULES = {"bench": "bench", "eval": "evaluate"}
 START_HINT = "`%llm status` shows its state; check its `launch:` section in providers.yaml."
 
 
@@ -266,70 +255,14 @@ class LineCommands:
         print("\n".join(cache.stats().lines()))
 
     def _fix(self, args: argparse.Namespace) -> None:
-        """The failing cell and its traceback go to the model, which answers one line of
-        explanation and the corrected cell; the cell is proposed below (as -f code)."""
-        ext = self.ext
-        opts = self._error_options(args, "fix")
-        ctx = self._error_context("fix")
-        error = next((i for i in ctx.items if isinstance(i, ErrorItem)), None)
-        failing = error.cell_source if error else None
-        missing = missing_name(error.type, error.message) if error else None
-        if self._only_base_models(opts, ctx):
-            # no model here follows instructions: ask the base model to continue code
-            ctx = self._error_context("fix", completion=True)
-            opts = dataclasses.replace(opts, fmt="text")
-            start = completion_fix_start(ctx)
+        from timmy_magic.notebook.magics.fix import fix
 
-            def continued(result: Result) -> tuple[str, ...]:
-                more = _first_block(result.text)
-                code = start + more if _has_code(more) else ""  # comments are no fix
-                notes = ext.session.propose_cell(code, "fix proposed in a new cell below",
-                                                 unchanged=failing, missing=missing)
-                return (*notes, BASE_MODEL_FIX)
-
-            ext.session.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=continued)
-            return
-
-        def propose(result: Result) -> tuple[str, ...]:
-            explanation, code = split_fix(result.text)
-            if code is None:
-                return ("the answer holds no code block: no cell was inserted",)
-            return ext.session.propose_cell(
-                code, f"fix proposed in a new cell below: {explanation or 'see above'}",
-                unchanged=failing, missing=missing)
-
-        ext.session.ask(ctx, opts, f"fix:{id(ctx)}", "%llm fix", then=propose)
-
-    def _only_base_models(self, opts: CellOptions, ctx: Context) -> bool:
-        """No provider this fix could go to follows instructions, and one base model
-        (``mode: completion``) could take it: then it is asked as code to continue."""
-        router = self.ext.router
-        probe = ChatRequest((Message("user", "fix"),), opts.model, provider=opts.provider,
-                            instruct=True)
-        plan = router.plan(opts.provider or router.pinned, opts.model, probe)
-        return not plan.order and bool(plan.skipped_for("completion_model"))
+        fix(self.ext, args.options)
 
     def _explain(self, args: argparse.Namespace) -> None:
-        ctx = self._error_context("explain")
-        self.ext.session.ask(ctx, self._error_options(args, "explain"), f"explain:{id(ctx)}",
-                     "%llm explain")
+        from timmy_magic.notebook.magics.fix import explain
 
-    def _error_options(self, args: argparse.Namespace, command: str) -> CellOptions:
-        opts, _ = self.ext.options(shlex.join(args.options))
-        if opts.chat or opts.cells or opts.names or opts.error or opts.fmt != "markdown":
-            raise UsageError(f"%llm {command}: --chat, --cells, --vars, --error and -f do not "
-                             "apply (the last error is the context)")
-        if opts.background:
-            raise UsageError(f"%llm {command}: --bg does not apply (its answer acts on the "
-                             "cell you are in: run it in the foreground)")
-        return opts
-
-    def _error_context(self, command: Literal["fix", "explain"],
-                       completion: bool = False) -> Context:
-        try:
-            return error_context(self.ext.ip, command, completion=completion)
-        except ContextError as exc:
-            raise UsageError(str(exc)) from None
+        explain(self.ext, args.options)
 
     def _history(self, args: argparse.Namespace) -> None:
         display(self.ext.conversation)
@@ -361,8 +294,8 @@ class LineCommands:
         display(self.ext.panel())
 
     def _own_line(self, name: str, rest: str) -> Any:
-        try:  # its own module, NAME_magic.NAME_line (bench's may miss its extra)
-            module = importlib.import_module(f"timmy_magic.notebook.{name}_magic")
+        try:  # its own module's NAME_line (bench's may miss its extra)
+            module = importlib.import_module(f"timmy_magic.notebook.magics.{OWN_MODULES[name]}")
         except ImportError as exc:
             print(f"{name} not available ({exc})")
             return None
@@ -424,26 +357,3 @@ HELP_HEAD = "timmy-magic: a cascade of local and cloud LLMs. %llm COMMAND --help
 HELP_TAIL = """Settings: %config TimmyMagics (default_provider, default_model, default_format,
 updates_per_second, max_tokens, temperature, show_trace, display_mode).
 The last result: timmy_magic.last(); the router: timmy_magic.get_router()."""
-
-
-_CONTINUATION_ENDS = ("```", "In [", COMPLETION_FIX_HEAD, "# Failing cell", "# Fixed cell",
-                      "# Close names")
-BASE_MODEL_FIX = ("asked as code to continue: the only models configured are base models "
-                  "(mode: completion), which do not follow instructions; a chat model in "
-                  "providers.yaml gives better fixes")
-
-
-def _first_block(text: str) -> str:
-    """A base model's continuation up to where it stops writing the cell: a blank line,
-    a line that starts a new cell or comment block, or a fence."""
-    lines: list[str] = []
-    for line in text.strip("\n").splitlines():
-        if not line.strip() or line.startswith(_CONTINUATION_ENDS):
-            break
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def _has_code(text: str) -> bool:
-    return any(line.strip() and not line.lstrip().startswith("#")
-               for line in text.splitlines())

@@ -1,7 +1,7 @@
 """``map`` and ``evaluate`` over a notebook session: the session's answer cache as the
 batch pool's ``RowCache`` (``SessionAnswers``), and an evaluation run with it, its
 progress shown where the code runs, its result kept as ``timmy_magic.last()``. Used by
-``timmy_magic.map``/``evaluate`` (``api``) and by ``%llm eval`` (``eval_magic``)."""
+``timmy_magic.map``/``evaluate`` (``api``) and by ``%llm eval`` (``magics.evaluate``)."""
 
 from __future__ import annotations
 
