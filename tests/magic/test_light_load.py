@@ -6,6 +6,7 @@ times."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ HEAVY = ("pandas", "numpy", "matplotlib", "ipywidgets", "openai", "anthropic", "
 ON_FIRST_USE = ("timmy_magic.cache.store", "timmy_magic.cache.files", "timmy_magic.context",
                 "timmy_magic.compare", "timmy_magic.batch", "timmy_magic.bench",
                 "timmy_magic.notebook.commands", "timmy_magic.notebook.cached",
-                "timmy_magic.notebook.bench_magic", "timmy_magic.notebook.display.widget",
+                "timmy_magic.notebook.magics", "timmy_magic.notebook.display.widget",
                 "timmy_magic.notebook.display.compare_view", "timmy_magic.providers.transport",
                 "aiohttp", "msgspec", "timmy_magic.evals",
                 "timmy_magic.notebook.display.eval_view")
@@ -69,6 +70,7 @@ def test_import_timmy_magic_imports_the_package_alone(tmp_path: Path) -> None:
 
 def test_load_ext_leaves_the_features_of_other_commands_for_their_first_use(
         tmp_path: Path) -> None:
+    assert all(importlib.util.find_spec(m) for m in ON_FIRST_USE)  # no name gone stale
     loaded = set(_probe("load", tmp_path))
     assert "timmy_magic.routing.router" in loaded  # the probe really loaded the extension
     assert loaded & {*ON_FIRST_USE, *HEAVY} == set()
