@@ -10,6 +10,7 @@ fixed 8-token completion at once, so what differs between clients is the client.
    whole process, so the router's loop thread counts), closed-loop at concurrency 1:
    - ``raw-httpx``: ``httpx.AsyncClient().post(..., json={"stream": false})`` and
      ``r.json()``, on an asyncio loop in this thread (the floor of a Python client);
+   - ``raw-aiohttp``: the same with ``aiohttp.ClientSession`` (the other floor);
    - ``ours``: ``router.complete(req, stream=False)`` from this thread (the sync call a
      user makes; one JSON body on the wire);
    - ``ours-sse``: ``router.complete(req)`` (the default: streamed on the wire, so a
@@ -54,7 +55,8 @@ from fastserver import DEFAULT_TOKENS, words
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network at import
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 EXPECTED = "".join(words(DEFAULT_TOKENS))
-NONSTREAM = ("raw-httpx", "ours", "ours-sse", "ours-loop", "litellm")
+SESSIONS: list[Any] = []  # raw-aiohttp's, closed on its loop at the end
+NONSTREAM = ("raw-httpx", "raw-aiohttp", "ours", "ours-sse", "ours-loop", "litellm")
 
 
 # ------------------------------------------------------------------ 1. non-streaming CPU
@@ -97,6 +99,14 @@ def nonstream_clients(router: Any, url: str, loop: asyncio.AbstractEventLoop
         r = await http.post(url + "/v1/chat/completions", json=body)
         return str(r.json()["choices"][0]["message"]["content"])
 
+    async def raw_aiohttp() -> str:
+        import aiohttp
+
+        if not SESSIONS:
+            SESSIONS.append(aiohttp.ClientSession())
+        async with SESSIONS[0].post(url + "/v1/chat/completions", json=body) as r:
+            return str((await r.json())["choices"][0]["message"]["content"])
+
     async def litellm_call() -> str:
         r = await lr.acompletion(model="fast", messages=MESSAGES)
         return str(r.choices[0].message.content)
@@ -114,7 +124,8 @@ def nonstream_clients(router: Any, url: str, loop: asyncio.AbstractEventLoop
 
     here = loop.run_until_complete
     there = lambda coro: router.runner.run(coro, timeout=600)  # noqa: E731
-    return {"raw-httpx": on(here, raw, "raw-httpx"), "ours": sync(False),
+    return {"raw-httpx": on(here, raw, "raw-httpx"),
+            "raw-aiohttp": on(here, raw_aiohttp, "raw-aiohttp"), "ours": sync(False),
             "ours-sse": sync(True), "ours-loop": on(there, ours_loop, "ours-loop"),
             "litellm": on(here, litellm_call, "litellm")}
 
@@ -134,12 +145,14 @@ def nonstream(args: argparse.Namespace, srv: _kit.FastServer) -> None:
             print(f"   round {r + 1}/{args.rounds} (load {_kit.loadavg()})", flush=True)
     finally:
         router.close()
+        for session in SESSIONS:
+            loop.run_until_complete(session.close())
         loop.close()
     alone = router_alone(args)
     med = _kit.median
 
-    def added(name: str) -> float:
-        return med([a - b for a, b in zip(per[name], per["raw-httpx"], strict=True)])
+    def added(name: str, floor: str = "raw-httpx") -> float:
+        return med([a - b for a, b in zip(per[name], per[floor], strict=True)])
 
     print(f"\n-- 1. non-streaming, concurrency 1, {args.n} requests x {args.rounds} rounds: "
           "client CPU per request (ms; 'added' = minus raw-httpx, paired by round)")
@@ -148,12 +161,14 @@ def nonstream(args: argparse.Namespace, srv: _kit.FastServer) -> None:
     print(_kit.table(["client", "cpu/req", "min", "max", "added"], rows))
     print("   the router alone (answers from memory, no I/O), CPU per request (ms): " +
           ", ".join(f"{k} {v:.3f}" for k, v in alone.items()))
-    lite = added("litellm")
-    for name in ("ours", "ours-sse", "ours-loop"):
-        mine = added(name)
-        ratio = lite / mine if mine > 0 else float("inf")
-        print(f"   {_kit.verdict(mine <= lite / 10):6} {name} adds {mine:.3f} ms, litellm "
-              f"{lite:.3f} ms: litellm/ours = {ratio:.1f}x (target >= 10x)")
+    for floor in ("raw-httpx", "raw-aiohttp"):
+        lite = added("litellm", floor)
+        for name in ("ours", "ours-sse", "ours-loop"):
+            mine = added(name, floor)
+            ratio = lite / mine if mine > 0 else float("inf")
+            print(f"   {_kit.verdict(mine <= lite / 10):6} over {floor}: {name} adds "
+                  f"{mine:.3f} ms, litellm {lite:.3f} ms: litellm/ours = {ratio:.1f}x "
+                  "(target >= 10x)")
 
 
 def router_alone(args: argparse.Namespace) -> dict[str, float]:

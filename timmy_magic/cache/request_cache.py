@@ -29,11 +29,11 @@ from typing import TYPE_CHECKING, Generic, Self, TypeVar
 from timmy_magic.cache.answers import ReplayMiss
 from timmy_magic.cache.keys import RequestFields
 from timmy_magic.cache.settings import CacheMode, cell_mode, configured_path
-from timmy_magic.cache.store import AnswerCache
 from timmy_magic.model.chat import ChatRequest, Delta, Done, Event, Result
 from timmy_magic.model.schema import InvalidAnswer, Schema
 
 if TYPE_CHECKING:
+    from timmy_magic.cache.store import AnswerCache
     from timmy_magic.config import Config
 
 T = TypeVar("T")
@@ -66,6 +66,8 @@ class RequestCache:
         path = configured_path(settings, self._env)
         with self._lock:
             if self._store is None or self._store.path != path:
+                from timmy_magic.cache.store import AnswerCache
+
                 self._close()
                 self._store = AnswerCache(path, ttl_days=settings.ttl_days,
                                           max_mb=settings.max_mb, clock=self._clock)

@@ -21,14 +21,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Bool, Enum, Float, Int, Unicode
 
-from timmy_magic.context.kernel import remember_error
 from timmy_magic.jobs import Job
 from timmy_magic.model.chat import Result
 from timmy_magic.model.errors import InvalidRequest, UnknownProvider
 from timmy_magic.model.schema import Schema
 from timmy_magic.model.template import InterpolationError, interpolate, references
-from timmy_magic.notebook.cached import CellCache
-from timmy_magic.notebook.commands import LineCommands
 from timmy_magic.notebook.display.render import AnswerCollector
 from timmy_magic.notebook.history import Conversation, source_key
 from timmy_magic.notebook.session import INTERRUPTED as INTERRUPTED
@@ -46,6 +43,8 @@ if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
     from timmy_magic.evals import Evaluation
+    from timmy_magic.notebook.cached import CellCache
+    from timmy_magic.notebook.commands import LineCommands
 
 F = TypeVar("F", bound=Callable[..., Any])
 _MA: Any = _magic_arguments  # untyped in IPython
@@ -92,7 +91,7 @@ class TimmyMagics(Magics):
         self.ip = shell
         self.session = Session(shell, router, self)
         self._cell_id: str | None = None
-        self.commands = LineCommands(self)
+        self._commands: LineCommands | None = None
 
     # The session's state, as the extension exposes it (``timmy_magic.last()``...).
     @property
@@ -102,6 +101,15 @@ class TimmyMagics(Magics):
     @property
     def conversation(self) -> Conversation:
         return self.session.conversation
+
+    @property
+    def commands(self) -> LineCommands:
+        """The ``%llm`` line commands, built (and imported) on the first ``%llm`` line."""
+        if self._commands is None:
+            from timmy_magic.notebook.commands import LineCommands
+
+            self._commands = LineCommands(self)
+        return self._commands
 
     @property
     def answers(self) -> CellCache:
@@ -298,7 +306,11 @@ class TimmyMagics(Magics):
 
     def _post_run_cell(self, result: Any = None) -> None:
         self._cell_id = None
-        remember_error(self.ip, getattr(result, "error_in_exec", None))
+        error = getattr(result, "error_in_exec", None)
+        if error is not None:  # reading the context waits for a cell that failed
+            from timmy_magic.context.kernel import remember_error
+
+            remember_error(self.ip, error)
 
     def _cell_key(self, line: str, cell: str) -> str:
         """Which cell is running: its Jupyter cell id if the front end sent one (so an

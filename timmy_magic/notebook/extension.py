@@ -50,24 +50,42 @@ def _build_router() -> tuple[Router, str]:
                             f"in background){held}")
 
 
-def _markdown_formatter(ip: Any) -> Any:
-    formatter = getattr(getattr(ip, "display_formatter", None), "formatters", {})
-    return formatter.get("text/markdown")
+def _formatter(ip: Any, mime: str) -> Any:
+    formatters = getattr(getattr(ip, "display_formatter", None), "formatters", {})
+    return formatters.get(mime)
+
+
+_COMPARISON = ("timmy_magic.compare", "Comparison")
+_EVALUATION = ("timmy_magic.evals.evaluation", "Evaluation")
+
+
+def _comparison_html(comparison: Comparison) -> str:
+    from timmy_magic.notebook.display.compare_view import comparison_html
+
+    return comparison_html(comparison)
+
+
+def _evaluation_html(evaluation: Evaluation) -> str:
+    from timmy_magic.notebook.display.eval_view import evaluation_html
+
+    return evaluation_html(evaluation)
 
 
 def register_displays(ip: Any) -> None:
     """How the notebook shows our values: a ``Result`` as its rendered answer, a
-    ``Comparison`` as its grid, an ``Evaluation`` as its table and chart. The values
-    (``model/``) know no renderer; the notebook layer registers one for them here."""
+    ``Comparison`` (``cmp``, ``timmy_magic.last()``) as its grid, an ``Evaluation`` as its
+    table and chart. The values (``model/``, ``compare/``, ``evals/``) know no renderer;
+    the notebook layer registers one for them here, the grid and the evaluation by name
+    (IPython's deferred printers), so loading imports neither side by side nor evals."""
     from timmy_magic.notebook.display.answer import answer_markdown
-    from timmy_magic.notebook.display.compare_view import register_display as register_comparison
-    from timmy_magic.notebook.display.eval_view import register_display as register_evaluation
 
-    markdown = _markdown_formatter(ip)
+    markdown = _formatter(ip, "text/markdown")
     if markdown is not None:
         markdown.for_type(Result, answer_markdown)
-    register_comparison(ip)  # a Comparison as its grid
-    register_evaluation(ip)  # an Evaluation as its summary table and chart
+    html = _formatter(ip, "text/html")
+    if html is not None:
+        html.for_type_by_name(*_COMPARISON, _comparison_html)
+        html.for_type_by_name(*_EVALUATION, _evaluation_html)
     shown = _job_formatter(ip)
     if shown is not None:
         shown.for_type(Job, lambda job: show_job(lambda: _session_or_none(ip), job))
@@ -83,19 +101,12 @@ def _session_or_none(ip: Any) -> Session | None:
 
 
 def unregister_displays(ip: Any) -> None:
-    from timmy_magic.notebook.display.compare_view import (
-        unregister_display as unregister_comparison,
-    )
-    from timmy_magic.notebook.display.eval_view import (
-        unregister_display as unregister_evaluation,
-    )
-
-    markdown = _markdown_formatter(ip)
-    if markdown is not None:
-        with suppress(KeyError):
-            markdown.pop(Result)
-    unregister_comparison(ip)
-    unregister_evaluation(ip)
+    for mime, typ in (("text/markdown", Result), ("text/html", ".".join(_COMPARISON)),
+                      ("text/html", ".".join(_EVALUATION))):
+        formatter = _formatter(ip, mime)
+        if formatter is not None:
+            with suppress(KeyError):
+                formatter.pop(typ)
     shown = _job_formatter(ip)
     if shown is not None:
         with suppress(KeyError):

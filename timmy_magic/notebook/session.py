@@ -19,18 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 from IPython.core.error import UsageError
 
-from timmy_magic.cache import ReplayMiss
-from timmy_magic.context import Context, ContextError, build_context
 from timmy_magic.jobs import Job, JobBoard
 from timmy_magic.model.chat import ChatRequest, Event, ImagePart, Message, Result, TextPart
 from timmy_magic.model.errors import InvalidRequest, RoutingError, UnknownProvider
 from timmy_magic.model.schema import JSONAnswerError, Schema, parse_json
 from timmy_magic.notebook import tool_cells
-from timmy_magic.notebook.cached import REPLAY_HINTS, CellCache
 from timmy_magic.notebook.display.failures import ErrorBlock, describe_failure
 from timmy_magic.notebook.display.render import (
     USER_INTERRUPT,
@@ -54,7 +52,9 @@ from timmy_magic.tools.loop import DEFAULT_MAX_ROUNDS
 if TYPE_CHECKING:
     from timmy_magic.batch import MapResult
     from timmy_magic.compare import Comparison
+    from timmy_magic.context import Context
     from timmy_magic.evals import Evaluation
+    from timmy_magic.notebook.cached import CellCache
 
 INTERRUPTED = USER_INTERRUPT
 
@@ -120,16 +120,24 @@ class Session:
         after ``timmy_magic.map``)."""
         self.active: AnswerCollector | None = None
         """What the stream in progress has delivered so far (None between cells)."""
-        self.answers = CellCache(self)
         self.panels: list[Any] = []
         self.jobs = JobBoard()
         """This session's background jobs (``--bg``, ``map(background=True)``)."""
         atexit.register(self.jobs.cancel_all)  # kernel shutdown: no stream left open
         self.always_approved: set[str] = set()  # tools answered "always" (tool_cells)
 
+    @cached_property
+    def answers(self) -> CellCache:
+        """The answer cache as cells use it, built (and imported) on the first cell."""
+        from timmy_magic.notebook.cached import CellCache
+
+        return CellCache(self)
+
     def context(self, prompt: str, opts: CellOptions, system: str | None = None) -> Context:
         """The prompt with what ``opts`` ask for (cells, variables, the error), masked; a
         one-line UsageError when something asked for is not in the kernel."""
+        from timmy_magic.context import ContextError, build_context
+
         try:
             return build_context(self.shell, prompt, cells=opts.cells, names=opts.names,
                                  error=opts.error, system=system)
@@ -142,6 +150,9 @@ class Session:
         """Send ``ctx`` (the prompt with its context, masked) as ``opts`` say, show the
         answer, keep it. ``then`` may act on a complete answer and return notes. With
         ``opts.background``: return a ``Job`` at once (``notebook.background``)."""
+        from timmy_magic.cache import ReplayMiss
+        from timmy_magic.notebook.cached import REPLAY_HINTS
+
         vision = self._vision(ctx, opts) and not (opts.providers or opts.models)
         ctx = self._fit(ctx, opts, vision)
         if (opts.providers or opts.models) and not opts.show_context:

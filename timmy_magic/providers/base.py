@@ -27,7 +27,7 @@ from timmy_magic.model.errors import (
 )
 from timmy_magic.model.tools import ToolCall
 from timmy_magic.privacy.redact import redact_http_logs
-from timmy_magic.providers.wire import LineSplitter, SSEDecoder, WireError, loads, token_count
+from timmy_magic.providers.wire import LineSplitter, SSEReader, WireError, loads, token_count
 from timmy_magic.text.markup import count, shorten
 
 if TYPE_CHECKING:  # imported when the first backend is built, not by %load_ext
@@ -120,12 +120,11 @@ def http_timeout(t: Timeouts) -> httpx.Timeout:
 
 
 _SSL: Any = None
-HTTP_TRANSPORT = "httpx"
-"""The transport of the clients built from now on: ``"httpx"`` (its own, over h11), or
-``"aiohttp"`` (``httpx_aiohttp.AiohttpTransport``, the ``bench`` extra): the same httpx
-API and timeouts, 2.5x less client CPU per streamed token at 256 streams
-(docs/performance.md), but aiohttp's errors map differently (a dropped connection can
-read as a connect timeout), so the router keeps httpx's own by default."""
+HTTP_TRANSPORT = "aiohttp"
+"""The transport of the clients built from now on: ``"aiohttp"`` (``transport.py``:
+aiohttp's pool and parser under httpx's API, less than half the client CPU per streamed
+token of httpx's own: docs/performance.md) or ``"httpx"`` (httpx's own, over h11). Both
+read the same through ``map_error``; without aiohttp installed, httpx's own is used."""
 
 
 def make_http_client(t: Timeouts, **kw: Any) -> httpx.AsyncClient:
@@ -145,9 +144,12 @@ def make_http_client(t: Timeouts, **kw: Any) -> httpx.AsyncClient:
             pass
     limits = httpx.Limits(max_connections=1024, max_keepalive_connections=64)
     if HTTP_TRANSPORT == "aiohttp" and "transport" not in kw:
-        from httpx_aiohttp import AiohttpTransport
-
-        kw["transport"] = AiohttpTransport(verify=_SSL, limits=limits)
+        try:
+            from timmy_magic.providers.transport import AiohttpTransport
+        except ImportError:  # aiohttp not installed: httpx's own transport
+            pass
+        else:
+            kw["transport"] = AiohttpTransport(_SSL, limits)
     return httpx.AsyncClient(timeout=http_timeout(t), verify=_SSL, follow_redirects=True,
                              limits=limits, **kw)
 
@@ -316,23 +318,28 @@ class Body:
     events; ``drain()`` then reads what is left after the end marker."""
 
     def __init__(self, response: httpx.Response) -> None:
-        self._reads = response.aiter_bytes()
+        direct = response.extensions.get("timmy_magic.reads")  # transport.READS
+        # aiohttp's reads straight from its buffer when there is nothing to decode
+        # (transport.py), without httpx's byte-stream layers
+        self._reads: AsyncIterator[bytes] = (
+            direct() if direct is not None and "content-encoding" not in response.headers
+            else response.aiter_bytes())
 
     async def sse(self) -> AsyncIterator[tuple[str, str]]:
         """(event, data) pairs of a Server-Sent Events body."""
-        lines, decoder = LineSplitter(), SSEDecoder()
-        async for data in self._reads:
-            for line in lines.feed(data):
-                ev = decoder.line(line)
-                if ev is not None:
-                    yield ev
-        for line in lines.close():
-            ev = decoder.line(line)
-            if ev is not None:
+        async for events in self.sse_reads():
+            for ev in events:
                 yield ev
-        last = decoder.close()
-        if last is not None:
-            yield last
+
+    async def sse_reads(self) -> AsyncIterator[list[tuple[str, str]]]:
+        """The (event, data) pairs of a Server-Sent Events body, those of one network
+        read at a time: a stream that yields per read, not per line or event."""
+        reader = SSEReader()
+        async for data in self._reads:
+            if events := reader.feed(data):
+                yield events
+        if events := reader.end():
+            yield events
 
     async def ndjson(self) -> AsyncIterator[Any]:
         """One JSON value per non-blank line of the body."""

@@ -52,6 +52,7 @@ from timmy_magic.providers.base import (
     probe_error,
     usage_of,
 )
+from timmy_magic.providers.chat_events import ChatEvents
 from timmy_magic.providers.parts import openai_content
 from timmy_magic.providers.tool_calls import CallAssembler, openai_message, openai_tools
 from timmy_magic.providers.wire import (
@@ -280,76 +281,31 @@ class OpenAICompatBackend:
     async def _chunks(self, r: httpx.Response, completion: bool = False,
                       offered: bool = False) -> AsyncIterator[Chunk]:
         """Chat completion chunks (or, ``completion``, plain completion chunks: the text in
-        ``choices[0].text``) -> Chunks. Plain dicts, no SDK models: building a pydantic
-        model per chunk cost more CPU than the rest of the router together.
-        Every value a server controls is checked here (``wire``) before it goes on."""
-        finished = done = cut = False
-        first = True
-        joiner = TextJoiner()
-        reasoning = 0
-        tools: set[str] = set()
-        asked = CallAssembler()  # offered tools: the calls, from their fragments
+        ``choices[0].text``) -> Chunks, a network read at a time (``ChatEvents`` decodes
+        each event). Plain dicts, no SDK models: building a pydantic model per chunk cost
+        more CPU than the rest of the router together."""
+        decode = ChatEvents(self.provider, completion, offered)
         body = Body(r)
-        async for event, data in body.sse():
-            if data.strip() == "[DONE]":
-                done = True
+        done = False
+        async for events in body.sse_reads():
+            out: list[Chunk] = []
+            try:
+                for event, data in events:
+                    if data == "[DONE]" or data.strip() == "[DONE]":
+                        done = True
+                        break
+                    decode.event(event, loads(data), out)
+            except Exception:
+                for chunk in out:  # what came before the bad event is delivered first
+                    yield chunk
+                raise
+            for chunk in out:
+                yield chunk
+            if done:
                 break
-            obj = loads(data)
-            if not isinstance(obj, dict):
-                raise WireError(f"an event holds {type(obj).__name__}, not an object")
-            if event == "error" or obj.get("error"):
-                raise ProviderProtocolError(
-                    f"server error mid-stream: {error_text(obj.get('error', obj))}",
-                    provider=self.provider)
-            if first:
-                first = False
-                yield Chunk(model=model_name(obj.get("model")))
-            choices = obj.get("choices")
-            if choices:
-                choice = choices[0] if isinstance(choices, list) else None
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if completion and isinstance(choice, dict):
-                    delta = None  # a plain completion: the text is choices[0].text
-                    if text := joiner.push(completion_text(choice.get("text"))):
-                        yield Chunk(text=text)
-                if not isinstance(choice, dict) or not isinstance(delta, dict | None):
-                    raise WireError(f"choices[0]{'' if completion else '.delta'} "
-                                    "is not an object")
-                if delta:
-                    text = joiner.push(content_text(delta.get("content")))
-                    if text:
-                        yield Chunk(text=text)
-                    thought = delta.get("reasoning_content") or delta.get("reasoning")
-                    reasoning += len(thought) if isinstance(thought, str) else 0
-                    calls = delta.get("tool_calls")
-                    if offered and calls is not None:
-                        asked.openai_delta(calls)
-                    elif isinstance(calls, list):
-                        tools.update(repr(c.get("index", i)) if isinstance(c, dict) else str(i)
-                                     for i, c in enumerate(calls))
-                if choice.get("finish_reason"):
-                    finished = True
-                    cut = cut or choice.get("finish_reason") == "length"
-            usage = obj.get("usage")
-            if isinstance(usage, dict) and usage:
-                finished = True
-                yield Chunk(usage=usage_of(usage.get("prompt_tokens"),
-                                           usage.get("completion_tokens")))
-        if tail := joiner.flush():
-            yield Chunk(text=tail)
-        if note := extras_note(reasoning, len(tools)):
-            yield Chunk(note=note)
-        if asked:
-            yield Chunk(calls=asked.calls())
-        if cut:
-            yield Chunk(note=LIMIT_NOTE)
-        if first:
-            raise ProviderProtocolError("empty stream: the server sent no data",
-                                        provider=self.provider)
-        if not finished and not done:
-            raise ProviderProtocolError(
-                "stream ended early: no finish_reason, no usage, no [DONE]",
-                provider=self.provider)
+        for chunk in decode.end():
+            yield chunk
+        decode.check(done)
         if done:
             await body.drain()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
 from typing import Any
 
 from timmy_magic.compare import Column, Comparison
@@ -166,23 +165,3 @@ class BlocksView(GridView):
                           list(comparison.results))
         sys.stdout.write(text + "".join(f"\n{plain(n)}" for n in notes) + "\n")
         sys.stdout.flush()
-
-
-def _html_formatter(ip: Any) -> Any:
-    formatters = getattr(getattr(ip, "display_formatter", None), "formatters", {})
-    return formatters.get("text/html")
-
-
-def register_display(ip: Any) -> None:
-    """Show a ``Comparison`` displayed in ``ip`` (``cmp``, ``timmy_magic.last()``) as its
-    grid: the value knows no renderer, the notebook layer registers one for it."""
-    formatter = _html_formatter(ip)
-    if formatter is not None:
-        formatter.for_type(Comparison, comparison_html)
-
-
-def unregister_display(ip: Any) -> None:
-    formatter = _html_formatter(ip)
-    if formatter is not None:
-        with suppress(KeyError):
-            formatter.pop(Comparison)

@@ -8,8 +8,6 @@ SVG's text). Registered with IPython's HTML formatter when the extension loads."
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import suppress
-from typing import Any
 
 from timmy_magic.evals import Evaluation, Figures
 from timmy_magic.evals.figures import frontier, score_text
@@ -129,23 +127,3 @@ def _n(v: float | None) -> str:
 
 def _usd(v: float | None) -> str:
     return "-" if v is None else f"${v:,.4f}" if v < 1 else f"${v:,.2f}"
-
-
-def _html_formatter(ip: Any) -> Any:
-    formatters = getattr(getattr(ip, "display_formatter", None), "formatters", {})
-    return formatters.get("text/html")
-
-
-def register_display(ip: Any) -> None:
-    """Show an ``Evaluation`` displayed in ``ip`` as its table and chart: the value knows
-    no renderer, the notebook layer registers one for it."""
-    formatter = _html_formatter(ip)
-    if formatter is not None:
-        formatter.for_type(Evaluation, evaluation_html)
-
-
-def unregister_display(ip: Any) -> None:
-    formatter = _html_formatter(ip)
-    if formatter is not None:
-        with suppress(KeyError):
-            formatter.pop(Evaluation)
