@@ -293,3 +293,20 @@ def test_a_cell_run_again_replaces_its_running_job(bg: InteractiveShell) -> None
     assert first.wait(2) and first.status == "cancelled"  # the cell's old job
     assert not other.done() and not again.done()  # another cell's job goes on
     assert again.result(10).ok and other.result(10).ok
+
+
+def test_background_jobs_queue_at_a_providers_max_concurrency(
+        shell: InteractiveShell, fault: FaultServer, write_providers: WriteProviders) -> None:
+    """Jobs share the router and its limits: with ``max_concurrency: 1``, three --bg
+    cells reach the server one at a time, and all three answer."""
+    write_providers([local("one", fault.base_url("drip", tokens=10, interval=0.03),
+                           max_concurrency=1)])
+    run(shell, "%load_ext timmy_magic")
+    fault.reset()
+    for i in range(3):
+        res, _ = run(shell, f"%%llm --bg -o j{i}\nwrite {i}")
+        assert res.error_in_exec is None
+    jobs = [shell.user_ns[f"j{i}"] for i in range(3)]
+    results = [j.result(timeout=20) for j in jobs]
+    assert all(r.ok and "tok9" in r.text for r in results)
+    assert fault.peak_in_flight == 1

@@ -158,8 +158,9 @@ class ProviderConfig(_Model):
     launch: LaunchConfig | None = None
     max_concurrency: Annotated[int | None, number(1, 10_000, integer=True, optional=True)] \
         = None
-    """Most requests a batch (``map``, ``evaluate``) has in flight at once pinned to this
-    provider (a server's slots, a cloud's rate limit); null: the batch's own bound."""
+    """Most requests in flight at once at this provider (a server's slots, a cloud's rate
+    limit), from every caller: cells, background jobs, ``map`` and ``evaluate`` (whose
+    batch pool also queues by it); the others wait their turn. null: no limit."""
     missing_env: tuple[str, ...] = ()
     """Environment variables the api_key needed but were unset ("not configured")."""
 

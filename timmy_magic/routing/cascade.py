@@ -28,6 +28,7 @@ from timmy_magic.model.chat import (
     ProbeState,
     Result,
     RouteTrace,
+    Status,
     Trying,
 )
 from timmy_magic.model.errors import (
@@ -172,12 +173,34 @@ class Cascade:
         for i, name in enumerate(plan.order):
             others_left = i < len(plan.order) - 1
             done = False
-            # read to its end (it ends right after Done): a generator left open is
-            # closed later by a task the loop creates for it
-            async for ev in self._provider(core.providers[name], req, t0, deadline, attempts,
-                                           plan, pin, others_left, whole, invalid):
-                done = done or isinstance(ev, Done)
-                yield ev
+            st = core.providers[name]
+            if st.slots is not None and not st.slots.locked():
+                await st.slots.acquire()  # free: taken at once, no suspension
+            elif st.slots is not None:  # max_concurrency: wait for a turn
+                yield Status(name, f"waiting for a free slot ({name} takes "
+                                   f"{st.cfg.max_concurrency} at once: max_concurrency)")
+                # as long as a first token would be waited for when others are left to
+                # try, else until the request's deadline
+                budget = deadline - core.clock()
+                if others_left:
+                    budget = min(budget, core.config.cascade.first_token_timeout_seconds)
+                try:
+                    await asyncio.wait_for(st.slots.acquire(), max(0.0, budget))
+                except TimeoutError:
+                    attempts.append(Attempt(name, "", len(attempts) + 1, "failed",
+                                            f"no free slot within {budget:.1f}s "
+                                            f"(max_concurrency: {st.cfg.max_concurrency})"))
+                    continue
+            try:
+                # read to its end (it ends right after Done): a generator left open is
+                # closed later by a task the loop creates for it
+                async for ev in self._provider(st, req, t0, deadline, attempts, plan, pin,
+                                               others_left, whole, invalid):
+                    done = done or isinstance(ev, Done)
+                    yield ev
+            finally:
+                if st.slots is not None:
+                    st.slots.release()
             if done:
                 return
             if core.clock() >= deadline:

@@ -6,6 +6,7 @@ states at time ``now`` and says what a badge should show, and why.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,6 +56,14 @@ class ProviderState:
     windows: dict[str, int] = field(default_factory=dict)
     """Context windows the servers reported (health checks), by model: kept when a
     server goes down, replaced (never mutated: other threads read it) when one reports."""
+    slots: asyncio.Semaphore | None = None
+    """``max_concurrency``: the requests this provider takes at once, from every caller of
+    the router (cells, background jobs, ``map``, ``evaluate``); the others wait their
+    turn (``cascade.stream``). None: no limit."""
+
+    def __post_init__(self) -> None:
+        if self.slots is None and self.cfg.max_concurrency is not None:
+            self.slots = asyncio.Semaphore(self.cfg.max_concurrency)
 
     @property
     def name(self) -> str:
