@@ -212,3 +212,31 @@ def test_a_request_too_big_for_a_window_is_skipped_with_the_reason() -> None:
         ["small skipped (context window: 5.1k tokens > 4k)"]
     assert small.provider == "small"
     assert pinned.provider == "small"  # pinned: tried (the server has the last word)
+
+
+def test_what_ollama_says_a_model_can_do_counts_as_declared() -> None:
+    """Ollama's /api/show lists each model's capabilities (``tools``, ``vision``): after
+    a health check they count as if providers.yaml declared them, per model; before it,
+    and for a model that lacks them, the cascade skips with the reason."""
+    from timmy_magic.model.tools import ToolSpec
+
+    tools = (ToolSpec("add", "Add two integers.", {"type": "object", "properties": {}}),)
+    with FakeOllama(models=("llava:latest", "qwen3:latest"), tokens=2) as ol:
+        ol.capabilities = {"llava:latest": ["completion", "vision"],
+                           "qwen3:latest": ["completion", "tools", "thinking"]}
+        yaml = (f"  - {{name: ollama, type: ollama, base_url: '{ol.url}', "
+                f"models: [{{name: llava}}, {{name: qwen3}}]}}")
+        with router(yaml) as r:
+            before = r.plan(model="qwen3", request=ChatRequest(
+                (Message("user", "1+1"),), model="qwen3", tools=tools))
+            r.check_health()  # asks /api/show of each model it serves
+            assert r.capabilities("ollama", "llava") == frozenset({"vision"})
+            assert r.capabilities("ollama", "qwen3") == frozenset({"tools"})
+            seen = r.complete(image_request(model="llava"))
+            told = r.plan(model="qwen3", request=ChatRequest(
+                (Message("user", "1+1"),), model="qwen3", tools=tools))
+            blind = r.plan(model="qwen3", request=image_request(model="qwen3"))
+    assert before.skipped_for("no_tools") == ["ollama"]
+    assert seen.ok and seen.provider == "ollama"
+    assert told.order == ("ollama",)
+    assert blind.skipped_for("no_vision") == ["ollama"]

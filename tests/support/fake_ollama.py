@@ -73,6 +73,8 @@ class FakeOllama(_HttpServer):
         """``/api/show`` ``model_info`` context length by full model name (else 131072)."""
         self.num_ctx: dict[str, int] = {}
         """``/api/show`` ``num_ctx`` parameter by full model name (else none)."""
+        self.capabilities: dict[str, list[str]] = {}
+        """``/api/show`` ``capabilities`` by full model name (else ``["completion"]``)."""
         self._faults: list[tuple[str, int | None, str | None]] = []  # (path, code|None=hang, error)
         self._faults_lock = threading.Lock()
 
@@ -184,7 +186,7 @@ class FakeOllama(_HttpServer):
                            "general.parameter_count": 3212749888,
                            "llama.context_length": self.context_lengths.get(name, 131072),
                            "llama.embedding_length": 3072},
-            "capabilities": ["completion"],
+            "capabilities": self.capabilities.get(name, ["completion"]),
             "modified_at": "2025-01-01T00:00:00.000000000Z",
         })
 

@@ -88,6 +88,9 @@ class Probe:
     error: str | None = None
     windows: dict[str, int] = field(default_factory=dict)
     """Context windows (tokens) the server reported, by model name (empty: none known)."""
+    capabilities: dict[str, frozenset[str]] = field(default_factory=dict)
+    """What the server says each model can do (Ollama's ``/api/show``: ``tools``,
+    ``vision``, ...), by model name (empty: it says nothing)."""
     refused: bool = False
     """Down because nothing accepted the connection (``ConnectionRefused``)."""
 

@@ -49,8 +49,8 @@ class OllamaBackend:
         self._http = make_http_client(timeouts, headers=cfg.headers)
         self._timeout = timeouts.health
         self.served_models: tuple[str, ...] = ()
-        self._shown: dict[str, int | None] = {}
-        """Windows from /api/show by model (None: it reported none)."""
+        self._shown: dict[str, tuple[int | None, frozenset[str]]] = {}
+        """(window or None, capabilities) from /api/show, by model."""
 
     async def stream(self, request: ChatRequest, model: str | None) -> AsyncIterator[Chunk]:
         name = model or await self._first_model()
@@ -147,14 +147,18 @@ class OllamaBackend:
         loaded = [m.get("name") for m in (ps or {}).get("models", [])] if ps_status == 200 else []
         if models:
             self.served_models = models
-        windows = await self._windows(models, timeout - (time.monotonic() - t0))
-        return Probe("healthy", latency, models, {"loaded_models": loaded}, windows=windows)
+        shown = await self._shows(models, timeout - (time.monotonic() - t0))
+        return Probe("healthy", latency, models, {"loaded_models": loaded},
+                     windows={m: n for m, (n, _) in shown.items() if n},
+                     capabilities={m: c for m, (_, c) in shown.items() if c})
 
-    async def _windows(self, models: tuple[str, ...], timeout: float) -> dict[str, int]:
-        """Each model's window from ``POST /api/show``: the ``num_ctx`` its Modelfile sets
-        (what the server runs it with), else ``model_info["<arch>.context_length"]``.
-        Asked once per model (at most ``SHOW_PER_PASS`` per health pass, concurrently); a
-        failure never makes the probe fail."""
+    async def _shows(self, models: tuple[str, ...], timeout: float
+                     ) -> dict[str, tuple[int | None, frozenset[str]]]:
+        """Each model's window and capabilities from ``POST /api/show``: the ``num_ctx``
+        its Modelfile sets (what the server runs it with), else
+        ``model_info["<arch>.context_length"]``; ``capabilities`` (``tools``, ``vision``:
+        Ollama 0.6 on). Asked once per model (at most ``SHOW_PER_PASS`` per health pass,
+        concurrently); a failure never makes the probe fail."""
         ask = [m for m in models if m not in self._shown][:SHOW_PER_PASS]
         if ask and timeout > 0.05:  # what is left of the health pass's one deadline
             got = await asyncio.gather(*(self._show(m, timeout - 0.05) for m in ask),
@@ -162,9 +166,9 @@ class OllamaBackend:
             for name, n in zip(ask, got, strict=True):
                 if not isinstance(n, BaseException):
                     self._shown[name] = n
-        return {m: n for m in models if (n := self._shown.get(m))}
+        return {m: s for m in models if (s := self._shown.get(m))}
 
-    async def _show(self, model: str, timeout: float) -> int | None:
+    async def _show(self, model: str, timeout: float) -> tuple[int | None, frozenset[str]]:
         async with asyncio.timeout(timeout):
             r = await self._http.post(self._root + "/api/show", json={"model": model},
                                       timeout=timeout)
@@ -172,22 +176,33 @@ class OllamaBackend:
             raise ValueError(f"/api/show answered HTTP {r.status_code}")
         body = r.json()
         if not isinstance(body, dict):
-            return None
-        params = body.get("parameters")
-        if isinstance(params, str):
-            for line in params.splitlines():
-                key, _, value = line.strip().partition(" ")
-                if key == "num_ctx" and value.strip().isdigit():
-                    return token_count(int(value.strip())) or None
-        info = body.get("model_info")
-        if isinstance(info, dict):
-            for key, value in info.items():
-                if isinstance(key, str) and key.endswith(".context_length"):
-                    return token_count(value) or None
-        return None
+            return None, frozenset()
+        caps = body.get("capabilities")
+        said = frozenset(c for c in caps[:32] if isinstance(c, str) and c in KNOWN_CAPABILITIES) \
+            if isinstance(caps, list) else frozenset()
+        return _window(body), said
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+KNOWN_CAPABILITIES = frozenset({"tools", "vision"})
+"""What a server may tell us a model can do that planning reads (the rest is ignored)."""
+
+
+def _window(body: dict[str, Any]) -> int | None:
+    params = body.get("parameters")
+    if isinstance(params, str):
+        for line in params.splitlines():
+            key, _, value = line.strip().partition(" ")
+            if key == "num_ctx" and value.strip().isdigit():
+                return token_count(int(value.strip())) or None
+    info = body.get("model_info")
+    if isinstance(info, dict):
+        for key, value in info.items():
+            if isinstance(key, str) and key.endswith(".context_length"):
+                return token_count(value) or None
+    return None
 
 
 def make_backend(cfg: ProviderConfig, url: str, timeouts: Timeouts) -> OllamaBackend:

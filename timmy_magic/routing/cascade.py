@@ -108,6 +108,7 @@ class Cascade:
         mc = st.cfg.model(asked)
         room = max_tokens or (mc.max_tokens if mc else None) \
             or self.core.config.cascade.default_max_tokens or 0
+        can = st.capabilities(model)  # declared, or said by the server
         return ProviderView(
             st.name, st.cfg.priority, st.cfg.enabled, st.cfg.is_cloud, health.state,
             any(ep.breaker.available(now) for ep in eps),
@@ -115,9 +116,8 @@ class Cascade:
             any(ep.launcher is not None and ep.launcher.held for ep in eps),
             any(ep.breaker.state(now) == "half_open" for ep in eps),
             health.models, health.detail, asked,
-            mc is not None and "vision" in mc.capabilities, st.context_window(model),
-            mc is not None and mc.mode == "completion", room,
-            mc is not None and "tools" in mc.capabilities)
+            "vision" in can, st.context_window(model),
+            mc is not None and mc.mode == "completion", room, "tools" in can)
 
     def plan(self, pin: str | None = None, model: str | None = None,
              request: ChatRequest | None = None) -> Plan:

@@ -56,6 +56,9 @@ class ProviderState:
     windows: dict[str, int] = field(default_factory=dict)
     """Context windows the servers reported (health checks), by model: kept when a
     server goes down, replaced (never mutated: other threads read it) when one reports."""
+    reported: dict[str, frozenset[str]] = field(default_factory=dict)
+    """What servers said each model can do (Ollama's ``/api/show`` capabilities), by
+    model: rebound, never mutated (other threads read it)."""
     slots: asyncio.Semaphore | None = None
     """``max_concurrency``: the requests this provider takes at once, from every caller of
     the router (cells, background jobs, ``map``, ``evaluate``); the others wait their
@@ -93,9 +96,20 @@ class ProviderState:
         return None
 
     def capabilities(self, model: str | None) -> frozenset[str]:
-        """What ``model`` (None: the default) declares here (``capabilities:``)."""
-        mc = self.cfg.model(self.model_for(model))
-        return frozenset(mc.capabilities) if mc is not None else frozenset()
+        """What ``model`` (None: the default) can do here: what providers.yaml declares
+        (``capabilities:``) and what its server said at a health check (``reported``)."""
+        name = self.model_for(model)
+        mc = self.cfg.model(name)
+        declared = frozenset(mc.capabilities) if mc is not None else frozenset()
+        known = self.reported
+        if not known:
+            return declared
+        for key in (name, f"{name}:latest") if name is not None else ():
+            if key in known:
+                return declared | known[key]
+        if name is None and len(known) == 1:  # the server's one model
+            return declared | next(iter(known.values()))
+        return declared
 
 
 START_COMMANDS = {

@@ -65,6 +65,9 @@ class Monitor:
         ep.answered = ep.answered or probe.state != "down"
         if probe.windows and any(st.windows.get(m) != n for m, n in probe.windows.items()):
             st.windows = {**st.windows, **probe.windows}  # rebound: read from other threads
+        if probe.capabilities and any(st.reported.get(m) != c
+                                      for m, c in probe.capabilities.items()):
+            st.reported = {**st.reported, **probe.capabilities}
 
     def start(self, interval: float | None = None) -> None:
         """Probe everything now and then every ``health_interval_seconds``."""

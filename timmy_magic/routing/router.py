@@ -178,7 +178,8 @@ class Router:
         return self.provider(provider).context_window(model)
 
     def capabilities(self, provider: str, model: str | None = None) -> frozenset[str]:
-        """What ``model`` (None: the default) declares on ``provider`` (``vision``...)."""
+        """What ``model`` (None: the default) can do on ``provider`` (``vision``, ``tools``):
+        declared in providers.yaml, or said by its server at a health check."""
         return self.provider(provider).capabilities(model)
 
     async def astream(self, request: ChatRequest | str, *, cache: bool | None = None,
