@@ -26,7 +26,10 @@ PART = "hostile input"
 LABELS = ("inputs", "answered", "clear errors", "tracebacks", "kernel still working")
 ANSWER = "steady as she goes"
 BIG = 5 * 1024 * 1024
-CELL_LIMIT = 30.0  # seconds: beyond it the kernel is effectively hung
+CELL_LIMIT = 90.0
+"""Seconds: beyond it the kernel is effectively hung. The enormous cell's echo is ~1M
+streamed events (~20 us each end to end, 20-25 s on an idle 2-core machine, over 30 s
+on a loaded one): a bound for a hang, not a speed test."""
 
 
 @dataclass(frozen=True)
