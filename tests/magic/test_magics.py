@@ -200,14 +200,18 @@ def test_stream_is_one_display_updated_in_place_ending_with_the_final_render(
     final = Final(timmy_magic.last()).bundle()
     assert data[0] == {"text/markdown": "*waiting for an answer…*",
                        "text/plain": "waiting for an answer…"}
-    assert data[1]["text/plain"] == "asking alpha…"
-    texts = [d["text/plain"] for d in data[2:-1]]
+    live = data[1:-1]
+    # "asking alpha…" while no token has come (under load the kernel thread may drain
+    # the Trying and the first tokens at once: then the text is the first update)
+    if live and live[0]["text/plain"] == "asking alpha…":
+        live = live[1:]
+    texts = [d["text/plain"] for d in live]
     # each update is the text so far, growing a token or more at a time (tokens the
     # kernel thread drains within one throttle interval, as under load, are one update)
     prefixes = ["tok0 tok1 tok2 tok3 tok4 tok5 "[: 5 * n] for n in range(1, 7)]
-    assert texts and texts[0] == "tok0 " and all(t in prefixes for t in texts)
+    assert texts and all(t in prefixes for t in texts), texts
     assert texts == sorted(set(texts), key=len)
-    assert all(d["text/markdown"].endswith("▌") for d in data[2:-1])
+    assert all(d["text/markdown"].endswith("▌") for d in live)
     assert data[-1] == final
     assert unwrapped(data[-1]["text/markdown"]).startswith(
         "tok0 tok1 tok2 tok3 tok4 tok5 \n\n---\n*alpha · fault-model · TTFT")
