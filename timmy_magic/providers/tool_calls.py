@@ -28,6 +28,8 @@ from timmy_magic.providers.wire import WireError, fix_surrogates
 
 MAX_NAME_CHARS = 128
 MAX_ARGUMENT_CHARS = 1 << 20
+MAX_CALLS = 128
+"""Calls one answer may ask for: a server that sends more is broken or hostile."""
 
 
 class CallAssembler:
@@ -36,7 +38,7 @@ class CallAssembler:
     __slots__ = ("_calls",)
 
     def __init__(self) -> None:
-        self._calls: dict[Any, list[str]] = {}  # index -> [id, name, arguments]
+        self._calls: dict[int, list[str]] = {}  # index -> [id, name, arguments]
 
     def __bool__(self) -> bool:
         return bool(self._calls)
@@ -46,7 +48,13 @@ class CallAssembler:
 
     def part(self, index: Any, call_id: Any = None, name: Any = None,
              arguments: Any = None) -> None:
-        slot = self._calls.setdefault(index, ["", "", ""])
+        if type(index) is not int or not 0 <= index < 1 << 31:
+            raise WireError("a tool call's index is not a small non-negative integer")
+        slot = self._calls.get(index)
+        if slot is None:
+            if len(self._calls) >= MAX_CALLS:
+                raise WireError(f"more than {MAX_CALLS} tool calls in one answer")
+            slot = self._calls[index] = ["", "", ""]
         if call_id is not None and not slot[0]:
             slot[0] = _short(call_id, "id")
         if name is not None:
