@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import email.utils
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -223,12 +224,29 @@ def map_error(exc: BaseException, provider: str) -> ProviderError:
 
     for types, cls, prefix in _mapping():
         if isinstance(exc, types):
-            detail = str(exc)
+            detail = (_why_not_connected(exc) if isinstance(exc, httpx.ConnectError)
+                      else "") or str(exc)
             if isinstance(exc, httpx.TimeoutException | TimeoutError) or not detail:
                 return cls(prefix, provider=provider)
             return cls(shorten(f"{prefix}: {detail}", MESSAGE_CHARS), provider=provider)
     return ProviderProtocolError(shorten(f"{type(exc).__name__}: {exc}", MESSAGE_CHARS),
                                  provider=provider)
+
+
+def _why_not_connected(exc: BaseException) -> str:
+    """A failed connect in the same words whichever transport saw it (httpx's async
+    stack says "All connection attempts failed", aiohttp names the address): from the
+    operating system's error in the chain, else ""."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(seen, socket.gaierror):
+            return "host name not resolved"
+        seen = seen.__cause__ or seen.__context__
+    return ""
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ more by ``base._open``), a body cut midway is ``RemoteProtocolError`` or ``ReadE
 
 from __future__ import annotations
 
+import socket
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -52,9 +53,19 @@ def httpx_error(exc: BaseException) -> httpx.TransportError | None:
             if isinstance(exc, aiohttp.ServerTimeoutError):
                 detail = ""  # aiohttp's text names its own setting (sock_read...)
             elif isinstance(exc, aiohttp.ClientConnectorError):
-                detail = f"connection failed ({exc.os_error})"
+                detail = _connect_detail(exc.os_error)
             return ours(detail)
     return None
+
+
+def _connect_detail(err: OSError) -> str:
+    """Why a connection failed, in words that do not change from run to run (aiohttp's
+    own text carries the address and port, which the error already names)."""
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, socket.gaierror):
+        return "host name not resolved"
+    return f"connection failed ({err.strerror or type(err).__name__})"
 
 
 def _url(url: httpx.URL) -> URL:
