@@ -87,6 +87,7 @@ def newcomer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Newcomer]:
     root.mkdir()
     for name in TUTORIALS:
         shutil.copyfile(ROOT / "notebooks" / name, root / name)
+    shutil.copytree(ROOT / "notebooks" / "data", root / "data")  # what tutorials read
     write_notebook(root / "first-steps.ipynb", NEW_CELLS)
     assert not (root / "providers.yaml").exists()
     ports = {name: free_port() for name in ("TIMMY_LOCAL_PORT", "GEMMA_A_PORT",
