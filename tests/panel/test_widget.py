@@ -15,6 +15,7 @@ from IPython.display import display
 from IPython.utils.capture import capture_output
 
 from tests.support.faultserver import FaultServer, closed_port
+from tests.support.fixtures import dispose_shell
 from timmy_magic import Router
 from timmy_magic.config import load_config
 from timmy_magic.model.errors import NoProviderAvailable, PinnedProviderFailed
@@ -326,10 +327,11 @@ def test_displays_as_a_widget_with_a_readable_text_fallback(mixed: Router,
     from IPython.core.interactiveshell import InteractiveShell
 
     InteractiveShell.clear_instance()
-    InteractiveShell.instance()
+    ip = InteractiveShell.instance()
     p = open_panel(mixed, timers, clock)
     with capture_output() as cap:
         display(p)
+    dispose_shell(ip)
     data = cap.outputs[0].data
     assert data[WIDGET_MIME]["model_id"] == p.model_id
     assert data["text/plain"].startswith("<timmy-magic panel: 6 providers, pin: auto")

@@ -21,6 +21,7 @@ from IPython.utils.capture import capture_output
 
 from tests.reliability.conftest import Figures
 from tests.support.faultserver import FaultServer
+from tests.support.fixtures import dispose_shell
 
 PART = "hostile input"
 LABELS = ("inputs", "answered", "clear errors", "tracebacks", "kernel still working")
@@ -127,7 +128,7 @@ def shell(srv: FaultServer, tmp_path_factory: pytest.TempPathFactory
         yield ip
     finally:
         ip.run_line_magic("unload_ext", "timmy_magic")
-        InteractiveShell.clear_instance()
+        dispose_shell(ip)
         mp.undo()
 
 

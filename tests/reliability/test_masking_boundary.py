@@ -40,6 +40,7 @@ from tests.magic.conftest import FAST_CASCADE, local
 from tests.magic.conftest import run_shown as run
 from tests.reliability.conftest import Figures
 from tests.support.faultserver import FaultServer
+from tests.support.fixtures import dispose_shell
 from timmy_magic.context import build_context
 from timmy_magic.privacy.masking import Masker
 from timmy_magic.privacy.redact import REDACT, is_secret_name
@@ -118,7 +119,7 @@ def kernel() -> Iterator[InteractiveShell]:
     InteractiveShell.clear_instance()
     ip = InteractiveShell.instance()
     yield ip
-    InteractiveShell.clear_instance()
+    dispose_shell(ip)
 
 
 @settings(max_examples=60, deadline=None,
