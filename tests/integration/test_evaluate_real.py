@@ -40,7 +40,8 @@ def test_gemma_asked_two_ways_on_a_labelled_dataset(llama_server: ManagedServer)
                       [COMPLETION, CHAT], "contains:capital", max_tokens=10, concurrency=4,
                       router=router, progress=False)
     table = ev.to_pandas()
-    assert len(table) == 2 * len(capitals) and table.error.isna().all(), table.error
+    assert len(table) == 2 * len(capitals) and table.error.isna().all(), \
+        table[table.error.notna()][["target", "error"]].to_dict("records")
     assert set(table.provider) == {"local-gemma"}
     summary = ev.summary()
     done, chat = summary.loc[COMPLETION], summary.loc[CHAT]

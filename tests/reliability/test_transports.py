@@ -181,3 +181,18 @@ def test_a_plain_body_is_read_straight_from_aiohttp_and_a_coded_one_through_http
         server.sock.close()
     assert data == ClosingServer.ANSWER
     assert where.endswith("transport.py") != gzip  # httpx decodes gzip
+
+
+@pytest.mark.parametrize("exc, again", [
+    (aiohttp.ClientOSError(32, "Can not write request body for http://127.0.0.1:1/v1/x"),
+     True),
+    (aiohttp.ClientOSError(104, "Connection reset by peer"), False),  # it may have left
+    (aiohttp.ServerDisconnectedError(), False),
+])
+def test_only_a_request_that_never_left_is_sent_again(exc: BaseException, again: bool) -> None:
+    """A pooled connection the server closed as it was reused fails the write: that
+    request never reached the server and goes again (the real evaluation test against
+    llama-server hit it in 2 runs of 4); a failure after it may have left does not."""
+    from timmy_magic.providers.transport import unsent
+
+    assert unsent(exc) is again

@@ -58,6 +58,19 @@ def httpx_error(exc: BaseException) -> httpx.TransportError | None:
     return None
 
 
+UNSENT_TRIES = 3
+"""Sends of a request whose connection was gone before it left (``unsent``): each stale
+pooled connection is dropped, so a few tries reach a live or a new one."""
+
+
+def unsent(exc: BaseException) -> bool:
+    """aiohttp could not write the request at all (the connection was gone): nothing
+    reached the server, so sending it again on a new connection is safe."""
+    return (isinstance(exc, aiohttp.ClientOSError)
+            and not isinstance(exc, aiohttp.ClientConnectorError)
+            and "Can not write request body" in str(exc))
+
+
 def _connect_detail(err: OSError) -> str:
     """Why a connection failed, in words that do not change from run to run (aiohttp's
     own text carries the address and port, which the error already names)."""
@@ -132,12 +145,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         timeout: dict[str, Any] = request.extensions.get("timeout", {})
         data = await request.aread()  # the JSON body (a redirect's is not read yet)
         with _mapped():
-            response = await session.request(
-                request.method, _url(request.url), headers=request.headers.multi_items(),
-                data=data or None, allow_redirects=False, skip_auto_headers=("User-Agent",),
-                timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"),
-                                              sock_read=timeout.get("read"),
-                                              connect=timeout.get("pool")))
+            for tries_left in range(UNSENT_TRIES - 1, -1, -1):
+                try:
+                    response = await session.request(
+                        request.method, _url(request.url),
+                        headers=request.headers.multi_items(), data=data or None,
+                        allow_redirects=False, skip_auto_headers=("User-Agent",),
+                        timeout=aiohttp.ClientTimeout(sock_connect=timeout.get("connect"),
+                                                      sock_read=timeout.get("read"),
+                                                      connect=timeout.get("pool")))
+                    break
+                except aiohttp.ClientOSError as exc:
+                    if not tries_left or not unsent(exc):
+                        raise
+                    # a pooled connection the server closed as we reused it (llama-server
+                    # closes one after a few requests): the request never left, so it
+                    # goes again, on another connection
         body = _Body(response)
         # READS: the body's reads without httpx's layers, for ``base.Body`` to take
         # when there is no content-encoding (then httpx passes them through unchanged)
