@@ -175,5 +175,6 @@ def dispose_shell(ip: Any) -> None:
         if thread is not None:
             atexit.unregister(thread.stop)
         ip.history_manager = None
-    ip.user_ns.clear()
+    # its namespace is not cleared: an in-process shell's is __main__'s own (pytest's),
+    # which multiprocessing's spawn reads (__spec__)
     InteractiveShell.clear_instance()
