@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from typing import NoReturn
 
 from IPython.core.error import UsageError
@@ -31,3 +32,24 @@ class UsageParser(argparse.ArgumentParser):
         """The usage without ``usage: `` and ``[-h]``, on one line (for an error, a list)."""
         usage = " ".join(self.format_usage().removeprefix("usage: ").split())
         return usage.replace("[-h] ", "").replace(" [-h]", "")
+
+
+def own_line_args(command: str, line: str, parser: argparse.ArgumentParser
+                  ) -> argparse.Namespace | None:
+    """The arguments of a ``%llm COMMAND`` line that has its own parser (``COMMAND``
+    itself may lead the line); None when ``--help`` was shown. A quoting mistake and an
+    ``-o`` that is no variable name are one-line UsageErrors naming the command."""
+    try:
+        argv = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"%llm {command}: {exc}") from None
+    if argv[:1] == [command]:
+        argv = argv[1:]
+    try:
+        args = parser.parse_args(argv)
+    except HelpShown:
+        return None
+    output = getattr(args, "output", None)
+    if output and not output.isidentifier():
+        raise UsageError(f"%llm {command}: -o needs a variable name, got {output!r}")
+    return args

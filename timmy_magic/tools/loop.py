@@ -153,6 +153,20 @@ class ToolLoop:
                 return self.final(result)
             self.answered(result, [self.run(c) for c in calls])
 
+    def _after(self, done: Result) -> Iterator[Event]:
+        """A turn's end, for both forms of the loop: its answer (``Done``) when it asks
+        for no call, else each call run in order and shown as it ran (``ToolRan``), the
+        results kept for the next turn."""
+        calls = self.calls(done)
+        if not calls:
+            yield Done(self.final(done))
+            return
+        records = []
+        for c in calls:
+            records.append(self.run(c))
+            yield ToolRan(records[-1])
+        self.answered(done, records)
+
     def events(self, stream: Callable[[ChatRequest], Iterator[T]]
                ) -> Iterator[T | Event]:
         """Each turn's events (its ``Done`` held back until it is the answer), a
@@ -172,15 +186,12 @@ class ToolLoop:
                     close()
             if done is None:  # pragma: no cover - every stream ends with Done or raises
                 raise AssertionError("a turn's stream ended without Done")
-            calls = self.calls(done)
-            if not calls:
-                yield Done(self.final(done))
+            finished = False
+            for out in self._after(done):
+                finished = isinstance(out, Done)
+                yield out
+            if finished:
                 return
-            records = []
-            for c in calls:
-                records.append(self.run(c))
-                yield ToolRan(records[-1])
-            self.answered(done, records)
 
     async def aevents(self, stream: Callable[[ChatRequest], AsyncIterator[Event]]
                       ) -> AsyncIterator[Event]:
@@ -193,15 +204,12 @@ class ToolLoop:
                     yield ev
             if done is None:  # pragma: no cover
                 raise AssertionError("a turn's stream ended without Done")
-            calls = self.calls(done)
-            if not calls:
-                yield Done(self.final(done))
+            finished = False
+            for out in self._after(done):
+                finished = isinstance(out, Done)
+                yield out
+            if finished:
                 return
-            records = []
-            for c in calls:
-                records.append(self.run(c))
-                yield ToolRan(records[-1])
-            self.answered(done, records)
 
 
 def _raw(call: ToolCall) -> dict[str, Any]:

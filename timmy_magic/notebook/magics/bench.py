@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,7 +20,7 @@ from timmy_magic.bench import run
 from timmy_magic.bench.report import BenchResult
 from timmy_magic.bench.runner import DEFAULT_PROMPT
 from timmy_magic.model.errors import TimmyError
-from timmy_magic.notebook.args import HelpShown, UsageParser
+from timmy_magic.notebook.args import UsageParser, own_line_args
 from timmy_magic.notebook.display.progress import make_progress
 
 USAGE = ("%llm bench [-p A,B] [-c 1,4,16] [-n N] [--max-tokens T] "
@@ -127,18 +126,9 @@ def _check_writable(path: str | None, flag: str) -> None:
 
 def bench_line(ext: Extension, line: str) -> BenchResult | None:
     """Run ``%llm bench`` with the arguments in ``line`` (``bench`` itself may lead)."""
-    try:
-        argv = shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"%llm bench: {exc}") from None
-    if argv[:1] == ["bench"]:
-        argv = argv[1:]
-    try:
-        args = make_parser().parse_args(argv)
-    except HelpShown:
+    args = own_line_args("bench", line, make_parser())
+    if args is None:
         return None
-    if args.output and not args.output.isidentifier():
-        raise UsageError(f"%llm bench: -o needs a variable name, got {args.output!r}")
     _check_writable(args.csv, "--csv")
     _check_writable(args.json, "--json")
     prompts = read_prompts(args.prompts) if args.prompts else [args.prompt or DEFAULT_PROMPT]

@@ -14,14 +14,13 @@ raise IPython's ``UsageError`` (one line, no traceback).
 from __future__ import annotations
 
 import argparse
-import shlex
 from typing import Any
 
 from IPython.core.error import UsageError
 
 from timmy_magic.evals import EvalError, Judge
 from timmy_magic.model.errors import TimmyError
-from timmy_magic.notebook.args import HelpShown, UsageParser
+from timmy_magic.notebook.args import UsageParser, own_line_args
 from timmy_magic.notebook.runs import run_evaluation
 
 USAGE = ('%llm eval ROWS "TEMPLATE" -p A,B [-m X,Y] [--score SCORE] [--system TEXT] '
@@ -107,18 +106,9 @@ def _score(ns: dict[str, Any], spec: str | None) -> Any:
 
 def eval_line(session: Any, line: str) -> Any:
     """Run ``%llm eval`` with the arguments in ``line`` (``eval`` itself may lead)."""
-    try:
-        argv = shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"%llm eval: {exc}") from None
-    if argv[:1] == ["eval"]:
-        argv = argv[1:]
-    try:
-        args = make_parser().parse_args(argv)
-    except HelpShown:
+    args = own_line_args("eval", line, make_parser())
+    if args is None:
         return None
-    if args.output and not args.output.isidentifier():
-        raise UsageError(f"%llm eval: -o needs a variable name, got {args.output!r}")
     ns = session.shell.user_ns
     rows = _variable(ns, args.rows, "ROWS")
     schema = _variable(ns, args.schema, "--schema") if args.schema else None
